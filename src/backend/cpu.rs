@@ -1,0 +1,216 @@
+//! The CPU reference backend: plain f32 loops plus `linalg` (a blocked GEMM and
+//! faer decompositions). Readable first; it is the oracle for every kernel test.
+
+use std::ops::Range;
+
+use super::{Activation, AdamParams, Backend, Gemm, LossOut};
+use crate::linalg::{self, Epsilon, NsCoefficients};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// GELU tanh approximation constant sqrt(2/π).
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type View<'a> = &'a [f32];
+    type ViewMut<'a> = &'a mut [f32];
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+    fn upload(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download(&self, view: &[f32]) -> Vec<f32> {
+        view.to_vec()
+    }
+    fn len(buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn view(buf: &Vec<f32>, range: Range<usize>) -> &[f32] {
+        &buf[range]
+    }
+    fn view_mut(buf: &mut Vec<f32>, range: Range<usize>) -> &mut [f32] {
+        &mut buf[range]
+    }
+    fn copy(&self, dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn fill(&self, dst: &mut [f32], value: f32) {
+        dst.fill(value);
+    }
+
+    fn matmul(&self, c: &mut [f32], a: &[f32], b: &[f32], s: Gemm, alpha: f32, beta: f32) {
+        linalg::matmul(c, a, b, s.m, s.k, s.n, s.trans_a, s.trans_b, alpha, beta);
+    }
+
+    fn add_bias_rows(&self, y: &mut [f32], bias: &[f32]) {
+        assert_eq!(y.len() % bias.len(), 0, "bias length must divide the matrix");
+        for row in y.chunks_exact_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+
+    fn accumulate_column_sums(&self, out: &mut [f32], x: &[f32]) {
+        assert_eq!(x.len() % out.len(), 0, "column count must divide the matrix");
+        for row in x.chunks_exact(out.len()) {
+            out.iter_mut().zip(row).for_each(|(o, x)| *o += x);
+        }
+    }
+
+    fn activation_forward(&self, kind: Activation, y: &mut [f32], x: &[f32]) {
+        assert_eq!(y.len(), x.len());
+        let f: fn(f32) -> f32 = match kind {
+            Activation::Relu => |x| x.max(0.0),
+            Activation::Tanh => f32::tanh,
+            Activation::Gelu => |x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+        };
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x));
+    }
+
+    fn activation_backward(&self, kind: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
+        assert!(dx.len() == dy.len() && dy.len() == x.len());
+        let df: fn(f32) -> f32 = match kind {
+            Activation::Relu => |x| if x > 0.0 { 1.0 } else { 0.0 },
+            Activation::Tanh => |x| 1.0 - x.tanh().powi(2),
+            Activation::Gelu => |x| {
+                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                let t = u.tanh();
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+            },
+        };
+        for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+            *dx = dy * df(x);
+        }
+    }
+
+    fn softmax_cross_entropy(&self, dlogits: &mut [f32], logits: &[f32], labels: &[u8], classes: usize) -> LossOut {
+        assert_eq!(logits.len(), labels.len() * classes, "logits must be batch×classes");
+        assert_eq!(dlogits.len(), logits.len());
+        let inv_batch = 1.0 / labels.len() as f32;
+        let mut loss = 0.0f64;
+        let mut correct = 0;
+        for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
+            let label = label as usize;
+            assert!(label < classes, "label {label} out of range for {classes} classes");
+            let (argmax, max) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+            correct += usize::from(argmax == label);
+            let mut sum = 0.0f32;
+            for (d, &z) in drow.iter_mut().zip(row) {
+                *d = (z - max).exp();
+                sum += *d;
+            }
+            loss += f64::from(sum.ln() - (row[label] - max));
+            drow.iter_mut().for_each(|d| *d *= inv_batch / sum);
+            drow[label] -= inv_batch;
+        }
+        LossOut { loss: (loss / labels.len() as f64) as f32, correct }
+    }
+
+    fn sum_squares(&self, x: &[f32]) -> f64 {
+        x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+    }
+    fn sum_squared_difference(&self, a: &[f32], b: &[f32]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum()
+    }
+    fn all_finite(&self, x: &[f32]) -> bool {
+        x.iter().all(|v| v.is_finite())
+    }
+
+    fn axpby(&self, y: &mut [f32], alpha: f32, x: &[f32], beta: f32) {
+        assert_eq!(y.len(), x.len());
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = alpha * x + beta * *y);
+    }
+    fn scale(&self, x: &mut [f32], alpha: f32) {
+        x.iter_mut().for_each(|v| *v *= alpha);
+    }
+
+    fn adamw_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, ranges: &[Range<usize>], hp: AdamParams) {
+        let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let decay = 1.0 - hp.lr * hp.weight_decay;
+        for r in ranges {
+            let it = params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut m[r.clone()]).zip(&mut v[r.clone()]);
+            for (((p, &g), m), v) in it {
+                *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                let update = (*m / bias1) / ((*v / bias2).sqrt() + hp.eps);
+                *p = *p * decay - hp.lr * update;
+            }
+        }
+    }
+
+    fn sgd_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, momentum_buf: &mut Vec<f32>, ranges: &[Range<usize>], lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) {
+        for r in ranges {
+            for ((p, &g), b) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut momentum_buf[r.clone()]) {
+                let g = g + weight_decay * *p;
+                *b = momentum * *b + g;
+                *p -= lr * if nesterov { g + momentum * *b } else { *b };
+            }
+        }
+    }
+
+    fn lion_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, ranges: &[Range<usize>], lr: f32, beta1: f32, beta2: f32, weight_decay: f32) {
+        let decay = 1.0 - lr * weight_decay;
+        for r in ranges {
+            for ((p, &g), m) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut m[r.clone()]) {
+                let c = beta1 * *m + (1.0 - beta1) * g;
+                // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
+                let sign = if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 };
+                *p = *p * decay - lr * sign;
+                *m = beta2 * *m + (1.0 - beta2) * g;
+            }
+        }
+    }
+
+    fn adam_direction(&self, out: &mut [f32], m: &[f32], v: &[f32], bias1: f32, bias2: f32, eps: f32) {
+        for ((o, &m), &v) in out.iter_mut().zip(m).zip(v) {
+            *o = (m / bias1) / ((v / bias2).sqrt() + eps);
+        }
+    }
+
+    fn ema_square(&self, v: &mut [f32], g: &[f32], beta: f32) {
+        v.iter_mut().zip(g).for_each(|(v, &g)| *v = beta * *v + (1.0 - beta) * g * g);
+    }
+
+    fn newton_schulz_batched(&self, out: &mut Vec<f32>, input: &Vec<f32>, ranges: &[Range<usize>], rows: usize, cols: usize, steps: usize, coeffs: NsCoefficients) {
+        for r in ranges {
+            out[r.clone()].copy_from_slice(&linalg::newton_schulz(&input[r.clone()], rows, cols, steps, coeffs));
+        }
+    }
+
+    fn inverse_root(&self, out: &mut [f32], a: &[f32], n: usize, p: u32, eps: Epsilon) -> anyhow::Result<()> {
+        out.copy_from_slice(&linalg::sym_inverse_root(a, n, p, eps)?);
+        Ok(())
+    }
+
+    fn scale_by_diagonal_root(&self, x: &mut [f32], d: &[f32], rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
+        assert_eq!(x.len(), rows * cols);
+        assert_eq!(d.len(), if over_rows { rows } else { cols });
+        let root: Vec<f32> = d.iter().map(|&d| (d.max(0.0) + eps).powf(-1.0 / p as f32)).collect();
+        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v *= root[if over_rows { r } else { c }];
+            }
+        }
+    }
+
+    fn ema_square_sums(&self, out: &mut [f32], g: &[f32], rows: usize, cols: usize, over_rows: bool, beta: f32, weight: f32) {
+        assert_eq!(g.len(), rows * cols);
+        let mut sums = vec![0.0f32; if over_rows { rows } else { cols }];
+        for (r, row) in g.chunks_exact(cols).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                sums[if over_rows { r } else { c }] += x * x;
+            }
+        }
+        out.iter_mut().zip(&sums).for_each(|(o, &s)| *o = beta * *o + weight * s);
+    }
+}

@@ -1,0 +1,152 @@
+//! The op set that models and optimizers are written against.
+//!
+//! Models and optimizers are written once over [`Backend`]; the CPU backend is the
+//! readable reference (and the oracle of every kernel test), a CUDA backend fills
+//! the same trait with kernels. Ops take *views* (sub-ranges of device buffers) so
+//! that one parameter store can hold every tensor of a model in one allocation.
+
+pub mod cpu;
+
+use std::ops::Range;
+
+pub use cpu::Cpu;
+
+/// Matrix multiply shape: `C (m×n) = op(A) (m×k) · op(B) (k×n)`, all row-major;
+/// `trans_a` means A is stored k×m.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// Elementwise nonlinearities of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    Relu,
+    Tanh,
+    /// GELU, tanh approximation (as GPT-2 and `nn.GELU(approximate="tanh")`).
+    Gelu,
+}
+
+impl std::str::FromStr for Activation {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "relu" => Ok(Self::Relu),
+            "tanh" => Ok(Self::Tanh),
+            "gelu" => Ok(Self::Gelu),
+            _ => anyhow::bail!("unknown activation {s:?} (known: relu, tanh, gelu)"),
+        }
+    }
+}
+
+/// Result of the fused softmax + cross-entropy op.
+#[derive(Clone, Copy, Debug)]
+pub struct LossOut {
+    /// Mean cross-entropy over the batch.
+    pub loss: f32,
+    /// Rows whose arg-max equals the label.
+    pub correct: usize,
+}
+
+/// AdamW hyperparameters for one step; `step` is 1-based (bias correction).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u64,
+}
+
+/// The op set. `View`/`ViewMut` are borrowed sub-ranges of `Buf`.
+pub trait Backend: Send + Sync + 'static {
+    type Buf: Send;
+    type View<'a>: Copy
+    where
+        Self: 'a;
+    type ViewMut<'a>
+    where
+        Self: 'a;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory ----
+    fn zeros(&self, len: usize) -> Self::Buf;
+    fn upload(&self, host: &[f32]) -> Self::Buf;
+    fn download(&self, view: Self::View<'_>) -> Vec<f32>;
+    fn len(buf: &Self::Buf) -> usize;
+    fn view(buf: &Self::Buf, range: Range<usize>) -> Self::View<'_>;
+    fn view_mut(buf: &mut Self::Buf, range: Range<usize>) -> Self::ViewMut<'_>;
+    fn all(buf: &Self::Buf) -> Self::View<'_> {
+        Self::view(buf, 0..Self::len(buf))
+    }
+    fn all_mut(buf: &mut Self::Buf) -> Self::ViewMut<'_> {
+        let n = Self::len(buf);
+        Self::view_mut(buf, 0..n)
+    }
+    fn copy(&self, dst: Self::ViewMut<'_>, src: Self::View<'_>);
+    fn fill(&self, dst: Self::ViewMut<'_>, value: f32);
+
+    // ---- dense layers ----
+    /// `C = alpha·op(A)·op(B) + beta·C`; with `beta == 0` the old C is never read.
+    fn matmul(&self, c: Self::ViewMut<'_>, a: Self::View<'_>, b: Self::View<'_>, shape: Gemm, alpha: f32, beta: f32);
+    /// `y[r, :] += bias` for each of the rows of a rows×bias.len() matrix.
+    fn add_bias_rows(&self, y: Self::ViewMut<'_>, bias: Self::View<'_>);
+    /// `out[c] += Σ_r x[r, c]` (bias gradients).
+    fn accumulate_column_sums(&self, out: Self::ViewMut<'_>, x: Self::View<'_>);
+    fn activation_forward(&self, kind: Activation, y: Self::ViewMut<'_>, x: Self::View<'_>);
+    /// `dx = dy · act'(x)` given the pre-activation `x`.
+    fn activation_backward(&self, kind: Activation, dx: Self::ViewMut<'_>, dy: Self::View<'_>, x: Self::View<'_>);
+    /// Mean softmax cross-entropy of rows×classes logits; writes `dlogits`
+    /// (the gradient of the mean loss) and counts arg-max hits.
+    fn softmax_cross_entropy(&self, dlogits: Self::ViewMut<'_>, logits: Self::View<'_>, labels: &[u8], classes: usize) -> LossOut;
+
+    // ---- reductions ----
+    /// Σ x², accumulated in f64.
+    fn sum_squares(&self, x: Self::View<'_>) -> f64;
+    /// Σ (a − b)², accumulated in f64 (update norms without a temporary).
+    fn sum_squared_difference(&self, a: Self::View<'_>, b: Self::View<'_>) -> f64;
+    fn all_finite(&self, x: Self::View<'_>) -> bool;
+
+    // ---- optimizer steps (multi-tensor: one call per parameter group) ----
+    /// `y = alpha·x + beta·y`.
+    fn axpby(&self, y: Self::ViewMut<'_>, alpha: f32, x: Self::View<'_>, beta: f32);
+    /// Scale `x` in place.
+    fn scale(&self, x: Self::ViewMut<'_>, alpha: f32);
+    /// Fused AdamW over the given ranges of a store-sized parameter buffer.
+    fn adamw_step(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, ranges: &[Range<usize>], hp: AdamParams);
+    /// SGD as `torch.optim.SGD`: `g' = g + wd·p`, `buf = μ·buf + g'`, step along
+    /// `g' + μ·buf` (Nesterov) or `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn sgd_step(&self, params: &mut Self::Buf, grads: &Self::Buf, momentum_buf: &mut Self::Buf, ranges: &[Range<usize>], lr: f32, momentum: f32, nesterov: bool, weight_decay: f32);
+    /// Lion (Chen et al. 2023): `p ← p(1−lr·wd) − lr·sign(β1·m + (1−β1)·g)`, then `m ← β2·m + (1−β2)·g`.
+    #[allow(clippy::too_many_arguments)]
+    fn lion_step(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, ranges: &[Range<usize>], lr: f32, beta1: f32, beta2: f32, weight_decay: f32);
+    /// Adam's direction `out = (m/bias1) / (sqrt(v/bias2) + eps)` (bias_i = 1−β_iᵗ),
+    /// used for grafting.
+    fn adam_direction(&self, out: Self::ViewMut<'_>, m: Self::View<'_>, v: Self::View<'_>, bias1: f32, bias2: f32, eps: f32);
+    /// `v = β·v + (1−β)·g²`.
+    fn ema_square(&self, v: Self::ViewMut<'_>, g: Self::View<'_>, beta: f32);
+
+    // ---- matrix functions (optimizers) ----
+    /// Muon's orthogonalization (see `linalg::newton_schulz`) of a batch of
+    /// same-shape rows×cols matrices at `ranges` of `input`, written to the same
+    /// ranges of `out`: one call per shape, so a GPU can batch them.
+    #[allow(clippy::too_many_arguments)]
+    fn newton_schulz_batched(&self, out: &mut Self::Buf, input: &Self::Buf, ranges: &[Range<usize>], rows: usize, cols: usize, steps: usize, coeffs: crate::linalg::NsCoefficients);
+    /// `(A + εI)^{-1/p}` of a symmetric PSD n×n matrix; `Err` leaves the caller's previous root in use.
+    fn inverse_root(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize, p: u32, eps: crate::linalg::Epsilon) -> anyhow::Result<()>;
+    /// Scales the rows (or columns) of a rows×cols matrix `x` by `(d + eps)^{-1/p}`:
+    /// Shampoo's diagonal fallback for a side too large to precondition fully.
+    #[allow(clippy::too_many_arguments)]
+    fn scale_by_diagonal_root(&self, x: Self::ViewMut<'_>, d: Self::View<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32);
+    /// Row (or column) sums of squares of a rows×cols matrix, EMA'd into `out`:
+    /// the diagonal of `G·Gᵀ` (or `Gᵀ·G`) without forming it.
+    fn ema_square_sums(&self, out: Self::ViewMut<'_>, g: Self::View<'_>, rows: usize, cols: usize, over_rows: bool, beta: f32, weight: f32);
+}

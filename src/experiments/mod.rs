@@ -1,0 +1,8 @@
+//! The studies, shared by the CLI and the tests.
+
+pub mod config;
+pub mod probes;
+pub mod split_mnist;
+pub mod summary;
+
+pub use config::{Protocol, SplitMnistConfig};

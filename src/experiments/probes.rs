@@ -1,0 +1,124 @@
+//! Measurements taken beside the training loop, never inside it: spectra of
+//! matrices, accuracy on test sets, statistics of hidden representations.
+
+use std::path::Path;
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::metrics::{self, Spectrum};
+use crate::models::Mlp;
+use crate::record::{TableWriter, Value, schema};
+
+/// Spectra rows for every weight matrix (`weight`, and `update` = values − prev)
+/// plus `extra` matrices `(param, tensor kind, values)`, decomposed in parallel.
+#[allow(clippy::too_many_arguments)]
+pub fn spectra<B: Backend>(
+    w: &mut TableWriter,
+    model: &Mlp<B>,
+    run: &str,
+    step: u64,
+    task: usize,
+    values: &[f32],
+    prev: &[f32],
+    extra: &[(usize, &str, &[f32])],
+) -> Result<()> {
+    let specs = &model.store.specs;
+    let mut jobs: Vec<(usize, &str, Vec<f32>)> = Vec::new();
+    for (i, s) in specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()) {
+        let r = s.range();
+        jobs.push((i, "weight", values[r.clone()].to_vec()));
+        jobs.push((i, "update", values[r.clone()].iter().zip(&prev[r]).map(|(a, b)| a - b).collect()));
+    }
+    jobs.extend(extra.iter().map(|&(i, kind, v)| (i, kind, v.to_vec())));
+    let spectra: Vec<Result<Spectrum>> = jobs.par_iter().map(|(i, _, m)| metrics::spectrum(m, specs[*i].rows, specs[*i].cols)).collect();
+    for ((i, kind, _), s) in jobs.iter().zip(spectra) {
+        let (spec, s) = (&specs[*i], s?);
+        w.push(vec![
+            ("run", run.into()),
+            ("step", step.into()),
+            ("task", task.into()),
+            ("param", spec.name.as_str().into()),
+            ("tensor", (*kind).into()),
+            ("rows", spec.rows.into()),
+            ("cols", spec.cols.into()),
+            ("singular_values", s.singular_values.into()),
+            ("effective_rank", s.effective_rank.into()),
+            ("stable_rank", s.stable_rank.into()),
+            ("spectral_norm", s.spectral_norm.into()),
+            ("frobenius_norm", s.frobenius_norm.into()),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Counts correct arg-max predictions on `data`; with `keep_hidden`, also returns
+/// every hidden layer's activations on all of it (examples × width, per layer).
+pub fn evaluate<B: Backend>(model: &mut Mlp<B>, backend: &B, data: &Dataset, batch: usize, keep_hidden: bool) -> (usize, Vec<Vec<f32>>) {
+    let classes = model.config.classes;
+    let mut hidden: Vec<Vec<f32>> = vec![Vec::new(); if keep_hidden { model.config.hidden.len() } else { 0 }];
+    let mut correct = 0;
+    for start in (0..data.len()).step_by(batch) {
+        let end = (start + batch).min(data.len());
+        let x = &data.images[start * data.pixels..end * data.pixels];
+        let logits = backend.download(B::all(model.forward(backend, x, end - start)));
+        correct += logits.chunks_exact(classes).zip(&data.labels[start..end]).filter(|(row, label)| argmax(row) == usize::from(**label)).count();
+        if keep_hidden {
+            hidden.iter_mut().zip(model.hidden_activations(backend)).for_each(|(h, a)| h.extend(a));
+        }
+    }
+    (correct, hidden)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+}
+
+pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, step: u64, correct: usize, examples: usize) -> Vec<(&'static str, Value)> {
+    vec![
+        ("run", run.into()),
+        ("after_task", after_task.into()),
+        ("eval_task", eval_task.into()),
+        ("step", step.into()),
+        ("accuracy", (correct as f64 / examples.max(1) as f64).into()),
+        ("examples", examples.into()),
+    ]
+}
+
+pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, widths: &[usize], hidden: &[Vec<f32>], labels: &[u8]) -> Result<()> {
+    for (layer, (acts, &width)) in hidden.iter().zip(widths).enumerate() {
+        w.push(vec![
+            ("run", run.into()),
+            ("after_task", after_task.into()),
+            ("layer", (layer + 1).into()),
+            ("width", width.into()),
+            ("zero_fraction", metrics::zero_fraction(acts).into()),
+            ("dead_unit_fraction", metrics::dead_unit_fraction(acts, width).into()),
+            ("class_cosine", metrics::class_mean_cosine(acts, width, labels, 10).into()),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes a run's parts written for tasks `from_task..` (and its final row when
+/// the run is not finished): what an attempt wrote after its last checkpoint.
+pub fn remove_parts_from_task(root: &Path, run: &str, from_task: usize, finished: bool) -> Result<()> {
+    for table in schema::ALL {
+        let Ok(entries) = std::fs::read_dir(root.join(table.name)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("part-{run}-")) else { continue };
+            let stale = match rest.split('-').next() {
+                Some("final") => !finished,
+                Some(t) => t.strip_prefix('t').and_then(|t| t.parse::<usize>().ok()).is_some_and(|t| t >= from_task),
+                None => false,
+            } || name.ends_with(".tmp");
+            if stale {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}

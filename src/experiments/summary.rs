@@ -1,0 +1,134 @@
+//! The study's closing table, computed from the Parquet files read back (so
+//! `exp report DIR` on a finished or half-finished study prints the same thing).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use polars::prelude::DataFrame;
+
+use crate::record::{read_table, schema};
+
+/// Per optimizer label, aggregated over seeds (completed runs only).
+#[derive(Clone, Debug)]
+pub struct OptimizerSummary {
+    pub label: String,
+    pub runs: usize,
+    pub diverged: usize,
+    /// Final accuracy on all classes: (mean, sd) over completed runs.
+    pub final_all: (f64, f64),
+    /// R[T−1][j] averaged over seeds: accuracy on each task after the last one.
+    pub per_task: Vec<f64>,
+    pub backward_transfer: (f64, f64),
+    pub forgetting: (f64, f64),
+    /// Effective rank of each weight matrix at the last probe, averaged over seeds.
+    pub effective_rank: Vec<(String, f64)>,
+}
+
+fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    Ok(df.column(name)?.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
+}
+fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
+    Ok(df.column(name)?.f64()?.iter().collect())
+}
+fn i64s(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
+    Ok(df.column(name)?.i64()?.iter().collect())
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    // Sample standard deviation; 0 for a single seed.
+    let sd = if xs.len() > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    (mean, sd)
+}
+
+/// Summaries in the order labels appear in `order` (then any others, sorted).
+pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> {
+    let runs = read_table(dir, &schema::RUNS)?;
+    let (run_ids, labels, status) = (strs(&runs, "run")?, strs(&runs, "optimizer")?, strs(&runs, "status")?);
+    let (final_all, bwt, forgetting) = (f64s(&runs, "final_all_accuracy")?, f64s(&runs, "backward_transfer")?, f64s(&runs, "forgetting")?);
+
+    // Last row of R and last weight spectra, per run.
+    let acc = read_table(dir, &schema::ACCURACY)?;
+    let (a_run, a_after, a_eval, a_acc) = (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
+    let mut last_row: BTreeMap<&str, (i64, BTreeMap<i64, f64>)> = BTreeMap::new();
+    for k in 0..a_run.len() {
+        let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) else { continue };
+        let entry = last_row.entry(a_run[k].as_str()).or_insert((after, BTreeMap::new()));
+        if after > entry.0 {
+            *entry = (after, BTreeMap::new());
+        }
+        if after == entry.0 {
+            entry.1.insert(eval, a);
+        }
+    }
+    let spectra = read_table(dir, &schema::SPECTRA)?;
+    let (s_run, s_step, s_param, s_tensor, s_rank) = (strs(&spectra, "run")?, i64s(&spectra, "step")?, strs(&spectra, "param")?, strs(&spectra, "tensor")?, f64s(&spectra, "effective_rank")?);
+    let mut last_ranks: BTreeMap<&str, (i64, Vec<(String, f64)>)> = BTreeMap::new();
+    for k in (0..s_run.len()).filter(|&k| s_tensor[k] == "weight") {
+        let (Some(step), Some(rank)) = (s_step[k], s_rank[k]) else { continue };
+        let entry = last_ranks.entry(s_run[k].as_str()).or_insert((step, Vec::new()));
+        if step > entry.0 {
+            *entry = (step, Vec::new());
+        }
+        if step == entry.0 {
+            entry.1.push((s_param[k].clone(), rank));
+        }
+    }
+
+    let mut ordered: Vec<String> = order.iter().filter(|l| labels.contains(l)).cloned().collect();
+    let mut rest: Vec<String> = labels.iter().filter(|l| !ordered.contains(l)).cloned().collect();
+    rest.sort();
+    rest.dedup();
+    ordered.extend(rest);
+
+    Ok(ordered
+        .into_iter()
+        .map(|label| {
+            let rows: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] == label).collect();
+            let done: Vec<usize> = rows.iter().copied().filter(|&k| status[k] == "completed").collect();
+            let collect = |col: &[Option<f64>]| mean_sd(&done.iter().filter_map(|&k| col[k]).collect::<Vec<_>>());
+            let tasks = done.iter().filter_map(|&k| last_row.get(run_ids[k].as_str())).map(|(_, r)| r.len()).max().unwrap_or(0);
+            let per_task = (0..tasks as i64).map(|j| mean_sd(&done.iter().filter_map(|&k| last_row.get(run_ids[k].as_str())?.1.get(&j).copied()).collect::<Vec<_>>()).0).collect();
+            let mut ranks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for &k in &done {
+                for (param, r) in last_ranks.get(run_ids[k].as_str()).map(|x| x.1.as_slice()).unwrap_or_default() {
+                    ranks.entry(param.clone()).or_default().push(*r);
+                }
+            }
+            OptimizerSummary {
+                label,
+                runs: rows.len(),
+                diverged: rows.len() - done.len(),
+                final_all: collect(&final_all),
+                per_task,
+                backward_transfer: collect(&bwt),
+                forgetting: collect(&forgetting),
+                effective_rank: ranks.into_iter().map(|(p, rs)| (p, mean_sd(&rs).0)).collect(),
+            }
+        })
+        .collect())
+}
+
+/// A plain-text table, one line per optimizer.
+pub fn render(summaries: &[OptimizerSummary]) -> String {
+    let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
+    let params: Vec<String> = summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
+    let mut out = format!("{:<12} {:>5} {:>17}", "optimizer", "runs", "final acc (all)");
+    (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
+    write!(out, " {:>15} {:>11}", "BWT", "forgetting").unwrap();
+    params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
+    out.push('\n');
+    for s in summaries {
+        let runs = if s.diverged > 0 { format!("{}({}d)", s.runs, s.diverged) } else { s.runs.to_string() };
+        let pm = |(m, sd): (f64, f64)| if m.is_nan() { "—".to_string() } else { format!("{m:.4} ± {sd:.4}") };
+        write!(out, "{:<12} {:>5} {:>17}", s.label, runs, pm(s.final_all)).unwrap();
+        (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
+        write!(out, " {:>15} {:>11}", pm(s.backward_transfer), format!("{:.4}", s.forgetting.0)).unwrap();
+        s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
+        out.push('\n');
+    }
+    out
+}

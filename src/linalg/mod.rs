@@ -1,0 +1,11 @@
+//! CPU linear algebra: GEMM, singular values, symmetric eigen, Newton-Schulz, inverse roots.
+
+mod eigen;
+mod gemm;
+mod newton_schulz;
+mod svd;
+
+pub use eigen::{Epsilon, sym_inverse_root};
+pub use gemm::matmul;
+pub use newton_schulz::{NsCoefficients, newton_schulz};
+pub use svd::singular_values;

@@ -1,0 +1,150 @@
+//! One optimizer interface with parameter groups routed by [`Role`].
+//!
+//! An [`Optimizer`] is a list of [`ParamGroup`]s, each an [`UpdateRule`] over some
+//! parameters of a [`ParamStore`]. Muon's "auxiliary AdamW for everything that is
+//! not a hidden matrix" is just a second group; so is Shampoo's AdamW for vectors.
+//! Configs are small typed structs with defaults (serde: TOML presets and CLI).
+
+pub mod adamw;
+pub mod lion;
+pub mod muon;
+pub mod sgd;
+pub mod shampoo;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::models::{ParamStore, Role};
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use lion::{Lion, LionConfig};
+pub use muon::{Muon, MuonConfig, MuonScaling};
+pub use sgd::{Sgd, SgdConfig};
+pub use shampoo::{Grafting, Shampoo, ShampooConfig};
+
+/// A tensor an update rule exposes on probe steps (e.g. Muon's direction before
+/// and after orthogonalization), keyed by parameter index.
+pub struct Capture {
+    pub param: usize,
+    pub kind: &'static str,
+    pub values: Vec<f32>,
+}
+
+/// One update rule over the parameters of its group.
+pub trait UpdateRule<B: Backend>: Send {
+    /// Applies step `t` (1-based) with learning rate `lr` to `params` (store indices).
+    /// With `captures`, pushes the intermediate tensors probes want to see.
+    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, captures: Option<&mut Vec<Capture>>);
+
+    /// Every state buffer by a stable name, for checkpoints.
+    fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)>;
+
+    /// Counters worth recording (e.g. Shampoo's failed root computations).
+    fn diagnostics(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+}
+
+pub struct ParamGroup<B: Backend> {
+    /// e.g. "muon", "adamw-aux".
+    pub name: String,
+    pub params: Vec<usize>,
+    pub lr: f32,
+    pub rule: Box<dyn UpdateRule<B>>,
+}
+
+pub struct Optimizer<B: Backend> {
+    pub name: String,
+    pub groups: Vec<ParamGroup<B>>,
+    /// Steps taken so far (restored from checkpoints).
+    pub steps: u64,
+}
+
+impl<B: Backend> Optimizer<B> {
+    /// One step of every group; `lr_scale` multiplies each group's learning rate (schedules).
+    pub fn step(&mut self, backend: &B, store: &mut ParamStore<B>, lr_scale: f32, mut captures: Option<&mut Vec<Capture>>) {
+        self.steps += 1;
+        for g in &mut self.groups {
+            g.rule.step(backend, store, &g.params, g.lr * lr_scale, self.steps, captures.as_deref_mut());
+        }
+    }
+
+    /// Which group updates parameter `i`.
+    pub fn group_of(&self, i: usize) -> Option<&str> {
+        self.groups.iter().find(|g| g.params.contains(&i)).map(|g| g.name.as_str())
+    }
+}
+
+/// Every optimizer the lab knows, with its hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OptimizerConfig {
+    Sgd(SgdConfig),
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+    Lion(LionConfig),
+    Muon(MuonConfig),
+    Shampoo(ShampooConfig),
+}
+
+/// Names accepted by [`OptimizerConfig::by_name`].
+pub const OPTIMIZER_NAMES: [&str; 5] = ["sgd", "adamw", "lion", "muon", "shampoo"];
+
+impl OptimizerConfig {
+    /// The default configuration of a named optimizer.
+    pub fn by_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "sgd" => Self::Sgd(SgdConfig::default()),
+            "adamw" | "adam" => Self::AdamW(AdamWConfig::default()),
+            "lion" => Self::Lion(LionConfig::default()),
+            "muon" => Self::Muon(MuonConfig::default()),
+            "shampoo" => Self::Shampoo(ShampooConfig::default()),
+            _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd(_) => "sgd",
+            Self::AdamW(_) => "adamw",
+            Self::Lion(_) => "lion",
+            Self::Muon(_) => "muon",
+            Self::Shampoo(_) => "shampoo",
+        }
+    }
+
+    /// Builds the groups for a model's parameters.
+    pub fn build<B: Backend>(&self, backend: &B, store: &ParamStore<B>) -> Optimizer<B> {
+        let all: Vec<usize> = (0..store.specs.len()).collect();
+        let with_role = |keep: &dyn Fn(Role) -> bool| -> Vec<usize> { all.iter().copied().filter(|&i| keep(store.specs[i].role)).collect() };
+        let mut groups = Vec::new();
+        let mut push = |name: &str, params: Vec<usize>, lr: f32, rule: Box<dyn UpdateRule<B>>| {
+            if !params.is_empty() {
+                groups.push(ParamGroup { name: name.into(), params, lr, rule });
+            }
+        };
+        match self {
+            Self::Sgd(c) => push("sgd", all.clone(), c.lr, Box::new(Sgd::new(backend, store, *c))),
+            Self::AdamW(c) => push("adamw", all.clone(), c.lr, Box::new(AdamW::new(backend, store, *c))),
+            Self::Lion(c) => push("lion", all.clone(), c.lr, Box::new(Lion::new(backend, store, *c))),
+            Self::Muon(c) => {
+                let muon_roles = |r: Role| r == Role::HiddenMatrix || (c.all_matrices && r.is_matrix());
+                let (main, aux) = (with_role(&muon_roles), with_role(&|r| !muon_roles(r)));
+                push("muon", main.clone(), c.lr, Box::new(Muon::new(backend, store, &main, *c)));
+                push("adamw-aux", aux, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
+            Self::Shampoo(c) => {
+                let (main, aux) = (with_role(&Role::is_matrix), with_role(&|r| !r.is_matrix()));
+                push("shampoo", main.clone(), c.lr, Box::new(Shampoo::new(backend, store, &main, *c)));
+                push("adamw-aux", aux, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
+        }
+        Optimizer { name: self.name().into(), groups, steps: 0 }
+    }
+}
+
+/// The store ranges of a group's parameters (for multi-tensor ops).
+fn ranges<B: Backend>(store: &ParamStore<B>, params: &[usize]) -> Vec<std::ops::Range<usize>> {
+    params.iter().map(|&i| store.specs[i].range()).collect()
+}

@@ -1,0 +1,122 @@
+//! Muon (Keller Jordan et al. 2024): momentum, then the nearest semi-orthogonal
+//! matrix by Newton-Schulz, so every singular direction of the update moves alike.
+//! Follows the reference implementation: `m ← β·m + (1−β)·g`; Nesterov direction
+//! `(1−β)·g + β·m`; NS on it; `p ← p·(1−lr·wd) − lr·scale·NS(d)`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AdamWConfig, Capture, UpdateRule};
+use crate::backend::Backend;
+use crate::linalg::NsCoefficients;
+use crate::models::ParamStore;
+
+/// How the orthogonalized update (all singular values ≈ 1) is scaled per matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MuonScaling {
+    /// `max(1, rows/cols)^0.5` (Keller Jordan's reference).
+    Keller,
+    /// `0.2·sqrt(max(rows, cols))`: matches AdamW's update RMS so AdamW learning
+    /// rates and weight decay transfer (Liu et al. 2025, "Muon is Scalable for LLM Training").
+    MatchAdamRms,
+    None,
+}
+
+impl MuonScaling {
+    pub fn factor(self, rows: usize, cols: usize) -> f32 {
+        match self {
+            Self::Keller => (rows as f32 / cols as f32).max(1.0).sqrt(),
+            Self::MatchAdamRms => 0.2 * (rows.max(cols) as f32).sqrt(),
+            Self::None => 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MuonConfig {
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub ns_steps: usize,
+    pub coefficients: NsCoefficients,
+    pub scaling: MuonScaling,
+    pub weight_decay: f32,
+    /// Also orthogonalize the input and output matrices (by default they go to
+    /// the auxiliary AdamW, as in the reference implementation).
+    pub all_matrices: bool,
+    /// Optimizer of every parameter Muon does not take.
+    pub aux_adamw: AdamWConfig,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        Self {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+            coefficients: NsCoefficients::Keller,
+            scaling: MuonScaling::Keller,
+            weight_decay: 0.0,
+            all_matrices: false,
+            aux_adamw: AdamWConfig::default(),
+        }
+    }
+}
+
+pub struct Muon<B: Backend> {
+    config: MuonConfig,
+    momentum: B::Buf,
+    /// Scratch: the direction fed to Newton-Schulz, then its output.
+    direction: B::Buf,
+    orthogonal: B::Buf,
+    /// Parameter indices grouped by shape: one batched NS call per shape.
+    by_shape: BTreeMap<(usize, usize), Vec<usize>>,
+}
+
+impl<B: Backend> Muon<B> {
+    pub fn new(backend: &B, store: &ParamStore<B>, params: &[usize], config: MuonConfig) -> Self {
+        let mut by_shape: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for &i in params {
+            let s = &store.specs[i];
+            assert!(s.role.is_matrix(), "Muon takes matrices only; {} is a {}", s.name, s.role.as_str());
+            by_shape.entry((s.rows, s.cols)).or_default().push(i);
+        }
+        let n = store.len();
+        Self { config, momentum: backend.zeros(n), direction: backend.zeros(n), orthogonal: backend.zeros(n), by_shape }
+    }
+}
+
+impl<B: Backend> UpdateRule<B> for Muon<B> {
+    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, _params: &[usize], lr: f32, _t: u64, mut captures: Option<&mut Vec<Capture>>) {
+        let c = self.config;
+        let beta = c.momentum;
+        for (&(rows, cols), params) in &self.by_shape {
+            let ranges: Vec<_> = params.iter().map(|&i| store.specs[i].range()).collect();
+            for r in &ranges {
+                let g = B::view(&store.grads, r.clone());
+                backend.axpby(B::view_mut(&mut self.momentum, r.clone()), 1.0 - beta, g, beta);
+                backend.copy(B::view_mut(&mut self.direction, r.clone()), if c.nesterov { g } else { B::view(&self.momentum, r.clone()) });
+                if c.nesterov {
+                    backend.axpby(B::view_mut(&mut self.direction, r.clone()), beta, B::view(&self.momentum, r.clone()), 1.0 - beta);
+                }
+            }
+            backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, &ranges, rows, cols, c.ns_steps, c.coefficients);
+            let step = lr * c.scaling.factor(rows, cols);
+            for (&i, r) in params.iter().zip(&ranges) {
+                if let Some(caps) = captures.as_deref_mut() {
+                    caps.push(Capture { param: i, kind: "muon_pre_orthogonalization", values: backend.download(B::view(&self.direction, r.clone())) });
+                    caps.push(Capture { param: i, kind: "muon_post_orthogonalization", values: backend.download(B::view(&self.orthogonal, r.clone())) });
+                }
+                backend.axpby(B::view_mut(&mut store.values, r.clone()), -step, B::view(&self.orthogonal, r.clone()), 1.0 - lr * c.weight_decay);
+            }
+        }
+    }
+
+    fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
+        vec![("momentum".into(), &mut self.momentum)]
+    }
+}

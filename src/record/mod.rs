@@ -1,0 +1,7 @@
+//! What a run leaves on disk: Parquet tables (see [`schema`]) and checkpoints.
+
+pub mod checkpoint;
+pub mod parquet;
+pub mod schema;
+
+pub use parquet::{TableWriter, Value, read_table};

@@ -1,0 +1,180 @@
+//! Every table optlab writes, every column's type and meaning. The one place
+//! where a number in the Parquet output gets its definition (`exp schema`
+//! prints this as Markdown for the README).
+
+/// Column types, as they land in Parquet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    I64,
+    F64,
+    Bool,
+    /// A list of f32 (e.g. all singular values of a matrix, descending).
+    ListF32,
+    /// A list of f64 (e.g. a flattened row-major square matrix).
+    ListF64,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Str => "string",
+            Kind::I64 => "int64",
+            Kind::F64 => "float64",
+            Kind::Bool => "bool",
+            Kind::ListF32 => "list<float32>",
+            Kind::ListF64 => "list<float64>",
+        }
+    }
+}
+
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Nullable columns may hold missing values (e.g. a per-task column in an all-classes row).
+    pub nullable: bool,
+    pub doc: &'static str,
+}
+
+pub struct Table {
+    /// Also the folder name under the run directory.
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub columns: &'static [Column],
+}
+
+const fn col(name: &'static str, kind: Kind, doc: &'static str) -> Column {
+    Column { name, kind, nullable: false, doc }
+}
+const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
+    Column { name, kind, nullable: true, doc }
+}
+
+const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
+const OPTIMIZER: Column = col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo) or a preset's key such as `muon-all`.");
+const SEED: Column = col("seed", Kind::I64, "Seed of initialization and batch order.");
+const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
+const TASK: Column = col("task", Kind::I64, "Task being trained when the row was written (0-based).");
+const PARAM: Column = col("param", Kind::Str, "Parameter name, e.g. `fc2.weight` (PyTorch's names for the same model).");
+
+pub const STEPS: Table = Table {
+    name: "steps",
+    doc: "One row per optimizer step.",
+    columns: &[
+        RUN,
+        STEP,
+        TASK,
+        col("epoch", Kind::I64, "Epoch within the current task (0-based)."),
+        col("loss", Kind::F64, "Mean softmax cross-entropy of the batch, before the step."),
+        col("batch_accuracy", Kind::F64, "Fraction of the batch classified correctly, before the step."),
+        col("lr", Kind::F64, "Learning rate of the optimizer's main group at this step."),
+        col("grad_norm", Kind::F64, "L2 norm of the whole gradient (all parameters)."),
+        col("update_norm", Kind::F64, "L2 norm of the whole applied update θ_after − θ_before."),
+    ],
+};
+
+pub const PARAM_STEPS: Table = Table {
+    name: "param_steps",
+    doc: "One row per optimizer step and parameter.",
+    columns: &[
+        RUN,
+        STEP,
+        PARAM,
+        col("group", Kind::Str, "Parameter group that updated it (e.g. `muon`, `adamw-aux`)."),
+        col("grad_norm", Kind::F64, "‖∇θ‖₂ of this parameter."),
+        col("update_norm", Kind::F64, "‖Δθ‖₂, the applied update (weight decay included)."),
+        col("param_norm", Kind::F64, "‖θ‖₂ after the step."),
+        col("update_ratio", Kind::F64, "update_norm / param_norm: the relative step size."),
+    ],
+};
+
+pub const SPECTRA: Table = Table {
+    name: "spectra",
+    doc: "Singular spectra of every weight matrix and of what moved it, every `probe_every` steps and at each task boundary.",
+    columns: &[
+        RUN,
+        STEP,
+        TASK,
+        PARAM,
+        col(
+            "tensor",
+            Kind::Str,
+            "Which matrix: `weight`; `gradient` (of the last batch); `update` (applied Δθ of the last step); \
+             `muon_pre_orthogonalization` / `muon_post_orthogonalization` (Muon's direction before / after Newton-Schulz); \
+             `shampoo_preconditioned` (L^-1/4·M·R^-1/4 before grafting).",
+        ),
+        col("rows", Kind::I64, "Rows of the matrix (output features)."),
+        col("cols", Kind::I64, "Columns of the matrix (input features)."),
+        col("singular_values", Kind::ListF32, "All singular values σ, descending."),
+        col("effective_rank", Kind::F64, "exp(H(p)) with p = σ/Σσ (Roy & Vetterli 2007); 0 for a zero matrix."),
+        col("stable_rank", Kind::F64, "‖W‖_F² / ‖W‖₂²; 0 for a zero matrix."),
+        col("spectral_norm", Kind::F64, "‖W‖₂ = σ_max."),
+        col("frobenius_norm", Kind::F64, "‖W‖_F = sqrt(Σσ²)."),
+    ],
+};
+
+pub const ACCURACY: Table = Table {
+    name: "accuracy",
+    doc: "The accuracy matrix R[i][j] in long form: test accuracy on task j after training task i, plus all-class rows.",
+    columns: &[
+        RUN,
+        col("after_task", Kind::I64, "i: the last task trained."),
+        opt("eval_task", Kind::I64, "j: the task whose test set was evaluated; null for the union of every task's test set (all classes)."),
+        STEP,
+        col("accuracy", Kind::F64, "Fraction of that test set classified correctly (arg-max over all 10 classes)."),
+        col("examples", Kind::I64, "Size of that test set."),
+    ],
+};
+
+pub const ACTIVATIONS: Table = Table {
+    name: "activations",
+    doc: "Representations on the union of every task's test set after each task, per hidden layer.",
+    columns: &[
+        RUN,
+        col("after_task", Kind::I64, "The last task trained."),
+        col("layer", Kind::I64, "Hidden layer (1 = first), after its activation."),
+        col("width", Kind::I64, "Units in the layer."),
+        col("zero_fraction", Kind::F64, "Fraction of (example, unit) activations exactly 0 (ReLU sparsity)."),
+        col("dead_unit_fraction", Kind::F64, "Fraction of units that are 0 on every test example."),
+        col(
+            "class_cosine",
+            Kind::ListF64,
+            "10×10 row-major cosine similarity of the class-mean activation vectors (NaN for a class with no examples).",
+        ),
+    ],
+};
+
+pub const RUNS: Table = Table {
+    name: "runs",
+    doc: "One row per finished or diverged run: the study's summary numbers.",
+    columns: &[
+        RUN,
+        OPTIMIZER,
+        col("kind", Kind::Str, "The optimizer behind the label (sgd, adamw, lion, muon, shampoo)."),
+        SEED,
+        col("status", Kind::Str, "`completed` or `diverged`."),
+        opt("diverged_step", Kind::I64, "First step whose loss or parameters were NaN/Inf; null if none."),
+        col("steps", Kind::I64, "Optimizer steps taken."),
+        opt("final_all_accuracy", Kind::F64, "Accuracy on the union of every task's test set after the last task (null if diverged)."),
+        opt("average_accuracy", Kind::F64, "Mean of the last row of R (Chaudhry et al. 2018)."),
+        opt("backward_transfer", Kind::F64, "BWT = mean over j < T−1 of R[T−1][j] − R[j][j] (Lopez-Paz & Ranzato 2017)."),
+        opt("forgetting", Kind::F64, "Mean over j < T−1 of max_{l<T−1} R[l][j] − R[T−1][j] (Chaudhry et al. 2018)."),
+        col("seconds", Kind::F64, "Wall time of the run."),
+    ],
+};
+
+pub const ALL: [&Table; 6] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &RUNS];
+
+/// The schema as Markdown (README, `exp schema`).
+pub fn markdown() -> String {
+    let mut out = String::new();
+    for t in ALL {
+        out += &format!("### `{}/`\n{}\n\n| column | type | meaning |\n|---|---|---|\n", t.name, t.doc);
+        for c in t.columns {
+            let null = if c.nullable { ", nullable" } else { "" };
+            out += &format!("| `{}` | {}{} | {} |\n", c.name, c.kind.as_str(), null, c.doc);
+        }
+        out += "\n";
+    }
+    out
+}

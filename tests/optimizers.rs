@@ -1,0 +1,228 @@
+//! Optimizers against cases with known answers, not only "loss goes down".
+
+use optlab::backend::{Activation, Cpu};
+use optlab::linalg::{NsCoefficients, matmul, singular_values};
+use optlab::models::{Mlp, MlpConfig, ParamStore, Role};
+use optlab::optim::{AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, SgdConfig, ShampooConfig};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// A store holding one rows×cols matrix with the given role, values and gradient.
+fn one_matrix(rows: usize, cols: usize, values: &[f32], grad: &[f32]) -> ParamStore<Cpu> {
+    let mut store = ParamStore::new(&Cpu, &[("w".into(), rows, cols, Role::HiddenMatrix)], values);
+    store.grads.copy_from_slice(grad);
+    store
+}
+
+/// Applies one step of `config` and returns Δθ.
+fn one_step(config: &OptimizerConfig, store: &mut ParamStore<Cpu>) -> Vec<f32> {
+    let before = store.values.clone();
+    config.build(&Cpu, store).step(&Cpu, store, 1.0, None);
+    store.values.iter().zip(&before).map(|(a, b)| a - b).collect()
+}
+
+/// Orthonormal columns (n×k, k ≤ n) by Gram-Schmidt of a random matrix, row-major.
+fn orthonormal(n: usize, k: usize, rng: &mut StdRng) -> Vec<f32> {
+    let mut cols: Vec<Vec<f64>> = Vec::new();
+    while cols.len() < k {
+        let mut v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for c in &cols {
+            let d: f64 = v.iter().zip(c).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(c).for_each(|(a, b)| *a -= d * b);
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        cols.push(v.into_iter().map(|a| a / norm).collect());
+    }
+    (0..n * k).map(|i| cols[i % k][i / k] as f32).collect()
+}
+
+/// G = U·diag(s)·Vᵀ (rows×cols, rank min(rows, cols)) and its polar factor U·Vᵀ.
+fn with_known_svd(rows: usize, cols: usize, s: &[f32], rng: &mut StdRng) -> (Vec<f32>, Vec<f32>) {
+    let k = rows.min(cols);
+    let (u, v) = (orthonormal(rows, k, rng), orthonormal(cols, k, rng));
+    let us: Vec<f32> = u.iter().enumerate().map(|(i, x)| x * s[i % k]).collect();
+    let (mut g, mut polar) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+    matmul(&mut g, &us, &v, rows, k, cols, false, true, 1.0, 0.0);
+    matmul(&mut polar, &u, &v, rows, k, cols, false, true, 1.0, 0.0);
+    (g, polar)
+}
+
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let err: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (err / norm).sqrt()
+}
+
+#[test]
+fn adamw_first_step_moves_every_coordinate_by_lr() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let (p, g) = (random(30, &mut rng), random(30, &mut rng));
+    let c = AdamWConfig { lr: 0.01, weight_decay: 0.1, ..Default::default() };
+    let mut store = one_matrix(5, 6, &p, &g);
+    let delta = one_step(&OptimizerConfig::AdamW(c), &mut store);
+    for ((d, p), g) in delta.iter().zip(&p).zip(&g) {
+        // Bias correction makes m̂/√v̂ = g/|g| on step 1; decay is decoupled.
+        let want = -p * 0.01 * 0.1 - 0.01 * g.signum();
+        assert!((d - want).abs() < 1e-6, "{d} vs {want}");
+    }
+}
+
+#[test]
+fn sgd_momentum_and_nesterov_by_hand() {
+    for nesterov in [false, true] {
+        let c = SgdConfig { lr: 0.1, momentum: 0.9, nesterov, weight_decay: 0.0 };
+        let mut store = one_matrix(1, 2, &[1.0, -1.0], &[0.5, 2.0]);
+        let mut opt = OptimizerConfig::Sgd(c).build(&Cpu, &store);
+        opt.step(&Cpu, &mut store, 1.0, None);
+        opt.step(&Cpu, &mut store, 1.0, None);
+        // Same gradient twice: buffers g then 1.9g; Nesterov steps along g + 0.9·buf.
+        let total = if nesterov { 1.9 + (1.0 + 0.9 * 1.9) } else { 1.0 + 1.9 };
+        let want = [1.0 - 0.1 * total * 0.5, -1.0 - 0.1 * total * 2.0];
+        for (v, w) in store.values.iter().zip(want) {
+            assert!((v - w).abs() < 1e-6, "nesterov={nesterov}: {v} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn lion_moves_by_exactly_lr_and_not_on_zero_gradient() {
+    let c = LionConfig { lr: 0.003, ..Default::default() };
+    let mut store = one_matrix(1, 4, &[0.5, 0.5, 0.5, 0.5], &[1e-9, -3.0, 0.0, 7.0]);
+    let delta = one_step(&OptimizerConfig::Lion(c), &mut store);
+    assert_eq!(delta.iter().map(|d| (d / 0.003).round()).collect::<Vec<_>>(), [-1.0, 1.0, 0.0, -1.0]);
+}
+
+#[test]
+fn muon_step_is_the_scaled_polar_factor() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let (rows, cols) = (12, 7);
+    let s: Vec<f32> = (0..7).map(|i| 0.1 + 0.15 * i as f32).collect();
+    let (g, polar) = with_known_svd(rows, cols, &s, &mut rng);
+    let lr = 0.02;
+    let scale = (rows as f32 / cols as f32).sqrt();
+
+    // Polar Express converges: the step is −lr·scale·U·Vᵀ (Nesterov's direction
+    // on step 1 is a multiple of G, and NS ignores the scale).
+    let c = MuonConfig { lr, coefficients: NsCoefficients::PolarExpress, ns_steps: 10, ..Default::default() };
+    let delta = one_step(&OptimizerConfig::Muon(c), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
+    let want: Vec<f32> = polar.iter().map(|p| -lr * scale * p).collect();
+    assert!(relative_error(&delta, &want) < 1e-2, "error {}", relative_error(&delta, &want));
+
+    // Keller's quintic (5 steps) stops short of 1 by design: singular values in a band.
+    let delta = one_step(&OptimizerConfig::Muon(MuonConfig { lr, ..Default::default() }), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
+    let sv = singular_values(&delta, rows, cols).unwrap();
+    for v in sv {
+        let v = v / (lr * scale);
+        assert!((0.6..=1.25).contains(&v), "singular value {v} outside Keller's band");
+    }
+}
+
+#[test]
+fn muon_routes_by_role() {
+    let config = MlpConfig { input: 8, hidden: vec![6, 6, 5], classes: 3, activation: Activation::Relu };
+    let model = Mlp::new(&Cpu, config, 0);
+    let names = |opt: &optlab::optim::Optimizer<Cpu>, group: &str| -> Vec<String> {
+        let g = opt.groups.iter().find(|g| g.name == group).unwrap();
+        g.params.iter().map(|&i| model.store.specs[i].name.clone()).collect()
+    };
+    let default = OptimizerConfig::Muon(MuonConfig::default()).build(&Cpu, &model.store);
+    assert_eq!(names(&default, "muon"), ["fc2.weight", "fc3.weight"]);
+    assert_eq!(names(&default, "adamw-aux").len(), 6); // fc1.weight, fc4.weight and four biases
+    let all = OptimizerConfig::Muon(MuonConfig { all_matrices: true, ..Default::default() }).build(&Cpu, &model.store);
+    assert_eq!(names(&all, "muon"), ["fc1.weight", "fc2.weight", "fc3.weight", "fc4.weight"]);
+}
+
+#[test]
+fn shampoo_first_step_is_the_polar_factor() {
+    // L = GGᵀ, R = GᵀG ⇒ L^{-1/4}·G·R^{-1/4} = U·Vᵀ for full-rank G.
+    let mut rng = StdRng::seed_from_u64(3);
+    let s = [2.0, 1.5, 1.0, 0.8, 0.6, 0.5];
+    let (g, polar) = with_known_svd(6, 6, &s, &mut rng);
+    let c = ShampooConfig { lr: 0.1, beta1: 0.0, grafting: Grafting::None, precondition_frequency: 1, ..Default::default() };
+    let delta = one_step(&OptimizerConfig::Shampoo(c), &mut one_matrix(6, 6, &[0.0; 36], &g));
+    let want: Vec<f32> = polar.iter().map(|p| -0.1 * p).collect();
+    assert!(relative_error(&delta, &want) < 1e-3, "error {}", relative_error(&delta, &want));
+}
+
+#[test]
+fn shampoo_diagonal_fallback_matches_the_formula() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (rows, cols) = (4, 5);
+    let g = random(rows * cols, &mut rng);
+    let c = ShampooConfig { lr: 1.0, beta1: 0.0, grafting: Grafting::None, max_preconditioner_dim: 0, ..Default::default() };
+    let delta = one_step(&OptimizerConfig::Shampoo(c), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
+    let eps = c.epsilon.absolute as f32;
+    for r in 0..rows {
+        for k in 0..cols {
+            let row: f32 = (0..cols).map(|j| g[r * cols + j].powi(2)).sum();
+            let col: f32 = (0..rows).map(|i| g[i * cols + k].powi(2)).sum();
+            let want = -g[r * cols + k] * (row + eps).powf(-0.25) * (col + eps).powf(-0.25);
+            assert!((delta[r * cols + k] - want).abs() < 1e-5 * want.abs().max(1.0), "({r},{k})");
+        }
+    }
+}
+
+#[test]
+fn shampoo_adam_grafting_takes_adams_step_norm() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let g = random(20, &mut rng);
+    let c = ShampooConfig { lr: 0.01, ..Default::default() };
+    let delta = one_step(&OptimizerConfig::Shampoo(c), &mut one_matrix(4, 5, &[0.0; 20], &g));
+    // Adam's first step is lr·sign(g) per coordinate: norm lr·sqrt(20).
+    let norm = delta.iter().map(|d| f64::from(*d).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 0.01 * 20f64.sqrt()).abs() < 1e-5, "{norm}");
+}
+
+#[test]
+fn shampoo_statistics_sum_over_steps() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let (g1, g2) = (random(6, &mut rng), random(6, &mut rng));
+    let mut store = one_matrix(2, 3, &[0.0; 6], &g1);
+    let mut opt = OptimizerConfig::Shampoo(ShampooConfig::default()).build(&Cpu, &store);
+    opt.step(&Cpu, &mut store, 1.0, None);
+    store.grads.copy_from_slice(&g2);
+    opt.step(&Cpu, &mut store, 1.0, None);
+    let state = opt.groups[0].rule.state_mut();
+    let left = state.into_iter().find(|(n, _)| n == "p0.left.stat").unwrap().1;
+    for i in 0..2 {
+        for j in 0..2 {
+            let want: f32 = (0..3).map(|k| g1[i * 3 + k] * g1[j * 3 + k] + g2[i * 3 + k] * g2[j * 3 + k]).sum();
+            assert!((left[i * 2 + j] - want).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn every_optimizer_fits_a_small_problem() {
+    // Four separable Gaussian blobs in 10 dimensions.
+    let mut rng = StdRng::seed_from_u64(7);
+    let centers = random(40, &mut rng);
+    let labels: Vec<u8> = (0..64).map(|i| (i % 4) as u8).collect();
+    let x: Vec<f32> = labels.iter().flat_map(|&l| (0..10).map(|d| 3.0 * centers[l as usize * 10 + d] + 0.3 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>()).collect();
+    let config = MlpConfig { input: 10, hidden: vec![16, 16], classes: 4, activation: Activation::Relu };
+    for name in optlab::optim::OPTIMIZER_NAMES {
+        let mut model = Mlp::new(&Cpu, config.clone(), 1);
+        let config = match OptimizerConfig::by_name(name).unwrap() {
+            // Lion's default lr (1e-4) suits long runs; 150 steps need a larger one.
+            OptimizerConfig::Lion(c) => OptimizerConfig::Lion(LionConfig { lr: 1e-3, ..c }),
+            c => c,
+        };
+        let mut opt = config.build(&Cpu, &model.store);
+        let first = model.loss_and_gradients(&Cpu, &x, &labels).loss;
+        let mut last = first;
+        for _ in 0..150 {
+            last = model.loss_and_gradients(&Cpu, &x, &labels).loss;
+            opt.step(&Cpu, &mut model.store, 1.0, None);
+        }
+        assert!(last < 0.3 * first, "{name}: loss {first} → {last}");
+    }
+}
+
+#[test]
+fn unknown_optimizer_names_the_known_ones() {
+    let err = OptimizerConfig::by_name("adamm").unwrap_err().to_string();
+    assert!(err.contains("adamm") && err.contains("shampoo") && err.contains("muon"), "{err}");
+}

@@ -1,0 +1,117 @@
+//! The split-MNIST protocol end to end on small synthetic data: what it writes,
+//! what it must show, divergence, and stop/resume.
+
+use std::path::Path;
+
+use indicatif::ProgressBar;
+use optlab::backend::Cpu;
+use optlab::data::{Dataset, Split, tasks};
+use optlab::experiments::split_mnist::run_study;
+use optlab::experiments::{SplitMnistConfig, summary};
+use optlab::record::{read_table, schema};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+/// Ten well-separated Gaussian classes in 24 "pixels".
+fn blobs(per_class: usize, seed: u64) -> Dataset {
+    let mut centers = StdRng::seed_from_u64(99);
+    let centers: Vec<f32> = (0..240).map(|_| centers.random_range(-1.0..1.0)).collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Vec<u8> = (0..per_class * 10).map(|i| (i % 10) as u8).collect();
+    let images = labels.iter().flat_map(|&l| (0..24).map(|d| 2.0 * centers[l as usize * 24 + d] + 0.5 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>()).collect();
+    Dataset { images, labels, pixels: 24 }
+}
+
+fn config(overrides: &[&str]) -> SplitMnistConfig {
+    let base = ["hidden=[32, 32]", "batch_size=16", "probe_every=4", "eval_batch=64", "standardize=false", "epochs_per_task=3"];
+    let all: Vec<String> = base.iter().chain(overrides).map(|s| s.to_string()).collect();
+    SplitMnistConfig::resolve(None, &all).unwrap()
+}
+
+fn run(config: &SplitMnistConfig, out: &Path, resume: bool, stop_after: Option<usize>) {
+    let split = Split { train: blobs(120, 1), test: blobs(20, 2) };
+    let tasks = tasks::class_incremental(&split, &config.class_groups).unwrap();
+    run_study(&Cpu, config, &tasks, out, resume, stop_after, &ProgressBar::hidden()).unwrap();
+}
+
+fn column_f64(dir: &Path, table: &schema::Table, col: &str) -> Vec<Option<f64>> {
+    read_table(dir, table).unwrap().column(col).unwrap().f64().unwrap().iter().collect()
+}
+
+#[test]
+fn study_writes_every_table_and_shows_forgetting() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["optimizers=[\"sgd\", \"muon\", \"shampoo\"]"]);
+    run(&c, dir.path(), false, None);
+
+    for table in schema::ALL {
+        let df = read_table(dir.path(), table).unwrap();
+        let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+        let want: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        assert_eq!(names, want, "table {}", table.name);
+        assert!(df.height() > 0, "table {} is empty", table.name);
+    }
+    // 3 runs × 5 tasks × (5 tasks + the union) accuracy rows.
+    assert_eq!(read_table(dir.path(), &schema::ACCURACY).unwrap().height(), 3 * 5 * 6);
+    // The naive class-incremental protocol: a shared head, no replay — task 0 is
+    // learned, then forgotten by SGD.
+    let summaries = summary::summarize(dir.path(), &c.optimizers).unwrap();
+    let sgd = &summaries[0];
+    assert_eq!(sgd.label, "sgd");
+    assert!(sgd.forgetting.0 > 0.5, "SGD forgetting {:?}", sgd.forgetting);
+    assert!(sgd.per_task[4] > 0.9, "last task learned: {:?}", sgd.per_task);
+    let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
+    let sgd_first = (0..acc.height())
+        .find(|&k| acc.column("run").unwrap().str().unwrap().get(k) == Some("sgd-s0") && acc.column("eval_task").unwrap().i64().unwrap().get(k) == Some(0))
+        .map(|k| acc.column("accuracy").unwrap().f64().unwrap().get(k).unwrap())
+        .unwrap();
+    assert!(sgd_first > 0.95, "SGD on task 0 right after task 0: {sgd_first}");
+    // Muon's probes include its direction before and after orthogonalization.
+    let tensors: Vec<String> = read_table(dir.path(), &schema::SPECTRA).unwrap().column("tensor").unwrap().str().unwrap().iter().map(|s| s.unwrap().to_string()).collect();
+    for kind in ["weight", "gradient", "update", "muon_pre_orthogonalization", "muon_post_orthogonalization", "shampoo_preconditioned"] {
+        assert!(tensors.iter().any(|t| t == kind), "no {kind} spectra");
+    }
+    let table = summary::render(&summaries);
+    assert!(table.contains("muon") && table.contains("erank:fc1"), "{table}");
+    // A second study into the same directory is refused rather than mixed in.
+    let split = Split { train: blobs(4, 1), test: blobs(2, 2) };
+    let t = tasks::class_incremental(&split, &c.class_groups).unwrap();
+    assert!(run_study(&Cpu, &c, &t, dir.path(), false, None, &ProgressBar::hidden()).is_err());
+}
+
+#[test]
+fn divergence_is_recorded_and_other_runs_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["optimizers=[\"boom\", \"adamw\"]", "optimizer.boom.kind=\"sgd\"", "optimizer.boom.lr=1e30"]);
+    run(&c, dir.path(), false, None);
+    let runs = read_table(dir.path(), &schema::RUNS).unwrap();
+    let status: Vec<&str> = runs.column("status").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    let runs_ids: Vec<&str> = runs.column("run").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    let boom = runs_ids.iter().position(|r| *r == "boom-s0").unwrap();
+    assert_eq!(status[boom], "diverged");
+    let step = runs.column("diverged_step").unwrap().i64().unwrap().get(boom).unwrap();
+    assert!(step >= 1);
+    assert_eq!(status[1 - boom], "completed");
+    // Steps written before the divergence stay on record.
+    let steps = read_table(dir.path(), &schema::STEPS).unwrap();
+    let boom_steps = steps.column("run").unwrap().str().unwrap().iter().filter(|r| *r == Some("boom-s0")).count();
+    assert_eq!(boom_steps as i64, step - 1);
+}
+
+#[test]
+fn stop_and_resume_reproduce_an_uninterrupted_study() {
+    let c = config(&["optimizers=[\"shampoo\", \"muon\"]"]);
+    let whole = tempfile::tempdir().unwrap();
+    run(&c, whole.path(), false, None);
+    let pieces = tempfile::tempdir().unwrap();
+    run(&c, pieces.path(), false, Some(2));
+    // A stale part from an attempt killed after its last checkpoint is discarded.
+    let stale = pieces.path().join("steps").join("part-muon-s0-t2-00000.parquet");
+    std::fs::copy(pieces.path().join("steps").join("part-muon-s0-t0-00000.parquet"), &stale).unwrap();
+    run(&c, pieces.path(), true, Some(2));
+    run(&c, pieces.path(), true, None);
+    for (table, col) in [(&schema::ACCURACY, "accuracy"), (&schema::STEPS, "loss"), (&schema::SPECTRA, "effective_rank")] {
+        let (a, b) = (column_f64(whole.path(), table, col), column_f64(pieces.path(), table, col));
+        assert_eq!(a.len(), b.len(), "{} rows", table.name);
+        assert_eq!(a, b, "{}.{col} differs after stop/resume", table.name);
+    }
+}
