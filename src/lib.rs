@@ -7,10 +7,10 @@
 
 pub mod backend;
 pub mod data;
+pub mod experiments;
 pub mod linalg;
 pub mod metrics;
 pub mod models;
 pub mod nn;
-pub mod experiments;
 pub mod optim;
 pub mod record;

@@ -51,7 +51,10 @@ fn activations() {
     let mut rng = StdRng::seed_from_u64(1);
     for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
         // Keep ReLU inputs away from its kink, where differences are meaningless.
-        let x: Vec<f32> = random(37, &mut rng).into_iter().map(|v| if kind == Activation::Relu && v.abs() < 0.1 { v + 0.3 * v.signum() } else { 2.0 * v }).collect();
+        let x: Vec<f32> = random(37, &mut rng)
+            .into_iter()
+            .map(|v| if kind == Activation::Relu && v.abs() < 0.1 { v + 0.3 * v.signum() } else { 2.0 * v })
+            .collect();
         let r = random(37, &mut rng);
         let f = |x: &[f32]| {
             let mut y = vec![0.0; x.len()];

@@ -112,7 +112,8 @@ fn muon_step_is_the_scaled_polar_factor() {
     assert!(relative_error(&delta, &want) < 1e-2, "error {}", relative_error(&delta, &want));
 
     // Keller's quintic (5 steps) stops short of 1 by design: singular values in a band.
-    let delta = one_step(&OptimizerConfig::Muon(MuonConfig { lr, ..Default::default() }), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
+    let delta =
+        one_step(&OptimizerConfig::Muon(MuonConfig { lr, ..Default::default() }), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
     let sv = singular_values(&delta, rows, cols).unwrap();
     for v in sv {
         let v = v / (lr * scale);
@@ -201,7 +202,10 @@ fn every_optimizer_fits_a_small_problem() {
     let mut rng = StdRng::seed_from_u64(7);
     let centers = random(40, &mut rng);
     let labels: Vec<u8> = (0..64).map(|i| (i % 4) as u8).collect();
-    let x: Vec<f32> = labels.iter().flat_map(|&l| (0..10).map(|d| 3.0 * centers[l as usize * 10 + d] + 0.3 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>()).collect();
+    let x: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| (0..10).map(|d| 3.0 * centers[l as usize * 10 + d] + 0.3 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>())
+        .collect();
     let config = MlpConfig { input: 10, hidden: vec![16, 16], classes: 4, activation: Activation::Relu };
     for name in optlab::optim::OPTIMIZER_NAMES {
         let mut model = Mlp::new(&Cpu, config.clone(), 1);

@@ -27,7 +27,9 @@ fn class_incremental_split_mnist_learns_then_forgets() {
     let (run, after, eval, accuracy) = (col("run"), col("after_task"), col("eval_task"), col("accuracy"));
     let at = |r: &str, i: i64, j: i64| {
         (0..acc.height())
-            .find(|&k| run.str().unwrap().get(k) == Some(r) && after.i64().unwrap().get(k) == Some(i) && eval.i64().unwrap().get(k) == Some(j))
+            .find(|&k| {
+                run.str().unwrap().get(k) == Some(r) && after.i64().unwrap().get(k) == Some(i) && eval.i64().unwrap().get(k) == Some(j)
+            })
             .map(|k| accuracy.f64().unwrap().get(k).unwrap())
             .unwrap()
     };

@@ -17,7 +17,10 @@ fn blobs(per_class: usize, seed: u64) -> Dataset {
     let centers: Vec<f32> = (0..240).map(|_| centers.random_range(-1.0..1.0)).collect();
     let mut rng = StdRng::seed_from_u64(seed);
     let labels: Vec<u8> = (0..per_class * 10).map(|i| (i % 10) as u8).collect();
-    let images = labels.iter().flat_map(|&l| (0..24).map(|d| 2.0 * centers[l as usize * 24 + d] + 0.5 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>()).collect();
+    let images = labels
+        .iter()
+        .flat_map(|&l| (0..24).map(|d| 2.0 * centers[l as usize * 24 + d] + 0.5 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>())
+        .collect();
     Dataset { images, labels, pixels: 24 }
 }
 
@@ -61,12 +64,23 @@ fn study_writes_every_table_and_shows_forgetting() {
     assert!(sgd.per_task[4] > 0.9, "last task learned: {:?}", sgd.per_task);
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     let sgd_first = (0..acc.height())
-        .find(|&k| acc.column("run").unwrap().str().unwrap().get(k) == Some("sgd-s0") && acc.column("eval_task").unwrap().i64().unwrap().get(k) == Some(0))
+        .find(|&k| {
+            acc.column("run").unwrap().str().unwrap().get(k) == Some("sgd-s0")
+                && acc.column("eval_task").unwrap().i64().unwrap().get(k) == Some(0)
+        })
         .map(|k| acc.column("accuracy").unwrap().f64().unwrap().get(k).unwrap())
         .unwrap();
     assert!(sgd_first > 0.95, "SGD on task 0 right after task 0: {sgd_first}");
     // Muon's probes include its direction before and after orthogonalization.
-    let tensors: Vec<String> = read_table(dir.path(), &schema::SPECTRA).unwrap().column("tensor").unwrap().str().unwrap().iter().map(|s| s.unwrap().to_string()).collect();
+    let tensors: Vec<String> = read_table(dir.path(), &schema::SPECTRA)
+        .unwrap()
+        .column("tensor")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| s.unwrap().to_string())
+        .collect();
     for kind in ["weight", "gradient", "update", "muon_pre_orthogonalization", "muon_post_orthogonalization", "shampoo_preconditioned"] {
         assert!(tensors.iter().any(|t| t == kind), "no {kind} spectra");
     }

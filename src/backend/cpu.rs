@@ -133,7 +133,15 @@ impl Backend for Cpu {
         x.iter_mut().for_each(|v| *v *= alpha);
     }
 
-    fn adamw_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, ranges: &[Range<usize>], hp: AdamParams) {
+    fn adamw_step(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        ranges: &[Range<usize>],
+        hp: AdamParams,
+    ) {
         let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
         let decay = 1.0 - hp.lr * hp.weight_decay;
@@ -148,7 +156,17 @@ impl Backend for Cpu {
         }
     }
 
-    fn sgd_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, momentum_buf: &mut Vec<f32>, ranges: &[Range<usize>], lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) {
+    fn sgd_step(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        momentum_buf: &mut Vec<f32>,
+        ranges: &[Range<usize>],
+        lr: f32,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    ) {
         for r in ranges {
             for ((p, &g), b) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut momentum_buf[r.clone()]) {
                 let g = g + weight_decay * *p;
@@ -158,13 +176,29 @@ impl Backend for Cpu {
         }
     }
 
-    fn lion_step(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, ranges: &[Range<usize>], lr: f32, beta1: f32, beta2: f32, weight_decay: f32) {
+    fn lion_step(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        ranges: &[Range<usize>],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        weight_decay: f32,
+    ) {
         let decay = 1.0 - lr * weight_decay;
         for r in ranges {
             for ((p, &g), m) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut m[r.clone()]) {
                 let c = beta1 * *m + (1.0 - beta1) * g;
                 // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
-                let sign = if c > 0.0 { 1.0 } else if c < 0.0 { -1.0 } else { 0.0 };
+                let sign = if c > 0.0 {
+                    1.0
+                } else if c < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
                 *p = *p * decay - lr * sign;
                 *m = beta2 * *m + (1.0 - beta2) * g;
             }
@@ -181,7 +215,16 @@ impl Backend for Cpu {
         v.iter_mut().zip(g).for_each(|(v, &g)| *v = beta * *v + (1.0 - beta) * g * g);
     }
 
-    fn newton_schulz_batched(&self, out: &mut Vec<f32>, input: &Vec<f32>, ranges: &[Range<usize>], rows: usize, cols: usize, steps: usize, coeffs: NsCoefficients) {
+    fn newton_schulz_batched(
+        &self,
+        out: &mut Vec<f32>,
+        input: &Vec<f32>,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: NsCoefficients,
+    ) {
         for r in ranges {
             out[r.clone()].copy_from_slice(&linalg::newton_schulz(&input[r.clone()], rows, cols, steps, coeffs));
         }

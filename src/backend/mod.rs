@@ -5,6 +5,9 @@
 //! the same trait with kernels. Ops take *views* (sub-ranges of device buffers) so
 //! that one parameter store can hold every tensor of a model in one allocation.
 
+// Kernel-shaped ops take many scalars (shapes, hyperparameters) by design.
+#![allow(clippy::too_many_arguments)]
+
 pub mod cpu;
 
 use std::ops::Range;
@@ -120,14 +123,40 @@ pub trait Backend: Send + Sync + 'static {
     /// Scale `x` in place.
     fn scale(&self, x: Self::ViewMut<'_>, alpha: f32);
     /// Fused AdamW over the given ranges of a store-sized parameter buffer.
-    fn adamw_step(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, ranges: &[Range<usize>], hp: AdamParams);
+    fn adamw_step(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        ranges: &[Range<usize>],
+        hp: AdamParams,
+    );
     /// SGD as `torch.optim.SGD`: `g' = g + wd·p`, `buf = μ·buf + g'`, step along
     /// `g' + μ·buf` (Nesterov) or `buf`.
-    #[allow(clippy::too_many_arguments)]
-    fn sgd_step(&self, params: &mut Self::Buf, grads: &Self::Buf, momentum_buf: &mut Self::Buf, ranges: &[Range<usize>], lr: f32, momentum: f32, nesterov: bool, weight_decay: f32);
+    fn sgd_step(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        momentum_buf: &mut Self::Buf,
+        ranges: &[Range<usize>],
+        lr: f32,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    );
     /// Lion (Chen et al. 2023): `p ← p(1−lr·wd) − lr·sign(β1·m + (1−β1)·g)`, then `m ← β2·m + (1−β2)·g`.
-    #[allow(clippy::too_many_arguments)]
-    fn lion_step(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, ranges: &[Range<usize>], lr: f32, beta1: f32, beta2: f32, weight_decay: f32);
+    fn lion_step(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        ranges: &[Range<usize>],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        weight_decay: f32,
+    );
     /// Adam's direction `out = (m/bias1) / (sqrt(v/bias2) + eps)` (bias_i = 1−β_iᵗ),
     /// used for grafting.
     fn adam_direction(&self, out: Self::ViewMut<'_>, m: Self::View<'_>, v: Self::View<'_>, bias1: f32, bias2: f32, eps: f32);
@@ -138,13 +167,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Muon's orthogonalization (see `linalg::newton_schulz`) of a batch of
     /// same-shape rows×cols matrices at `ranges` of `input`, written to the same
     /// ranges of `out`: one call per shape, so a GPU can batch them.
-    #[allow(clippy::too_many_arguments)]
-    fn newton_schulz_batched(&self, out: &mut Self::Buf, input: &Self::Buf, ranges: &[Range<usize>], rows: usize, cols: usize, steps: usize, coeffs: crate::linalg::NsCoefficients);
+    fn newton_schulz_batched(
+        &self,
+        out: &mut Self::Buf,
+        input: &Self::Buf,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: crate::linalg::NsCoefficients,
+    );
     /// `(A + εI)^{-1/p}` of a symmetric PSD n×n matrix; `Err` leaves the caller's previous root in use.
     fn inverse_root(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize, p: u32, eps: crate::linalg::Epsilon) -> anyhow::Result<()>;
     /// Scales the rows (or columns) of a rows×cols matrix `x` by `(d + eps)^{-1/p}`:
     /// Shampoo's diagonal fallback for a side too large to precondition fully.
-    #[allow(clippy::too_many_arguments)]
     fn scale_by_diagonal_root(&self, x: Self::ViewMut<'_>, d: Self::View<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32);
     /// Row (or column) sums of squares of a rows×cols matrix, EMA'd into `out`:
     /// the diagonal of `G·Gᵀ` (or `Gᵀ·G`) without forming it.

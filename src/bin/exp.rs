@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Class-incremental split-MNIST (or permuted MNIST): every optimizer × seed,
     /// spectra and forgetting to Parquet, a summary table at the end.
-    SplitMnist(SplitMnistArgs),
+    SplitMnist(Box<SplitMnistArgs>),
     /// Print the summary table of a study directory (finished or not).
     Report { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
@@ -133,11 +133,21 @@ fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("split-mnist-{}", utc_stamp())));
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
     let runs = config.optimizers.len() * config.seeds.len();
-    eprintln!("split-mnist: {} tasks, {runs} runs ({} × seeds {:?}) on cpu → {}", tasks.len(), config.optimizers.join(", "), config.seeds, out.display());
-    let progress = ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
+    eprintln!(
+        "split-mnist: {} tasks, {runs} runs ({} × seeds {:?}) on cpu → {}",
+        tasks.len(),
+        config.optimizers.join(", "),
+        config.seeds,
+        out.display()
+    );
+    let progress =
+        ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
     split_mnist::run_study(&Cpu, &config, &tasks, &out, args.resume, args.stop_after_tasks, &progress)?;
     print!("{}", summary::render(&summary::summarize(&out, &config.optimizers)?));
-    println!("results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, runs; `exp schema` explains every column)", out.display());
+    println!(
+        "results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, runs; `exp schema` explains every column)",
+        out.display()
+    );
     Ok(())
 }
 

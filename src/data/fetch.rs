@@ -31,42 +31,18 @@ struct FileSpec {
 /// a25bea73…, 2646ac64…, 27ae3e4e…); the data checks out as 60000x28x28,
 /// pixel mean 0.1307, std 0.3081, first labels 5 0 4 1 9 2 1 3 1 4.
 const MNIST: [FileSpec; 4] = [
-    FileSpec {
-        stem: "train-images-idx3-ubyte",
-        sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    },
-    FileSpec {
-        stem: "train-labels-idx1-ubyte",
-        sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    },
-    FileSpec {
-        stem: "t10k-images-idx3-ubyte",
-        sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    },
-    FileSpec {
-        stem: "t10k-labels-idx1-ubyte",
-        sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    },
+    FileSpec { stem: "train-images-idx3-ubyte", sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db" },
+    FileSpec { stem: "train-labels-idx1-ubyte", sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5" },
+    FileSpec { stem: "t10k-images-idx3-ubyte", sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7" },
+    FileSpec { stem: "t10k-labels-idx1-ubyte", sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2" },
 ];
 
 /// Official Fashion-MNIST files (zalandoresearch/fashion-mnist, data/fashion).
 const FASHION_MNIST: [FileSpec; 4] = [
-    FileSpec {
-        stem: "train-images-idx3-ubyte",
-        sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    },
-    FileSpec {
-        stem: "train-labels-idx1-ubyte",
-        sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    },
-    FileSpec {
-        stem: "t10k-images-idx3-ubyte",
-        sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    },
-    FileSpec {
-        stem: "t10k-labels-idx1-ubyte",
-        sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    },
+    FileSpec { stem: "train-images-idx3-ubyte", sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888" },
+    FileSpec { stem: "train-labels-idx1-ubyte", sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9" },
+    FileSpec { stem: "t10k-images-idx3-ubyte", sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b" },
+    FileSpec { stem: "t10k-labels-idx1-ubyte", sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34" },
 ];
 
 /// A way to obtain files: it leaves them anywhere under the staging folder it is
@@ -87,14 +63,9 @@ type RouteFn = Box<dyn Fn(&Path, &[&str]) -> anyhow::Result<()>>;
 /// after the dataset. A present file that fails verification is an error, never
 /// overwritten: it may be the user's.
 pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<[IdxFile; 4]> {
-    let env_dir = std::env::var_os(DATA_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    let dirs: Vec<PathBuf> = [data_dir.map(Path::to_path_buf), env_dir, cache_dir()]
-        .into_iter()
-        .flatten()
-        .map(|d| d.join(name.as_str()))
-        .collect();
+    let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dirs: Vec<PathBuf> =
+        [data_dir.map(Path::to_path_buf), env_dir, cache_dir()].into_iter().flatten().map(|d| d.join(name.as_str())).collect();
     let (specs, routes) = match name {
         DatasetName::Mnist => (&MNIST, mnist_routes()),
         DatasetName::FashionMnist => (&FASHION_MNIST, fashion_mnist_routes()),
@@ -104,46 +75,25 @@ pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Resu
 }
 
 fn cache_dir() -> Option<PathBuf> {
-    let non_empty = |var| {
-        std::env::var_os(var)
-            .filter(|v: &OsString| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let non_empty = |var| std::env::var_os(var).filter(|v: &OsString| !v.is_empty()).map(PathBuf::from);
     match non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
         Some(xdg) => Some(xdg.join("optlab")),
         None => non_empty("HOME").map(|home| home.join(".cache").join("optlab")),
     }
 }
 
-fn obtain_from(
-    label: &str,
-    specs: &[FileSpec],
-    dirs: &[PathBuf],
-    routes: &[Route],
-) -> anyhow::Result<Vec<IdxFile>> {
+fn obtain_from(label: &str, specs: &[FileSpec], dirs: &[PathBuf], routes: &[Route]) -> anyhow::Result<Vec<IdxFile>> {
     let Some(dest) = dirs.first() else {
         bail!("no folder for {label} data: pass a data folder, set {DATA_DIR_ENV}, or set HOME");
     };
     let mut files = specs
         .iter()
-        .map(|spec| {
-            locate(dirs, spec.stem)
-                .map(|path| read_verified(&path, spec))
-                .transpose()
-        })
+        .map(|spec| locate(dirs, spec.stem).map(|path| read_verified(&path, spec)).transpose())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let missing: Vec<FileSpec> = specs
-        .iter()
-        .zip(&files)
-        .filter(|(_, f)| f.is_none())
-        .map(|(s, _)| *s)
-        .collect();
+    let missing: Vec<FileSpec> = specs.iter().zip(&files).filter(|(_, f)| f.is_none()).map(|(s, _)| *s).collect();
     if !missing.is_empty() {
         let mut fetched = fetch(label, &missing, dest, routes)?.into_iter();
-        files
-            .iter_mut()
-            .filter(|f| f.is_none())
-            .for_each(|f| *f = fetched.next());
+        files.iter_mut().filter(|f| f.is_none()).for_each(|f| *f = fetched.next());
     }
     Ok(files.into_iter().flatten().collect())
 }
@@ -151,20 +101,13 @@ fn obtain_from(
 /// Accepted names: `-` or `.` before `idx` (both are in circulation), raw or gzipped.
 fn candidate_names(stem: &str) -> [String; 4] {
     let dotted = stem.replacen("-idx", ".idx", 1);
-    [
-        stem.to_string(),
-        format!("{stem}.gz"),
-        format!("{dotted}.gz"),
-        dotted,
-    ]
+    [stem.to_string(), format!("{stem}.gz"), format!("{dotted}.gz"), dotted]
 }
 
 /// The first accepted name present, searching the folders in order.
 fn locate(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
     let names = candidate_names(stem);
-    dirs.iter()
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
+    dirs.iter().flat_map(|dir| names.iter().map(move |n| dir.join(n))).find(|p| p.is_file())
 }
 
 fn read_verified(path: &Path, spec: &FileSpec) -> anyhow::Result<IdxFile> {
@@ -184,12 +127,7 @@ fn read_verified(path: &Path, spec: &FileSpec) -> anyhow::Result<IdxFile> {
 
 /// Tries each route until one yields all `missing` files with the right hashes,
 /// then moves them into `dest` (each renamed into place only once complete).
-fn fetch(
-    label: &str,
-    missing: &[FileSpec],
-    dest: &Path,
-    routes: &[Route],
-) -> anyhow::Result<Vec<IdxFile>> {
+fn fetch(label: &str, missing: &[FileSpec], dest: &Path, routes: &[Route]) -> anyhow::Result<Vec<IdxFile>> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let stems: Vec<&str> = missing.iter().map(|s| s.stem).collect();
     let mut failures = Vec::new();
@@ -199,11 +137,7 @@ fn fetch(
         let attempt = (route.run)(&staging.0, &stems).and_then(|()| collect(&staging.0, missing));
         match attempt {
             Ok(files) => {
-                return files
-                    .into_iter()
-                    .zip(missing)
-                    .map(|(f, spec)| install(f, spec, dest, &staging.0))
-                    .collect();
+                return files.into_iter().zip(missing).map(|(f, spec)| install(f, spec, dest, &staging.0)).collect();
             }
             Err(e) => failures.push(format!("  - {}: {e:#}", route.label)),
         }
@@ -226,14 +160,8 @@ fn collect(staging: &Path, missing: &[FileSpec]) -> anyhow::Result<Vec<IdxFile>>
         .iter()
         .map(|spec| {
             let names = candidate_names(spec.stem);
-            let is_candidate = |p: &&PathBuf| {
-                p.file_name()
-                    .is_some_and(|n| names.iter().any(|c| n == c.as_str()))
-            };
-            let path = found
-                .iter()
-                .find(is_candidate)
-                .with_context(|| format!("it did not provide {}", spec.stem))?;
+            let is_candidate = |p: &&PathBuf| p.file_name().is_some_and(|n| names.iter().any(|c| n == c.as_str()));
+            let path = found.iter().find(is_candidate).with_context(|| format!("it did not provide {}", spec.stem))?;
             read_verified(path, spec)
         })
         .collect()
@@ -241,12 +169,7 @@ fn collect(staging: &Path, missing: &[FileSpec]) -> anyhow::Result<Vec<IdxFile>>
 
 /// Writes the verified bytes under a temporary name, then renames into place, so
 /// an interrupted fetch never leaves a file that looks complete.
-fn install(
-    mut file: IdxFile,
-    spec: &FileSpec,
-    dest: &Path,
-    staging: &Path,
-) -> anyhow::Result<IdxFile> {
+fn install(mut file: IdxFile, spec: &FileSpec, dest: &Path, staging: &Path) -> anyhow::Result<IdxFile> {
     use std::io::Write;
     let tmp = staging.join(format!("{}.partial", spec.stem));
     let target = dest.join(spec.stem);
@@ -292,9 +215,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             match entry.file_type() {
                 Ok(t) if t.is_dir() => pending.push(path),
-                Ok(t) if t.is_file() && !entry.file_name().to_string_lossy().starts_with("._") => {
-                    files.push(path)
-                }
+                Ok(t) if t.is_file() && !entry.file_name().to_string_lossy().starts_with("._") => files.push(path),
                 _ => {}
             }
         }
@@ -305,27 +226,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// Runs a command with its output captured; on failure, the error quotes stderr.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    let out = cmd.output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!(
-            "{program} failed ({}): {}",
-            out.status,
-            last_line(&out.stderr)
-        );
+        bail!("{program} failed ({}): {}", out.status, last_line(&out.stderr));
     }
     Ok(())
 }
 
 fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
 /// Downloads `<base><stem>.gz` for each stem with curl (short timeouts: offline
@@ -337,14 +246,7 @@ fn curl_route(base: &'static str) -> Route {
             for stem in stems {
                 let url = format!("{base}{stem}.gz");
                 run(Command::new("curl")
-                    .args([
-                        "-fsSL",
-                        "--connect-timeout",
-                        "10",
-                        "--max-time",
-                        "120",
-                        "-o",
-                    ])
+                    .args(["-fsSL", "--connect-timeout", "10", "--max-time", "120", "-o"])
                     .arg(staging.join(format!("{stem}.gz")))
                     .arg(&url))
                 .with_context(|| format!("downloading {url}"))?;
@@ -365,36 +267,15 @@ fn mnist_routes() -> Vec<Route> {
             // 1 after unpacking it, and --no-clean keeps the unpacked tree in TMPDIR.
             run: Box::new(|staging, _| {
                 let out = Command::new("python3")
-                    .args([
-                        "-m",
-                        "pip",
-                        "download",
-                        "--no-deps",
-                        "--no-clean",
-                        "--no-binary",
-                        ":all:",
-                    ])
-                    .args([
-                        "--no-cache-dir",
-                        "--disable-pip-version-check",
-                        "--retries",
-                        "2",
-                        "-d",
-                    ])
+                    .args(["-m", "pip", "download", "--no-deps", "--no-clean", "--no-binary", ":all:"])
+                    .args(["--no-cache-dir", "--disable-pip-version-check", "--retries", "2", "-d"])
                     .arg(staging.join("dl"))
                     .arg(SDIST)
                     .env("TMPDIR", staging)
                     .output()
                     .context("cannot run python3 -m pip")?;
-                if !walk(staging)
-                    .iter()
-                    .any(|p| p.to_string_lossy().ends_with("ubyte"))
-                {
-                    bail!(
-                        "pip left no IDX files ({}): {}",
-                        out.status,
-                        last_line(&out.stderr)
-                    );
+                if !walk(staging).iter().any(|p| p.to_string_lossy().ends_with("ubyte")) {
+                    bail!("pip left no IDX files ({}): {}", out.status, last_line(&out.stderr));
                 }
                 Ok(())
             }),
@@ -411,17 +292,12 @@ fn fashion_mnist_routes() -> Vec<Route> {
             label: format!("Debian package {PACKAGE} (apt-get download)"),
             // Needs no root: download the .deb and unpack it in the staging folder.
             run: Box::new(|staging, _| {
-                run(Command::new("apt-get")
-                    .args(["download", PACKAGE])
-                    .current_dir(staging))?;
+                run(Command::new("apt-get").args(["download", PACKAGE]).current_dir(staging))?;
                 let deb = walk(staging)
                     .into_iter()
                     .find(|p| p.extension().is_some_and(|e| e == "deb"))
                     .context("apt-get download left no .deb")?;
-                run(Command::new("dpkg-deb")
-                    .arg("-x")
-                    .arg(&deb)
-                    .arg(staging.join("unpacked")))
+                run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(staging.join("unpacked")))
             }),
         },
     ]
@@ -432,18 +308,12 @@ mod tests {
     use super::*;
 
     fn route(label: &str, run: impl Fn(&Path, &[&str]) -> anyhow::Result<()> + 'static) -> Route {
-        Route {
-            label: label.to_string(),
-            run: Box::new(run),
-        }
+        Route { label: label.to_string(), run: Box::new(run) }
     }
 
     /// A spec whose pinned hash is that of `bytes`.
     fn spec_for(stem: &'static str, bytes: &[u8]) -> FileSpec {
-        FileSpec {
-            stem,
-            sha256: Box::leak(format!("{:x}", Sha256::digest(bytes)).into_boxed_str()),
-        }
+        FileSpec { stem, sha256: Box::leak(format!("{:x}", Sha256::digest(bytes)).into_boxed_str()) }
     }
 
     #[test]
@@ -454,20 +324,13 @@ mod tests {
         for name in candidate_names("train-images-idx3-ubyte") {
             let path = dirs[1].join(&name);
             std::fs::write(&path, b"x").unwrap();
-            assert_eq!(
-                locate(&dirs, "train-images-idx3-ubyte"),
-                Some(path.clone()),
-                "{name}"
-            );
+            assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), Some(path.clone()), "{name}");
             std::fs::remove_file(path).unwrap();
         }
         assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), None);
         std::fs::write(dirs[0].join("train-images.idx3-ubyte.gz"), b"x").unwrap();
         std::fs::write(dirs[1].join("train-images-idx3-ubyte"), b"x").unwrap();
-        assert_eq!(
-            locate(&dirs, "train-images-idx3-ubyte"),
-            Some(dirs[0].join("train-images.idx3-ubyte.gz"))
-        );
+        assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), Some(dirs[0].join("train-images.idx3-ubyte.gz")));
     }
 
     #[test]
@@ -475,17 +338,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), b"not mnist").unwrap();
         let never = route("never", |_, _| panic!("must not fetch over a user's file"));
-        let e = format!(
-            "{:#}",
-            obtain_from("mnist", &MNIST, &[dir.path().to_path_buf()], &[never]).unwrap_err()
-        );
+        let e = format!("{:#}", obtain_from("mnist", &MNIST, &[dir.path().to_path_buf()], &[never]).unwrap_err());
         let actual = format!("{:x}", Sha256::digest(b"not mnist"));
-        assert!(
-            e.contains("train-images-idx3-ubyte")
-                && e.contains(MNIST[0].sha256)
-                && e.contains(&actual),
-            "{e}"
-        );
+        assert!(e.contains("train-images-idx3-ubyte") && e.contains(MNIST[0].sha256) && e.contains(&actual), "{e}");
     }
 
     #[test]
@@ -494,14 +349,9 @@ mod tests {
         let dest = dir.path().join("mnist");
         let routes = [
             route("first mirror", |_, _| bail!("host unreachable")),
-            route("second mirror", |staging, _| {
-                Ok(std::fs::write(staging.join("unrelated"), b"")?)
-            }),
+            route("second mirror", |staging, _| Ok(std::fs::write(staging.join("unrelated"), b"")?)),
         ];
-        let e = format!(
-            "{:#}",
-            obtain_from("mnist", &MNIST, std::slice::from_ref(&dest), &routes).unwrap_err()
-        );
+        let e = format!("{:#}", obtain_from("mnist", &MNIST, std::slice::from_ref(&dest), &routes).unwrap_err());
         for needle in [
             "first mirror: host unreachable",
             "second mirror: it did not provide train-images-idx3-ubyte",
@@ -511,11 +361,7 @@ mod tests {
             assert!(e.contains(needle), "missing {needle:?} in: {e}");
         }
         assert!(e.contains(&dest.display().to_string()), "{e}");
-        assert_eq!(
-            std::fs::read_dir(&dest).unwrap().count(),
-            0,
-            "staging must be cleaned up"
-        );
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "staging must be cleaned up");
     }
 
     #[test]
@@ -524,42 +370,21 @@ mod tests {
         let dest = dir.path().join("toy");
         let good = b"good bytes".to_vec();
         let specs = [spec_for("train-labels-idx1-ubyte", &good)];
-        let wrong = route("wrong data", |staging, _| {
-            Ok(std::fs::write(
-                staging.join("train-labels-idx1-ubyte"),
-                b"bad",
-            )?)
-        });
+        let wrong = route("wrong data", |staging, _| Ok(std::fs::write(staging.join("train-labels-idx1-ubyte"), b"bad")?));
         let right = route("right data", move |staging, stems| {
             assert_eq!(stems, ["train-labels-idx1-ubyte"]);
             let nested = staging.join("pkg/inner");
             std::fs::create_dir_all(&nested)?;
-            std::fs::write(
-                nested.join("._train-labels.idx1-ubyte"),
-                b"AppleDouble junk",
-            )?;
-            Ok(std::fs::write(
-                nested.join("train-labels.idx1-ubyte"),
-                &good,
-            )?)
+            std::fs::write(nested.join("._train-labels.idx1-ubyte"), b"AppleDouble junk")?;
+            Ok(std::fs::write(nested.join("train-labels.idx1-ubyte"), &good)?)
         });
-        let files =
-            obtain_from("toy", &specs, std::slice::from_ref(&dest), &[wrong, right]).unwrap();
+        let files = obtain_from("toy", &specs, std::slice::from_ref(&dest), &[wrong, right]).unwrap();
         assert_eq!(files[0].path, dest.join("train-labels-idx1-ubyte"));
         assert_eq!(std::fs::read(&files[0].path).unwrap(), b"good bytes");
-        let left: Vec<_> = std::fs::read_dir(&dest)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left: Vec<_> = std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["train-labels-idx1-ubyte"]);
         // Now present: found without fetching.
-        let again = obtain_from(
-            "toy",
-            &specs,
-            &[dest],
-            &[route("never", |_, _| bail!("fetched twice"))],
-        )
-        .unwrap();
+        let again = obtain_from("toy", &specs, &[dest], &[route("never", |_, _| bail!("fetched twice"))]).unwrap();
         assert_eq!(again[0].bytes, b"good bytes");
     }
 }

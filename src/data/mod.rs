@@ -46,11 +46,7 @@ impl Dataset {
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
-        Dataset {
-            images,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-            pixels: self.pixels,
-        }
+        Dataset { images, labels: indices.iter().map(|&i| self.labels[i]).collect(), pixels: self.pixels }
     }
 
     /// Stacks datasets end to end (e.g. the union of several tasks' test sets).
@@ -58,28 +54,17 @@ impl Dataset {
     /// Panics if their image sizes differ (a caller bug, not bad data).
     pub fn concat(parts: &[&Dataset]) -> Dataset {
         let pixels = parts.first().map_or(0, |d| d.pixels);
-        assert!(
-            parts.iter().all(|d| d.pixels == pixels),
-            "cannot concatenate images of different sizes"
-        );
+        assert!(parts.iter().all(|d| d.pixels == pixels), "cannot concatenate images of different sizes");
         Dataset {
-            images: parts
-                .iter()
-                .flat_map(|d| d.images.iter().copied())
-                .collect(),
-            labels: parts
-                .iter()
-                .flat_map(|d| d.labels.iter().copied())
-                .collect(),
+            images: parts.iter().flat_map(|d| d.images.iter().copied()).collect(),
+            labels: parts.iter().flat_map(|d| d.labels.iter().copied()).collect(),
             pixels,
         }
     }
 
     /// Keeps the examples whose label is in `classes`, in their original order.
     pub fn filter_classes(&self, classes: &[u8]) -> Dataset {
-        let keep: Vec<usize> = (0..self.len())
-            .filter(|&i| classes.contains(&self.labels[i]))
-            .collect();
+        let keep: Vec<usize> = (0..self.len()).filter(|&i| classes.contains(&self.labels[i])).collect();
         self.subset(&keep)
     }
 
@@ -87,25 +72,14 @@ impl Dataset {
     ///
     /// Panics unless `perm` has one entry per pixel (a caller bug, not bad data).
     pub fn permute_pixels(&self, perm: &[usize]) -> Dataset {
-        assert_eq!(
-            perm.len(),
-            self.pixels,
-            "permutation length must equal pixels per image"
-        );
+        assert_eq!(perm.len(), self.pixels, "permutation length must equal pixels per image");
         let mut images = vec![0.0; self.images.len()];
-        images
-            .par_chunks_mut(self.pixels.max(1))
-            .zip(self.images.par_chunks(self.pixels.max(1)))
-            .for_each(|(out, row)| {
-                for (o, &p) in out.iter_mut().zip(perm) {
-                    *o = row[p];
-                }
-            });
-        Dataset {
-            images,
-            labels: self.labels.clone(),
-            pixels: self.pixels,
-        }
+        images.par_chunks_mut(self.pixels.max(1)).zip(self.images.par_chunks(self.pixels.max(1))).for_each(|(out, row)| {
+            for (o, &p) in out.iter_mut().zip(perm) {
+                *o = row[p];
+            }
+        });
+        Dataset { images, labels: self.labels.clone(), pixels: self.pixels }
     }
 
     /// `(x - mean) / std` in place; use [`DatasetName::mean_std`] for the usual constants.
@@ -167,10 +141,7 @@ impl FromStr for DatasetName {
 /// sub-folder named after the dataset; see the `fetch` module for the details.
 pub fn load(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<Split> {
     let [train_images, train_labels, test_images, test_labels] = fetch::obtain(name, data_dir)?;
-    Ok(Split {
-        train: idx::parse_pair(&train_images, &train_labels)?,
-        test: idx::parse_pair(&test_images, &test_labels)?,
-    })
+    Ok(Split { train: idx::parse_pair(&train_images, &train_labels)?, test: idx::parse_pair(&test_images, &test_labels)? })
 }
 
 #[cfg(test)]
@@ -179,11 +150,7 @@ mod tests {
 
     fn tiny() -> Dataset {
         // Three 2-pixel images whose pixel values encode (row, pixel).
-        Dataset {
-            images: vec![0.0, 0.1, 1.0, 1.1, 2.0, 2.1],
-            labels: vec![7, 3, 7],
-            pixels: 2,
-        }
+        Dataset { images: vec![0.0, 0.1, 1.0, 1.1, 2.0, 2.1], labels: vec![7, 3, 7], pixels: 2 }
     }
 
     #[test]
@@ -241,30 +208,14 @@ mod tests {
     /// with `-- --ignored`.
     fn check_real(name: DatasetName) -> Split {
         let s = load(name, None).unwrap();
-        assert_eq!(
-            (s.train.len(), s.test.len(), s.train.pixels, s.test.pixels),
-            (60000, 10000, 784, 784)
-        );
+        assert_eq!((s.train.len(), s.test.len(), s.train.pixels, s.test.pixels), (60000, 10000, 784, 784));
         let n = s.train.images.len() as f64;
         let mean = s.train.images.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = s
-            .train
-            .images
-            .iter()
-            .map(|&x| (x as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let var = s.train.images.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         let (m, sd) = name.mean_std();
-        assert!(
-            (mean - m as f64).abs() < 1e-4 && (var.sqrt() - sd as f64).abs() < 1e-4,
-            "{mean} {}",
-            var.sqrt()
-        );
+        assert!((mean - m as f64).abs() < 1e-4 && (var.sqrt() - sd as f64).abs() < 1e-4, "{mean} {}", var.sqrt());
         for c in 0..10 {
-            assert!(
-                s.train.labels.contains(&c) && s.test.labels.contains(&c),
-                "class {c} missing"
-            );
+            assert!(s.train.labels.contains(&c) && s.test.labels.contains(&c), "class {c} missing");
         }
         s
     }

@@ -53,9 +53,7 @@ pub fn parse_class_groups(s: &str) -> anyhow::Result<Vec<Vec<u8>>> {
                 .chars()
                 .map(|c| match c.to_digit(10) {
                     Some(d) => Ok(d as u8),
-                    None => bail!(
-                        "class groups {s:?}: {c:?} is not a digit; write groups like \"01,23,45\""
-                    ),
+                    None => bail!("class groups {s:?}: {c:?} is not a digit; write groups like \"01,23,45\""),
                 })
                 .collect::<anyhow::Result<Vec<u8>>>()
         })
@@ -71,10 +69,7 @@ fn check_groups(groups: &[Vec<u8>]) -> anyhow::Result<()> {
         ensure!(!group.is_empty(), "group {i} is empty");
         for &c in group {
             ensure!(c < CLASSES, "class {c} in group {i} is not in 0-9");
-            ensure!(
-                !seen[c as usize],
-                "class {c} appears in more than one group"
-            );
+            ensure!(!seen[c as usize], "class {c} appears in more than one group");
             seen[c as usize] = true;
         }
     }
@@ -92,12 +87,7 @@ pub fn permuted(split: &Split, n_tasks: usize, seed: u64) -> Vec<Task> {
         .map(|id| {
             let mut perm: Vec<usize> = (0..split.train.pixels).collect();
             perm.shuffle(&mut rng);
-            Task {
-                id,
-                classes: (0..CLASSES).collect(),
-                train: split.train.permute_pixels(&perm),
-                test: split.test.permute_pixels(&perm),
-            }
+            Task { id, classes: (0..CLASSES).collect(), train: split.train.permute_pixels(&perm), test: split.test.permute_pixels(&perm) }
         })
         .collect()
 }
@@ -110,18 +100,11 @@ mod tests {
     fn dataset(per_class: usize, pixels: usize) -> Dataset {
         let labels: Vec<u8> = (0..per_class * 10).map(|i| (i % 10) as u8).collect();
         let images = (0..labels.len() * pixels).map(|v| v as f32).collect();
-        Dataset {
-            images,
-            labels,
-            pixels,
-        }
+        Dataset { images, labels, pixels }
     }
 
     fn split() -> Split {
-        Split {
-            train: dataset(3, 16),
-            test: dataset(2, 16),
-        }
+        Split { train: dataset(3, 16), test: dataset(2, 16) }
     }
 
     #[test]
@@ -132,14 +115,7 @@ mod tests {
         for (id, t) in tasks.iter().enumerate() {
             let want = [2 * id as u8, 2 * id as u8 + 1];
             assert_eq!((t.id, t.classes.as_slice()), (id, want.as_slice()));
-            assert!(
-                t.train
-                    .labels
-                    .iter()
-                    .chain(&t.test.labels)
-                    .all(|l| want.contains(l)),
-                "labels not remapped"
-            );
+            assert!(t.train.labels.iter().chain(&t.test.labels).all(|l| want.contains(l)), "labels not remapped");
             assert_eq!((t.train.len(), t.test.len()), (6, 4));
         }
         let total: usize = tasks.iter().map(|t| t.train.len()).sum();
@@ -152,10 +128,7 @@ mod tests {
         for (groups, msg) in [
             (vec![vec![0], vec![]], "group 1 is empty"),
             (vec![vec![0, 10]], "class 10 in group 0"),
-            (
-                vec![vec![0, 1], vec![1, 2]],
-                "class 1 appears in more than one group",
-            ),
+            (vec![vec![0, 1], vec![1, 2]], "class 1 appears in more than one group"),
             (vec![], "no class groups"),
         ] {
             let e = class_incremental(&s, &groups).unwrap_err().to_string();
@@ -165,20 +138,11 @@ mod tests {
 
     #[test]
     fn parses_groups() {
-        assert_eq!(
-            parse_class_groups("01,23,45,67,89").unwrap(),
-            default_class_groups()
-        );
-        assert_eq!(
-            parse_class_groups(" 9, 012 ").unwrap(),
-            vec![vec![9], vec![0, 1, 2]]
-        );
-        for (s, msg) in [
-            ("01,2x", "'x' is not a digit"),
-            ("01,,23", "group 1 is empty"),
-            ("01,12", "class 1 appears"),
-            ("", "group 0 is empty"),
-        ] {
+        assert_eq!(parse_class_groups("01,23,45,67,89").unwrap(), default_class_groups());
+        assert_eq!(parse_class_groups(" 9, 012 ").unwrap(), vec![vec![9], vec![0, 1, 2]]);
+        for (s, msg) in
+            [("01,2x", "'x' is not a digit"), ("01,,23", "group 1 is empty"), ("01,12", "class 1 appears"), ("", "group 0 is empty")]
+        {
             let e = format!("{:#}", parse_class_groups(s).unwrap_err());
             assert!(e.contains(msg), "{s:?}: {e}");
         }
@@ -188,8 +152,7 @@ mod tests {
     fn permutations_are_fixed_per_seed_bijections() {
         let s = split();
         let tasks = permuted(&s, 3, 42);
-        let perm_of =
-            |t: &Task| -> Vec<usize> { t.train.image(0).iter().map(|&v| v as usize).collect() };
+        let perm_of = |t: &Task| -> Vec<usize> { t.train.image(0).iter().map(|&v| v as usize).collect() };
         let mut perms = Vec::new();
         for t in &tasks {
             assert_eq!(t.classes, (0..10).collect::<Vec<u8>>());
@@ -204,10 +167,7 @@ mod tests {
             assert_eq!(t.train.image(4), s.train.permute_pixels(&p).image(4));
             perms.push(p);
         }
-        assert!(
-            perms[0] != perms[1] && perms[1] != perms[2] && perms[0] != perms[2],
-            "tasks must differ"
-        );
+        assert!(perms[0] != perms[1] && perms[1] != perms[2] && perms[0] != perms[2], "tasks must differ");
         let again: Vec<_> = permuted(&s, 2, 42).iter().map(perm_of).collect();
         assert_eq!(again, perms[..2], "fixed by the seed, prefix-stable");
         let other: Vec<_> = permuted(&s, 3, 43).iter().map(perm_of).collect();

@@ -125,7 +125,9 @@ impl SplitMnistConfig {
                     }
                     None => OptimizerConfig::by_name(label).with_context(|| {
                         let defined: Vec<_> = self.optimizer.keys().map(String::as_str).collect();
-                        format!("optimizer label {label:?} is neither a known optimizer nor defined in [optimizer.*] (defined: {defined:?})")
+                        format!(
+                            "optimizer label {label:?} is neither a known optimizer nor defined in [optimizer.*] (defined: {defined:?})"
+                        )
                     })?,
                 };
                 Ok(NamedOptimizer { label: label.clone(), config })
@@ -146,7 +148,8 @@ impl SplitMnistConfig {
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) = assignment.split_once('=').with_context(|| format!("override {assignment:?} is not key=value"))?;
     // A TOML value if it parses as one (numbers, booleans, arrays), else a string.
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).map_or_else(|_| toml::Value::String(raw.to_string()), |mut t| t.remove("v").expect("parsed"));
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .map_or_else(|_| toml::Value::String(raw.to_string()), |mut t| t.remove("v").expect("parsed"));
     let mut parts: Vec<&str> = key.trim().split('.').collect();
     let last = parts.pop().expect("split yields one part");
     let mut here = table;
@@ -175,7 +178,13 @@ mod tests {
 
     #[test]
     fn overrides_reach_optimizer_tables() {
-        let o = ["optimizers=[\"muon-all\", \"sgd\"]", "optimizer.muon-all.kind=muon", "optimizer.muon-all.all_matrices=true", "optimizer.sgd.lr=0.5", "seeds=[1,2]"];
+        let o = [
+            "optimizers=[\"muon-all\", \"sgd\"]",
+            "optimizer.muon-all.kind=muon",
+            "optimizer.muon-all.all_matrices=true",
+            "optimizer.sgd.lr=0.5",
+            "seeds=[1,2]",
+        ];
         let c = SplitMnistConfig::resolve(None, &o.map(String::from)).unwrap();
         let named = c.named_optimizers().unwrap();
         assert!(matches!(&named[0].config, OptimizerConfig::Muon(m) if m.all_matrices));

@@ -64,7 +64,8 @@ pub fn evaluate<B: Backend>(model: &mut Mlp<B>, backend: &B, data: &Dataset, bat
         let end = (start + batch).min(data.len());
         let x = &data.images[start * data.pixels..end * data.pixels];
         let logits = backend.download(B::all(model.forward(backend, x, end - start)));
-        correct += logits.chunks_exact(classes).zip(&data.labels[start..end]).filter(|(row, label)| argmax(row) == usize::from(**label)).count();
+        correct +=
+            logits.chunks_exact(classes).zip(&data.labels[start..end]).filter(|(row, label)| argmax(row) == usize::from(**label)).count();
         if keep_hidden {
             hidden.iter_mut().zip(model.hidden_activations(backend)).for_each(|(h, a)| h.extend(a));
         }
@@ -76,7 +77,14 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
 }
 
-pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, step: u64, correct: usize, examples: usize) -> Vec<(&'static str, Value)> {
+pub fn accuracy_row(
+    run: &str,
+    after_task: usize,
+    eval_task: Option<usize>,
+    step: u64,
+    correct: usize,
+    examples: usize,
+) -> Vec<(&'static str, Value)> {
     vec![
         ("run", run.into()),
         ("after_task", after_task.into()),
@@ -87,7 +95,14 @@ pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, step
     ]
 }
 
-pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, widths: &[usize], hidden: &[Vec<f32>], labels: &[u8]) -> Result<()> {
+pub fn activation_rows(
+    w: &mut TableWriter,
+    run: &str,
+    after_task: usize,
+    widths: &[usize],
+    hidden: &[Vec<f32>],
+    labels: &[u8],
+) -> Result<()> {
     for (layer, (acts, &width)) in hidden.iter().zip(widths).enumerate() {
         w.push(vec![
             ("run", run.into()),

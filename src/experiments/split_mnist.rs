@@ -43,7 +43,9 @@ pub fn load_tasks(config: &SplitMnistConfig, data_dir: Option<&Path>) -> Result<
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Completed,
-    Diverged { step: u64 },
+    Diverged {
+        step: u64,
+    },
     /// Checkpointed after `stop_after` tasks; `--resume` continues it.
     Stopped,
 }
@@ -65,7 +67,15 @@ impl StudyDir {
 /// `stop_after` pauses each run after that many tasks in this invocation
 /// (checkpointed; for job schedulers with time limits).
 #[allow(clippy::too_many_arguments)]
-pub fn run_study<B: Backend>(backend: &B, config: &SplitMnistConfig, tasks: &[Task], out: &Path, resume: bool, stop_after: Option<usize>, progress: &indicatif::ProgressBar) -> Result<()> {
+pub fn run_study<B: Backend>(
+    backend: &B,
+    config: &SplitMnistConfig,
+    tasks: &[Task],
+    out: &Path,
+    resume: bool,
+    stop_after: Option<usize>,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
     let dir = StudyDir { root: out.to_path_buf() };
     let config_path = out.join("config.toml");
     if config_path.exists() && !resume {
@@ -120,7 +130,15 @@ struct Run<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Run<'a, B> {
-    fn start(backend: &'a B, config: &'a SplitMnistConfig, tasks: &'a [Task], dir: &'a StudyDir, named: &'a NamedOptimizer, seed: u64, resume: bool) -> Result<Self> {
+    fn start(
+        backend: &'a B,
+        config: &'a SplitMnistConfig,
+        tasks: &'a [Task],
+        dir: &'a StudyDir,
+        named: &'a NamedOptimizer,
+        seed: u64,
+        resume: bool,
+    ) -> Result<Self> {
         let pixels = tasks.first().context("no tasks")?.train.pixels;
         let mlp = MlpConfig { input: pixels, hidden: config.hidden.clone(), classes: 10, activation: config.activation };
         let model = Mlp::new(backend, mlp, seed);
@@ -153,7 +171,13 @@ impl<'a, B: Backend> Run<'a, B> {
     fn writers(&self, part: &str) -> Result<Writers> {
         let prefix = format!("{}-{part}", self.id);
         let w = |t| TableWriter::new(&self.dir.root, t, &prefix, usize::MAX);
-        Ok(Writers { steps: w(&schema::STEPS)?, param_steps: w(&schema::PARAM_STEPS)?, spectra: w(&schema::SPECTRA)?, accuracy: w(&schema::ACCURACY)?, activations: w(&schema::ACTIVATIONS)? })
+        Ok(Writers {
+            steps: w(&schema::STEPS)?,
+            param_steps: w(&schema::PARAM_STEPS)?,
+            spectra: w(&schema::SPECTRA)?,
+            accuracy: w(&schema::ACCURACY)?,
+            activations: w(&schema::ACTIVATIONS)?,
+        })
     }
 
     fn train(mut self, progress: &indicatif::ProgressBar, stop_after: Option<usize>) -> Result<Outcome> {
@@ -204,7 +228,16 @@ impl<'a, B: Backend> Run<'a, B> {
 
     /// One optimizer step; returns the step number if it diverged.
     #[allow(clippy::too_many_arguments)]
-    fn step(&mut self, train: &Dataset, batch: &[usize], previous: &mut B::Buf, w: &mut Writers, task: usize, epoch: usize, probe_now: bool) -> Result<Option<u64>> {
+    fn step(
+        &mut self,
+        train: &Dataset,
+        batch: &[usize],
+        previous: &mut B::Buf,
+        w: &mut Writers,
+        task: usize,
+        epoch: usize,
+        probe_now: bool,
+    ) -> Result<Option<u64>> {
         let b = self.backend;
         let (x, labels) = gather(train, batch);
         b.copy(B::all_mut(previous), B::all(&self.model.store.values));
@@ -253,7 +286,9 @@ impl<'a, B: Backend> Run<'a, B> {
             let values = b.download(B::all(&store.values));
             let prev = b.download(B::all(previous));
             let mut extra: Vec<(usize, &str, &[f32])> = captures.iter().map(|c| (c.param, c.kind, c.values.as_slice())).collect();
-            extra.extend(store.specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()).map(|(i, s)| (i, "gradient", &gradients[s.range()])));
+            extra.extend(
+                store.specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()).map(|(i, s)| (i, "gradient", &gradients[s.range()])),
+            );
             probes::spectra(&mut w.spectra, &self.model, &self.id, step, task, &values, &prev, &extra)?;
         }
         Ok(None)
@@ -327,7 +362,12 @@ impl<B: Backend> Run<'_, B> {
             Some(Outcome::Diverged { step }) => format!("diverged@{step}"),
             Some(Outcome::Stopped) => unreachable!("a stopped run is saved as running"),
         };
-        for (k, v) in [("run", self.id.clone()), ("next_task", self.next_task.to_string()), ("steps", self.optimizer.steps.to_string()), ("status", status)] {
+        for (k, v) in [
+            ("run", self.id.clone()),
+            ("next_task", self.next_task.to_string()),
+            ("steps", self.optimizer.steps.to_string()),
+            ("status", status),
+        ] {
             ck.metadata.insert(k.into(), v);
         }
         ck.save(&self.dir.checkpoint(&self.id))

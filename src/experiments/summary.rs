@@ -26,6 +26,32 @@ pub struct OptimizerSummary {
     pub effective_rank: Vec<(String, f64)>,
 }
 
+/// Per run, the items recorded at its largest key (a step, a task): later keys
+/// replace earlier ones.
+struct Latest<'a, T>(BTreeMap<&'a str, (i64, Vec<T>)>);
+
+impl<T> Default for Latest<'_, T> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<'a, T> Latest<'a, T> {
+    fn add(&mut self, run: &'a str, key: i64, item: T) {
+        let entry = self.0.entry(run).or_insert((key, Vec::new()));
+        if key > entry.0 {
+            *entry = (key, Vec::new());
+        }
+        if key == entry.0 {
+            entry.1.push(item);
+        }
+    }
+
+    fn get(&self, run: &str) -> &[T] {
+        self.0.get(run).map_or(&[], |(_, items)| items.as_slice())
+    }
+}
+
 fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
     Ok(df.column(name)?.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
 }
@@ -52,29 +78,26 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
 
     // Last row of R and last weight spectra, per run.
     let acc = read_table(dir, &schema::ACCURACY)?;
-    let (a_run, a_after, a_eval, a_acc) = (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
-    let mut last_row: BTreeMap<&str, (i64, BTreeMap<i64, f64>)> = BTreeMap::new();
+    let (a_run, a_after, a_eval, a_acc) =
+        (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
+    let mut last_row = Latest::default();
     for k in 0..a_run.len() {
-        let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) else { continue };
-        let entry = last_row.entry(a_run[k].as_str()).or_insert((after, BTreeMap::new()));
-        if after > entry.0 {
-            *entry = (after, BTreeMap::new());
-        }
-        if after == entry.0 {
-            entry.1.insert(eval, a);
+        if let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) {
+            last_row.add(&a_run[k], after, (eval, a));
         }
     }
     let spectra = read_table(dir, &schema::SPECTRA)?;
-    let (s_run, s_step, s_param, s_tensor, s_rank) = (strs(&spectra, "run")?, i64s(&spectra, "step")?, strs(&spectra, "param")?, strs(&spectra, "tensor")?, f64s(&spectra, "effective_rank")?);
-    let mut last_ranks: BTreeMap<&str, (i64, Vec<(String, f64)>)> = BTreeMap::new();
+    let (s_run, s_step, s_param, s_tensor, s_rank) = (
+        strs(&spectra, "run")?,
+        i64s(&spectra, "step")?,
+        strs(&spectra, "param")?,
+        strs(&spectra, "tensor")?,
+        f64s(&spectra, "effective_rank")?,
+    );
+    let mut last_ranks = Latest::default();
     for k in (0..s_run.len()).filter(|&k| s_tensor[k] == "weight") {
-        let (Some(step), Some(rank)) = (s_step[k], s_rank[k]) else { continue };
-        let entry = last_ranks.entry(s_run[k].as_str()).or_insert((step, Vec::new()));
-        if step > entry.0 {
-            *entry = (step, Vec::new());
-        }
-        if step == entry.0 {
-            entry.1.push((s_param[k].clone(), rank));
+        if let (Some(step), Some(rank)) = (s_step[k], s_rank[k]) {
+            last_ranks.add(&s_run[k], step, (s_param[k].clone(), rank));
         }
     }
 
@@ -90,11 +113,12 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             let rows: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] == label).collect();
             let done: Vec<usize> = rows.iter().copied().filter(|&k| status[k] == "completed").collect();
             let collect = |col: &[Option<f64>]| mean_sd(&done.iter().filter_map(|&k| col[k]).collect::<Vec<_>>());
-            let tasks = done.iter().filter_map(|&k| last_row.get(run_ids[k].as_str())).map(|(_, r)| r.len()).max().unwrap_or(0);
-            let per_task = (0..tasks as i64).map(|j| mean_sd(&done.iter().filter_map(|&k| last_row.get(run_ids[k].as_str())?.1.get(&j).copied()).collect::<Vec<_>>()).0).collect();
+            let tasks = done.iter().map(|&k| last_row.get(&run_ids[k]).len()).max().unwrap_or(0);
+            let accuracy_on = |k: usize, j: usize| last_row.get(&run_ids[k]).iter().find(|(eval, _)| *eval == j as i64).map(|(_, a)| *a);
+            let per_task = (0..tasks).map(|j| mean_sd(&done.iter().filter_map(|&k| accuracy_on(k, j)).collect::<Vec<_>>()).0).collect();
             let mut ranks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for &k in &done {
-                for (param, r) in last_ranks.get(run_ids[k].as_str()).map(|x| x.1.as_slice()).unwrap_or_default() {
+                for (param, r) in last_ranks.get(&run_ids[k]) {
                     ranks.entry(param.clone()).or_default().push(*r);
                 }
             }
@@ -115,7 +139,8 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
 /// A plain-text table, one line per optimizer.
 pub fn render(summaries: &[OptimizerSummary]) -> String {
     let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
-    let params: Vec<String> = summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
+    let params: Vec<String> =
+        summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
     let mut out = format!("{:<12} {:>5} {:>17}", "optimizer", "runs", "final acc (all)");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
     write!(out, " {:>15} {:>11}", "BWT", "forgetting").unwrap();

@@ -32,28 +32,18 @@ pub struct Epsilon {
 pub fn sym_inverse_root(a: &[f32], n: usize, p: u32, eps: Epsilon) -> Result<Vec<f32>> {
     assert_eq!(a.len(), n * n, "sym_inverse_root: a must be {n}×{n}");
     assert!(p > 0, "sym_inverse_root: p must be positive");
-    ensure!(
-        a.iter().all(|x| x.is_finite()),
-        "sym_inverse_root: {n}×{n} statistic has non-finite entries"
-    );
+    ensure!(a.iter().all(|x| x.is_finite()), "sym_inverse_root: {n}×{n} statistic has non-finite entries");
     let sym = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j] as f64 + a[j * n + i] as f64));
-    let evd = sym
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| anyhow!("sym_inverse_root: eigendecomposition of {n}×{n} failed: {e:?}"))?;
+    let evd = sym.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow!("sym_inverse_root: eigendecomposition of {n}×{n} failed: {e:?}"))?;
     let (u, lambda) = (evd.U(), evd.S().column_vector());
     // Eigenvalues come in nondecreasing order.
     let lambda_max = if n == 0 { 0.0 } else { lambda[n - 1].max(0.0) };
     let damping = eps.absolute + eps.relative * lambda_max;
     let exponent = -1.0 / p as f64;
-    let scaled = Mat::<f64>::from_fn(n, n, |i, j| {
-        u[(i, j)] * (lambda[j].max(0.0) + damping).powf(exponent)
-    });
+    let scaled = Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * (lambda[j].max(0.0) + damping).powf(exponent));
     let root = &scaled * u.transpose();
     let out: Vec<f32> = (0..n * n).map(|i| root[(i / n, i % n)] as f32).collect();
-    ensure!(
-        out.iter().all(|x| x.is_finite()),
-        "sym_inverse_root: root of {n}×{n} is not finite (damping {damping:e})"
-    );
+    ensure!(out.iter().all(|x| x.is_finite()), "sym_inverse_root: root of {n}×{n} is not finite (damping {damping:e})");
     Ok(out)
 }
 
@@ -97,9 +87,7 @@ mod tests {
             let l = random_spd(n, 0.05, &mut rng);
             let r = to_mat(&sym_inverse_root(&l, n, 4, ABS).unwrap(), n);
             let r2 = &r * &r;
-            let damped = Mat::<f64>::from_fn(n, n, |i, j| {
-                l[i * n + j] as f64 + if i == j { ABS.absolute } else { 0.0 }
-            });
+            let damped = Mat::<f64>::from_fn(n, n, |i, j| l[i * n + j] as f64 + if i == j { ABS.absolute } else { 0.0 });
             assert_identity(&(&(&r2 * &r2) * &damped), 1e-3);
         }
     }

@@ -19,18 +19,7 @@ const PARALLEL_MIN_FLOPS: usize = 64 * 64 * 64;
 /// # Panics
 /// If a slice length does not match its declared shape.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(
-    c: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    trans_a: bool,
-    trans_b: bool,
-    alpha: f32,
-    beta: f32,
-) {
+pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, alpha: f32, beta: f32) {
     assert_eq!(c.len(), m * n, "matmul: C must be m×n = {m}×{n}");
     assert_eq!(a.len(), m * k, "matmul: A must hold m·k = {m}·{k} entries");
     assert_eq!(b.len(), k * n, "matmul: B must hold k·n = {k}·{n} entries");
@@ -38,16 +27,10 @@ pub fn matmul(
         return;
     }
     // (row stride, col stride) of op(X) for a row-major X whose op is r×c.
-    let strides = |trans: bool, r: usize, c: usize| -> (isize, isize) {
-        if trans { (1, r as isize) } else { (c as isize, 1) }
-    };
+    let strides = |trans: bool, r: usize, c: usize| -> (isize, isize) { if trans { (1, r as isize) } else { (c as isize, 1) } };
     let (a_rs, a_cs) = strides(trans_a, m, k);
     let (b_rs, b_cs) = strides(trans_b, k, n);
-    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
+    let parallelism = if m * n * k >= PARALLEL_MIN_FLOPS { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: the asserts above guarantee every (row, col) reached through these
     // strides lies inside its slice; `c` is uniquely borrowed and cannot alias
     // `a` or `b`. The crate computes dst = alpha·dst + beta·lhs·rhs, so our
@@ -88,18 +71,7 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn naive(
-        c: &mut [f32],
-        a: &[f32],
-        b: &[f32],
-        m: usize,
-        k: usize,
-        n: usize,
-        ta: bool,
-        tb: bool,
-        alpha: f32,
-        beta: f32,
-    ) {
+    fn naive(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, beta: f32) {
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0f64;
@@ -131,10 +103,7 @@ mod tests {
                             naive(&mut want, &a, &b, m, k, n, ta, tb, alpha, beta);
                             for (g, w) in got.iter().zip(&want) {
                                 let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
-                                assert!(
-                                    (g - w).abs() <= tol,
-                                    "m={m} k={k} n={n} ta={ta} tb={tb} a={alpha} b={beta}: {g} vs {w}"
-                                );
+                                assert!((g - w).abs() <= tol, "m={m} k={k} n={n} ta={ta} tb={tb} a={alpha} b={beta}: {g} vs {w}");
                             }
                         }
                     }

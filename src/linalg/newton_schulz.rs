@@ -78,13 +78,7 @@ impl NsCoefficients {
 ///
 /// # Panics
 /// If `g.len() != rows * cols`.
-pub fn newton_schulz(
-    g: &[f32],
-    rows: usize,
-    cols: usize,
-    steps: usize,
-    coeffs: NsCoefficients,
-) -> Vec<f32> {
+pub fn newton_schulz(g: &[f32], rows: usize, cols: usize, steps: usize, coeffs: NsCoefficients) -> Vec<f32> {
     assert_eq!(g.len(), rows * cols, "newton_schulz: g must be {rows}×{cols}");
     let tall = rows > cols;
     let (short, long) = (rows.min(cols), rows.max(cols));

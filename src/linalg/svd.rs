@@ -14,10 +14,7 @@ use faer::MatRef;
 /// If `a.len() != rows * cols`.
 pub fn singular_values(a: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
     assert_eq!(a.len(), rows * cols, "singular_values: a must be {rows}×{cols}");
-    ensure!(
-        a.iter().all(|x| x.is_finite()),
-        "singular_values: {rows}×{cols} matrix has non-finite entries"
-    );
+    ensure!(a.iter().all(|x| x.is_finite()), "singular_values: {rows}×{cols} matrix has non-finite entries");
     MatRef::from_row_major_slice(a, rows, cols)
         .singular_values()
         .map_err(|e| anyhow!("singular_values: faer SVD of {rows}×{cols} failed: {e:?}"))
@@ -37,12 +34,7 @@ pub(crate) mod tests {
     }
 
     /// Row-major f32 `U·diag(s)·Vᵀ` with random orthonormal U (rows×r), V (cols×r).
-    pub(crate) fn with_singular_values(
-        rows: usize,
-        cols: usize,
-        s: &[f64],
-        rng: &mut StdRng,
-    ) -> (Vec<f32>, Mat<f64>, Mat<f64>) {
+    pub(crate) fn with_singular_values(rows: usize, cols: usize, s: &[f64], rng: &mut StdRng) -> (Vec<f32>, Mat<f64>, Mat<f64>) {
         let u = orthonormal(rows, s.len(), rng);
         let v = orthonormal(cols, s.len(), rng);
         let us = Mat::<f64>::from_fn(rows, s.len(), |i, j| u[(i, j)] * s[j]);

@@ -113,12 +113,7 @@ mod tests {
         ];
         let cos = class_mean_cosine(&acts, 3, &labels, 4);
         let s = std::f64::consts::FRAC_1_SQRT_2;
-        let want = [
-            [1.0, 0.0, s, f64::NAN],
-            [0.0, 1.0, s, f64::NAN],
-            [s, s, 1.0, f64::NAN],
-            [f64::NAN; 4],
-        ];
+        let want = [[1.0, 0.0, s, f64::NAN], [0.0, 1.0, s, f64::NAN], [s, s, 1.0, f64::NAN], [f64::NAN; 4]];
         for i in 0..4 {
             for j in 0..4 {
                 let (g, w) = (cos[i * 4 + j], want[i][j]);

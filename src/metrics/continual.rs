@@ -59,9 +59,7 @@ impl AccuracyMatrix {
         (0..last)
             .map(|j| {
                 // Unlike f64::max, keeps a NaN (unset entry) instead of skipping it.
-                let best = (0..last)
-                    .map(|l| self.get(l, j))
-                    .fold(f64::NEG_INFINITY, |m, x| if x > m || x.is_nan() { x } else { m });
+                let best = (0..last).map(|l| self.get(l, j)).fold(f64::NEG_INFINITY, |m, x| if x > m || x.is_nan() { x } else { m });
                 best - self.get(last, j)
             })
             .collect()

@@ -30,23 +30,12 @@ pub fn spectrum(a: &[f32], rows: usize, cols: usize) -> Result<Spectrum> {
     let spectral_norm = sigma.first().copied().unwrap_or(0.0) as f64;
     let total: f64 = sigma.iter().map(|&s| s as f64).sum();
     let (effective_rank, stable_rank) = if spectral_norm > 0.0 {
-        let entropy: f64 = sigma
-            .iter()
-            .map(|&s| s as f64 / total)
-            .filter(|&p| p > 0.0)
-            .map(|p| -p * p.ln())
-            .sum();
+        let entropy: f64 = sigma.iter().map(|&s| s as f64 / total).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum();
         (entropy.exp(), frobenius_sq / (spectral_norm * spectral_norm))
     } else {
         (0.0, 0.0)
     };
-    Ok(Spectrum {
-        singular_values: sigma,
-        effective_rank,
-        stable_rank,
-        spectral_norm,
-        frobenius_norm: frobenius_sq.sqrt(),
-    })
+    Ok(Spectrum { singular_values: sigma, effective_rank, stable_rank, spectral_norm, frobenius_norm: frobenius_sq.sqrt() })
 }
 
 #[cfg(test)]

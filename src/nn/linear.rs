@@ -23,7 +23,15 @@ impl Linear {
 
     /// Accumulates `dW += dyᵀ·x`, `db += Σ_rows dy`; writes `dx = dy·W` when asked
     /// (the first layer skips it: nobody needs the gradient of the pixels).
-    pub fn backward<B: Backend>(&self, backend: &B, store: &mut ParamStore<B>, dx: Option<&mut B::Buf>, dy: &B::Buf, x: &B::Buf, batch: usize) {
+    pub fn backward<B: Backend>(
+        &self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        dx: Option<&mut B::Buf>,
+        dy: &B::Buf,
+        x: &B::Buf,
+        batch: usize,
+    ) {
         let (w, b) = (store.specs[self.weight].range(), store.specs[self.bias].range());
         let dw_shape = Gemm { m: self.out_dim, k: batch, n: self.in_dim, trans_a: true, trans_b: false };
         backend.matmul(B::view_mut(&mut store.grads, w), B::all(dy), B::all(x), dw_shape, 1.0, 1.0);

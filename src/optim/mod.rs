@@ -117,7 +117,8 @@ impl OptimizerConfig {
     /// Builds the groups for a model's parameters.
     pub fn build<B: Backend>(&self, backend: &B, store: &ParamStore<B>) -> Optimizer<B> {
         let all: Vec<usize> = (0..store.specs.len()).collect();
-        let with_role = |keep: &dyn Fn(Role) -> bool| -> Vec<usize> { all.iter().copied().filter(|&i| keep(store.specs[i].role)).collect() };
+        let with_role =
+            |keep: &dyn Fn(Role) -> bool| -> Vec<usize> { all.iter().copied().filter(|&i| keep(store.specs[i].role)).collect() };
         let mut groups = Vec::new();
         let mut push = |name: &str, params: Vec<usize>, lr: f32, rule: Box<dyn UpdateRule<B>>| {
             if !params.is_empty() {

@@ -91,7 +91,15 @@ impl<B: Backend> Muon<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for Muon<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, _params: &[usize], lr: f32, _t: u64, mut captures: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        _params: &[usize],
+        lr: f32,
+        _t: u64,
+        mut captures: Option<&mut Vec<Capture>>,
+    ) {
         let c = self.config;
         let beta = c.momentum;
         for (&(rows, cols), params) in &self.by_shape {
@@ -108,10 +116,23 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
             let step = lr * c.scaling.factor(rows, cols);
             for (&i, r) in params.iter().zip(&ranges) {
                 if let Some(caps) = captures.as_deref_mut() {
-                    caps.push(Capture { param: i, kind: "muon_pre_orthogonalization", values: backend.download(B::view(&self.direction, r.clone())) });
-                    caps.push(Capture { param: i, kind: "muon_post_orthogonalization", values: backend.download(B::view(&self.orthogonal, r.clone())) });
+                    caps.push(Capture {
+                        param: i,
+                        kind: "muon_pre_orthogonalization",
+                        values: backend.download(B::view(&self.direction, r.clone())),
+                    });
+                    caps.push(Capture {
+                        param: i,
+                        kind: "muon_post_orthogonalization",
+                        values: backend.download(B::view(&self.orthogonal, r.clone())),
+                    });
                 }
-                backend.axpby(B::view_mut(&mut store.values, r.clone()), -step, B::view(&self.orthogonal, r.clone()), 1.0 - lr * c.weight_decay);
+                backend.axpby(
+                    B::view_mut(&mut store.values, r.clone()),
+                    -step,
+                    B::view(&self.orthogonal, r.clone()),
+                    1.0 - lr * c.weight_decay,
+                );
             }
         }
     }

@@ -112,7 +112,13 @@ impl<B: Backend> Shampoo<B> {
                 let s = &store.specs[i];
                 assert!(s.role.is_matrix(), "Shampoo here takes matrices only; {} is a {}", s.name, s.role.as_str());
                 let max = config.max_preconditioner_dim;
-                Preconditioner { param: i, rows: s.rows, cols: s.cols, left: Side::new(backend, s.rows, max), right: Side::new(backend, s.cols, max) }
+                Preconditioner {
+                    param: i,
+                    rows: s.rows,
+                    cols: s.cols,
+                    left: Side::new(backend, s.rows, max),
+                    right: Side::new(backend, s.cols, max),
+                }
             })
             .collect();
         let n = store.len();
@@ -122,7 +128,15 @@ impl<B: Backend> Shampoo<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for Shampoo<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, _params: &[usize], lr: f32, t: u64, mut captures: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        _params: &[usize],
+        lr: f32,
+        t: u64,
+        mut captures: Option<&mut Vec<Capture>>,
+    ) {
         let c = self.config;
         let stat_weight = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
         let refresh = (t - 1) % c.precondition_frequency.max(1) == 0;
@@ -133,7 +147,11 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             for (side, over_rows) in [(&mut p.left, true), (&mut p.right, false)] {
                 match side {
                     Side::Full { stat, .. } => {
-                        let shape = if over_rows { Gemm { m, k: n, n: m, trans_a: false, trans_b: true } } else { Gemm { m: n, k: m, n, trans_a: true, trans_b: false } };
+                        let shape = if over_rows {
+                            Gemm { m, k: n, n: m, trans_a: false, trans_b: true }
+                        } else {
+                            Gemm { m: n, k: m, n, trans_a: true, trans_b: false }
+                        };
                         backend.matmul(B::all_mut(stat), g, g, shape, stat_weight, c.beta2);
                     }
                     Side::Diagonal { stat } => backend.ema_square_sums(B::all_mut(stat), g, m, n, over_rows, c.beta2, stat_weight),
@@ -152,7 +170,14 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             let mom = B::view(&self.momentum, r.clone());
             let eps = c.epsilon.absolute as f32;
             match &p.left {
-                Side::Full { root, .. } => backend.matmul(B::view_mut(&mut self.half, r.clone()), B::all(root), mom, Gemm { m, k: m, n, trans_a: false, trans_b: false }, 1.0, 0.0),
+                Side::Full { root, .. } => backend.matmul(
+                    B::view_mut(&mut self.half, r.clone()),
+                    B::all(root),
+                    mom,
+                    Gemm { m, k: m, n, trans_a: false, trans_b: false },
+                    1.0,
+                    0.0,
+                ),
                 Side::Diagonal { stat } => {
                     backend.copy(B::view_mut(&mut self.half, r.clone()), mom);
                     backend.scale_by_diagonal_root(B::view_mut(&mut self.half, r.clone()), B::all(stat), m, n, true, ROOT, eps);
@@ -160,7 +185,14 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             }
             let half = B::view(&self.half, r.clone());
             match &p.right {
-                Side::Full { root, .. } => backend.matmul(B::view_mut(&mut self.full, r.clone()), half, B::all(root), Gemm { m, k: n, n, trans_a: false, trans_b: false }, 1.0, 0.0),
+                Side::Full { root, .. } => backend.matmul(
+                    B::view_mut(&mut self.full, r.clone()),
+                    half,
+                    B::all(root),
+                    Gemm { m, k: n, n, trans_a: false, trans_b: false },
+                    1.0,
+                    0.0,
+                ),
                 Side::Diagonal { stat } => {
                     backend.copy(B::view_mut(&mut self.full, r.clone()), half);
                     backend.scale_by_diagonal_root(B::view_mut(&mut self.full, r.clone()), B::all(stat), m, n, false, ROOT, eps);
@@ -175,7 +207,14 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
                     let bias1 = if c.beta1 > 0.0 { 1.0 - c.beta1.powi(t as i32) } else { 1.0 };
                     let bias2 = 1.0 - c.graft_beta2.powi(t as i32);
                     // `half` is free again: reuse it for Adam's direction.
-                    backend.adam_direction(B::view_mut(&mut self.half, r.clone()), mom, B::view(&self.graft_v, r.clone()), bias1, bias2, c.graft_eps);
+                    backend.adam_direction(
+                        B::view_mut(&mut self.half, r.clone()),
+                        mom,
+                        B::view(&self.graft_v, r.clone()),
+                        bias1,
+                        bias2,
+                        c.graft_eps,
+                    );
                     Some(backend.sum_squares(B::view(&self.half, r.clone())).sqrt())
                 }
             };
@@ -185,7 +224,11 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
                 _ => 1.0,
             };
             if let Some(caps) = captures.as_deref_mut() {
-                caps.push(Capture { param: p.param, kind: "shampoo_preconditioned", values: backend.download(B::view(&self.full, r.clone())) });
+                caps.push(Capture {
+                    param: p.param,
+                    kind: "shampoo_preconditioned",
+                    values: backend.download(B::view(&self.full, r.clone())),
+                });
             }
             backend.axpby(B::view_mut(&mut store.values, r.clone()), -lr * scale, B::view(&self.full, r), 1.0 - lr * c.weight_decay);
         }

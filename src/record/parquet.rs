@@ -99,7 +99,12 @@ impl TableWriter {
         ensure!(row.len() == cols.len(), "table {}: row has {} values for {} columns", self.table.name, row.len(), cols.len());
         for ((name, value), col) in row.iter().zip(cols) {
             ensure!(*name == col.name, "table {}: got column {name:?} where the schema has {:?}", self.table.name, col.name);
-            ensure!(value.fits(col.kind, col.nullable), "table {}: column {name} is {} but got {value:?}", self.table.name, col.kind.as_str());
+            ensure!(
+                value.fits(col.kind, col.nullable),
+                "table {}: column {name} is {} but got {value:?}",
+                self.table.name,
+                col.kind.as_str()
+            );
         }
         self.rows.push(row.into_iter().map(|(_, v)| v).collect());
         if self.rows.len() >= self.flush_every { self.flush() } else { Ok(()) }
@@ -114,7 +119,11 @@ impl TableWriter {
         let path = self.dir.join(format!("part-{}-{:05}.parquet", self.prefix, self.next_part));
         let tmp = path.with_extension("parquet.tmp");
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        ParquetWriter::new(file).with_compression(ParquetCompression::Zstd(None)).finish(&mut df).map_err(anyhow::Error::from).with_context(|| format!("writing {}", tmp.display()))?;
+        ParquetWriter::new(file)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(&mut df)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &path)?;
         self.rows.clear();
         self.next_part += 1;
@@ -130,8 +139,10 @@ fn to_dataframe(table: &Table, rows: &[Vec<Value>]) -> Result<DataFrame> {
         .map(|(j, c)| {
             let name: PlSmallStr = c.name.into();
             let cells = rows.iter().map(|r| &r[j]);
-            let column = match c.kind {
-                Kind::Str => Column::new(name, cells.map(|v| if let Value::Str(s) = v { Some(s.as_str()) } else { None }).collect::<Vec<_>>()),
+            match c.kind {
+                Kind::Str => {
+                    Column::new(name, cells.map(|v| if let Value::Str(s) = v { Some(s.as_str()) } else { None }).collect::<Vec<_>>())
+                }
                 Kind::I64 => Column::new(name, cells.map(|v| if let Value::I64(x) = v { Some(*x) } else { None }).collect::<Vec<_>>()),
                 Kind::F64 => Column::new(name, cells.map(|v| if let Value::F64(x) = v { Some(*x) } else { None }).collect::<Vec<_>>()),
                 Kind::Bool => Column::new(name, cells.map(|v| if let Value::Bool(x) = v { Some(*x) } else { None }).collect::<Vec<_>>()),
@@ -145,8 +156,7 @@ fn to_dataframe(table: &Table, rows: &[Vec<Value>]) -> Result<DataFrame> {
                     cells.for_each(|v| if let Value::ListF64(x) = v { b.append_slice(x) } else { b.append_null() });
                     b.finish().into_series().into_column()
                 }
-            };
-            column
+            }
         })
         .collect();
     Ok(DataFrame::new(rows.len(), columns)?)
@@ -161,7 +171,11 @@ pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     parts.sort();
-    let mut frames = parts.iter().map(|p| anyhow::Ok(ParquetReader::new(File::open(p)?).finish().map_err(anyhow::Error::from).with_context(|| format!("reading {}", p.display()))?));
+    let mut frames = parts.iter().map(|p| {
+        anyhow::Ok(
+            ParquetReader::new(File::open(p)?).finish().map_err(anyhow::Error::from).with_context(|| format!("reading {}", p.display()))?,
+        )
+    });
     let Some(first) = frames.next() else { bail!("no Parquet parts in {}", dir.display()) };
     let mut df = first?;
     for f in frames {

@@ -51,7 +51,8 @@ const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
 }
 
 const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
-const OPTIMIZER: Column = col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo) or a preset's key such as `muon-all`.");
+const OPTIMIZER: Column =
+    col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo) or a preset's key such as `muon-all`.");
 const SEED: Column = col("seed", Kind::I64, "Seed of initialization and batch order.");
 const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
 const TASK: Column = col("task", Kind::I64, "Task being trained when the row was written (0-based).");
