@@ -49,3 +49,9 @@ fn schema_lists_every_table() {
     }
     assert!(out.contains("Roy & Vetterli"));
 }
+
+#[test]
+fn readme_shows_the_current_schema() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(optlab::record::schema::markdown().trim()), "README's schema is stale: paste `exp schema` into it");
+}

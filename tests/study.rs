@@ -129,3 +129,19 @@ fn stop_and_resume_reproduce_an_uninterrupted_study() {
         assert_eq!(a, b, "{}.{col} differs after stop/resume", table.name);
     }
 }
+
+#[test]
+fn permuted_protocol_runs_all_classes_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["protocol=\"permuted\"", "permuted_tasks=3", "optimizers=[\"adamw\"]"]);
+    let split = Split { train: blobs(30, 1), test: blobs(10, 2) };
+    let tasks = optlab::experiments::split_mnist::make_tasks(&c, &split).unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert!(tasks.iter().all(|t| t.classes.len() == 10 && t.test.len() == 100));
+    run_study(&Cpu, &c, &tasks, dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    // 3 tasks × (3 + the union) accuracy rows; every task's first evaluation learned something.
+    let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
+    assert_eq!(acc.height(), 3 * 4);
+    let first = acc.column("accuracy").unwrap().f64().unwrap().get(0).unwrap();
+    assert!(first > 0.5, "permuted task 0 after training it: {first}");
+}

@@ -69,8 +69,9 @@ struct SplitMnistArgs {
     /// Where the IDX files are (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Continue the study in --out from its checkpoints.
-    #[arg(long, requires = "out")]
+    /// Continue the study in --out from its checkpoints and saved config.toml
+    /// (flags still override it: e.g. more --seeds extend the study).
+    #[arg(long, requires = "out", conflicts_with = "preset")]
     resume: bool,
     /// Pause every run after this many tasks (checkpointed; --resume continues).
     #[arg(long)]
@@ -129,7 +130,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
-    let config = SplitMnistConfig::resolve(args.preset.as_deref(), &args.overrides())?;
+    let saved = args.out.as_ref().map(|o| o.join("config.toml")).filter(|p| args.resume && p.exists());
+    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.preset.as_deref()), &args.overrides())?;
     let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("split-mnist-{}", utc_stamp())));
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
     let runs = config.optimizers.len() * config.seeds.len();
@@ -143,7 +145,12 @@ fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
     let progress =
         ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
     split_mnist::run_study(&Cpu, &config, &tasks, &out, args.resume, args.stop_after_tasks, &progress)?;
-    print!("{}", summary::render(&summary::summarize(&out, &config.optimizers)?));
+    match summary::summarize(&out, &config.optimizers) {
+        Ok(s) => print!("{}", summary::render(&s)),
+        // Paused before any run finished: nothing to summarize yet.
+        Err(_) if args.stop_after_tasks.is_some() => println!("paused; continue with: exp split-mnist --out {} --resume", out.display()),
+        Err(e) => return Err(e),
+    }
     println!(
         "results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, runs; `exp schema` explains every column)",
         out.display()
