@@ -6,6 +6,8 @@
 //! diagonal statistics for a side above a maximum size, and grafting, which
 //! borrows the step size of a simpler optimizer and keeps Shampoo's direction.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, UpdateRule};
@@ -81,6 +83,37 @@ impl<B: Backend> Side<B> {
         let mut eye = vec![0.0; dim * dim];
         (0..dim).for_each(|i| eye[i * dim + i] = 1.0);
         Side::Full { stat: backend.zeros(dim * dim), root: backend.upload(&eye) }
+    }
+}
+
+impl<B: Backend> Side<B> {
+    /// `dst = root·src` (left side) or `src·root` (right side) for an m×n `src`
+    /// written to `range` of `dst`; a diagonal side scales rows or columns instead.
+    #[allow(clippy::too_many_arguments)]
+    fn precondition(
+        &self,
+        backend: &B,
+        dst: &mut B::Buf,
+        range: Range<usize>,
+        src: B::View<'_>,
+        (m, n): (usize, usize),
+        left: bool,
+        eps: f32,
+    ) {
+        match self {
+            Side::Full { root, .. } => {
+                let dst = B::view_mut(dst, range);
+                if left {
+                    backend.matmul(dst, B::all(root), src, Gemm { m, k: m, n, trans_a: false, trans_b: false }, 1.0, 0.0);
+                } else {
+                    backend.matmul(dst, src, B::all(root), Gemm { m, k: n, n, trans_a: false, trans_b: false }, 1.0, 0.0);
+                }
+            }
+            Side::Diagonal { stat } => {
+                backend.copy(B::view_mut(dst, range.clone()), src);
+                backend.scale_by_diagonal_root(B::view_mut(dst, range), B::all(stat), m, n, left, ROOT, eps);
+            }
+        }
     }
 }
 
@@ -167,37 +200,10 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             }
             // Momentum M = β1·M + (1−β1)·G, then L^{-1/4}·M·R^{-1/4}.
             backend.axpby(B::view_mut(&mut self.momentum, r.clone()), 1.0 - c.beta1, g, c.beta1);
-            let mom = B::view(&self.momentum, r.clone());
             let eps = c.epsilon.absolute as f32;
-            match &p.left {
-                Side::Full { root, .. } => backend.matmul(
-                    B::view_mut(&mut self.half, r.clone()),
-                    B::all(root),
-                    mom,
-                    Gemm { m, k: m, n, trans_a: false, trans_b: false },
-                    1.0,
-                    0.0,
-                ),
-                Side::Diagonal { stat } => {
-                    backend.copy(B::view_mut(&mut self.half, r.clone()), mom);
-                    backend.scale_by_diagonal_root(B::view_mut(&mut self.half, r.clone()), B::all(stat), m, n, true, ROOT, eps);
-                }
-            }
-            let half = B::view(&self.half, r.clone());
-            match &p.right {
-                Side::Full { root, .. } => backend.matmul(
-                    B::view_mut(&mut self.full, r.clone()),
-                    half,
-                    B::all(root),
-                    Gemm { m, k: n, n, trans_a: false, trans_b: false },
-                    1.0,
-                    0.0,
-                ),
-                Side::Diagonal { stat } => {
-                    backend.copy(B::view_mut(&mut self.full, r.clone()), half);
-                    backend.scale_by_diagonal_root(B::view_mut(&mut self.full, r.clone()), B::all(stat), m, n, false, ROOT, eps);
-                }
-            }
+            p.left.precondition(backend, &mut self.half, r.clone(), B::view(&self.momentum, r.clone()), (m, n), true, eps);
+            p.right.precondition(backend, &mut self.full, r.clone(), B::view(&self.half, r.clone()), (m, n), false, eps);
+            let mom = B::view(&self.momentum, r.clone());
             // Grafting: the step takes the norm of the grafted optimizer's direction.
             let graft_norm = match c.grafting {
                 Grafting::None => None,
