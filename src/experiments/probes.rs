@@ -9,30 +9,46 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::metrics::{self, Spectrum};
-use crate::models::Mlp;
+use crate::models::{Mlp, ParamStore};
+use crate::optim::Capture;
 use crate::record::{TableWriter, Value, schema};
 
-/// Spectra rows for every weight matrix (`weight`, and `update` = values − prev)
-/// plus `extra` matrices `(param, tensor kind, values)`, decomposed in parallel.
-#[allow(clippy::too_many_arguments)]
+/// Host copies of what the spectra probe decomposes, taken right after a step.
+pub struct Snapshot {
+    pub values: Vec<f32>,
+    /// The values before the step (`values − previous` is the applied update).
+    pub previous: Vec<f32>,
+    /// The gradient of the step's batch.
+    pub gradients: Vec<f32>,
+}
+
+impl Snapshot {
+    pub fn take<B: Backend>(backend: &B, store: &ParamStore<B>, previous: &B::Buf) -> Self {
+        let host = |buf| backend.download(B::all(buf));
+        Self { values: host(&store.values), previous: host(previous), gradients: host(&store.grads) }
+    }
+}
+
+/// Spectra rows for every weight matrix, its gradient and its applied update,
+/// plus whatever the optimizer captured, decomposed in parallel.
 pub fn spectra<B: Backend>(
     w: &mut TableWriter,
     model: &Mlp<B>,
     run: &str,
     step: u64,
     task: usize,
-    values: &[f32],
-    prev: &[f32],
-    extra: &[(usize, &str, &[f32])],
+    snap: &Snapshot,
+    captures: &[Capture],
 ) -> Result<()> {
     let specs = &model.store.specs;
     let mut jobs: Vec<(usize, &str, Vec<f32>)> = Vec::new();
     for (i, s) in specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()) {
         let r = s.range();
-        jobs.push((i, "weight", values[r.clone()].to_vec()));
-        jobs.push((i, "update", values[r.clone()].iter().zip(&prev[r]).map(|(a, b)| a - b).collect()));
+        jobs.push((i, "weight", snap.values[r.clone()].to_vec()));
+        jobs.push((i, "gradient", snap.gradients[r.clone()].to_vec()));
+        jobs.push((i, "update", snap.values[r.clone()].iter().zip(&snap.previous[r]).map(|(a, b)| a - b).collect()));
     }
-    jobs.extend(extra.iter().map(|&(i, kind, v)| (i, kind, v.to_vec())));
+    jobs.extend(captures.iter().map(|c| (c.param, c.kind, c.values.clone())));
     let spectra: Vec<Result<Spectrum>> = jobs.par_iter().map(|(i, _, m)| metrics::spectrum(m, specs[*i].rows, specs[*i].cols)).collect();
     for ((i, kind, _), s) in jobs.iter().zip(spectra) {
         let (spec, s) = (&specs[*i], s?);

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::config::{NamedOptimizer, Protocol, SplitMnistConfig};
-use super::probes;
+use super::probes::{self, Snapshot};
 use crate::backend::Backend;
 use crate::data::{self, Dataset, Task, shuffled_batches};
 use crate::metrics::AccuracyMatrix;
@@ -212,8 +212,8 @@ impl<'a, B: Backend> Run<'a, B> {
             }
             // Task boundary: spectra, the accuracy matrix row, representations.
             let step = self.optimizer.steps;
-            let (values, prev) = (b.download(B::all(&self.model.store.values)), b.download(B::all(&previous)));
-            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task_index, &values, &prev, &[])?;
+            let snap = Snapshot::take(b, &self.model.store, &previous);
+            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task_index, &snap, &[])?;
             self.evaluate(&mut w, task_index)?;
             self.next_task = task_index + 1;
             let last = self.next_task == self.tasks.len();
@@ -248,7 +248,6 @@ impl<'a, B: Backend> Run<'a, B> {
         if !out.loss.is_finite() || !grad_sq.iter().all(|g| g.is_finite()) {
             return Ok(Some(step));
         }
-        let gradients = probe_now.then(|| b.download(B::all(&store.grads)));
         let mut captures: Option<Vec<Capture>> = probe_now.then(Vec::new);
         self.optimizer.step(b, &mut self.model.store, 1.0, captures.as_mut());
         let store = &self.model.store;
@@ -282,14 +281,9 @@ impl<'a, B: Backend> Run<'a, B> {
             ("grad_norm", grad_sq.iter().sum::<f64>().sqrt().into()),
             ("update_norm", update_total.sqrt().into()),
         ])?;
-        if let (Some(gradients), Some(captures)) = (gradients, captures) {
-            let values = b.download(B::all(&store.values));
-            let prev = b.download(B::all(previous));
-            let mut extra: Vec<(usize, &str, &[f32])> = captures.iter().map(|c| (c.param, c.kind, c.values.as_slice())).collect();
-            extra.extend(
-                store.specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()).map(|(i, s)| (i, "gradient", &gradients[s.range()])),
-            );
-            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task, &values, &prev, &extra)?;
+        if let Some(captures) = captures {
+            let snap = Snapshot::take(b, store, previous);
+            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task, &snap, &captures)?;
         }
         Ok(None)
     }
