@@ -9,6 +9,8 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+pub mod cuda;
+pub mod kernels;
 
 use std::ops::Range;
 
@@ -78,6 +80,11 @@ pub trait Backend: Send + Sync + 'static {
         Self: 'a;
 
     fn name(&self) -> &'static str;
+
+    /// Running counts worth recording (e.g. CUDA roots that fell back to the CPU).
+    fn counters(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 
     // ---- memory ----
     fn zeros(&self, len: usize) -> Self::Buf;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use optlab::backend::Cpu;
+use optlab::backend::cuda::Cuda;
+use optlab::backend::{Backend, Cpu, kernels};
 use optlab::data::{self, DatasetName};
 use optlab::experiments::{SplitMnistConfig, split_mnist, summary};
 use optlab::record::schema;
@@ -34,6 +35,17 @@ enum Command {
     },
     /// Print every Parquet table and column with its meaning (Markdown).
     Schema,
+    /// Print the devices optlab can use and where its CUDA kernels come from.
+    Info,
+}
+
+/// Where a study runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Device {
+    /// CUDA when a usable GPU is present, else the CPU (says which).
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +88,8 @@ struct SplitMnistArgs {
     /// Pause every run after this many tasks (checkpointed; --resume continues).
     #[arg(long)]
     stop_after_tasks: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
 }
 
 impl SplitMnistArgs {
@@ -126,6 +140,17 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", schema::markdown());
             Ok(())
         }
+        Command::Info => {
+            println!("optlab {}", env!("CARGO_PKG_VERSION"));
+            println!("cpu: {} threads (rayon)", rayon::current_num_threads());
+            let embedded = if kernels::KERNELS.iter().all(|k| k.ptx.is_some()) { "PTX" } else { "CUDA C++ for NVRTC" };
+            println!("kernels embedded as: {embedded} (nvcc {})", kernels::nvcc_version());
+            match Cuda::new(0) {
+                Ok(c) => println!("cuda: {} (driver CUDA {})", c.describe(), Cuda::driver_version().unwrap_or_default()),
+                Err(e) => println!("cuda: unavailable: {e:#}"),
+            }
+            Ok(())
+        }
     }
 }
 
@@ -134,17 +159,17 @@ fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
     let config = SplitMnistConfig::resolve(saved.as_deref().or(args.preset.as_deref()), &args.overrides())?;
     let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("split-mnist-{}", utc_stamp())));
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
-    let runs = config.optimizers.len() * config.seeds.len();
-    eprintln!(
-        "split-mnist: {} tasks, {runs} runs ({} × seeds {:?}) on cpu → {}",
-        tasks.len(),
-        config.optimizers.join(", "),
-        config.seeds,
-        out.display()
-    );
-    let progress =
-        ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
-    split_mnist::run_study(&Cpu, &config, &tasks, &out, args.resume, args.stop_after_tasks, &progress)?;
+    match args.device {
+        Device::Cpu => run_on(&Cpu, args, &config, &tasks, &out)?,
+        Device::Cuda => run_on(&Cuda::new(0)?, args, &config, &tasks, &out)?,
+        Device::Auto => match Cuda::new(0) {
+            Ok(gpu) => run_on(&gpu, args, &config, &tasks, &out)?,
+            Err(e) => {
+                eprintln!("device: cpu (CUDA unavailable: {e:#})");
+                run_on(&Cpu, args, &config, &tasks, &out)?
+            }
+        },
+    }
     match summary::summarize(&out, &config.optimizers) {
         Ok(s) => print!("{}", summary::render(&s)),
         // Paused before any run finished: nothing to summarize yet.
@@ -152,10 +177,25 @@ fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
         Err(e) => return Err(e),
     }
     println!(
-        "results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, runs; `exp schema` explains every column)",
+        "results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, counters, runs; `exp schema` explains every column)",
         out.display()
     );
     Ok(())
+}
+
+fn run_on<B: Backend>(
+    backend: &B,
+    args: &SplitMnistArgs,
+    config: &SplitMnistConfig,
+    tasks: &[optlab::data::Task],
+    out: &Path,
+) -> Result<()> {
+    let runs = config.optimizers.len() * config.seeds.len();
+    let (n, opts) = (tasks.len(), config.optimizers.join(", "));
+    eprintln!("split-mnist: {n} tasks, {runs} runs ({opts} × seeds {:?}) on {} → {}", config.seeds, backend.name(), out.display());
+    let progress =
+        ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
+    split_mnist::run_study(backend, config, tasks, out, args.resume, args.stop_after_tasks, &progress)
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, from the system clock (days-to-civil, Hinnant's algorithm).

@@ -177,6 +177,7 @@ impl<'a, B: Backend> Run<'a, B> {
             spectra: w(&schema::SPECTRA)?,
             accuracy: w(&schema::ACCURACY)?,
             activations: w(&schema::ACTIVATIONS)?,
+            counters: w(&schema::COUNTERS)?,
         })
     }
 
@@ -215,6 +216,16 @@ impl<'a, B: Backend> Run<'a, B> {
             let snap = Snapshot::take(b, &self.model.store, &previous);
             probes::spectra(&mut w.spectra, &self.model, &self.id, step, task_index, &snap, &[])?;
             self.evaluate(&mut w, task_index)?;
+            let counters = self.optimizer.groups.iter().flat_map(|g| g.rule.diagnostics()).chain(b.counters());
+            for (name, value) in counters {
+                w.counters.push(vec![
+                    ("run", self.id.as_str().into()),
+                    ("step", step.into()),
+                    ("task", task_index.into()),
+                    ("name", name.into()),
+                    ("value", value.into()),
+                ])?;
+            }
             self.next_task = task_index + 1;
             let last = self.next_task == self.tasks.len();
             if last {
@@ -410,11 +421,13 @@ struct Writers {
     spectra: TableWriter,
     accuracy: TableWriter,
     activations: TableWriter,
+    counters: TableWriter,
 }
 
 impl Writers {
     fn flush(&mut self) -> Result<()> {
-        for w in [&mut self.steps, &mut self.param_steps, &mut self.spectra, &mut self.accuracy, &mut self.activations] {
+        for w in [&mut self.steps, &mut self.param_steps, &mut self.spectra, &mut self.accuracy, &mut self.activations, &mut self.counters]
+        {
             w.flush()?;
         }
         Ok(())

@@ -7,5 +7,5 @@ mod svd;
 
 pub use eigen::{Epsilon, sym_inverse_root};
 pub use gemm::matmul;
-pub use newton_schulz::{NsCoefficients, newton_schulz};
+pub use newton_schulz::{NORM_EPS as NS_NORM_EPS, NsCoefficients, newton_schulz};
 pub use svd::singular_values;

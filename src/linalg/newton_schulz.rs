@@ -43,11 +43,11 @@ const POLAR_EXPRESS: [(f64, f64, f64); 8] = [
 const PE_SAFETY: f64 = 1.01;
 
 /// Frobenius-norm guard against division by zero, as in both references.
-const NORM_EPS: f32 = 1e-7;
+pub const NORM_EPS: f32 = 1e-7;
 
 impl NsCoefficients {
-    /// (a, b, c) for iteration `step` (0-based).
-    fn at(self, step: usize) -> (f32, f32, f32) {
+    /// (a, b, c) for iteration `step` (0-based); the GPU path uses the same schedule.
+    pub fn at(self, step: usize) -> (f32, f32, f32) {
         match self {
             Self::Keller => KELLER,
             Self::PolarExpress => {
@@ -60,7 +60,7 @@ impl NsCoefficients {
     }
 
     /// Factor on ‖G‖_F in the initial normalisation X₀ = G / (factor·‖G‖_F + 1e-7).
-    fn norm_factor(self) -> f32 {
+    pub fn norm_factor(self) -> f32 {
         match self {
             Self::Keller => 1.0,
             Self::PolarExpress => PE_SAFETY as f32,

@@ -145,6 +145,23 @@ pub const ACTIVATIONS: Table = Table {
     ],
 };
 
+pub const COUNTERS: Table = Table {
+    name: "counters",
+    doc: "Running counts of numerical events at each task boundary: optimizer diagnostics and backend fallbacks.",
+    columns: &[
+        RUN,
+        STEP,
+        TASK,
+        col(
+            "name",
+            Kind::Str,
+            "`shampoo_root_failures` (roots whose eigendecomposition failed; the previous root was kept), `shampoo_roots_computed`, \
+             `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64).",
+        ),
+        col("value", Kind::F64, "The count so far in this run (backend counts: so far in this process)."),
+    ],
+};
+
 pub const RUNS: Table = Table {
     name: "runs",
     doc: "One row per finished or diverged run: the study's summary numbers.",
@@ -164,7 +181,7 @@ pub const RUNS: Table = Table {
     ],
 };
 
-pub const ALL: [&Table; 6] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &RUNS];
+pub const ALL: [&Table; 7] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &COUNTERS, &RUNS];
 
 /// The schema as Markdown (README, `exp schema`).
 pub fn markdown() -> String {

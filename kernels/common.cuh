@@ -1,0 +1,47 @@
+// Shared helpers for optlab's kernels. Every kernel mirrors one op of
+// src/backend/mod.rs; src/backend/cpu.rs is its reference and test oracle.
+#pragma once
+
+// +inf without <math.h> (NVRTC compiles these sources with no system headers).
+#define OPTLAB_INFINITY __int_as_float(0x7f800000)
+
+// Grid-stride loop over [0, n): kernels are correct for any launch size.
+#define GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Block-wide sum in double, result valid in thread 0. blockDim.x must be a
+// multiple of 32 and at most 1024.
+__device__ double block_sum_d(double v) {
+    __shared__ double partial[32];
+    v = warp_sum_d(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0;
+    if (warp == 0) v = warp_sum_d(v);
+    __syncthreads();  // partial[] may be reused by the caller's next reduction
+    return v;
+}
+
+// Index of the element of a multi-tensor list: ranges are given by their store
+// offsets and the cumulative element counts before each (cum has count+1 entries).
+__device__ __forceinline__ long long multi_tensor_index(long long i, const long long* offsets, const long long* cum, int count) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {  // last range whose cum start is <= i
+        int mid = (lo + hi + 1) >> 1;
+        if (cum[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    return offsets[lo] + (i - cum[lo]);
+}

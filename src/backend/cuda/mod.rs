@@ -1,0 +1,189 @@
+//! The CUDA backend: the kernels of `kernels/*.cu` (PTX from build.rs, or NVRTC
+//! at run time) and cuBLAS, through cudarc with the driver loaded dynamically,
+//! so the binary runs where no CUDA library exists at all.
+//!
+//! Everything runs on one stream, so stream order is the only synchronization
+//! needed: views are plain (device pointer, length) pairs, as in llm.c, and
+//! kernels and cuBLAS take raw pointers.
+
+mod ops;
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, sys};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use super::kernels::{KERNELS, KernelSource};
+
+/// Every kernel entry point, by module (a test checks this against the sources).
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
+    ("adamw", &["adamw_step", "sgd_step", "lion_step"]),
+    ("newton_schulz", &["normalize_frobenius"]),
+    (
+        "nn",
+        &[
+            "fill",
+            "axpby",
+            "scale",
+            "add_bias_rows",
+            "accumulate_column_sums",
+            "activation_forward",
+            "activation_backward",
+            "softmax_cross_entropy",
+            "sum_squares",
+            "sum_squared_difference",
+            "count_non_finite",
+            "ema_square",
+            "adam_direction",
+            "scale_by_diagonal_root",
+            "ema_square_sums",
+        ],
+    ),
+    ("shampoo", &["identity_plus", "max_abs_from_identity"]),
+];
+
+/// Where the kernels came from, for `exp info` and test logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelOrigin {
+    /// PTX compiled by nvcc at build time.
+    Ptx,
+    /// CUDA C++ compiled by NVRTC when the backend started.
+    Nvrtc,
+}
+
+/// Why CUDA cannot be used here, or `Ok` with the device count.
+pub fn probe() -> Result<usize> {
+    // SAFETY: only checks whether the driver library can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        bail!("no CUDA driver library (libcuda) on this machine");
+    }
+    let n = CudaContext::device_count().map_err(|e| anyhow!("CUDA driver present but unusable: {e:?}"))?;
+    if n < 1 {
+        bail!("CUDA driver present but no CUDA device");
+    }
+    Ok(n as usize)
+}
+
+/// A device buffer view: pointer and length, valid while the buffer it was
+/// taken from is borrowed (`'a`).
+#[derive(Clone, Copy, Debug)]
+pub struct DView<'a> {
+    pub(crate) ptr: sys::CUdeviceptr,
+    pub(crate) len: usize,
+    _borrow: PhantomData<&'a CudaSlice<f32>>,
+}
+
+/// A mutable device buffer view.
+#[derive(Debug)]
+pub struct DViewMut<'a> {
+    pub(crate) ptr: sys::CUdeviceptr,
+    pub(crate) len: usize,
+    _borrow: PhantomData<&'a mut CudaSlice<f32>>,
+}
+
+fn base_ptr(buf: &CudaSlice<f32>) -> sys::CUdeviceptr {
+    let (ptr, _sync) = buf.device_ptr(buf.stream());
+    ptr
+}
+
+fn offset(ptr: sys::CUdeviceptr, elements: usize) -> sys::CUdeviceptr {
+    ptr + (elements * std::mem::size_of::<f32>()) as u64
+}
+
+/// A multi-tensor range list on the device: store offsets and cumulative counts.
+pub(crate) struct RangeTable {
+    pub(crate) offsets: CudaSlice<i64>,
+    pub(crate) cumulative: CudaSlice<i64>,
+}
+
+/// A range list as `(offset, length)` pairs.
+type RangeKey = Vec<(usize, usize)>;
+
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    origin: KernelOrigin,
+    /// Multi-tensor (offsets, cumulative counts) tables, uploaded once per range list.
+    range_tables: Mutex<HashMap<RangeKey, Arc<RangeTable>>>,
+    /// Inverse roots the GPU iteration could not deliver, computed on the CPU instead.
+    root_fallbacks: AtomicU64,
+}
+
+impl Cuda {
+    /// Opens device `ordinal` and loads every kernel; errors say why CUDA is unusable.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cannot open CUDA device {ordinal}: {e:?}"))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cannot start cuBLAS: {e:?}"))?;
+        let mut functions = HashMap::new();
+        let mut origin = KernelOrigin::Ptx;
+        for (module, names) in FUNCTIONS {
+            let source = KERNELS.iter().find(|k| k.name == *module).with_context(|| format!("kernel module {module} was not embedded"))?;
+            let ptx = match source.ptx {
+                Some(ptx) => Ptx::from_src(ptx),
+                None => {
+                    origin = KernelOrigin::Nvrtc;
+                    compile_at_run_time(source)?
+                }
+            };
+            let m = ctx.load_module(ptx).map_err(|e| anyhow!("cannot load kernel module {module}: {e:?}"))?;
+            for name in *names {
+                functions.insert(*name, m.load_function(name).map_err(|e| anyhow!("kernel {module}::{name} missing: {e:?}"))?);
+            }
+        }
+        Ok(Self { ctx, stream, blas, functions, origin, range_tables: Mutex::new(HashMap::new()), root_fallbacks: AtomicU64::new(0) })
+    }
+
+    pub fn origin(&self) -> KernelOrigin {
+        self.origin
+    }
+
+    /// Device name, compute capability and memory, for `exp info`.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown".into());
+        let cc = self.ctx.compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_default();
+        let mem = self.ctx.total_mem().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
+        format!("{name} (compute capability {cc}, {mem:.1} GiB), kernels from {:?}", self.origin)
+    }
+
+    /// The driver's CUDA version, e.g. "13.0".
+    pub fn driver_version() -> Option<String> {
+        let mut v = 0;
+        // SAFETY: only called after probe() found the driver library.
+        let ok = unsafe { sys::cuDriverGetVersion(&mut v) } == sys::CUresult::CUDA_SUCCESS;
+        ok.then(|| format!("{}.{}", v / 1000, v % 1000 / 10))
+    }
+
+    pub fn root_fallbacks(&self) -> u64 {
+        self.root_fallbacks.load(Ordering::Relaxed)
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} not loaded"))
+    }
+
+    /// Blocks until every queued operation finished, surfacing asynchronous errors.
+    pub fn synchronize(&self) {
+        self.stream.synchronize().expect("CUDA stream failed");
+    }
+}
+
+fn compile_at_run_time(source: &KernelSource) -> Result<Ptx> {
+    let opts = CompileOptions { arch: Some("compute_80"), options: vec!["-std=c++17".into()], ..Default::default() };
+    cudarc::nvrtc::compile_ptx_with_opts(source.cuda, opts)
+        .map_err(|e| anyhow!("NVRTC could not compile kernels/{}.cu: {e:?}", source.name))
+}
+
+/// A 1-D launch covering `n` elements with grid-stride loops.
+fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}

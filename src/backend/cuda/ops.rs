@@ -1,0 +1,529 @@
+//! `Backend` for [`Cuda`]: each op is one kernel launch (or cuBLAS call) on the
+//! backend's stream; the CPU backend's op of the same name is its reference.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Result, bail};
+use cudarc::cublas::{result as blas, sys::cublasOperation_t};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
+
+use super::{Cuda, DView, DViewMut, RangeTable, base_ptr, elementwise, offset};
+use crate::backend::{Activation, AdamParams, Backend, Gemm, LossOut};
+use crate::linalg::{self, Epsilon, NsCoefficients};
+
+/// One kernel argument; launch keeps them alive until the launch is queued.
+enum Arg {
+    Ptr(sys::CUdeviceptr),
+    F32(f32),
+    I32(i32),
+    I64(i64),
+}
+
+impl From<DView<'_>> for Arg {
+    fn from(v: DView<'_>) -> Self {
+        Arg::Ptr(v.ptr)
+    }
+}
+impl From<&DViewMut<'_>> for Arg {
+    fn from(v: &DViewMut<'_>) -> Self {
+        Arg::Ptr(v.ptr)
+    }
+}
+impl From<f32> for Arg {
+    fn from(x: f32) -> Self {
+        Arg::F32(x)
+    }
+}
+impl From<i32> for Arg {
+    fn from(x: i32) -> Self {
+        Arg::I32(x)
+    }
+}
+impl From<usize> for Arg {
+    fn from(x: usize) -> Self {
+        Arg::I64(x as i64)
+    }
+}
+
+fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
+    use cudarc::driver::DevicePtr;
+    Arg::Ptr(buf.device_ptr(buf.stream()).0)
+}
+
+fn activation_code(kind: Activation) -> i32 {
+    // Must match ACT_* in kernels/nn.cu.
+    match kind {
+        Activation::Relu => 0,
+        Activation::Tanh => 1,
+        Activation::Gelu => 2,
+    }
+}
+
+impl Cuda {
+    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
+        let mut builder = self.stream.launch_builder(self.function(name));
+        for a in args {
+            match a {
+                Arg::Ptr(p) => builder.arg(p),
+                Arg::F32(x) => builder.arg(x),
+                Arg::I32(x) => builder.arg(x),
+                Arg::I64(x) => builder.arg(x),
+            };
+        }
+        // SAFETY: every call site passes the argument list of the kernel's
+        // signature in kernels/*.cu, with views of the lengths the kernel reads
+        // (checked by the asserts of each op and the CPU-comparison tests).
+        unsafe { builder.launch(cfg) }.unwrap_or_else(|e| panic!("launching kernel {name} failed: {e:?}"));
+    }
+
+    /// Row-major `C = alpha·op(A)·op(B) + beta·C` for `batch` matrices at the given
+    /// element strides, as the column-major product `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_batched(
+        &self,
+        c: sys::CUdeviceptr,
+        a: sys::CUdeviceptr,
+        b: sys::CUdeviceptr,
+        s: Gemm,
+        alpha: f32,
+        beta: f32,
+        batch: usize,
+        strides: [usize; 3],
+    ) {
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let (m, n, k) = (s.m as i32, s.n as i32, s.k as i32);
+        let lda = if s.trans_b { k } else { n };
+        let ldb = if s.trans_a { m } else { k };
+        // SAFETY: the pointers come from live views whose lengths the callers
+        // checked against the shape; cuBLAS runs on the backend's stream.
+        unsafe {
+            blas::sgemm_strided_batched(
+                *self.blas.handle(),
+                op(s.trans_b),
+                op(s.trans_a),
+                n,
+                m,
+                k,
+                &alpha,
+                b as *const f32,
+                lda,
+                strides[2] as i64,
+                a as *const f32,
+                ldb,
+                strides[1] as i64,
+                &beta,
+                c as *mut f32,
+                n,
+                strides[0] as i64,
+                batch as i32,
+            )
+        }
+        .unwrap_or_else(|e| panic!("cuBLAS sgemm failed: {e:?}"));
+    }
+
+    /// The (offsets, cumulative counts) tables of a multi-tensor range list and the total count.
+    fn range_table(&self, ranges: &[Range<usize>]) -> (Arc<RangeTable>, usize) {
+        let key: Vec<(usize, usize)> = ranges.iter().map(|r| (r.start, r.len())).collect();
+        let total = key.iter().map(|k| k.1).sum();
+        let mut tables = self.range_tables.lock().expect("range table lock");
+        let table = tables
+            .entry(key)
+            .or_insert_with_key(|key| {
+                let offsets: Vec<i64> = key.iter().map(|k| k.0 as i64).collect();
+                let cum: Vec<i64> =
+                    std::iter::once(0).chain(key.iter().scan(0i64, |acc, k| Some(*acc + k.1 as i64).inspect(|v| *acc = *v))).collect();
+                Arc::new(RangeTable {
+                    offsets: self.stream.clone_htod(&offsets).expect("upload offsets"),
+                    cumulative: self.stream.clone_htod(&cum).expect("upload cum"),
+                })
+            })
+            .clone();
+        (table, total)
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> CudaSlice<T> {
+        self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| panic!("CUDA allocation of {len} elements failed: {e:?}"))
+    }
+
+    fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Vec<T> {
+        self.stream.clone_dtoh(buf).unwrap_or_else(|e| panic!("CUDA download failed: {e:?}"))
+    }
+
+    fn copy_raw(&self, dst: sys::CUdeviceptr, src: sys::CUdeviceptr, elements: usize) {
+        // SAFETY: both ranges lie inside live buffers (callers check lengths).
+        unsafe { driver::memcpy_dtod_async(dst, src, elements * std::mem::size_of::<f32>(), self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA copy failed: {e:?}"));
+    }
+
+    fn reduce_f64(&self, kernel: &str, args: Vec<Arg>, n: usize) -> f64 {
+        let out = self.alloc::<f64>(1);
+        let mut all = vec![ptr_of(&out)];
+        all.extend(args);
+        all.push(n.into());
+        self.launch(kernel, elementwise(n), &all);
+        self.host(&out)[0]
+    }
+
+    fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
+        let (table, total) = self.range_table(ranges);
+        let mut args = state;
+        args.extend([ptr_of(&table.offsets), ptr_of(&table.cumulative), (ranges.len() as i32).into(), total.into()]);
+        args.extend(scalars);
+        self.launch(kernel, elementwise(total), &args);
+    }
+
+    /// Coupled Newton iteration for `(A + εI)^{-1/p}` in f32 (Guo & Higham 2006):
+    /// `X₀ = z^{1/p}·I`, `M₀ = z·A`, `T = ((p+1)I − M)/p`, `X ← X·T`, `M ← Tᵖ·M`,
+    /// until `M ≈ I`. Returns the final `max|M − I|`. ε's relative part scales
+    /// ‖A‖_F here (an upper bound of λ_max; the CPU path uses λ_max itself).
+    fn coupled_newton_root(&self, out: sys::CUdeviceptr, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> f32 {
+        const MAX_ITERS: usize = 60;
+        let nn = n * n;
+        let pf = p as f32;
+        // Scratch: damped A, M, T, Tᵖ, and two product targets (kept alive to the end).
+        let bufs: [CudaSlice<f32>; 6] = std::array::from_fn(|_| self.alloc::<f32>(nn));
+        let [damped, mut m, t, tp, mut spare, mut x_spare] = bufs.each_ref().map(base_ptr);
+        let e = (eps.absolute + eps.relative * self.sum_squares(a).sqrt()) as f32;
+        self.launch("identity_plus", elementwise(nn), &[Arg::Ptr(damped), a.into(), e.into(), 1.0f32.into(), (n as i32).into()]);
+        let z = (1.0 + f64::from(p)) / (2.0 * self.sum_squares(DView { ptr: damped, len: nn, _borrow: std::marker::PhantomData }).sqrt());
+        let mut x = out;
+        self.launch(
+            "identity_plus",
+            elementwise(nn),
+            &[Arg::Ptr(x), Arg::Ptr(0), (z.powf(1.0 / f64::from(p)) as f32).into(), 0.0f32.into(), (n as i32).into()],
+        );
+        self.copy_raw(m, damped, nn);
+        self.launch("scale", elementwise(nn), &[Arg::Ptr(m), (z as f32).into(), nn.into()]);
+        let square = Gemm { m: n, k: n, n, trans_a: false, trans_b: false };
+        let residual = self.alloc::<u32>(1);
+        let mut err = f32::INFINITY;
+        for _ in 0..MAX_ITERS {
+            self.launch(
+                "identity_plus",
+                elementwise(nn),
+                &[Arg::Ptr(t), Arg::Ptr(m), ((pf + 1.0) / pf).into(), (-1.0 / pf).into(), (n as i32).into()],
+            );
+            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3]);
+            std::mem::swap(&mut x, &mut x_spare);
+            self.copy_raw(tp, t, nn);
+            for _ in 1..p {
+                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3]);
+                self.copy_raw(tp, spare, nn);
+            }
+            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3]);
+            std::mem::swap(&mut m, &mut spare);
+            self.launch("fill", elementwise(1), &[ptr_of(&residual), 0.0f32.into(), 1usize.into()]);
+            self.launch("max_abs_from_identity", elementwise(nn), &[ptr_of(&residual), Arg::Ptr(m), (n as i32).into()]);
+            let next = f32::from_bits(self.host(&residual)[0]);
+            // Stop once converged, or when f32 round-off stops the progress.
+            let stalled = next > 0.5 * err && next < 1e-3;
+            err = next;
+            if !err.is_finite() || err < 1e-5 || stalled {
+                break;
+            }
+        }
+        if x != out {
+            self.copy_raw(out, x, nn);
+        }
+        // The scratch buffers must outlive the queued work that uses them.
+        self.synchronize();
+        drop(bufs);
+        err
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = CudaSlice<f32>;
+    type View<'a> = DView<'a>;
+    type ViewMut<'a> = DViewMut<'a>;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn counters(&self) -> Vec<(&'static str, f64)> {
+        vec![("cuda_inverse_root_cpu_fallbacks", self.root_fallbacks() as f64)]
+    }
+
+    fn zeros(&self, len: usize) -> CudaSlice<f32> {
+        self.stream.alloc_zeros::<f32>(len).unwrap_or_else(|e| panic!("CUDA allocation of {len} floats failed: {e:?}"))
+    }
+    fn upload(&self, host: &[f32]) -> CudaSlice<f32> {
+        self.stream.clone_htod(host).unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"))
+    }
+    fn download(&self, view: DView<'_>) -> Vec<f32> {
+        let mut out = vec![0.0f32; view.len];
+        // SAFETY: the view lies inside a live buffer; synchronize before reading.
+        unsafe { driver::memcpy_dtoh_async(&mut out, view.ptr, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA download failed: {e:?}"));
+        self.synchronize();
+        out
+    }
+    fn len(buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn view(buf: &CudaSlice<f32>, range: Range<usize>) -> DView<'_> {
+        assert!(range.start <= range.end && range.end <= buf.len(), "view {range:?} out of a buffer of {}", buf.len());
+        DView { ptr: offset(base_ptr(buf), range.start), len: range.len(), _borrow: std::marker::PhantomData }
+    }
+    fn view_mut(buf: &mut CudaSlice<f32>, range: Range<usize>) -> DViewMut<'_> {
+        assert!(range.start <= range.end && range.end <= buf.len(), "view {range:?} out of a buffer of {}", buf.len());
+        DViewMut { ptr: offset(base_ptr(buf), range.start), len: range.len(), _borrow: std::marker::PhantomData }
+    }
+    fn copy(&self, dst: DViewMut<'_>, src: DView<'_>) {
+        assert_eq!(dst.len, src.len, "copy between views of different lengths");
+        self.copy_raw(dst.ptr, src.ptr, src.len);
+    }
+    fn fill(&self, dst: DViewMut<'_>, value: f32) {
+        self.launch("fill", elementwise(dst.len), &[(&dst).into(), value.into(), dst.len.into()]);
+    }
+
+    fn matmul(&self, c: DViewMut<'_>, a: DView<'_>, b: DView<'_>, s: Gemm, alpha: f32, beta: f32) {
+        assert!(a.len == s.m * s.k && b.len == s.k * s.n && c.len == s.m * s.n, "matmul operands do not match {s:?}");
+        self.gemm_batched(c.ptr, a.ptr, b.ptr, s, alpha, beta, 1, [0; 3]);
+    }
+    fn add_bias_rows(&self, y: DViewMut<'_>, bias: DView<'_>) {
+        assert_eq!(y.len % bias.len, 0, "bias length must divide the matrix");
+        self.launch("add_bias_rows", elementwise(y.len), &[(&y).into(), bias.into(), (bias.len as i32).into(), y.len.into()]);
+    }
+    fn accumulate_column_sums(&self, out: DViewMut<'_>, x: DView<'_>) {
+        assert_eq!(x.len % out.len, 0, "column count must divide the matrix");
+        let rows = (x.len / out.len) as i32;
+        self.launch("accumulate_column_sums", elementwise(out.len), &[(&out).into(), x.into(), rows.into(), (out.len as i32).into()]);
+    }
+    fn activation_forward(&self, kind: Activation, y: DViewMut<'_>, x: DView<'_>) {
+        assert_eq!(y.len, x.len);
+        self.launch("activation_forward", elementwise(x.len), &[activation_code(kind).into(), (&y).into(), x.into(), x.len.into()]);
+    }
+    fn activation_backward(&self, kind: Activation, dx: DViewMut<'_>, dy: DView<'_>, x: DView<'_>) {
+        assert!(dx.len == dy.len && dy.len == x.len);
+        self.launch(
+            "activation_backward",
+            elementwise(x.len),
+            &[activation_code(kind).into(), (&dx).into(), dy.into(), x.into(), x.len.into()],
+        );
+    }
+    fn softmax_cross_entropy(&self, dlogits: DViewMut<'_>, logits: DView<'_>, labels: &[u8], classes: usize) -> LossOut {
+        let rows = labels.len();
+        assert_eq!(logits.len, rows * classes, "logits must be batch×classes");
+        assert_eq!(dlogits.len, logits.len);
+        assert!(labels.iter().all(|&l| (l as usize) < classes), "label out of range for {classes} classes");
+        let labels: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
+        let labels = self.stream.clone_htod(&labels).expect("upload labels");
+        let (loss, correct) = (self.alloc::<f32>(rows), self.alloc::<i32>(rows));
+        // One warp per row, 8 rows per block.
+        let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let args = [
+            (&dlogits).into(),
+            ptr_of(&loss),
+            ptr_of(&correct),
+            logits.into(),
+            ptr_of(&labels),
+            (rows as i32).into(),
+            (classes as i32).into(),
+        ];
+        self.launch("softmax_cross_entropy", cfg, &args);
+        let loss: f64 = self.host(&loss).iter().map(|&l| f64::from(l)).sum();
+        let correct = self.host(&correct).iter().filter(|&&c| c != 0).count();
+        LossOut { loss: (loss / rows as f64) as f32, correct }
+    }
+
+    fn sum_squares(&self, x: DView<'_>) -> f64 {
+        self.reduce_f64("sum_squares", vec![x.into()], x.len)
+    }
+    fn sum_squared_difference(&self, a: DView<'_>, b: DView<'_>) -> f64 {
+        assert_eq!(a.len, b.len);
+        self.reduce_f64("sum_squared_difference", vec![a.into(), b.into()], a.len)
+    }
+    fn all_finite(&self, x: DView<'_>) -> bool {
+        let count = self.alloc::<u32>(1);
+        self.launch("count_non_finite", elementwise(x.len), &[ptr_of(&count), x.into(), x.len.into()]);
+        self.host(&count)[0] == 0
+    }
+
+    fn axpby(&self, y: DViewMut<'_>, alpha: f32, x: DView<'_>, beta: f32) {
+        assert_eq!(y.len, x.len);
+        self.launch("axpby", elementwise(x.len), &[(&y).into(), alpha.into(), x.into(), beta.into(), x.len.into()]);
+    }
+    fn scale(&self, x: DViewMut<'_>, alpha: f32) {
+        self.launch("scale", elementwise(x.len), &[(&x).into(), alpha.into(), x.len.into()]);
+    }
+    fn adamw_step(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        hp: AdamParams,
+    ) {
+        let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let scalars =
+            vec![hp.lr.into(), hp.beta1.into(), hp.beta2.into(), hp.eps.into(), hp.weight_decay.into(), bias1.into(), bias2.into()];
+        self.multi_tensor("adamw_step", vec![ptr_of(p), ptr_of(g), ptr_of(m), ptr_of(v)], ranges, scalars);
+    }
+    fn sgd_step(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        buf: &mut CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        lr: f32,
+        momentum: f32,
+        nesterov: bool,
+        weight_decay: f32,
+    ) {
+        let scalars = vec![lr.into(), momentum.into(), i32::from(nesterov).into(), weight_decay.into()];
+        self.multi_tensor("sgd_step", vec![ptr_of(p), ptr_of(g), ptr_of(buf)], ranges, scalars);
+    }
+    fn lion_step(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        weight_decay: f32,
+    ) {
+        let scalars = vec![lr.into(), beta1.into(), beta2.into(), weight_decay.into()];
+        self.multi_tensor("lion_step", vec![ptr_of(p), ptr_of(g), ptr_of(m)], ranges, scalars);
+    }
+    fn adam_direction(&self, out: DViewMut<'_>, m: DView<'_>, v: DView<'_>, bias1: f32, bias2: f32, eps: f32) {
+        assert!(out.len == m.len && m.len == v.len);
+        self.launch(
+            "adam_direction",
+            elementwise(m.len),
+            &[(&out).into(), m.into(), v.into(), bias1.into(), bias2.into(), eps.into(), m.len.into()],
+        );
+    }
+    fn ema_square(&self, v: DViewMut<'_>, g: DView<'_>, beta: f32) {
+        assert_eq!(v.len, g.len);
+        self.launch("ema_square", elementwise(g.len), &[(&v).into(), g.into(), beta.into(), g.len.into()]);
+    }
+
+    fn newton_schulz_batched(
+        &self,
+        out: &mut CudaSlice<f32>,
+        input: &CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: NsCoefficients,
+    ) {
+        let (len, batch) = (rows * cols, ranges.len());
+        assert!(ranges.iter().all(|r| r.len() == len), "every matrix of a batch must be {rows}×{cols}");
+        let (tall, short, long) = (rows > cols, rows.min(cols), rows.max(cols));
+        let ss = short * short;
+        // Scratch (kept alive to the end): X, the next X, X·Xᵀ and the polynomial.
+        let bufs =
+            [self.alloc::<f32>(batch * len), self.alloc::<f32>(batch * len), self.alloc::<f32>(batch * ss), self.alloc::<f32>(batch * ss)];
+        let [mut x, mut next, gram, poly] = bufs.each_ref().map(base_ptr);
+        let (src, dst) = (base_ptr(input), base_ptr(out));
+        for (b, r) in ranges.iter().enumerate() {
+            self.copy_raw(offset(x, b * len), offset(src, r.start), len);
+        }
+        let norm = LaunchConfig { grid_dim: (batch as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        self.launch("normalize_frobenius", norm, &[Arg::Ptr(x), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()]);
+        for step in 0..steps {
+            let (a, b, c) = coeffs.at(step);
+            // gram = X·Xᵀ (wide) or Xᵀ·X (tall); poly = b·gram + c·gram².
+            self.gemm_batched(
+                gram,
+                x,
+                x,
+                Gemm { m: short, k: long, n: short, trans_a: tall, trans_b: !tall },
+                1.0,
+                0.0,
+                batch,
+                [ss, len, len],
+            );
+            self.copy_raw(poly, gram, batch * ss);
+            self.gemm_batched(
+                poly,
+                gram,
+                gram,
+                Gemm { m: short, k: short, n: short, trans_a: false, trans_b: false },
+                c,
+                b,
+                batch,
+                [ss, ss, ss],
+            );
+            // next = a·X + poly·X (wide) or a·X + X·poly (tall).
+            self.copy_raw(next, x, batch * len);
+            if tall {
+                self.gemm_batched(
+                    next,
+                    x,
+                    poly,
+                    Gemm { m: long, k: short, n: short, trans_a: false, trans_b: false },
+                    1.0,
+                    a,
+                    batch,
+                    [len, len, ss],
+                );
+            } else {
+                self.gemm_batched(
+                    next,
+                    poly,
+                    x,
+                    Gemm { m: short, k: short, n: long, trans_a: false, trans_b: false },
+                    1.0,
+                    a,
+                    batch,
+                    [len, ss, len],
+                );
+            }
+            std::mem::swap(&mut x, &mut next);
+        }
+        for (b, r) in ranges.iter().enumerate() {
+            self.copy_raw(offset(dst, r.start), offset(x, b * len), len);
+        }
+        // The scratch buffers must outlive the queued work that uses them.
+        self.synchronize();
+        drop(bufs);
+    }
+
+    fn inverse_root(&self, out: DViewMut<'_>, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<()> {
+        assert!(out.len == n * n && a.len == n * n, "inverse_root: matrices must be {n}×{n}");
+        if !self.all_finite(a) {
+            bail!("statistic has non-finite entries");
+        }
+        // Work in scratch: on failure `out` keeps the caller's previous root.
+        let scratch = self.alloc::<f32>(n * n);
+        let residual = self.coupled_newton_root(base_ptr(&scratch), a, n, p, eps);
+        if residual.is_finite() && residual < 1e-3 {
+            self.copy_raw(out.ptr, base_ptr(&scratch), n * n);
+            self.synchronize();
+            return Ok(());
+        }
+        // The f32 iteration did not converge (ill-conditioned statistic): the CPU's
+        // f64 eigendecomposition decides, and the fallback is counted.
+        self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let root = linalg::sym_inverse_root(&self.download(a), n, p, eps)?;
+        // SAFETY: `out` is a live n×n view; synchronize before `root` is dropped.
+        unsafe { driver::memcpy_htod_async(out.ptr, &root, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"));
+        self.synchronize();
+        Ok(())
+    }
+    fn scale_by_diagonal_root(&self, x: DViewMut<'_>, d: DView<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
+        assert_eq!(x.len, rows * cols);
+        assert_eq!(d.len, if over_rows { rows } else { cols });
+        let args =
+            [(&x).into(), d.into(), (rows as i32).into(), (cols as i32).into(), i32::from(over_rows).into(), (p as i32).into(), eps.into()];
+        self.launch("scale_by_diagonal_root", elementwise(x.len), &args);
+    }
+    fn ema_square_sums(&self, out: DViewMut<'_>, g: DView<'_>, rows: usize, cols: usize, over_rows: bool, beta: f32, weight: f32) {
+        assert_eq!(g.len, rows * cols);
+        assert_eq!(out.len, if over_rows { rows } else { cols });
+        let args =
+            [(&out).into(), g.into(), (rows as i32).into(), (cols as i32).into(), i32::from(over_rows).into(), beta.into(), weight.into()];
+        self.launch("ema_square_sums", elementwise(out.len), &args);
+    }
+}

@@ -1,0 +1,284 @@
+//! Every CUDA op against the CPU reference: fresh random inputs of several
+//! shapes (odd sizes too), outputs poisoned with NaN before the launch, one
+//! relative-error bound per op. Without a GPU each test prints why it skipped;
+//! OPTLAB_REQUIRE_GPU=1 turns a missing GPU into a failure (the GPU machine's run).
+
+use optlab::backend::cuda::{Cuda, FUNCTIONS};
+use optlab::backend::{Activation, AdamParams, Backend, Cpu, Gemm};
+use optlab::linalg::{Epsilon, NsCoefficients};
+use optlab::models::{Mlp, MlpConfig};
+use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+fn gpu(test: &str) -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var_os("OPTLAB_REQUIRE_GPU").is_some() => panic!("{test}: GPU required but unusable: {e:#}"),
+        Err(e) => {
+            // Straight to stderr: libtest captures print!, and a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test} (no GPU): {e:#}");
+            None
+        }
+    }
+}
+
+/// Runs the same body with `$b` bound to the CPU and then to the GPU backend.
+macro_rules! on_both {
+    ($gpu:expr, |$b:ident| $body:block) => {{
+        let cpu = {
+            let $b = &Cpu;
+            $body
+        };
+        let gpu = {
+            let $b = $gpu;
+            $body
+        };
+        (cpu, gpu)
+    }};
+}
+
+fn v<'a, B: Backend>(_: &B, buf: &'a B::Buf) -> B::View<'a> {
+    B::all(buf)
+}
+fn vm<'a, B: Backend>(_: &B, buf: &'a mut B::Buf) -> B::ViewMut<'a> {
+    B::all_mut(buf)
+}
+fn poisoned<B: Backend>(b: &B, n: usize) -> B::Buf {
+    b.upload(&vec![f32::NAN; n])
+}
+
+fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// max |gpu − cpu| ≤ bound · max(max |cpu|, 1e-6), and nothing left poisoned.
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], bound: f32) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    assert!(gpu.iter().all(|x| x.is_finite()), "{what}: non-finite output (poison left or overflow)");
+    let scale = cpu.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    let err = gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / scale;
+    assert!(err <= bound, "{what}: relative error {err:.2e} > {bound:.0e}");
+}
+
+#[test]
+fn every_kernel_in_the_sources_is_loaded() {
+    // Runs without a GPU: the Rust list of entry points and the .cu files agree.
+    let mut in_sources: Vec<String> = optlab::backend::kernels::KERNELS
+        .iter()
+        .flat_map(|k| k.cuda.split("extern \"C\" __global__ void ").skip(1).map(|rest| rest.split('(').next().unwrap().trim().to_string()))
+        .collect();
+    let mut listed: Vec<String> = FUNCTIONS.iter().flat_map(|(_, names)| names.iter().map(|n| n.to_string())).collect();
+    in_sources.sort();
+    listed.sort();
+    assert_eq!(in_sources, listed);
+}
+
+#[test]
+fn matmul_all_transposes_and_odd_shapes() {
+    let Some(g) = gpu("matmul") else { return };
+    let mut rng = StdRng::seed_from_u64(1);
+    for (m, k, n) in [(1, 1, 1), (3, 17, 5), (65, 33, 129), (128, 256, 10)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
+                let (a, bm, c0) = (random(m * k, &mut rng), random(k * n, &mut rng), random(m * n, &mut rng));
+                let (cpu, gpu) = on_both!(&g, |b| {
+                    let (a, bm) = (b.upload(&a), b.upload(&bm));
+                    let mut c = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
+                    b.matmul(vm(b, &mut c), v(b, &a), v(b, &bm), Gemm { m, k, n, trans_a: ta, trans_b: tb }, alpha, beta);
+                    b.download(v(b, &c))
+                });
+                assert_close(&format!("matmul {m}x{k}x{n} ta={ta} tb={tb} beta={beta}"), &gpu, &cpu, 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_and_bias_ops() {
+    let Some(g) = gpu("elementwise") else { return };
+    let mut rng = StdRng::seed_from_u64(2);
+    for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
+        let n = rows * cols;
+        let (x, y0, bias) = (random(n, &mut rng), random(n, &mut rng), random(cols, &mut rng));
+        for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+            let (cpu, gpu) = on_both!(&g, |b| {
+                let (xb, dy) = (b.upload(&x), b.upload(&y0));
+                let (mut y, mut dx) = (poisoned(b, n), poisoned(b, n));
+                b.activation_forward(kind, vm(b, &mut y), v(b, &xb));
+                b.activation_backward(kind, vm(b, &mut dx), v(b, &dy), v(b, &xb));
+                [b.download(v(b, &y)), b.download(v(b, &dx))].concat()
+            });
+            assert_close(&format!("activation {kind:?} {rows}x{cols}"), &gpu, &cpu, 1e-5);
+        }
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let (xb, biasb) = (b.upload(&x), b.upload(&bias));
+            let mut y = b.upload(&y0);
+            b.add_bias_rows(vm(b, &mut y), v(b, &biasb));
+            let mut sums = b.upload(&bias);
+            b.accumulate_column_sums(vm(b, &mut sums), v(b, &xb));
+            let mut z = b.upload(&y0);
+            b.axpby(vm(b, &mut z), 0.3, v(b, &xb), -1.5);
+            b.scale(vm(b, &mut z), 2.0);
+            let mut f = poisoned(b, n);
+            b.fill(vm(b, &mut f), 0.25);
+            let mut c = poisoned(b, n);
+            b.copy(vm(b, &mut c), v(b, &xb));
+            let mut e = b.upload(&y0);
+            b.ema_square(vm(b, &mut e), v(b, &xb), 0.9);
+            [
+                b.download(v(b, &y)),
+                b.download(v(b, &sums)),
+                b.download(v(b, &z)),
+                b.download(v(b, &f)),
+                b.download(v(b, &c)),
+                b.download(v(b, &e)),
+            ]
+            .concat()
+        });
+        assert_close(&format!("bias/axpby/fill/copy/ema {rows}x{cols}"), &gpu, &cpu, 1e-5);
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_and_reductions() {
+    let Some(g) = gpu("softmax_cross_entropy") else { return };
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, classes) in [(1, 2), (7, 10), (33, 37), (128, 257)] {
+        let logits: Vec<f32> = random(rows * classes, &mut rng).into_iter().map(|z| 4.0 * z).collect();
+        let labels: Vec<u8> = (0..rows).map(|_| rng.random_range(0..classes.min(256)) as u8).collect();
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let z = b.upload(&logits);
+            let mut d = poisoned(b, rows * classes);
+            let out = b.softmax_cross_entropy(vm(b, &mut d), v(b, &z), &labels, classes);
+            (out.loss, out.correct, b.download(v(b, &d)))
+        });
+        assert!((cpu.0 - gpu.0).abs() <= 1e-5 * cpu.0.abs().max(1.0), "loss {} vs {}", gpu.0, cpu.0);
+        assert_eq!(cpu.1, gpu.1, "correct count");
+        assert_close(&format!("dlogits {rows}x{classes}"), &gpu.2, &cpu.2, 1e-5);
+    }
+    for n in [1, 1000, 1 << 20] {
+        let (a, bv) = (random(n, &mut rng), random(n, &mut rng));
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let (ab, bb) = (b.upload(&a), b.upload(&bv));
+            (b.sum_squares(v(b, &ab)), b.sum_squared_difference(v(b, &ab), v(b, &bb)), b.all_finite(v(b, &ab)))
+        });
+        assert!((cpu.0 - gpu.0).abs() <= 1e-9 * cpu.0, "sum_squares n={n}");
+        assert!((cpu.1 - gpu.1).abs() <= 1e-9 * cpu.1, "sum_squared_difference n={n}");
+        assert!(cpu.2 && gpu.2);
+        let mut bad = a.clone();
+        bad[n / 2] = f32::INFINITY;
+        assert!(!g.all_finite(v(&g, &g.upload(&bad))), "all_finite misses an Inf (n={n})");
+    }
+}
+
+#[test]
+fn fused_optimizer_steps_over_range_lists() {
+    let Some(g) = gpu("optimizer steps") else { return };
+    let mut rng = StdRng::seed_from_u64(4);
+    let n = 5000;
+    // Unsorted-looking but disjoint ranges, odd lengths, some parameters untouched.
+    let ranges = vec![0..1, 7..400, 401..402, 1000..4999];
+    let (p0, grad, m0, v0): (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) =
+        (random(n, &mut rng), random(n, &mut rng), random(n, &mut rng), random(n, &mut rng).into_iter().map(f32::abs).collect());
+    let hp = AdamParams { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 3 };
+    let (cpu, gpu) = on_both!(&g, |b| {
+        let gb = b.upload(&grad);
+        let (mut p, mut m, mut vv) = (b.upload(&p0), b.upload(&m0), b.upload(&v0));
+        b.adamw_step(&mut p, &gb, &mut m, &mut vv, &ranges, hp);
+        let (mut p2, mut buf) = (b.upload(&p0), b.upload(&m0));
+        b.sgd_step(&mut p2, &gb, &mut buf, &ranges, 0.1, 0.9, true, 0.01);
+        let (mut p3, mut m3) = (b.upload(&p0), b.upload(&m0));
+        b.lion_step(&mut p3, &gb, &mut m3, &ranges, 1e-3, 0.9, 0.99, 0.1);
+        let mut dir = poisoned(b, n);
+        b.adam_direction(vm(b, &mut dir), v(b, &m), v(b, &vv), 0.3, 0.01, 1e-8);
+        [&p, &m, &vv, &p2, &buf, &p3, &m3, &dir].map(|x| b.download(v(b, x))).concat()
+    });
+    assert_close("adamw/sgd/lion/adam_direction", &gpu, &cpu, 1e-5);
+}
+
+#[test]
+fn batched_newton_schulz() {
+    let Some(g) = gpu("newton_schulz") else { return };
+    let mut rng = StdRng::seed_from_u64(5);
+    for (rows, cols, batch) in [(16, 64, 3), (65, 33, 2), (128, 128, 1), (256, 1024, 2)] {
+        let len = rows * cols;
+        let input = random(len * batch + 5, &mut rng);
+        let ranges: Vec<_> = (0..batch).map(|i| 5 + i * len..5 + (i + 1) * len).collect();
+        for coeffs in [NsCoefficients::Keller, NsCoefficients::PolarExpress] {
+            let (cpu, gpu) = on_both!(&g, |b| {
+                let inp = b.upload(&input);
+                let mut out = poisoned(b, input.len());
+                b.newton_schulz_batched(&mut out, &inp, &ranges, rows, cols, 5, coeffs);
+                let out = b.download(v(b, &out));
+                ranges.iter().flat_map(|r| out[r.clone()].to_vec()).collect::<Vec<_>>()
+            });
+            assert_close(&format!("newton_schulz {batch}x{rows}x{cols} {coeffs:?}"), &gpu, &cpu, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn inverse_roots_and_diagonal_statistics() {
+    let Some(g) = gpu("inverse_root") else { return };
+    let mut rng = StdRng::seed_from_u64(6);
+    let eps = Epsilon { absolute: 1e-6, relative: 1e-6 };
+    for n in [1, 5, 64, 256] {
+        // A well-conditioned SPD statistic: G·Gᵀ/k + I/10.
+        let k = 2 * n;
+        let gm = random(n * k, &mut rng);
+        let mut a = vec![0.0; n * n];
+        optlab::linalg::matmul(&mut a, &gm, &gm, n, k, n, false, true, 1.0 / k as f32, 0.0);
+        (0..n).for_each(|i| a[i * n + i] += 0.1);
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let ab = b.upload(&a);
+            let mut out = poisoned(b, n * n);
+            b.inverse_root(vm(b, &mut out), v(b, &ab), n, 4, eps).unwrap();
+            b.download(v(b, &out))
+        });
+        assert_close(&format!("inverse 4th root n={n}"), &gpu, &cpu, 1e-3);
+    }
+    for (rows, cols) in [(1, 1), (7, 13), (300, 17)] {
+        let x = random(rows * cols, &mut rng);
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let xb = b.upload(&x);
+            let mut rs = b.upload(&vec![0.5; rows]);
+            let mut cs = b.upload(&vec![0.5; cols]);
+            b.ema_square_sums(vm(b, &mut rs), v(b, &xb), rows, cols, true, 0.9, 0.1);
+            b.ema_square_sums(vm(b, &mut cs), v(b, &xb), rows, cols, false, 1.0, 1.0);
+            let mut y = b.upload(&x);
+            b.scale_by_diagonal_root(vm(b, &mut y), v(b, &rs), rows, cols, true, 4, 1e-12);
+            b.scale_by_diagonal_root(vm(b, &mut y), v(b, &cs), rows, cols, false, 4, 1e-12);
+            [b.download(v(b, &rs)), b.download(v(b, &cs)), b.download(v(b, &y))].concat()
+        });
+        assert_close(&format!("diagonal statistics {rows}x{cols}"), &gpu, &cpu, 1e-5);
+    }
+}
+
+#[test]
+fn mlp_training_steps_agree_across_backends() {
+    let Some(g) = gpu("mlp training") else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    let config = MlpConfig { input: 784, hidden: vec![256, 256], classes: 10, activation: Activation::Relu };
+    let (x, labels) = (random(64 * 784, &mut rng), (0..64).map(|i| (i % 10) as u8).collect::<Vec<_>>());
+    let shampoo = ShampooConfig { precondition_frequency: 2, ..Default::default() };
+    for opt in [
+        OptimizerConfig::by_name("sgd").unwrap(),
+        OptimizerConfig::by_name("adamw").unwrap(),
+        OptimizerConfig::Muon(MuonConfig::default()),
+        OptimizerConfig::Shampoo(shampoo),
+    ] {
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let mut model = Mlp::new(b, config.clone(), 3);
+            let mut o = opt.build(b, &model.store);
+            let mut losses = Vec::new();
+            for _ in 0..5 {
+                losses.push(model.loss_and_gradients(b, &x, &labels).loss);
+                o.step(b, &mut model.store, 1.0, None);
+            }
+            (losses, b.download(v(b, &model.store.values)))
+        });
+        assert_close(&format!("{} losses", opt.name()), &gpu.0, &cpu.0, 1e-4);
+        assert_close(&format!("{} parameters after 5 steps", opt.name()), &gpu.1, &cpu.1, 1e-3);
+    }
+}
