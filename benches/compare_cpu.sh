@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 python=${PYTHON:-.venv-torch/bin/python}
-RAYON_NUM_THREADS=$threads cargo bench --bench cpu -- mlp_step --noplot >/dev/null
+RAYON_NUM_THREADS=$threads cargo bench --bench mlp -- 'mlp_step/(sgd|adamw)/' --noplot >/dev/null
 "$python" benches/torch_mlp.py --threads "$threads" > target/torch_mlp.jsonl
 for opt in sgd adamw; do
   ours=$(python3 -c "import json;print(json.load(open('target/criterion/mlp_step_${opt}_784-256-256-10_b128/new/estimates.json'))['median']['point_estimate']/1e6)")
