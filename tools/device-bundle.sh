@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Builds the test and bench binaries here and copies them, with stable names,
-# into .device-bin/ (ignored) for a GPU machine that has no Rust toolchain:
-#   tools/device-bundle.sh            # then carry .device-bin and run there, e.g.
-#   OPTLAB_REQUIRE_GPU=1 .device-bin/cuda_kernels
-#   .device-bin/adamw --bench --noplot; python3 benches/torch_kernels.py
+# Builds the binaries a GPU run needs here and packs them into
+# .device-bin/bundle.tar.gz (ignored; carry .device-bin, 64 MiB at most) for a
+# GPU machine that has no Rust toolchain. With --all, every test binary too.
+# There:  mkdir -p /tmp/b && tar xzf .device-bin/bundle.tar.gz -C /tmp/b
+#         OPTLAB_REQUIRE_GPU=1 /tmp/b/cuda_kernels; /tmp/b/adamw --bench --noplot; ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+want="cuda_kernels mlp adamw newton_schulz shampoo exp"
+[ "${1:-}" = "--all" ] && want=all
 out=.device-bin
-rm -rf "$out" && mkdir -p "$out"
-# cargo prints every built executable as JSON; keep tests and benches.
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+# cargo prints every built executable as JSON: keep the wanted tests, benches, and exp.
 cargo test --release --all-targets --no-run --message-format=json 2>/dev/null |
-    python3 -c '
-import json, sys, shutil
+    WANT="$want" STAGE="$stage" python3 -c '
+import json, os, shutil, sys
+want = os.environ["WANT"].split()
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"][0] in ("test", "bench", "lib", "bin"):
-        name = m["target"]["name"] + ("_unit" if m["target"]["kind"][0] in ("lib", "bin") else "")
-        shutil.copy(m["executable"], f"'"$out"'/{name}")
-        print(name)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kind, name = m["target"]["kind"][0], m["target"]["name"]
+    if kind == "lib":
+        name = "optlab_unit"
+    elif kind == "bin" and m["profile"]["test"]:
+        name = name + "_unit"
+    if want == ["all"] or name in want:
+        shutil.copy(m["executable"], os.path.join(os.environ["STAGE"], name))
 '
-cp target/release/exp "$out/exp"
-du -sh "$out"
+rm -rf "$out" && mkdir -p "$out"
+tar czf "$out/bundle.tar.gz" -C "$stage" .
+ls "$stage"
+du -h "$out/bundle.tar.gz"
