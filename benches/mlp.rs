@@ -6,7 +6,7 @@ mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use optlab::backend::{Activation, Backend, Cpu};
-use optlab::models::{Mlp, MlpConfig};
+use optlab::models::{Classifier, Mlp, MlpConfig};
 use optlab::optim::OptimizerConfig;
 
 fn step_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {

@@ -4,9 +4,9 @@
 //! OPTLAB_REQUIRE_GPU=1 turns a missing GPU into a failure (the GPU machine's run).
 
 use optlab::backend::cuda::{Cuda, FUNCTIONS};
-use optlab::backend::{Activation, AdamParams, Backend, Cpu, Gemm};
+use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, Gemm};
 use optlab::linalg::{Epsilon, NsCoefficients};
-use optlab::models::{Mlp, MlpConfig};
+use optlab::models::{Classifier, Mlp, MlpConfig};
 use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -281,4 +281,133 @@ fn mlp_training_steps_agree_across_backends() {
         assert_close(&format!("{} losses", opt.name()), &gpu.0, &cpu.0, 1e-4);
         assert_close(&format!("{} parameters after 5 steps", opt.name()), &gpu.1, &cpu.1, 1e-3);
     }
+}
+
+#[test]
+fn layernorm_forward_and_backward() {
+    let Some(g) = gpu("layernorm") else { return };
+    let mut rng = StdRng::seed_from_u64(8);
+    for (rows, dim) in [(1, 1), (5, 1), (3, 7), (64, 128), (33, 257), (300, 768)] {
+        let n = rows * dim;
+        // Rows with an offset and spread, so mean and rstd matter.
+        let x: Vec<f32> = random(n, &mut rng).into_iter().enumerate().map(|(i, z)| 3.0 * z + (i / dim) as f32 * 0.1 - 1.0).collect();
+        let (dy, gamma, beta) = (random(n, &mut rng), random(dim, &mut rng), random(dim, &mut rng));
+        let (dgamma0, dbeta0) = (random(dim, &mut rng), random(dim, &mut rng));
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let (xb, dyb, gb, bb) = (b.upload(&x), b.upload(&dy), b.upload(&gamma), b.upload(&beta));
+            let (mut y, mut mean, mut rstd, mut dx) = (poisoned(b, n), poisoned(b, rows), poisoned(b, rows), poisoned(b, n));
+            b.layernorm_forward(vm(b, &mut y), vm(b, &mut mean), vm(b, &mut rstd), v(b, &xb), v(b, &gb), v(b, &bb), 1e-5);
+            // dgamma and dbeta accumulate onto what is there.
+            let (mut dgamma, mut dbeta) = (b.upload(&dgamma0), b.upload(&dbeta0));
+            b.layernorm_backward(
+                vm(b, &mut dx),
+                vm(b, &mut dgamma),
+                vm(b, &mut dbeta),
+                v(b, &dyb),
+                v(b, &xb),
+                v(b, &mean),
+                v(b, &rstd),
+                v(b, &gb),
+            );
+            [&y, &mean, &rstd, &dx, &dgamma, &dbeta].map(|t| b.download(v(b, t)))
+        });
+        for (k, (what, bound)) in
+            [("y", 1e-5), ("mean", 1e-6), ("rstd", 1e-6), ("dx", 1e-4), ("dgamma", 1e-4), ("dbeta", 1e-4)].into_iter().enumerate()
+        {
+            assert_close(&format!("layernorm {what} {rows}x{dim}"), &gpu[k], &cpu[k], bound);
+        }
+    }
+}
+
+#[test]
+fn embedding_gather_and_scatter_add() {
+    let Some(g) = gpu("embedding") else { return };
+    let mut rng = StdRng::seed_from_u64(9);
+    for (vocab, dim, count) in [(1, 1, 3), (10, 7, 50), (300, 128, 1000), (5, 768, 64)] {
+        // More ids than rows: repeats are certain.
+        let ids: Vec<u32> = (0..count).map(|_| rng.random_range(0..vocab) as u32).collect();
+        let (table, dout) = (random(vocab * dim, &mut rng), random(count * dim, &mut rng));
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let (tb, db) = (b.upload(&table), b.upload(&dout));
+            let mut out = poisoned(b, count * dim);
+            b.embedding_forward(vm(b, &mut out), v(b, &tb), &ids, dim);
+            let mut dtable = b.upload(&table);
+            b.embedding_backward(vm(b, &mut dtable), v(b, &db), &ids, dim);
+            (b.download(v(b, &out)), b.download(v(b, &dtable)))
+        });
+        assert_close(&format!("embedding forward {vocab}x{dim}, {count} ids"), &gpu.0, &cpu.0, 0.0);
+        assert_close(&format!("embedding backward {vocab}x{dim}, {count} ids"), &gpu.1, &cpu.1, 1e-5);
+    }
+}
+
+/// The q, k and v column blocks of a (batch·seq)×(3·width) matrix.
+fn split_qkv(m: &[f32], width: usize) -> [Vec<f32>; 3] {
+    std::array::from_fn(|part| m.chunks_exact(3 * width).flat_map(|row| &row[part * width..][..width]).copied().collect())
+}
+
+#[test]
+fn fused_attention_forward_and_backward() {
+    let Some(g) = gpu("attention") else { return };
+    let mut rng = StdRng::seed_from_u64(10);
+    // (batch, seq, heads, head_dim): every supported head dim with seq 1, odd
+    // lengths (ViT: 50, 65), tile edges (16, 17, 32, 33) and GPT's 256.
+    let shapes = [
+        (1, 1, 1, 32),
+        (2, 17, 3, 32),
+        (2, 50, 2, 32),
+        (1, 256, 2, 32),
+        (1, 1, 2, 64),
+        (3, 16, 2, 64),
+        (2, 33, 1, 64),
+        (2, 65, 3, 64),
+        (2, 256, 2, 64),
+        (1, 1, 1, 128),
+        (1, 17, 2, 128),
+        (2, 50, 2, 128),
+        (1, 65, 1, 128),
+        (1, 256, 2, 128),
+    ];
+    for (batch, seq, heads, head_dim) in shapes {
+        for causal in [false, true] {
+            let s = Attention { batch, seq, heads, head_dim, causal };
+            let rows = batch * seq;
+            // Spread 3 makes the softmax peaked (scores of std ~3), so the running max matters.
+            let qkv: Vec<f32> = random(rows * s.qkv_width(), &mut rng).into_iter().map(|z| 3.0 * z).collect();
+            let dout = random(rows * s.width(), &mut rng);
+            let (cpu, gpu) = on_both!(&g, |b| {
+                let (qb, db) = (b.upload(&qkv), b.upload(&dout));
+                let (mut out, mut lse) = (poisoned(b, rows * s.width()), poisoned(b, batch * heads * seq));
+                b.attention_forward(vm(b, &mut out), vm(b, &mut lse), v(b, &qb), s);
+                let mut dqkv = poisoned(b, rows * s.qkv_width());
+                b.attention_backward(vm(b, &mut dqkv), v(b, &db), v(b, &qb), v(b, &out), v(b, &lse), s);
+                (b.download(v(b, &out)), b.download(v(b, &lse)), b.download(v(b, &dqkv)))
+            });
+            let what = format!("batch {batch} seq {seq} heads {heads} head_dim {head_dim} causal {causal}");
+            assert_close(&format!("attention out, {what}"), &gpu.0, &cpu.0, 1e-4);
+            // lse is a log: its error is a relative error of the probabilities, so
+            // the bound is absolute (scaled only when |lse| > 1).
+            let lse_scale = cpu.1.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            let lse_err = gpu.1.iter().zip(&cpu.1).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / lse_scale;
+            assert!(gpu.1.iter().all(|x| x.is_finite()) && lse_err <= 1e-5, "attention lse, {what}: error {lse_err:.2e} > 1e-5");
+            // dQ and dK are relative to the largest gradient entry of all three: with
+            // seq 1 they are exactly 0 in theory, rounding noise of either backend.
+            assert!(gpu.2.iter().all(|x| x.is_finite()), "attention dqkv, {what}: non-finite output (poison left or overflow)");
+            let scale = cpu.2.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let (gq, cq) = (split_qkv(&gpu.2, s.width()), split_qkv(&cpu.2, s.width()));
+            for (k, part) in ["dq", "dk", "dv"].into_iter().enumerate() {
+                let err = gq[k].iter().zip(&cq[k]).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / scale;
+                assert!(err <= 1e-4, "attention {part}, {what}: error {err:.2e} relative to max |dqkv| > 1e-4");
+            }
+        }
+    }
+    // Head dims without a kernel are refused on the host, naming the supported ones.
+    let s = Attention { batch: 1, seq: 4, heads: 1, head_dim: 48, causal: false };
+    let qkv = g.upload(&random(4 * s.qkv_width(), &mut rng));
+    let (mut out, mut lse) = (g.zeros(4 * s.width()), g.zeros(4));
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.attention_forward(vm(&g, &mut out), vm(&g, &mut lse), v(&g, &qkv), s);
+    }))
+    .expect_err("head_dim 48 must be refused");
+    let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+    assert!(msg.contains("32, 64, 128"), "unhelpful message for head_dim 48: {msg:?}");
 }

@@ -5,8 +5,8 @@
 //! for f32 round-off, three orders of magnitude below what a wrong sign, a missing
 //! term or a transposed index produces.
 
-use optlab::backend::{Activation, Backend, Cpu, Gemm};
-use optlab::models::{Mlp, MlpConfig, ParamStore, Role};
+use optlab::backend::{Activation, Attention, Backend, Cpu, Gemm};
+use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
 use optlab::nn::Linear;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -173,5 +173,92 @@ fn gemm_transposes_against_naive() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn layernorm_input_gain_and_bias() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let (rows, dim) = (4, 7);
+    let (x, gamma, beta, r) = (random(rows * dim, &mut rng), random(dim, &mut rng), random(dim, &mut rng), random(rows * dim, &mut rng));
+    let f = |x: &[f32], gamma: &[f32], beta: &[f32]| {
+        let (mut y, mut mean, mut rstd) = (vec![0.0; rows * dim], vec![0.0; rows], vec![0.0; rows]);
+        Cpu.layernorm_forward(&mut y, &mut mean, &mut rstd, x, gamma, beta, 1e-5);
+        (dot(&y, &r), mean, rstd)
+    };
+    let (_, mean, rstd) = f(&x, &gamma, &beta);
+    let (mut dx, mut dg, mut db) = (vec![f32::NAN; rows * dim], vec![0.0; dim], vec![0.0; dim]);
+    Cpu.layernorm_backward(&mut dx, &mut dg, &mut db, &r, &x, &mean, &rstd, &gamma);
+    assert_close("layernorm dx", &dx, &finite_differences(&x, |x| f(x, &gamma, &beta).0));
+    assert_close("layernorm dγ", &dg, &finite_differences(&gamma, |g| f(&x, g, &beta).0));
+    assert_close("layernorm dβ", &db, &finite_differences(&beta, |b| f(&x, &gamma, b).0));
+}
+
+#[test]
+fn attention_causal_and_not() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for causal in [false, true] {
+        let s = Attention { batch: 2, seq: 5, heads: 2, head_dim: 3, causal };
+        let rows = s.batch * s.seq;
+        let qkv: Vec<f32> = random(rows * s.qkv_width(), &mut rng).into_iter().map(|v| 2.0 * v).collect();
+        let r = random(rows * s.width(), &mut rng);
+        let forward = |qkv: &[f32]| {
+            let (mut out, mut lse) = (vec![0.0; rows * s.width()], vec![0.0; s.batch * s.heads * s.seq]);
+            Cpu.attention_forward(&mut out, &mut lse, qkv, s);
+            (out, lse)
+        };
+        let (out, lse) = forward(&qkv);
+        let mut dqkv = vec![f32::NAN; qkv.len()];
+        Cpu.attention_backward(&mut dqkv, &r, &qkv, &out, &lse, s);
+        assert_close(&format!("attention causal={causal}"), &dqkv, &finite_differences(&qkv, |q| dot(&forward(q).0, &r)));
+        if causal {
+            // The first position sees only itself: its output is its own value vector.
+            let v0 = &qkv[2 * s.width()..][..s.head_dim];
+            assert!(out[..s.head_dim].iter().zip(v0).all(|(o, v)| (o - v).abs() < 1e-6), "causal position 0 must copy v0");
+        }
+    }
+}
+
+#[test]
+fn embedding_scatter_adds_repeated_ids() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (rows, dim, ids) = (6, 4, [1u32, 3, 1, 0, 5]);
+    let (table, r) = (random(rows * dim, &mut rng), random(ids.len() * dim, &mut rng));
+    let f = |t: &[f32]| {
+        let mut out = vec![0.0; ids.len() * dim];
+        Cpu.embedding_forward(&mut out, t, &ids, dim);
+        dot(&out, &r)
+    };
+    let mut dtable = vec![0.0; rows * dim];
+    Cpu.embedding_backward(&mut dtable, &r, &ids, dim);
+    assert_close("embedding", &dtable, &finite_differences(&table, f));
+}
+
+#[test]
+fn whole_vit_every_parameter() {
+    use optlab::models::{TransformerConfig, Vit, VitConfig};
+    let mut rng = StdRng::seed_from_u64(9);
+    let config = VitConfig { image: 4, patch: 2, classes: 3, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 } };
+    let (batch, labels) = (2, [2u8, 0]);
+    let x = random(batch * 16, &mut rng);
+    let theta: Vec<f32> = {
+        let m = Vit::new(&Cpu, config.clone(), 5);
+        // O(1) class token and positions: at their init scale (±0.02) the class
+        // row is so small that LayerNorm's 1/σ makes h = 1e-2 differences meaningless.
+        let mut t = m.store.values.clone();
+        for s in m.store.specs.iter().filter(|s| s.name == "cls_token" || s.name == "pos_embed") {
+            t[s.range()].iter_mut().for_each(|v| *v *= 50.0);
+        }
+        t
+    };
+    let mut model = Vit::from_values(&Cpu, config.clone(), &theta);
+    model.loss_and_gradients(&Cpu, &x, &labels);
+    let analytic = model.store.grads.clone();
+    let numeric =
+        finite_differences(&theta, |t| f64::from(Vit::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &x, &labels).loss));
+    assert_close("ViT", &analytic, &numeric);
+    // Every named parameter gets a gradient (nothing silently detached).
+    for s in &model.store.specs {
+        assert!(analytic[s.range()].iter().any(|g| g.abs() > 0.0), "{} has no gradient", s.name);
     }
 }

@@ -2,7 +2,7 @@
 
 use optlab::backend::{Activation, Cpu};
 use optlab::linalg::{NsCoefficients, matmul, singular_values};
-use optlab::models::{Mlp, MlpConfig, ParamStore, Role};
+use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
 use optlab::optim::{AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, SgdConfig, ShampooConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 

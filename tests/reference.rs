@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use optlab::backend::{Activation, Cpu};
-use optlab::models::{Mlp, MlpConfig};
+use optlab::backend::{Activation, Attention, Backend, Cpu};
+use optlab::models::{Classifier, Mlp, MlpConfig};
 use optlab::optim::{AdamWConfig, MuonConfig, OptimizerConfig, SgdConfig};
 use optlab::record::checkpoint::Checkpoint;
 
@@ -64,5 +64,43 @@ fn optimizer_trajectories_match_pytorch() {
         }
         let err = max_relative(&model.store.values, f.tensor(&format!("{name}.params_after3")).unwrap());
         assert!(err < 1e-5, "{name}: parameters after 3 steps differ from PyTorch by {err:.2e}");
+    }
+}
+
+fn transformer_fixture() -> Checkpoint {
+    Checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_transformer.safetensors")).unwrap()
+}
+
+#[test]
+fn attention_matches_scaled_dot_product_attention() {
+    let f = transformer_fixture();
+    assert_eq!(f.meta("attention").unwrap(), "batch=2 seq=7 heads=2 head_dim=4");
+    for (name, causal) in [("full", false), ("causal", true)] {
+        let s = Attention { batch: 2, seq: 7, heads: 2, head_dim: 4, causal };
+        let t = |k: &str| f.tensor(&format!("attention.{name}.{k}")).unwrap();
+        let (mut out, mut lse) = (vec![f32::NAN; t("out").len()], vec![f32::NAN; 2 * 2 * 7]);
+        Cpu.attention_forward(&mut out, &mut lse, t("qkv"), s);
+        let err = max_relative(&out, t("out"));
+        assert!(err < 1e-5, "{name}: attention output differs from PyTorch by {err:.2e}");
+        let mut dqkv = vec![f32::NAN; t("qkv").len()];
+        Cpu.attention_backward(&mut dqkv, t("dout"), t("qkv"), &out, &lse, s);
+        let err = max_relative(&dqkv, t("dqkv"));
+        assert!(err < 1e-5, "{name}: attention gradient differs from PyTorch by {err:.2e}");
+    }
+}
+
+#[test]
+fn layernorm_matches_pytorch() {
+    let f = transformer_fixture();
+    let t = |k: &str| f.tensor(&format!("layernorm.{k}")).unwrap();
+    let (rows, dim) = (5, 9);
+    let (mut y, mut mean, mut rstd) = (vec![f32::NAN; rows * dim], vec![0.0; rows], vec![0.0; rows]);
+    Cpu.layernorm_forward(&mut y, &mut mean, &mut rstd, t("x"), t("gamma"), t("beta"), 1e-5);
+    assert!(max_relative(&y, t("y")) < 1e-5, "layernorm output");
+    let (mut dx, mut dg, mut db) = (vec![f32::NAN; rows * dim], vec![0.0; dim], vec![0.0; dim]);
+    Cpu.layernorm_backward(&mut dx, &mut dg, &mut db, t("dy"), t("x"), &mean, &rstd, t("gamma"));
+    for (what, ours, theirs) in [("dx", &dx, t("dx")), ("dgamma", &dg, t("dgamma")), ("dbeta", &db, t("dbeta"))] {
+        let err = max_relative(ours, theirs);
+        assert!(err < 1e-5, "layernorm {what} differs from PyTorch by {err:.2e}");
     }
 }

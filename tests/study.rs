@@ -145,3 +145,33 @@ fn permuted_protocol_runs_all_classes_per_task() {
     let first = acc.column("accuracy").unwrap().f64().unwrap().get(0).unwrap();
     assert!(first > 0.5, "permuted task 0 after training it: {first}");
 }
+
+#[test]
+fn vit_joint_study_learns_and_probes_its_class_token() {
+    // 4×4 "images": the blob features cut to 16 pixels.
+    let square =
+        |d: Dataset| Dataset { images: d.images.chunks(24).flat_map(|x| x[..16].to_vec()).collect(), labels: d.labels, pixels: 16 };
+    let split = Split { train: square(blobs(60, 1)), test: square(blobs(10, 2)) };
+    let c = config(&[
+        "model=\"vit\"",
+        "protocol=\"joint\"",
+        "vit={ patch = 2, dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }",
+        "optimizers=[\"adamw\", \"muon\", \"shampoo\"]",
+        "epochs_per_task=4",
+        "optimizer.adamw.lr=3e-3",
+    ]);
+    let tasks = optlab::experiments::split_mnist::make_tasks(&c, &split).unwrap();
+    assert_eq!(tasks.len(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    run_study(&Cpu, &c, &tasks, dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    let s = summary::summarize(dir.path(), &c.optimizers).unwrap();
+    for o in &s {
+        assert!(o.final_all.0 > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
+    }
+    // Muon orthogonalized the attention and MLP matrices; the class token was probed.
+    let spectra = read_table(dir.path(), &schema::SPECTRA).unwrap();
+    let params: Vec<&str> = spectra.column("param").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    assert!(params.contains(&"blocks.0.attn.qkv.weight") && !params.contains(&"pos_embed"), "matrices only, embeddings excluded");
+    let acts = read_table(dir.path(), &schema::ACTIVATIONS).unwrap();
+    assert_eq!(acts.column("width").unwrap().i64().unwrap().get(0), Some(16));
+}

@@ -27,6 +27,28 @@ pub struct Gemm {
     pub trans_b: bool,
 }
 
+/// Shape of a multi-head attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Position i attends to positions ≤ i only (GPT); otherwise to all (ViT).
+    pub causal: bool,
+}
+
+impl Attention {
+    /// Columns of one row of the packed `qkv` input.
+    pub fn qkv_width(&self) -> usize {
+        3 * self.heads * self.head_dim
+    }
+    /// Columns of one row of the output.
+    pub fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
 /// Elementwise nonlinearities of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,6 +115,8 @@ pub trait Backend: Send + Sync + 'static {
     fn len(buf: &Self::Buf) -> usize;
     fn view(buf: &Self::Buf, range: Range<usize>) -> Self::View<'_>;
     fn view_mut(buf: &mut Self::Buf, range: Range<usize>) -> Self::ViewMut<'_>;
+    /// Two mutable views of disjoint ranges of one buffer (e.g. two gradients).
+    fn view_mut_pair(buf: &mut Self::Buf, a: Range<usize>, b: Range<usize>) -> (Self::ViewMut<'_>, Self::ViewMut<'_>);
     fn all(buf: &Self::Buf) -> Self::View<'_> {
         Self::view(buf, 0..Self::len(buf))
     }
@@ -116,6 +140,51 @@ pub trait Backend: Send + Sync + 'static {
     /// Mean softmax cross-entropy of rows×classes logits; writes `dlogits`
     /// (the gradient of the mean loss) and counts arg-max hits.
     fn softmax_cross_entropy(&self, dlogits: Self::ViewMut<'_>, logits: Self::View<'_>, labels: &[u8], classes: usize) -> LossOut;
+
+    // ---- transformer layers ----
+    /// LayerNorm over rows of length `gamma.len()`: `y = (x − μ)·rstd·γ + β` with
+    /// the biased variance (as PyTorch); saves each row's `mean` and `rstd`.
+    fn layernorm_forward(
+        &self,
+        y: Self::ViewMut<'_>,
+        mean: Self::ViewMut<'_>,
+        rstd: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        gamma: Self::View<'_>,
+        beta: Self::View<'_>,
+        eps: f32,
+    );
+    /// Writes `dx`; accumulates `dgamma` and `dbeta`.
+    fn layernorm_backward(
+        &self,
+        dx: Self::ViewMut<'_>,
+        dgamma: Self::ViewMut<'_>,
+        dbeta: Self::ViewMut<'_>,
+        dy: Self::View<'_>,
+        x: Self::View<'_>,
+        mean: Self::View<'_>,
+        rstd: Self::View<'_>,
+        gamma: Self::View<'_>,
+    );
+    /// Multi-head scaled dot-product attention. `qkv` is (batch·seq)×(3·heads·head_dim),
+    /// columns `[q | k | v]` with head h at `h·head_dim` in each; `out` is
+    /// (batch·seq)×(heads·head_dim). Saves the log-sum-exp of every score row
+    /// (batch·heads·seq) for the backward pass, so no seq×seq matrix is kept.
+    fn attention_forward(&self, out: Self::ViewMut<'_>, lse: Self::ViewMut<'_>, qkv: Self::View<'_>, shape: Attention);
+    /// Writes `dqkv` (same layout as `qkv`) from `dout`.
+    fn attention_backward(
+        &self,
+        dqkv: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        qkv: Self::View<'_>,
+        out: Self::View<'_>,
+        lse: Self::View<'_>,
+        shape: Attention,
+    );
+    /// `out[i, :] = table[ids[i], :]` for a table of rows of length `dim`.
+    fn embedding_forward(&self, out: Self::ViewMut<'_>, table: Self::View<'_>, ids: &[u32], dim: usize);
+    /// `dtable[ids[i], :] += dout[i, :]` (repeated ids accumulate).
+    fn embedding_backward(&self, dtable: Self::ViewMut<'_>, dout: Self::View<'_>, ids: &[u32], dim: usize);
 
     // ---- reductions ----
     /// Σ x², accumulated in f64.

@@ -24,6 +24,9 @@ enum Command {
     /// Class-incremental split-MNIST (or permuted MNIST): every optimizer × seed,
     /// spectra and forgetting to Parquet, a summary table at the end.
     SplitMnist(Box<SplitMnistArgs>),
+    /// The same study with a small Vision Transformer, trained on all classes
+    /// at once by default (`--protocol class-incremental` for the split tasks).
+    Vit(Box<SplitMnistArgs>),
     /// Print the summary table of a study directory (finished or not).
     Report { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
@@ -125,7 +128,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::SplitMnist(args) => split_mnist_study(&args),
+        Command::SplitMnist(args) => split_mnist_study(&args, "split-mnist", &[]),
+        Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
         Command::Report { dir } => {
             let order = SplitMnistConfig::resolve(Some(&dir.join("config.toml")), &[]).map(|c| c.optimizers).unwrap_or_default();
             print!("{}", summary::render(&summary::summarize(&dir, &order)?));
@@ -154,10 +158,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn split_mnist_study(args: &SplitMnistArgs) -> Result<()> {
+/// Runs a study: `defaults` are overrides applied before the user's flags.
+fn split_mnist_study(args: &SplitMnistArgs, name: &str, defaults: &[&str]) -> Result<()> {
     let saved = args.out.as_ref().map(|o| o.join("config.toml")).filter(|p| args.resume && p.exists());
-    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.preset.as_deref()), &args.overrides())?;
-    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("split-mnist-{}", utc_stamp())));
+    let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(args.overrides()).collect();
+    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.preset.as_deref()), &overrides)?;
+    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{name}-{}", utc_stamp())));
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
     match args.device {
         Device::Cpu => run_on(&Cpu, args, &config, &tasks, &out)?,
@@ -192,7 +198,8 @@ fn run_on<B: Backend>(
 ) -> Result<()> {
     let runs = config.optimizers.len() * config.seeds.len();
     let (n, opts) = (tasks.len(), config.optimizers.join(", "));
-    eprintln!("split-mnist: {n} tasks, {runs} runs ({opts} × seeds {:?}) on {} → {}", config.seeds, backend.name(), out.display());
+    let (model, protocol) = (format!("{:?}", config.model).to_lowercase(), format!("{:?}", config.protocol).to_lowercase());
+    eprintln!("{model}, {protocol}: {n} tasks, {runs} runs ({opts} × seeds {:?}) on {} → {}", config.seeds, backend.name(), out.display());
     let progress =
         ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
     split_mnist::run_study(backend, config, tasks, out, args.resume, args.stop_after_tasks, &progress)

@@ -7,8 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Activation;
+use crate::backend::{Activation, Backend};
 use crate::data::DatasetName;
+use crate::models::{Classifier, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,36 @@ pub enum Protocol {
     ClassIncremental,
     /// Every task is all 10 classes under its own fixed pixel permutation.
     Permuted,
+    /// One task of all classes: plain training, the reference point.
+    Joint,
+}
+
+/// Which network a study trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// `hidden` widths with `activation` between them.
+    Mlp,
+    /// A Vision Transformer configured by `[vit]`.
+    Vit,
+}
+
+/// The ViT of a study (image side from the dataset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VitSettings {
+    pub patch: usize,
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+}
+
+impl Default for VitSettings {
+    /// Small enough for a 2-core CPU: 28×28 MNIST in 16 patches of 7×7.
+    fn default() -> Self {
+        Self { patch: 7, dim: 64, depth: 4, heads: 4, mlp_ratio: 4 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,8 +60,11 @@ pub struct SplitMnistConfig {
     pub class_groups: Vec<Vec<u8>>,
     /// Number of tasks of the permuted protocol.
     pub permuted_tasks: usize,
+    pub model: ModelKind,
+    /// MLP hidden widths (model = "mlp").
     pub hidden: Vec<usize>,
     pub activation: Activation,
+    pub vit: VitSettings,
     pub epochs_per_task: usize,
     pub batch_size: usize,
     pub seeds: Vec<u64>,
@@ -55,8 +89,10 @@ impl Default for SplitMnistConfig {
             protocol: Protocol::ClassIncremental,
             class_groups: crate::data::default_class_groups(),
             permuted_tasks: 5,
+            model: ModelKind::Mlp,
             hidden: vec![256, 256],
             activation: Activation::Relu,
+            vit: VitSettings::default(),
             epochs_per_task: 1,
             batch_size: 128,
             seeds: vec![0],
@@ -107,6 +143,28 @@ impl SplitMnistConfig {
             bail!("hidden widths must be positive, got {:?}", self.hidden);
         }
         self.named_optimizers().map(|_| ())
+    }
+
+    /// The configured model for inputs of `pixels` values (a square image for a ViT).
+    pub fn build_model<B: Backend>(&self, backend: &B, pixels: usize, seed: u64) -> Result<Box<dyn Classifier<B>>> {
+        Ok(match self.model {
+            ModelKind::Mlp => {
+                let config = MlpConfig { input: pixels, hidden: self.hidden.clone(), classes: 10, activation: self.activation };
+                Box::new(Mlp::new(backend, config, seed))
+            }
+            ModelKind::Vit => {
+                let side = (pixels as f64).sqrt() as usize;
+                let v = self.vit;
+                if side * side != pixels || side % v.patch != 0 {
+                    bail!("a ViT needs square images whose side is a multiple of the patch ({}); got {pixels} pixels", v.patch);
+                }
+                if v.dim % v.heads != 0 {
+                    bail!("vit.dim {} must be a multiple of vit.heads {}", v.dim, v.heads);
+                }
+                let body = TransformerConfig { dim: v.dim, depth: v.depth, heads: v.heads, mlp_ratio: v.mlp_ratio };
+                Box::new(Vit::new(backend, VitConfig { image: side, patch: v.patch, classes: 10, body }, seed))
+            }
+        })
     }
 
     pub fn named_optimizers(&self) -> Result<Vec<NamedOptimizer>> {

@@ -5,4 +5,4 @@ pub mod probes;
 pub mod split_mnist;
 pub mod summary;
 
-pub use config::{Protocol, SplitMnistConfig};
+pub use config::{ModelKind, Protocol, SplitMnistConfig, VitSettings};

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::metrics::{self, Spectrum};
-use crate::models::{Mlp, ParamStore};
+use crate::models::{Classifier, ParamSpec, ParamStore, Representation};
 use crate::optim::Capture;
 use crate::record::{TableWriter, Value, schema};
 
@@ -31,16 +31,15 @@ impl Snapshot {
 
 /// Spectra rows for every weight matrix, its gradient and its applied update,
 /// plus whatever the optimizer captured, decomposed in parallel.
-pub fn spectra<B: Backend>(
+pub fn spectra(
     w: &mut TableWriter,
-    model: &Mlp<B>,
+    specs: &[ParamSpec],
     run: &str,
     step: u64,
     task: usize,
     snap: &Snapshot,
     captures: &[Capture],
 ) -> Result<()> {
-    let specs = &model.store.specs;
     let mut jobs: Vec<(usize, &str, Vec<f32>)> = Vec::new();
     for (i, s) in specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()) {
         let r = s.range();
@@ -70,11 +69,17 @@ pub fn spectra<B: Backend>(
     Ok(())
 }
 
-/// Counts correct arg-max predictions on `data`; with `keep_hidden`, also returns
-/// every hidden layer's activations on all of it (examples × width, per layer).
-pub fn evaluate<B: Backend>(model: &mut Mlp<B>, backend: &B, data: &Dataset, batch: usize, keep_hidden: bool) -> (usize, Vec<Vec<f32>>) {
-    let classes = model.config.classes;
-    let mut hidden: Vec<Vec<f32>> = vec![Vec::new(); if keep_hidden { model.config.hidden.len() } else { 0 }];
+/// Counts correct arg-max predictions on `data`; with `keep`, also returns the
+/// model's representations of all of it (examples × width, per probed layer).
+pub fn evaluate<B: Backend>(
+    model: &mut dyn Classifier<B>,
+    backend: &B,
+    data: &Dataset,
+    batch: usize,
+    keep: bool,
+) -> (usize, Vec<Representation>) {
+    let classes = model.classes();
+    let mut kept: Vec<Representation> = Vec::new();
     let mut correct = 0;
     for start in (0..data.len()).step_by(batch) {
         let end = (start + batch).min(data.len());
@@ -82,11 +87,15 @@ pub fn evaluate<B: Backend>(model: &mut Mlp<B>, backend: &B, data: &Dataset, bat
         let logits = backend.download(B::all(model.forward(backend, x, end - start)));
         correct +=
             logits.chunks_exact(classes).zip(&data.labels[start..end]).filter(|(row, label)| argmax(row) == usize::from(**label)).count();
-        if keep_hidden {
-            hidden.iter_mut().zip(model.hidden_activations(backend)).for_each(|(h, a)| h.extend(a));
+        if keep {
+            let reps = model.representations(backend);
+            if kept.is_empty() {
+                kept = reps.iter().map(|r| Representation { width: r.width, values: Vec::new() }).collect();
+            }
+            kept.iter_mut().zip(reps).for_each(|(k, r)| k.values.extend(r.values));
         }
     }
-    (correct, hidden)
+    (correct, kept)
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -111,15 +120,9 @@ pub fn accuracy_row(
     ]
 }
 
-pub fn activation_rows(
-    w: &mut TableWriter,
-    run: &str,
-    after_task: usize,
-    widths: &[usize],
-    hidden: &[Vec<f32>],
-    labels: &[u8],
-) -> Result<()> {
-    for (layer, (acts, &width)) in hidden.iter().zip(widths).enumerate() {
+pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> Result<()> {
+    for (layer, Representation { width, values: acts }) in representations.iter().enumerate() {
+        let width = *width;
         w.push(vec![
             ("run", run.into()),
             ("after_task", after_task.into()),

@@ -14,7 +14,7 @@ use super::probes::{self, Snapshot};
 use crate::backend::Backend;
 use crate::data::{self, Dataset, Task, shuffled_batches};
 use crate::metrics::AccuracyMatrix;
-use crate::models::{Mlp, MlpConfig};
+use crate::models::Classifier;
 use crate::optim::{Capture, Optimizer};
 use crate::record::checkpoint::Checkpoint;
 use crate::record::{TableWriter, schema};
@@ -24,6 +24,7 @@ pub fn make_tasks(config: &SplitMnistConfig, split: &data::Split) -> Result<Vec<
     Ok(match config.protocol {
         Protocol::ClassIncremental => data::tasks::class_incremental(split, &config.class_groups)?,
         Protocol::Permuted => data::tasks::permuted(split, config.permuted_tasks, config.seeds[0]),
+        Protocol::Joint => data::tasks::class_incremental(split, &[(0..10).collect()])?,
     })
 }
 
@@ -120,7 +121,7 @@ struct Run<'a, B: Backend> {
     id: String,
     named: &'a NamedOptimizer,
     seed: u64,
-    model: Mlp<B>,
+    model: Box<dyn Classifier<B>>,
     optimizer: Optimizer<B>,
     accuracy: AccuracyMatrix,
     /// Tasks finished (and checkpointed) so far.
@@ -140,9 +141,8 @@ impl<'a, B: Backend> Run<'a, B> {
         resume: bool,
     ) -> Result<Self> {
         let pixels = tasks.first().context("no tasks")?.train.pixels;
-        let mlp = MlpConfig { input: pixels, hidden: config.hidden.clone(), classes: 10, activation: config.activation };
-        let model = Mlp::new(backend, mlp, seed);
-        let optimizer = named.config.build(backend, &model.store);
+        let model = config.build_model(backend, pixels, seed)?;
+        let optimizer = named.config.build(backend, model.store());
         let id = format!("{}-s{seed}", named.label);
         let mut run = Self {
             backend,
@@ -188,7 +188,7 @@ impl<'a, B: Backend> Run<'a, B> {
         }
         progress.inc(self.tasks[..self.next_task].iter().map(|t| steps_per_task(self.config, t)).sum());
         let b = self.backend;
-        let mut previous = b.zeros(self.model.store.len());
+        let mut previous = b.zeros(self.model.store().len());
         let first = self.next_task;
         for task_index in first..self.tasks.len() {
             if stop_after.is_some_and(|n| task_index - first >= n) {
@@ -213,8 +213,8 @@ impl<'a, B: Backend> Run<'a, B> {
             }
             // Task boundary: spectra, the accuracy matrix row, representations.
             let step = self.optimizer.steps;
-            let snap = Snapshot::take(b, &self.model.store, &previous);
-            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task_index, &snap, &[])?;
+            let snap = Snapshot::take(b, self.model.store(), &previous);
+            probes::spectra(&mut w.spectra, &self.model.store().specs, &self.id, step, task_index, &snap, &[])?;
             self.evaluate(&mut w, task_index)?;
             let counters = self.optimizer.groups.iter().flat_map(|g| g.rule.diagnostics()).chain(b.counters());
             for (name, value) in counters {
@@ -251,17 +251,17 @@ impl<'a, B: Backend> Run<'a, B> {
     ) -> Result<Option<u64>> {
         let b = self.backend;
         let (x, labels) = gather(train, batch);
-        b.copy(B::all_mut(previous), B::all(&self.model.store.values));
+        b.copy(B::all_mut(previous), B::all(&self.model.store().values));
         let out = self.model.loss_and_gradients(b, &x, &labels);
         let step = self.optimizer.steps + 1;
-        let store = &self.model.store;
+        let store = self.model.store();
         let grad_sq: Vec<f64> = (0..store.specs.len()).map(|i| b.sum_squares(store.grad(i))).collect();
         if !out.loss.is_finite() || !grad_sq.iter().all(|g| g.is_finite()) {
             return Ok(Some(step));
         }
         let mut captures: Option<Vec<Capture>> = probe_now.then(Vec::new);
-        self.optimizer.step(b, &mut self.model.store, 1.0, captures.as_mut());
-        let store = &self.model.store;
+        self.optimizer.step(b, self.model.store_mut(), 1.0, captures.as_mut());
+        let store = self.model.store();
         if !b.all_finite(B::all(&store.values)) {
             return Ok(Some(step));
         }
@@ -294,7 +294,7 @@ impl<'a, B: Backend> Run<'a, B> {
         ])?;
         if let Some(captures) = captures {
             let snap = Snapshot::take(b, store, previous);
-            probes::spectra(&mut w.spectra, &self.model, &self.id, step, task, &snap, &captures)?;
+            probes::spectra(&mut w.spectra, &self.model.store().specs, &self.id, step, task, &snap, &captures)?;
         }
         Ok(None)
     }
@@ -304,7 +304,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let step = self.optimizer.steps;
         let (mut correct, mut total) = (0, 0);
         for (j, t) in self.tasks.iter().enumerate() {
-            let (c, _) = probes::evaluate(&mut self.model, self.backend, &t.test, self.config.eval_batch, false);
+            let (c, _) = probes::evaluate(self.model.as_mut(), self.backend, &t.test, self.config.eval_batch, false);
             self.accuracy.set(task, j, c as f64 / t.test.len() as f64);
             (correct, total) = (correct + c, total + t.test.len());
             w.accuracy.push(probes::accuracy_row(&self.id, task, Some(j), step, c, t.test.len()))?;
@@ -312,8 +312,8 @@ impl<'a, B: Backend> Run<'a, B> {
         w.accuracy.push(probes::accuracy_row(&self.id, task, None, step, correct, total))?;
         let all_tests: Vec<&Dataset> = self.tasks.iter().map(|t| &t.test).collect();
         let union = Dataset::concat(&all_tests);
-        let (_, hidden) = probes::evaluate(&mut self.model, self.backend, &union, self.config.eval_batch, true);
-        probes::activation_rows(&mut w.activations, &self.id, task, &self.config.hidden, &hidden, &union.labels)
+        let (_, representations) = probes::evaluate(self.model.as_mut(), self.backend, &union, self.config.eval_batch, true);
+        probes::activation_rows(&mut w.activations, &self.id, task, &representations, &union.labels)
     }
 
     fn finish(mut self, mut w: Writers, outcome: Outcome) -> Result<Outcome> {
@@ -353,7 +353,7 @@ impl<B: Backend> Run<'_, B> {
     fn save_checkpoint(&mut self, outcome: Option<&Outcome>) -> Result<()> {
         let b = self.backend;
         let mut ck = Checkpoint::default();
-        ck.tensors.push(("params".into(), b.download(B::all(&self.model.store.values))));
+        ck.tensors.push(("params".into(), b.download(B::all(&self.model.store().values))));
         for g in &mut self.optimizer.groups {
             for (name, buf) in g.rule.state_mut() {
                 ck.tensors.push((format!("optimizer.{}.{name}", g.name), b.download(B::all(buf))));
@@ -390,7 +390,7 @@ impl<B: Backend> Run<'_, B> {
             b.copy(B::all_mut(dst), B::all(&b.upload(src)));
             Ok(())
         };
-        load(&mut self.model.store.values, ck.tensor("params")?, "params")?;
+        load(&mut self.model.store_mut().values, ck.tensor("params")?, "params")?;
         for g in &mut self.optimizer.groups {
             for (name, buf) in g.rule.state_mut() {
                 let key = format!("optimizer.{}.{name}", g.name);

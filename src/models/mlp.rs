@@ -3,7 +3,7 @@
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::{ParamStore, Role};
+use super::{Classifier, ParamStore, Representation, Role};
 use crate::backend::{Activation, Backend, LossOut};
 use crate::nn::Linear;
 
@@ -95,8 +95,25 @@ impl<B: Backend> Mlp<B> {
         Self { config, store, layers, work: None }
     }
 
+    /// Post-activation outputs of every hidden layer from the last forward call,
+    /// each batch×width (probes read sparsity and class structure from these).
+    pub fn hidden_activations(&self, backend: &B) -> Vec<Vec<f32>> {
+        self.work.as_ref().map_or_else(Vec::new, |w| w.inputs[1..].iter().map(|a| backend.download(B::all(a))).collect())
+    }
+}
+
+impl<B: Backend> Classifier<B> for Mlp<B> {
+    fn store(&self) -> &ParamStore<B> {
+        &self.store
+    }
+    fn store_mut(&mut self) -> &mut ParamStore<B> {
+        &mut self.store
+    }
+    fn classes(&self) -> usize {
+        self.config.classes
+    }
     /// Runs the network on `batch` rows of `x`; returns the logits (batch×classes).
-    pub fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf {
+    fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf {
         assert_eq!(x.len(), batch * self.config.input, "input must be batch×{}", self.config.input);
         if self.work.as_ref().is_none_or(|w| w.batch != batch) {
             self.work = Some(Workspace::new(backend, &self.config.widths(), batch));
@@ -112,10 +129,9 @@ impl<B: Backend> Mlp<B> {
         }
         &work.pre[layers.len() - 1]
     }
-
     /// Zeroes the gradients, runs forward and backward on one batch, and leaves
     /// ∂(mean loss)/∂θ in `store.grads`.
-    pub fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut {
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut {
         let batch = labels.len();
         self.forward(backend, x, batch);
         self.store.zero_grads(backend);
@@ -133,10 +149,11 @@ impl<B: Backend> Mlp<B> {
         }
         out
     }
-
-    /// Post-activation outputs of every hidden layer from the last forward call,
-    /// each batch×width (probes read sparsity and class structure from these).
-    pub fn hidden_activations(&self, backend: &B) -> Vec<Vec<f32>> {
-        self.work.as_ref().map_or_else(Vec::new, |w| w.inputs[1..].iter().map(|a| backend.download(B::all(a))).collect())
+    fn representations(&self, backend: &B) -> Vec<Representation> {
+        self.hidden_activations(backend)
+            .into_iter()
+            .zip(&self.config.hidden)
+            .map(|(values, &width)| Representation { width, values })
+            .collect()
     }
 }

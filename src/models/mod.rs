@@ -5,12 +5,37 @@
 //! [`Role`], which the model declares: no fragile name matching.
 
 pub mod mlp;
+pub mod transformer;
+pub mod vit;
 
 use std::ops::Range;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LossOut};
 
 pub use mlp::{Mlp, MlpConfig};
+pub use transformer::TransformerConfig;
+pub use vit::{Vit, VitConfig};
+
+/// What a study needs of a model: its parameters, logits and gradients for a
+/// batch, and the per-example representations probes read.
+pub trait Classifier<B: Backend> {
+    fn store(&self) -> &ParamStore<B>;
+    fn store_mut(&mut self) -> &mut ParamStore<B>;
+    fn classes(&self) -> usize;
+    /// Logits (batch×classes) of `batch` examples.
+    fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf;
+    /// Zeroes the gradients, runs forward and backward, leaves ∂(mean loss)/∂θ in the store.
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut;
+    /// Representations of the last forward, one (batch × width) matrix per probed
+    /// layer: the MLP's hidden layers after their activation; the ViT's final class token.
+    fn representations(&self, backend: &B) -> Vec<Representation>;
+}
+
+/// One probed layer's activations for the last batch.
+pub struct Representation {
+    pub width: usize,
+    pub values: Vec<f32>,
+}
 
 /// What a parameter is for; optimizers choose their update rule by role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -24,6 +49,10 @@ pub enum Role {
     OutputHead,
     /// Biases, norm gains: one-dimensional parameters.
     Vector,
+    /// Lookup tables and learned positions (token, position, class-token
+    /// embeddings): stored as matrices but not linear maps, so matrix optimizers
+    /// leave them to the auxiliary AdamW, as the Muon reference does.
+    Embedding,
 }
 
 impl Role {
@@ -33,10 +62,12 @@ impl Role {
             Role::HiddenMatrix => "hidden-matrix",
             Role::OutputHead => "output-head",
             Role::Vector => "vector",
+            Role::Embedding => "embedding",
         }
     }
+    /// A linear map (what Muon and Shampoo precondition, and probes decompose).
     pub fn is_matrix(self) -> bool {
-        self != Role::Vector
+        matches!(self, Role::InputMatrix | Role::HiddenMatrix | Role::OutputHead)
     }
 }
 

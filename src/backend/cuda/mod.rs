@@ -7,6 +7,7 @@
 //! kernels and cuBLAS take raw pointers.
 
 mod ops;
+mod transformer;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -23,6 +24,19 @@ use super::kernels::{KERNELS, KernelSource};
 /// Every kernel entry point, by module (a test checks this against the sources).
 pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("adamw", &["adamw_step", "sgd_step", "lion_step"]),
+    (
+        "attention",
+        &[
+            "attention_forward_32",
+            "attention_forward_64",
+            "attention_forward_128",
+            "attention_backward_delta",
+            "attention_backward_32",
+            "attention_backward_64",
+            "attention_backward_128",
+            "attention_backward_dq",
+        ],
+    ),
     ("newton_schulz", &["normalize_frobenius"]),
     (
         "nn",
@@ -45,6 +59,10 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("shampoo", &["identity_plus", "max_abs_from_identity"]),
+    (
+        "transformer",
+        &["layernorm_forward", "layernorm_backward_dx", "layernorm_backward_params", "embedding_forward", "embedding_backward"],
+    ),
 ];
 
 /// Where the kernels came from, for `exp info` and test logs.

@@ -10,11 +10,11 @@ use cudarc::cublas::{result as blas, sys::cublasOperation_t};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
 use super::{Cuda, DView, DViewMut, RangeTable, base_ptr, elementwise, offset};
-use crate::backend::{Activation, AdamParams, Backend, Gemm, LossOut};
+use crate::backend::{Activation, AdamParams, Attention, Backend, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
 /// One kernel argument; launch keeps them alive until the launch is queued.
-enum Arg {
+pub(super) enum Arg {
     Ptr(sys::CUdeviceptr),
     F32(f32),
     I32(i32),
@@ -47,7 +47,7 @@ impl From<usize> for Arg {
     }
 }
 
-fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
+pub(super) fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
     use cudarc::driver::DevicePtr;
     Arg::Ptr(buf.device_ptr(buf.stream()).0)
 }
@@ -62,7 +62,7 @@ fn activation_code(kind: Activation) -> i32 {
 }
 
 impl Cuda {
-    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
+    pub(super) fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
         let mut builder = self.stream.launch_builder(self.function(name));
         for a in args {
             match a {
@@ -143,7 +143,7 @@ impl Cuda {
         (table, total)
     }
 
-    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> CudaSlice<T> {
+    pub(super) fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> CudaSlice<T> {
         self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| panic!("CUDA allocation of {len} elements failed: {e:?}"))
     }
 
@@ -272,6 +272,13 @@ impl Backend for Cuda {
         assert!(range.start <= range.end && range.end <= buf.len(), "view {range:?} out of a buffer of {}", buf.len());
         DViewMut { ptr: offset(base_ptr(buf), range.start), len: range.len(), _borrow: std::marker::PhantomData }
     }
+    fn view_mut_pair(buf: &mut CudaSlice<f32>, a: Range<usize>, b: Range<usize>) -> (DViewMut<'_>, DViewMut<'_>) {
+        assert!(a.end <= b.start || b.end <= a.start, "view_mut_pair: ranges {a:?} and {b:?} overlap");
+        assert!(a.end.max(b.end) <= buf.len(), "view_mut_pair: ranges out of a buffer of {}", buf.len());
+        let base = base_ptr(buf);
+        let view = |r: Range<usize>| DViewMut { ptr: offset(base, r.start), len: r.len(), _borrow: std::marker::PhantomData };
+        (view(a), view(b))
+    }
     fn copy(&self, dst: DViewMut<'_>, src: DView<'_>) {
         assert_eq!(dst.len, src.len, "copy between views of different lengths");
         self.copy_raw(dst.ptr, src.ptr, src.len);
@@ -328,6 +335,44 @@ impl Backend for Cuda {
         let loss: f64 = self.host(&loss).iter().map(|&l| f64::from(l)).sum();
         let correct = self.host(&correct).iter().filter(|&&c| c != 0).count();
         LossOut { loss: (loss / rows as f64) as f32, correct }
+    }
+
+    fn layernorm_forward(
+        &self,
+        y: DViewMut<'_>,
+        mean: DViewMut<'_>,
+        rstd: DViewMut<'_>,
+        x: DView<'_>,
+        gamma: DView<'_>,
+        beta: DView<'_>,
+        eps: f32,
+    ) {
+        self.layernorm_forward_impl(y, mean, rstd, x, gamma, beta, eps);
+    }
+    fn layernorm_backward(
+        &self,
+        dx: DViewMut<'_>,
+        dgamma: DViewMut<'_>,
+        dbeta: DViewMut<'_>,
+        dy: DView<'_>,
+        x: DView<'_>,
+        mean: DView<'_>,
+        rstd: DView<'_>,
+        gamma: DView<'_>,
+    ) {
+        self.layernorm_backward_impl(dx, dgamma, dbeta, dy, x, mean, rstd, gamma);
+    }
+    fn attention_forward(&self, out: DViewMut<'_>, lse: DViewMut<'_>, qkv: DView<'_>, shape: Attention) {
+        self.attention_forward_impl(out, lse, qkv, shape);
+    }
+    fn attention_backward(&self, dqkv: DViewMut<'_>, dout: DView<'_>, qkv: DView<'_>, out: DView<'_>, lse: DView<'_>, shape: Attention) {
+        self.attention_backward_impl(dqkv, dout, qkv, out, lse, shape);
+    }
+    fn embedding_forward(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {
+        self.embedding_forward_impl(out, table, ids, dim);
+    }
+    fn embedding_backward(&self, dtable: DViewMut<'_>, dout: DView<'_>, ids: &[u32], dim: usize) {
+        self.embedding_backward_impl(dtable, dout, ids, dim);
     }
 
     fn sum_squares(&self, x: DView<'_>) -> f64 {

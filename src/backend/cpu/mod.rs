@@ -3,7 +3,9 @@
 
 use std::ops::Range;
 
-use super::{Activation, AdamParams, Backend, Gemm, LossOut};
+mod transformer;
+
+use super::{Activation, AdamParams, Attention, Backend, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,6 +40,16 @@ impl Backend for Cpu {
     }
     fn view_mut(buf: &mut Vec<f32>, range: Range<usize>) -> &mut [f32] {
         &mut buf[range]
+    }
+    fn view_mut_pair(buf: &mut Vec<f32>, a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+        if a.end <= b.start {
+            let (lo, hi) = buf.split_at_mut(b.start);
+            (&mut lo[a], &mut hi[..b.len()])
+        } else {
+            assert!(b.end <= a.start, "view_mut_pair: ranges {a:?} and {b:?} overlap");
+            let (lo, hi) = buf.split_at_mut(a.start);
+            (&mut hi[..a.len()], &mut lo[b])
+        }
     }
     fn copy(&self, dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
@@ -112,6 +124,35 @@ impl Backend for Cpu {
             drow[label] -= inv_batch;
         }
         LossOut { loss: (loss / labels.len() as f64) as f32, correct }
+    }
+
+    fn layernorm_forward(&self, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        transformer::layernorm_forward(y, mean, rstd, x, gamma, beta, eps);
+    }
+    fn layernorm_backward(
+        &self,
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+    ) {
+        transformer::layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma);
+    }
+    fn attention_forward(&self, out: &mut [f32], lse: &mut [f32], qkv: &[f32], shape: Attention) {
+        transformer::attention_forward(out, lse, qkv, shape);
+    }
+    fn attention_backward(&self, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], shape: Attention) {
+        transformer::attention_backward(dqkv, dout, qkv, out, lse, shape);
+    }
+    fn embedding_forward(&self, out: &mut [f32], table: &[f32], ids: &[u32], dim: usize) {
+        transformer::embedding_forward(out, table, ids, dim);
+    }
+    fn embedding_backward(&self, dtable: &mut [f32], dout: &[f32], ids: &[u32], dim: usize) {
+        transformer::embedding_backward(dtable, dout, ids, dim);
     }
 
     fn sum_squares(&self, x: &[f32]) -> f64 {

@@ -1,0 +1,289 @@
+// Fused multi-head attention, FlashAttention-style, in f32 (no tensor cores):
+// online softmax over key tiles held in shared memory, so no seq x seq matrix
+// ever reaches global memory. Mirrors Backend::attention_forward/backward; the
+// CPU reference is src/backend/cpu/transformer.rs.
+//
+// Layouts (as the CPU): qkv is (batch*seq) x (3*heads*D), columns [q | k | v]
+// with head h at h*D in each; out/dout are (batch*seq) x (heads*D); lse and
+// delta are (batch*heads) x seq. Scores are (q.k)*scale with scale = 1/sqrt(D);
+// causal rows i see keys j <= i only.
+//
+// Forward: a block (4 warps) owns 16 query rows of one (batch, head), 4 rows per
+// warp; for each tile of 32 keys, lane j computes the scores of key j against
+// the warp's 4 rows, the warp updates the running max/sum (online softmax) and
+// every lane accumulates D/32 output columns. Writes out and lse = m + log(l).
+//
+// Backward: attention_backward_delta computes delta_i = rowsum(dO_i * O_i); then
+// a block owns a tile of BK keys of one (batch, head), keeps dK/dV in registers
+// while looping over query tiles (P recomputed from lse), writes dK/dV once and
+// adds dQ with f32 atomics to a zeroed (batch*seq) x (heads*D) buffer that
+// attention_backward_dq scales and scatters into dqkv's q columns.
+//
+// Tile sizes must match src/backend/cuda/transformer.rs (FORWARD_QUERY_TILE,
+// ATTENTION_HEAD_DIMS). Every launch uses ATTN_THREADS threads per block.
+#include "common.cuh"
+
+#define ATTN_THREADS 128
+#define ATTN_WARPS (ATTN_THREADS / 32)
+#define FWD_ROWS 4                             // query rows per warp
+#define FWD_BLOCK_Q (ATTN_WARPS * FWD_ROWS)    // query rows per block (16)
+#define FWD_BLOCK_K 32                         // keys per tile: one per lane
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float attn_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float attn_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// grid = (batch*heads, ceil(seq/FWD_BLOCK_Q) or fewer: query tiles are grid-strided).
+template <int D>
+__device__ __forceinline__ void attention_forward_body(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
+    static_assert(D % 32 == 0, "head dim must be a multiple of 32");
+    constexpr int C = D / 32;  // output columns per lane
+    __shared__ float qs[FWD_BLOCK_Q][D];
+    __shared__ float ks[FWD_BLOCK_K][D + 1];  // padded: lane j reads row j, conflict-free
+    __shared__ float vs[FWD_BLOCK_K][D];
+
+    const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row0 = warp * FWD_ROWS;  // this warp's first row within the block's tile
+    const long long w3 = 3LL * heads * D, wo = (long long)heads * D;
+    const float* base = qkv + (long long)b * seq * w3 + (long long)h * D;  // q of row t at base + t*w3
+    const long long k_off = (long long)heads * D, v_off = 2LL * heads * D;
+
+    for (int q0 = blockIdx.y * FWD_BLOCK_Q; q0 < seq; q0 += gridDim.y * FWD_BLOCK_Q) {
+        __syncthreads();  // the previous query tile's shared data is consumed
+        for (int e = threadIdx.x; e < FWD_BLOCK_Q * D; e += ATTN_THREADS) {
+            const int r = e / D, d = e % D, t = q0 + r;
+            qs[r][d] = t < seq ? base[t * w3 + d] : 0.0f;
+        }
+        float m[FWD_ROWS], l[FWD_ROWS], acc[FWD_ROWS][C];
+#pragma unroll
+        for (int r = 0; r < FWD_ROWS; ++r) {
+            m[r] = -OPTLAB_INFINITY;
+            l[r] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < C; ++c) acc[r][c] = 0.0f;
+        }
+        const int q_end = min(q0 + FWD_BLOCK_Q, seq);
+        const int k_end = causal ? q_end : seq;  // no row of this tile sees keys >= k_end
+        for (int k0 = 0; k0 < k_end; k0 += FWD_BLOCK_K) {
+            __syncthreads();  // previous key tile consumed (and qs written)
+            for (int e = threadIdx.x; e < FWD_BLOCK_K * D; e += ATTN_THREADS) {
+                const int r = e / D, d = e % D, t = k0 + r;
+                const bool ok = t < seq;
+                ks[r][d] = ok ? base[t * w3 + k_off + d] : 0.0f;
+                vs[r][d] = ok ? base[t * w3 + v_off + d] : 0.0f;
+            }
+            __syncthreads();
+            const int j = k0 + lane;  // this lane's key
+            float s[FWD_ROWS];
+#pragma unroll
+            for (int r = 0; r < FWD_ROWS; ++r) s[r] = 0.0f;
+#pragma unroll 8
+            for (int d = 0; d < D; ++d) {
+                const float kd = ks[lane][d];
+#pragma unroll
+                for (int r = 0; r < FWD_ROWS; ++r) s[r] = fmaf(qs[row0 + r][d], kd, s[r]);
+            }
+            float p[FWD_ROWS];
+#pragma unroll
+            for (int r = 0; r < FWD_ROWS; ++r) {
+                const int i = q0 + row0 + r;
+                const bool visible = j < seq && (!causal || j <= i);
+                const float z = visible ? s[r] * scale : -OPTLAB_INFINITY;
+                const float mn = fmaxf(m[r], attn_warp_max(z));
+                // Key 0 is visible to every row, so mn is finite from the first tile
+                // on; the guards only keep a fully masked prefix from making NaNs.
+                p[r] = visible ? expf(z - mn) : 0.0f;
+                const float alpha = m[r] == -OPTLAB_INFINITY ? 0.0f : expf(m[r] - mn);
+                l[r] = l[r] * alpha + attn_warp_sum(p[r]);
+                m[r] = mn;
+#pragma unroll
+                for (int c = 0; c < C; ++c) acc[r][c] *= alpha;
+            }
+#pragma unroll 4
+            for (int jj = 0; jj < FWD_BLOCK_K; ++jj) {
+                float vj[C];
+#pragma unroll
+                for (int c = 0; c < C; ++c) vj[c] = vs[jj][lane + 32 * c];
+#pragma unroll
+                for (int r = 0; r < FWD_ROWS; ++r) {
+                    const float pj = __shfl_sync(FULL_MASK, p[r], jj);
+#pragma unroll
+                    for (int c = 0; c < C; ++c) acc[r][c] = fmaf(pj, vj[c], acc[r][c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < FWD_ROWS; ++r) {
+            const int i = q0 + row0 + r;
+            if (i < seq) {
+                const float inv = 1.0f / l[r];
+                float* o = out + ((long long)b * seq + i) * wo + (long long)h * D;
+#pragma unroll
+                for (int c = 0; c < C; ++c) o[lane + 32 * c] = acc[r][c] * inv;
+                if (lane == 0) lse[(long long)bh * seq + i] = m[r] + logf(l[r]);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attention_forward_32(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
+    attention_forward_body<32>(out, lse, qkv, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_forward_64(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
+    attention_forward_body<64>(out, lse, qkv, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_forward_128(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
+    attention_forward_body<128>(out, lse, qkv, seq, heads, causal, scale);
+}
+
+// delta[(b*heads + h)*seq + i] = sum_c dout[row, h*D + c] * out[row, h*D + c] with
+// row = b*seq + i: one warp per (b, h, i), grid-strided.
+extern "C" __global__ void attention_backward_delta(float* delta, const float* dout, const float* out, int batch, int seq, int heads, int head_dim) {
+    const long long rows = (long long)batch * heads * seq;
+    const long long wo = (long long)heads * head_dim;
+    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    for (long long row = (long long)blockIdx.x * warps + (threadIdx.x >> 5); row < rows; row += (long long)gridDim.x * warps) {
+        const long long bh = row / seq;
+        const int i = (int)(row % seq), b = (int)(bh / heads), h = (int)(bh % heads);
+        const long long off = ((long long)b * seq + i) * wo + (long long)h * head_dim;
+        float s = 0.0f;
+        for (int c = lane; c < head_dim; c += 32) s = fmaf(dout[off + c], out[off + c], s);
+        s = attn_warp_sum(s);
+        if (lane == 0) delta[row] = s;
+    }
+}
+
+// grid = (batch*heads, key tiles; grid-strided). BK keys per block, BK queries per
+// inner tile. dq: zeroed (batch*seq) x (heads*D), receives sum_j dS_ij k_j (unscaled).
+template <int D, int BK>
+__device__ __forceinline__ void attention_backward_body(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
+                                                        const float* delta, int seq, int heads, int causal, float scale) {
+    static_assert(D % 32 == 0, "head dim must be a multiple of 32");
+    static_assert((BK * D) % ATTN_THREADS == 0, "key tile must split evenly over the block");
+    constexpr int BQ = BK;                         // queries per inner tile
+    constexpr int PER = BK * D / ATTN_THREADS;     // dK (and dV) entries per thread
+    __shared__ float ks[BK][D + 1];
+    __shared__ float vs[BK][D + 1];
+    __shared__ float qs[BQ][D];
+    __shared__ float dos[BQ][D];
+    __shared__ float ps[BQ][BK + 1];
+    __shared__ float dss[BQ][BK + 1];
+    __shared__ float lse_s[BQ];
+    __shared__ float delta_s[BQ];
+
+    const int tid = threadIdx.x;
+    const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    const long long w3 = 3LL * heads * D, wo = (long long)heads * D;
+    const long long k_off = (long long)heads * D, v_off = 2LL * heads * D;
+    const float* base = qkv + (long long)b * seq * w3 + (long long)h * D;    // q of row t at base + t*w3
+    float* dbase = dqkv + (long long)b * seq * w3 + (long long)h * D;        // same layout
+    const float* obase = dout + (long long)b * seq * wo + (long long)h * D;  // dO of row t at obase + t*wo
+    float* dqbase = dq + (long long)b * seq * wo + (long long)h * D;
+    const float* lse_row = lse + (long long)bh * seq;
+    const float* delta_row = delta + (long long)bh * seq;
+
+    for (int k0 = blockIdx.y * BK; k0 < seq; k0 += gridDim.y * BK) {
+        __syncthreads();  // the previous key tile's shared data is consumed
+        for (int e = tid; e < BK * D; e += ATTN_THREADS) {
+            const int c = e / D, d = e % D, t = k0 + c;
+            const bool ok = t < seq;
+            ks[c][d] = ok ? base[t * w3 + k_off + d] : 0.0f;
+            vs[c][d] = ok ? base[t * w3 + v_off + d] : 0.0f;
+        }
+        float dk[PER], dv[PER];
+#pragma unroll
+        for (int k = 0; k < PER; ++k) dk[k] = dv[k] = 0.0f;
+        // Causal: queries before k0 see none of these keys.
+        const int q_start = causal ? (k0 / BQ) * BQ : 0;
+        for (int q0 = q_start; q0 < seq; q0 += BQ) {
+            __syncthreads();  // previous query tile consumed (and ks/vs written)
+            for (int e = tid; e < BQ * D; e += ATTN_THREADS) {
+                const int r = e / D, d = e % D, t = q0 + r;
+                const bool ok = t < seq;
+                qs[r][d] = ok ? base[t * w3 + d] : 0.0f;
+                dos[r][d] = ok ? obase[t * wo + d] : 0.0f;
+            }
+            for (int r = tid; r < BQ; r += ATTN_THREADS) {
+                const int t = q0 + r;
+                lse_s[r] = t < seq ? lse_row[t] : 0.0f;
+                delta_s[r] = t < seq ? delta_row[t] : 0.0f;
+            }
+            __syncthreads();
+            // P_ij = exp(s_ij - lse_i), dS_ij = P_ij (dO_i . v_j - delta_i); 0 where masked.
+            for (int e = tid; e < BQ * BK; e += ATTN_THREADS) {
+                const int r = e / BK, c = e % BK, i = q0 + r, j = k0 + c;
+                float s = 0.0f, dp = 0.0f;
+#pragma unroll 8
+                for (int d = 0; d < D; ++d) {
+                    s = fmaf(qs[r][d], ks[c][d], s);
+                    dp = fmaf(dos[r][d], vs[c][d], dp);
+                }
+                const bool visible = i < seq && j < seq && (!causal || j <= i);
+                const float p = visible ? expf(s * scale - lse_s[r]) : 0.0f;
+                ps[r][c] = p;
+                dss[r][c] = visible ? p * (dp - delta_s[r]) : 0.0f;
+            }
+            __syncthreads();
+            // dV_j += sum_i P_ij dO_i; dK_j += sum_i dS_ij q_i (scaled at the end).
+#pragma unroll
+            for (int k = 0; k < PER; ++k) {
+                const int e = tid + k * ATTN_THREADS, c = e / D, d = e % D;
+                float av = dv[k], ak = dk[k];
+#pragma unroll 8
+                for (int r = 0; r < BQ; ++r) {
+                    av = fmaf(ps[r][c], dos[r][d], av);
+                    ak = fmaf(dss[r][c], qs[r][d], ak);
+                }
+                dv[k] = av;
+                dk[k] = ak;
+            }
+            // dQ_i += sum_j dS_ij k_j (scaled by attention_backward_dq).
+            for (int e = tid; e < BQ * D; e += ATTN_THREADS) {
+                const int r = e / D, d = e % D, i = q0 + r;
+                if (i >= seq) continue;
+                float a = 0.0f;
+#pragma unroll 8
+                for (int c = 0; c < BK; ++c) a = fmaf(dss[r][c], ks[c][d], a);
+                atomicAdd(dqbase + (long long)i * wo + d, a);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int e = tid + k * ATTN_THREADS, c = e / D, d = e % D, j = k0 + c;
+            if (j < seq) {
+                dbase[j * w3 + k_off + d] = dk[k] * scale;
+                dbase[j * w3 + v_off + d] = dv[k];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attention_backward_32(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
+                                                 const float* delta, int seq, int heads, int causal, float scale) {
+    attention_backward_body<32, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_backward_64(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
+                                                 const float* delta, int seq, int heads, int causal, float scale) {
+    attention_backward_body<64, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_backward_128(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
+                                                  const float* delta, int seq, int heads, int causal, float scale) {
+    attention_backward_body<128, 16>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+
+// dqkv[r, c] = scale * dq[r, c] for the q columns (c < width = heads*D) of every
+// row r; n = rows*width.
+extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dq, float scale, int width, long long n) {
+    GRID_STRIDE(i, n) {
+        const long long r = i / width, c = i % width;
+        dqkv[r * 3 * width + c] = dq[i] * scale;
+    }
+}

@@ -1,0 +1,267 @@
+//! The pre-norm transformer body shared by ViT and GPT: `depth` blocks of
+//! `x + Attn(LN(x))` then `x + MLP(LN(x))` (GELU, `mlp_ratio`× wide), and a final
+//! LayerNorm. Forward keeps what backward needs per block; backward returns the
+//! gradient of the body's input and accumulates every parameter gradient.
+
+use rand::{RngExt, rngs::StdRng};
+
+use super::{ParamStore, Role};
+use crate::backend::{Activation, Attention, Backend};
+use crate::nn::{LayerNorm, LayerNormCache, Linear};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+}
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    /// Uniform in ±bound (PyTorch's `nn.Linear`: bound = 1/sqrt(fan_in)).
+    Uniform(f32),
+    Constant(f32),
+}
+
+/// A model's parameter declarations: the store layout plus each one's init.
+#[derive(Default)]
+pub struct Layout {
+    pub params: Vec<(String, usize, usize, Role)>,
+    pub inits: Vec<Init>,
+}
+
+impl Layout {
+    /// Declares a parameter; returns its store index.
+    pub fn push(&mut self, name: String, rows: usize, cols: usize, role: Role, init: Init) -> usize {
+        self.params.push((name, rows, cols, role));
+        self.inits.push(init);
+        self.params.len() - 1
+    }
+
+    /// A `fan_in → fan_out` linear layer with PyTorch's default init.
+    pub fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize, role: Role) -> Linear {
+        let bound = Init::Uniform(1.0 / (fan_in as f32).sqrt());
+        let weight = self.push(format!("{name}.weight"), fan_out, fan_in, role, bound);
+        let bias = self.push(format!("{name}.bias"), 1, fan_out, Role::Vector, bound);
+        Linear { weight, bias, in_dim: fan_in, out_dim: fan_out }
+    }
+
+    pub fn layernorm(&mut self, name: &str, dim: usize) -> LayerNorm {
+        let gamma = self.push(format!("{name}.weight"), 1, dim, Role::Vector, Init::Constant(1.0));
+        let beta = self.push(format!("{name}.bias"), 1, dim, Role::Vector, Init::Constant(0.0));
+        LayerNorm { gamma, beta, dim }
+    }
+
+    pub fn init(&self, rng: &mut StdRng) -> Vec<f32> {
+        let mut values = Vec::new();
+        for ((_, rows, cols, _), init) in self.params.iter().zip(&self.inits) {
+            match *init {
+                Init::Uniform(b) => values.extend((0..rows * cols).map(|_| rng.random_range(-b..b))),
+                Init::Constant(c) => values.extend(std::iter::repeat_n(c, rows * cols)),
+            }
+        }
+        values
+    }
+}
+
+/// Store indices of one block's layers.
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc: Linear,
+    fc2: Linear,
+}
+
+/// One block's activations for a batch (rows = batch·seq).
+struct BlockCache<B: Backend> {
+    x: B::Buf,
+    ln1: B::Buf,
+    ln1_stats: LayerNormCache<B>,
+    qkv: B::Buf,
+    att: B::Buf,
+    lse: B::Buf,
+    mid: B::Buf,
+    ln2: B::Buf,
+    ln2_stats: LayerNormCache<B>,
+    fc: B::Buf,
+    act: B::Buf,
+}
+
+/// Gradient scratch shared by all blocks (one block is differentiated at a time).
+struct Scratch<B: Backend> {
+    d_act: B::Buf,
+    d_fc: B::Buf,
+    d_ln2: B::Buf,
+    d_mid: B::Buf,
+    d_att: B::Buf,
+    d_qkv: B::Buf,
+    d_ln1: B::Buf,
+    /// Gradients flowing between blocks, used in turn.
+    d_x: [B::Buf; 2],
+    d_out: B::Buf,
+}
+
+struct Workspace<B: Backend> {
+    shape: Attention,
+    blocks: Vec<BlockCache<B>>,
+    out: B::Buf,
+    normed: B::Buf,
+    final_stats: LayerNormCache<B>,
+    scratch: Scratch<B>,
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(backend: &B, c: &TransformerConfig, shape: Attention) -> Self {
+        let rows = shape.batch * shape.seq;
+        let (d, h) = (c.dim, c.dim * c.mlp_ratio);
+        let z = |n: usize| backend.zeros(rows * n);
+        let block = || BlockCache {
+            x: z(d),
+            ln1: z(d),
+            ln1_stats: LayerNormCache::new(backend, rows),
+            qkv: z(3 * d),
+            att: z(d),
+            lse: backend.zeros(shape.batch * shape.heads * shape.seq),
+            mid: z(d),
+            ln2: z(d),
+            ln2_stats: LayerNormCache::new(backend, rows),
+            fc: z(h),
+            act: z(h),
+        };
+        let scratch = Scratch {
+            d_act: z(h),
+            d_fc: z(h),
+            d_ln2: z(d),
+            d_mid: z(d),
+            d_att: z(d),
+            d_qkv: z(3 * d),
+            d_ln1: z(d),
+            d_x: [z(d), z(d)],
+            d_out: z(d),
+        };
+        Self {
+            shape,
+            blocks: (0..c.depth).map(|_| block()).collect(),
+            out: z(d),
+            normed: z(d),
+            final_stats: LayerNormCache::new(backend, rows),
+            scratch,
+        }
+    }
+}
+
+/// The blocks and final LayerNorm of a model, with their activations.
+pub struct Body<B: Backend> {
+    pub config: TransformerConfig,
+    pub causal: bool,
+    blocks: Vec<Block>,
+    final_ln: LayerNorm,
+    work: Option<Workspace<B>>,
+}
+
+impl<B: Backend> Body<B> {
+    /// Declares the body's parameters (`blocks.{i}.…`, `ln_f`) in `layout`.
+    pub fn declare(config: TransformerConfig, causal: bool, layout: &mut Layout) -> Self {
+        assert!(config.dim % config.heads == 0, "dim {} is not a multiple of heads {}", config.dim, config.heads);
+        let (d, h) = (config.dim, config.dim * config.mlp_ratio);
+        let blocks = (0..config.depth)
+            .map(|i| {
+                let p = format!("blocks.{i}");
+                Block {
+                    ln1: layout.layernorm(&format!("{p}.ln1"), d),
+                    qkv: layout.linear(&format!("{p}.attn.qkv"), d, 3 * d, Role::HiddenMatrix),
+                    proj: layout.linear(&format!("{p}.attn.proj"), d, d, Role::HiddenMatrix),
+                    ln2: layout.layernorm(&format!("{p}.ln2"), d),
+                    fc: layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix),
+                    fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix),
+                }
+            })
+            .collect();
+        let final_ln = layout.layernorm("ln_f", d);
+        Self { config, causal, blocks, final_ln, work: None }
+    }
+
+    /// The body's input buffer for a batch of `batch` sequences of `seq` tokens
+    /// (rows = batch·seq, `dim` wide): the model writes its embeddings here.
+    pub fn input(&mut self, backend: &B, batch: usize, seq: usize) -> &mut B::Buf {
+        let shape = Attention { batch, seq, heads: self.config.heads, head_dim: self.config.dim / self.config.heads, causal: self.causal };
+        if self.work.as_ref().is_none_or(|w| w.shape != shape) {
+            self.work = Some(Workspace::new(backend, &self.config, shape));
+        }
+        let work = self.work.as_mut().expect("workspace made above");
+        match work.blocks.first_mut() {
+            Some(first) => &mut first.x,
+            None => &mut work.out,
+        }
+    }
+
+    /// Runs every block on the input written through [`Body::input`]; returns
+    /// the final LayerNorm's output.
+    pub fn forward(&mut self, backend: &B, store: &ParamStore<B>) -> &B::Buf {
+        let work = self.work.as_mut().expect("Body::input before Body::forward");
+        let (shape, rows) = (work.shape, work.shape.batch * work.shape.seq);
+        for i in 0..self.blocks.len() {
+            let (block, (done, rest)) = (self.blocks[i], work.blocks.split_at_mut(i + 1));
+            let c = &mut done[i];
+            let next = match rest.first_mut() {
+                Some(n) => &mut n.x,
+                None => &mut work.out,
+            };
+            block.ln1.forward(backend, store, &mut c.ln1, &mut c.ln1_stats, &c.x);
+            block.qkv.forward(backend, store, &mut c.qkv, &c.ln1, rows);
+            backend.attention_forward(B::all_mut(&mut c.att), B::all_mut(&mut c.lse), B::all(&c.qkv), shape);
+            block.proj.forward(backend, store, &mut c.mid, &c.att, rows);
+            backend.axpby(B::all_mut(&mut c.mid), 1.0, B::all(&c.x), 1.0);
+            block.ln2.forward(backend, store, &mut c.ln2, &mut c.ln2_stats, &c.mid);
+            block.fc.forward(backend, store, &mut c.fc, &c.ln2, rows);
+            backend.activation_forward(Activation::Gelu, B::all_mut(&mut c.act), B::all(&c.fc));
+            block.fc2.forward(backend, store, next, &c.act, rows);
+            backend.axpby(B::all_mut(next), 1.0, B::all(&c.mid), 1.0);
+        }
+        self.final_ln.forward(backend, store, &mut work.normed, &mut work.final_stats, &work.out);
+        &work.normed
+    }
+
+    /// The buffer the model writes ∂loss/∂(final output) into before [`Body::backward`].
+    pub fn output_gradient(&mut self) -> &mut B::Buf {
+        &mut self.work.as_mut().expect("forward before backward").scratch.d_out
+    }
+
+    /// Backpropagates the gradient written through [`Body::output_gradient`];
+    /// returns ∂loss/∂input.
+    pub fn backward(&mut self, backend: &B, store: &mut ParamStore<B>) -> &B::Buf {
+        let work = self.work.as_mut().expect("forward before backward");
+        let (shape, rows) = (work.shape, work.shape.batch * work.shape.seq);
+        let s = &mut work.scratch;
+        let [d_a, d_b] = &mut s.d_x;
+        self.final_ln.backward(backend, store, d_a, &s.d_out, &work.out, &work.final_stats);
+        let (mut d_out, mut d_in) = (d_a, d_b);
+        for (block, c) in self.blocks.iter().zip(&work.blocks).rev() {
+            // MLP branch, then its residual.
+            block.fc2.backward(backend, store, Some(&mut s.d_act), d_out, &c.act, rows);
+            backend.activation_backward(Activation::Gelu, B::all_mut(&mut s.d_fc), B::all(&s.d_act), B::all(&c.fc));
+            block.fc.backward(backend, store, Some(&mut s.d_ln2), &s.d_fc, &c.ln2, rows);
+            block.ln2.backward(backend, store, &mut s.d_mid, &s.d_ln2, &c.mid, &c.ln2_stats);
+            backend.axpby(B::all_mut(&mut s.d_mid), 1.0, B::all(d_out), 1.0);
+            // Attention branch, then its residual.
+            block.proj.backward(backend, store, Some(&mut s.d_att), &s.d_mid, &c.att, rows);
+            backend.attention_backward(B::all_mut(&mut s.d_qkv), B::all(&s.d_att), B::all(&c.qkv), B::all(&c.att), B::all(&c.lse), shape);
+            block.qkv.backward(backend, store, Some(&mut s.d_ln1), &s.d_qkv, &c.ln1, rows);
+            block.ln1.backward(backend, store, d_in, &s.d_ln1, &c.x, &c.ln1_stats);
+            backend.axpby(B::all_mut(d_in), 1.0, B::all(&s.d_mid), 1.0);
+            std::mem::swap(&mut d_out, &mut d_in);
+        }
+        d_out
+    }
+
+    /// GELU outputs of each block's MLP from the last forward (rows × hidden).
+    pub fn mlp_activations(&self, backend: &B) -> Vec<Vec<f32>> {
+        self.work.as_ref().map_or_else(Vec::new, |w| w.blocks.iter().map(|c| backend.download(B::all(&c.act))).collect())
+    }
+}

@@ -1,0 +1,185 @@
+//! A small Vision Transformer (Dosovitskiy et al. 2021): square images cut into
+//! patches, a linear patch embedding, a class token, learned positions, the
+//! pre-norm transformer body, and a linear head on the class token.
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::transformer::{Body, Init, Layout, TransformerConfig};
+use super::{Classifier, ParamStore, Representation, Role};
+use crate::backend::{Backend, LossOut};
+use crate::nn::Linear;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VitConfig {
+    /// Side of the square (single-channel) image, e.g. 28.
+    pub image: usize,
+    /// Side of a square patch; must divide `image`.
+    pub patch: usize,
+    pub classes: usize,
+    pub body: TransformerConfig,
+}
+
+impl VitConfig {
+    pub fn patches(&self) -> usize {
+        (self.image / self.patch).pow(2)
+    }
+    /// Tokens per image: the patches and the class token.
+    pub fn seq(&self) -> usize {
+        self.patches() + 1
+    }
+}
+
+pub struct Vit<B: Backend> {
+    pub config: VitConfig,
+    pub store: ParamStore<B>,
+    embed: Linear,
+    cls: usize,
+    pos: usize,
+    head: Linear,
+    body: Body<B>,
+    layout: Layout,
+    work: Option<Work<B>>,
+}
+
+/// Per-batch buffers outside the body.
+struct Work<B: Backend> {
+    batch: usize,
+    patches: B::Buf,
+    embedded: B::Buf,
+    cls_out: B::Buf,
+    logits: B::Buf,
+    d_logits: B::Buf,
+    d_cls_out: B::Buf,
+    d_embedded: B::Buf,
+}
+
+impl<B: Backend> Vit<B> {
+    pub fn new(backend: &B, config: VitConfig, seed: u64) -> Self {
+        let mut model = Self::declare(backend, config);
+        let values = model.layout.init(&mut StdRng::seed_from_u64(seed));
+        model.store = ParamStore::new(backend, &model.layout.params, &values);
+        model
+    }
+
+    /// A model with the given parameter values (checkpoints, cross-backend tests).
+    pub fn from_values(backend: &B, config: VitConfig, values: &[f32]) -> Self {
+        let mut model = Self::declare(backend, config);
+        model.store = ParamStore::new(backend, &model.layout.params, values);
+        model
+    }
+
+    fn declare(backend: &B, config: VitConfig) -> Self {
+        assert!(config.image % config.patch == 0, "patch {} does not divide image {}", config.patch, config.image);
+        let d = config.body.dim;
+        let mut layout = Layout::default();
+        let embed = layout.linear("patch_embed", config.patch * config.patch, d, Role::InputMatrix);
+        // Small random class token and positions (ViT uses N(0, 0.02)).
+        let cls = layout.push("cls_token".into(), 1, d, Role::Embedding, Init::Uniform(0.02));
+        let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Uniform(0.02));
+        let body = Body::declare(config.body, false, &mut layout);
+        let head = layout.linear("head", d, config.classes, Role::OutputHead);
+        let zeros = vec![0.0; layout.params.iter().map(|(_, r, c, _)| r * c).sum()];
+        let store = ParamStore::new(backend, &layout.params, &zeros);
+        Self { config, store, embed, cls, pos, head, body, layout, work: None }
+    }
+
+    /// Cuts each image (row-major, side `image`) into patches, row by row.
+    fn patchify(&self, x: &[f32], batch: usize) -> Vec<f32> {
+        let (side, p) = (self.config.image, self.config.patch);
+        let per_row = side / p;
+        let mut out = Vec::with_capacity(x.len());
+        for img in x.chunks_exact(side * side).take(batch) {
+            for (py, px) in (0..per_row).flat_map(|py| (0..per_row).map(move |px| (py, px))) {
+                for dy in 0..p {
+                    out.extend_from_slice(&img[(py * p + dy) * side + px * p..][..p]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Each block's GELU outputs (batch·seq × hidden) from the last forward.
+    pub fn mlp_activations(&self, backend: &B) -> Vec<Vec<f32>> {
+        self.body.mlp_activations(backend)
+    }
+}
+
+impl<B: Backend> Classifier<B> for Vit<B> {
+    fn store(&self) -> &ParamStore<B> {
+        &self.store
+    }
+    fn store_mut(&mut self) -> &mut ParamStore<B> {
+        &mut self.store
+    }
+    fn classes(&self) -> usize {
+        self.config.classes
+    }
+    /// Logits (batch×classes) of `batch` images.
+    fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf {
+        let (d, np, seq, classes) = (self.config.body.dim, self.config.patches(), self.config.seq(), self.config.classes);
+        assert_eq!(x.len(), batch * self.config.image * self.config.image, "input must be batch×{}²", self.config.image);
+        if self.work.as_ref().is_none_or(|w| w.batch != batch) {
+            let z = |n: usize| backend.zeros(n);
+            self.work = Some(Work {
+                batch,
+                patches: z(batch * np * self.config.patch.pow(2)),
+                embedded: z(batch * np * d),
+                cls_out: z(batch * d),
+                logits: z(batch * classes),
+                d_logits: z(batch * classes),
+                d_cls_out: z(batch * d),
+                d_embedded: z(batch * np * d),
+            });
+        }
+        let patches = self.patchify(x, batch);
+        let Self { store, embed, cls, pos, head, body, work, .. } = self;
+        let w = work.as_mut().expect("made above");
+        w.patches = backend.upload(&patches);
+        embed.forward(backend, store, &mut w.embedded, &w.patches, batch * np);
+        // Sequence b: [class token, its patches] + positions.
+        let x0 = body.input(backend, batch, seq);
+        for b in 0..batch {
+            backend.copy(B::view_mut(x0, b * seq * d..(b * seq + 1) * d), store.value(*cls));
+            backend.copy(B::view_mut(x0, (b * seq + 1) * d..(b + 1) * seq * d), B::view(&w.embedded, b * np * d..(b + 1) * np * d));
+        }
+        backend.add_bias_rows(B::all_mut(x0), store.value(*pos));
+        let normed = body.forward(backend, store);
+        for b in 0..batch {
+            backend.copy(B::view_mut(&mut w.cls_out, b * d..(b + 1) * d), B::view(normed, b * seq * d..(b * seq + 1) * d));
+        }
+        head.forward(backend, store, &mut w.logits, &w.cls_out, batch);
+        &w.logits
+    }
+    /// Zeroes the gradients, runs forward and backward on one batch.
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut {
+        let batch = labels.len();
+        self.forward(backend, x, batch);
+        self.store.zero_grads(backend);
+        let (d, np, seq) = (self.config.body.dim, self.config.patches(), self.config.seq());
+        let Self { store, embed, cls, pos, head, body, work, config, .. } = self;
+        let w = work.as_mut().expect("forward made it");
+        let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), labels, config.classes);
+        head.backward(backend, store, Some(&mut w.d_cls_out), &w.d_logits, &w.cls_out, batch);
+        // Only the class tokens reach the head.
+        let d_normed = body.output_gradient();
+        backend.fill(B::all_mut(d_normed), 0.0);
+        for b in 0..batch {
+            backend.copy(B::view_mut(d_normed, b * seq * d..(b * seq + 1) * d), B::view(&w.d_cls_out, b * d..(b + 1) * d));
+        }
+        let d_x0 = body.backward(backend, store);
+        backend.accumulate_column_sums(B::view_mut(&mut store.grads, store.specs[*pos].range()), B::all(d_x0));
+        for b in 0..batch {
+            let cls_grad = store.specs[*cls].range();
+            backend.axpby(B::view_mut(&mut store.grads, cls_grad), 1.0, B::view(d_x0, b * seq * d..(b * seq + 1) * d), 1.0);
+            backend.copy(B::view_mut(&mut w.d_embedded, b * np * d..(b + 1) * np * d), B::view(d_x0, (b * seq + 1) * d..(b + 1) * seq * d));
+        }
+        embed.backward(backend, store, None, &w.d_embedded, &w.patches, batch * np);
+        out
+    }
+    /// The class token after the final LayerNorm: what the head classifies.
+    fn representations(&self, backend: &B) -> Vec<Representation> {
+        self.work
+            .as_ref()
+            .map_or_else(Vec::new, |w| vec![Representation { width: self.config.body.dim, values: backend.download(B::all(&w.cls_out)) }])
+    }
+}
