@@ -262,3 +262,31 @@ fn whole_vit_every_parameter() {
         assert!(analytic[s.range()].iter().any(|g| g.abs() > 0.0), "{} has no gradient", s.name);
     }
 }
+
+#[test]
+fn whole_gpt_every_parameter() {
+    use optlab::models::{Gpt, GptConfig, TransformerConfig};
+    let config = GptConfig { vocab: 7, seq: 5, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 } };
+    let (ids, targets) = ([3u32, 1, 4, 1, 5, 2, 6, 5], [1u8, 4, 1, 5, 6, 5, 3, 0]);
+    let theta: Vec<f32> = {
+        let m = Gpt::new(&Cpu, config.clone(), 5);
+        // O(1) embeddings, for the same reason as in the ViT check.
+        let mut t = m.store.values.clone();
+        for s in m.store.specs.iter().filter(|s| s.name.ends_with("_embed")) {
+            t[s.range()].iter_mut().for_each(|v| *v *= 30.0);
+        }
+        t
+    };
+    let loss = |t: &[f32]| f64::from(Gpt::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &ids, &targets, 2).loss);
+    let mut model = Gpt::from_values(&Cpu, config.clone(), &theta);
+    model.loss_and_gradients(&Cpu, &ids, &targets, 2);
+    assert_close("GPT", &model.store.grads, &finite_differences(&theta, loss));
+    // Causality: changing the last token of a sequence cannot change earlier logits.
+    let mut m = Gpt::from_values(&Cpu, config.clone(), &theta);
+    let before = m.forward(&Cpu, &ids, 2).clone();
+    let mut changed = ids;
+    changed[3] = 0;
+    let after = m.forward(&Cpu, &changed, 2).clone();
+    assert_eq!(before[..3 * 7], after[..3 * 7], "logits of positions 0..3 must not see position 3");
+    assert_ne!(before[3 * 7..4 * 7], after[3 * 7..4 * 7]);
+}

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use optlab::backend::cuda::Cuda;
 use optlab::backend::{Backend, Cpu, kernels};
+use optlab::data::text::Corpus;
 use optlab::data::{self, DatasetName};
+use optlab::experiments::gpt::{self, GptStudyConfig};
 use optlab::experiments::{SplitMnistConfig, split_mnist, summary};
 use optlab::record::schema;
 
@@ -27,6 +29,9 @@ enum Command {
     /// The same study with a small Vision Transformer, trained on all classes
     /// at once by default (`--protocol class-incremental` for the split tasks).
     Vit(Box<SplitMnistArgs>),
+    /// The gradient-rank study of a small byte-level GPT (Adam vs Muon by
+    /// default) on Shakespeare or any text file.
+    Gpt(Box<GptArgs>),
     /// Print the summary table of a study directory (finished or not).
     Report { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
@@ -95,6 +100,31 @@ struct SplitMnistArgs {
     device: Device,
 }
 
+#[derive(clap::Args)]
+struct GptArgs {
+    /// TOML preset; flags below override it.
+    #[arg(long)]
+    preset: Option<PathBuf>,
+    /// Any config key, TOML-valued: `--set model.depth=2 --set optimizer.muon.lr=0.01`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Optimizer labels, comma-separated (adam, muon, or any known optimizer / preset key).
+    #[arg(long, value_delimiter = ',')]
+    optimizers: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    #[arg(long)]
+    steps: Option<u64>,
+    /// A text file to train on (default: the Shakespeare corpus, fetched once).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Output directory (default: runs/gpt-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
 impl SplitMnistArgs {
     /// The convenience flags as `--set` overrides, after the explicit ones.
     fn overrides(&self) -> Vec<String> {
@@ -130,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::SplitMnist(args) => split_mnist_study(&args, "split-mnist", &[]),
         Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
+        Command::Gpt(args) => gpt_study(&args),
         Command::Report { dir } => {
             let order = SplitMnistConfig::resolve(Some(&dir.join("config.toml")), &[]).map(|c| c.optimizers).unwrap_or_default();
             print!("{}", summary::render(&summary::summarize(&dir, &order)?));
@@ -203,6 +234,47 @@ fn run_on<B: Backend>(
     let progress =
         ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
     split_mnist::run_study(backend, config, tasks, out, args.resume, args.stop_after_tasks, &progress)
+}
+
+fn gpt_study(args: &GptArgs) -> Result<()> {
+    let quoted = |xs: &[String]| format!("[{}]", xs.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", "));
+    let mut overrides = args.set.clone();
+    if !args.optimizers.is_empty() {
+        overrides.push(format!("optimizers={}", quoted(&args.optimizers)));
+    }
+    if !args.seeds.is_empty() {
+        overrides.push(format!("seeds=[{}]", args.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")));
+    }
+    overrides.extend(args.steps.map(|s| format!("steps={s}")));
+    overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
+    let config = GptStudyConfig::resolve(args.preset.as_deref(), &overrides)?;
+    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction)?;
+    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("gpt-{}", utc_stamp())));
+    let run = |backend: &dyn Fn(&ProgressBar) -> Result<()>| -> Result<()> {
+        let progress =
+            ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
+        backend(&progress)
+    };
+    let m = &config.model;
+    eprintln!(
+        "gpt: {} layers, dim {}, {} heads, seq {}, batch {}, {} steps; {} bytes of training text → {}",
+        m.depth,
+        m.dim,
+        m.heads,
+        config.seq,
+        config.batch_size,
+        config.steps,
+        corpus.train.len(),
+        out.display()
+    );
+    match (args.device, Cuda::new(0)) {
+        (Device::Cpu, _) | (Device::Auto, Err(_)) => run(&|p| gpt::run_study(&Cpu, &config, &corpus, &out, p))?,
+        (_, Ok(gpu)) => run(&|p| gpt::run_study(&gpu, &config, &corpus, &out, p))?,
+        (Device::Cuda, Err(e)) => return Err(e),
+    }
+    print!("{}", summary::render_gpt(&out, &config.optimizers)?);
+    println!("results: {} (Parquet tables: steps, spectra, validation, runs; `exp schema` explains every column)", out.display());
+    Ok(())
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, from the system clock (days-to-civil, Hinnant's algorithm).

@@ -74,7 +74,7 @@ pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Resu
     Ok(files.try_into().expect("one file per spec"))
 }
 
-fn cache_dir() -> Option<PathBuf> {
+pub(super) fn cache_dir() -> Option<PathBuf> {
     let non_empty = |var| std::env::var_os(var).filter(|v: &OsString| !v.is_empty()).map(PathBuf::from);
     match non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
         Some(xdg) => Some(xdg.join("optlab")),

@@ -8,6 +8,7 @@ mod batch;
 mod fetch;
 pub mod idx;
 pub mod tasks;
+pub mod text;
 
 use std::path::Path;
 use std::str::FromStr;

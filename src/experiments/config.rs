@@ -117,17 +117,7 @@ impl SplitMnistConfig {
     /// Reads a preset (if any), applies `key=value` overrides (TOML values; dotted
     /// keys reach into tables, e.g. `optimizer.muon.lr=0.01`), and validates.
     pub fn resolve(preset: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = match preset {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading preset {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing preset {}", p.display()))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        let config: Self = table.try_into().context("invalid configuration")?;
+        let config: Self = read_config(preset, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -168,39 +158,64 @@ impl SplitMnistConfig {
     }
 
     pub fn named_optimizers(&self) -> Result<Vec<NamedOptimizer>> {
-        self.optimizers
-            .iter()
-            .map(|label| {
-                let config = match self.optimizer.get(label) {
-                    Some(table) => {
-                        let mut table = table.clone();
-                        table.entry("kind").or_insert_with(|| toml::Value::String(label.clone()));
-                        let kind = table["kind"].as_str().unwrap_or_default().to_string();
-                        if !OPTIMIZER_NAMES.contains(&kind.as_str()) {
-                            bail!("optimizer {label:?}: unknown kind {kind:?}; known: {}", OPTIMIZER_NAMES.join(", "));
-                        }
-                        table.try_into().with_context(|| format!("optimizer {label:?}: invalid hyperparameters"))?
-                    }
-                    None => OptimizerConfig::by_name(label).with_context(|| {
-                        let defined: Vec<_> = self.optimizer.keys().map(String::as_str).collect();
-                        format!(
-                            "optimizer label {label:?} is neither a known optimizer nor defined in [optimizer.*] (defined: {defined:?})"
-                        )
-                    })?,
-                };
-                Ok(NamedOptimizer { label: label.clone(), config })
-            })
-            .collect()
+        named_optimizers(&self.optimizers, &self.optimizer)
     }
 
     /// The config as TOML with every optimizer's hyperparameters spelled out.
     pub fn to_resolved_toml(&self) -> Result<String> {
-        let mut resolved = self.clone();
-        for named in self.named_optimizers()? {
-            resolved.optimizer.insert(named.label, toml::Table::try_from(&named.config)?);
-        }
+        let resolved = Self { optimizer: spelled_out(&self.optimizers, &self.optimizer)?, ..self.clone() };
         Ok(toml::to_string_pretty(&resolved)?)
     }
+}
+
+/// A config of type `T` from a preset (if any) and `key=value` overrides.
+pub fn read_config<T: serde::de::DeserializeOwned>(preset: Option<&Path>, overrides: &[String]) -> Result<T> {
+    let mut table: toml::Table = match preset {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading preset {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing preset {}", p.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    table.try_into().context("invalid configuration")
+}
+
+/// Resolves optimizer labels: a label's `[optimizer.LABEL]` table (whose `kind`
+/// defaults to the label), else a known optimizer's defaults.
+pub fn named_optimizers(labels: &[String], tables: &BTreeMap<String, toml::Table>) -> Result<Vec<NamedOptimizer>> {
+    labels
+        .iter()
+        .map(|label| {
+            let config = match tables.get(label) {
+                Some(table) => {
+                    let mut table = table.clone();
+                    table.entry("kind").or_insert_with(|| toml::Value::String(label.clone()));
+                    let kind = table["kind"].as_str().unwrap_or_default().to_string();
+                    if !OPTIMIZER_NAMES.contains(&kind.as_str()) {
+                        bail!("optimizer {label:?}: unknown kind {kind:?}; known: {}", OPTIMIZER_NAMES.join(", "));
+                    }
+                    table.try_into().with_context(|| format!("optimizer {label:?}: invalid hyperparameters"))?
+                }
+                None => OptimizerConfig::by_name(label).with_context(|| {
+                    let defined: Vec<_> = tables.keys().map(String::as_str).collect();
+                    format!("optimizer label {label:?} is neither a known optimizer nor defined in [optimizer.*] (defined: {defined:?})")
+                })?,
+            };
+            Ok(NamedOptimizer { label: label.clone(), config })
+        })
+        .collect()
+}
+
+/// Every label's hyperparameters written out, for the saved config.
+pub fn spelled_out(labels: &[String], tables: &BTreeMap<String, toml::Table>) -> Result<BTreeMap<String, toml::Table>> {
+    let mut all = tables.clone();
+    for named in named_optimizers(labels, tables)? {
+        all.insert(named.label, toml::Table::try_from(&named.config)?);
+    }
+    Ok(all)
 }
 
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {

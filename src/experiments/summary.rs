@@ -157,3 +157,55 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
     }
     out
 }
+
+/// The GPT study's table: per optimizer, held-out loss and the effective rank
+/// of gradients and updates by matrix kind, first probe → last.
+pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
+    let runs = read_table(dir, &schema::RUNS)?;
+    let (run_ids, labels) = (strs(&runs, "run")?, strs(&runs, "optimizer")?);
+    let val = read_table(dir, &schema::VALIDATION)?;
+    let (v_run, v_step, v_bpb) = (strs(&val, "run")?, i64s(&val, "step")?, f64s(&val, "bits_per_byte")?);
+    let mut last_val = Latest::default();
+    for k in 0..v_run.len() {
+        if let (Some(step), Some(bpb)) = (v_step[k], v_bpb[k]) {
+            last_val.add(&v_run[k], step, bpb);
+        }
+    }
+    let sp = read_table(dir, &schema::SPECTRA)?;
+    let (s_run, s_step, s_param, s_tensor, s_rank) =
+        (strs(&sp, "run")?, i64s(&sp, "step")?, strs(&sp, "param")?, strs(&sp, "tensor")?, f64s(&sp, "effective_rank")?);
+    const KINDS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc.", "mlp.fc2"];
+    // (label, tensor, kind index) → per step → ranks.
+    let mut ranks: BTreeMap<(String, String, usize), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    for k in 0..s_run.len() {
+        let (Some(step), Some(rank)) = (s_step[k], s_rank[k]) else { continue };
+        let Some(kind) = KINDS.iter().position(|m| s_param[k].contains(m)) else { continue };
+        let Some(label) = run_ids.iter().position(|r| *r == s_run[k]).map(|i| labels[i].clone()) else { continue };
+        ranks.entry((label, s_tensor[k].clone(), kind)).or_default().entry(step).or_default().push(rank);
+    }
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let first_last = |label: &str, tensor: &str, kind: usize| -> String {
+        ranks.get(&(label.to_string(), tensor.to_string(), kind)).map_or("—".into(), |by_step| {
+            let (first, last) = (by_step.values().next().unwrap(), by_step.values().next_back().unwrap());
+            format!("{:.0}→{:.0}", mean(first), mean(last))
+        })
+    };
+    let mut ordered: Vec<String> = order.iter().filter(|l| labels.contains(l)).cloned().collect();
+    ordered.extend(labels.iter().filter(|l| !order.contains(l)).cloned().collect::<std::collections::BTreeSet<_>>());
+    let mut out = format!("{:<10} {:>4} {:>19}", "optimizer", "runs", "val bits/byte");
+    for k in ["qkv", "proj", "fc", "fc2"] {
+        write!(out, " {:>12}", format!("grad:{k}")).unwrap();
+    }
+    writeln!(out, " {:>12} {:>12}", "update:fc", "post-NS:fc").unwrap();
+    for label in ordered {
+        let ids: Vec<&String> = run_ids.iter().zip(&labels).filter(|(_, l)| **l == label).map(|(r, _)| r).collect();
+        let bpb: Vec<f64> = ids.iter().filter_map(|r| last_val.get(r).first().copied()).collect();
+        let (m, sd) = mean_sd(&bpb);
+        write!(out, "{:<10} {:>4} {:>19}", label, ids.len(), format!("{m:.3} ± {sd:.3}")).unwrap();
+        for kind in 0..4 {
+            write!(out, " {:>12}", first_last(&label, "gradient", kind)).unwrap();
+        }
+        writeln!(out, " {:>12} {:>12}", first_last(&label, "update", 2), first_last(&label, "muon_post_orthogonalization", 2)).unwrap();
+    }
+    Ok(out)
+}

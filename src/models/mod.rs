@@ -4,6 +4,7 @@
 //! a second), described by [`ParamSpec`]s. Optimizers route parameters by
 //! [`Role`], which the model declares: no fragile name matching.
 
+pub mod gpt;
 pub mod mlp;
 pub mod transformer;
 pub mod vit;
@@ -12,6 +13,7 @@ use std::ops::Range;
 
 use crate::backend::{Backend, LossOut};
 
+pub use gpt::{Gpt, GptConfig};
 pub use mlp::{Mlp, MlpConfig};
 pub use transformer::TransformerConfig;
 pub use vit::{Vit, VitConfig};

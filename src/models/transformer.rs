@@ -10,12 +10,19 @@ use crate::backend::{Activation, Attention, Backend};
 use crate::nn::{LayerNorm, LayerNormCache, Linear};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TransformerConfig {
     pub dim: usize,
     pub depth: usize,
     pub heads: usize,
     pub mlp_ratio: usize,
+}
+
+impl Default for TransformerConfig {
+    /// The small GPT of the gradient-rank study: 4 layers, width 256, 4 heads.
+    fn default() -> Self {
+        Self { dim: 256, depth: 4, heads: 4, mlp_ratio: 4 }
+    }
 }
 
 /// How a parameter starts.

@@ -145,6 +145,17 @@ pub const ACTIVATIONS: Table = Table {
     ],
 };
 
+pub const VALIDATION: Table = Table {
+    name: "validation",
+    doc: "Language-model studies (`exp gpt`): loss on held-out text every `eval_every` steps.",
+    columns: &[
+        RUN,
+        STEP,
+        col("loss", Kind::F64, "Mean next-byte cross-entropy (nats) over `eval_batches` fixed held-out batches."),
+        col("bits_per_byte", Kind::F64, "loss / ln 2."),
+    ],
+};
+
 pub const COUNTERS: Table = Table {
     name: "counters",
     doc: "Running counts of numerical events at each task boundary: optimizer diagnostics and backend fallbacks.",
@@ -181,7 +192,7 @@ pub const RUNS: Table = Table {
     ],
 };
 
-pub const ALL: [&Table; 7] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &COUNTERS, &RUNS];
+pub const ALL: [&Table; 8] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &VALIDATION, &COUNTERS, &RUNS];
 
 /// The schema as Markdown (README, `exp schema`).
 pub fn markdown() -> String {

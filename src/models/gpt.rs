@@ -1,0 +1,110 @@
+//! A GPT-style language model: token and learned position embeddings, the
+//! causal pre-norm transformer body, and an (untied) linear head predicting the
+//! next token at every position.
+
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::transformer::{Body, Init, Layout, TransformerConfig};
+use super::{ParamStore, Role};
+use crate::backend::{Backend, LossOut};
+use crate::nn::Linear;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GptConfig {
+    /// Token ids are `0..vocab` (256 for bytes; at most 256: labels are bytes).
+    pub vocab: usize,
+    /// Longest context (rows of the position table).
+    pub seq: usize,
+    pub body: TransformerConfig,
+}
+
+pub struct Gpt<B: Backend> {
+    pub config: GptConfig,
+    pub store: ParamStore<B>,
+    tokens: usize,
+    positions: usize,
+    head: Linear,
+    body: Body<B>,
+    work: Option<Work<B>>,
+}
+
+struct Work<B: Backend> {
+    shape: (usize, usize),
+    ids: Vec<u32>,
+    normed: B::Buf,
+    logits: B::Buf,
+    d_logits: B::Buf,
+}
+
+impl<B: Backend> Gpt<B> {
+    pub fn new(backend: &B, config: GptConfig, seed: u64) -> Self {
+        Self::build(backend, config, |layout| layout.init(&mut StdRng::seed_from_u64(seed)))
+    }
+
+    /// A model with the given parameter values (checkpoints, tests).
+    pub fn from_values(backend: &B, config: GptConfig, values: &[f32]) -> Self {
+        Self::build(backend, config, |_| values.to_vec())
+    }
+
+    fn build(backend: &B, config: GptConfig, values: impl FnOnce(&Layout) -> Vec<f32>) -> Self {
+        assert!(config.vocab <= 256, "vocab {} > 256: labels are bytes", config.vocab);
+        let d = config.body.dim;
+        let mut layout = Layout::default();
+        // GPT-2 initializes embeddings with N(0, 0.02); a uniform of the same scale.
+        let tokens = layout.push("tok_embed".into(), config.vocab, d, Role::Embedding, Init::Uniform(0.035));
+        let positions = layout.push("pos_embed".into(), config.seq, d, Role::Embedding, Init::Uniform(0.035));
+        let body = Body::declare(config.body, true, &mut layout);
+        let head = layout.linear("head", d, config.vocab, Role::OutputHead);
+        let store = ParamStore::new(backend, &layout.params, &values(&layout));
+        Self { config, store, tokens, positions, head, body, work: None }
+    }
+
+    /// Next-token logits ((batch·seq)×vocab) for `batch` sequences of `seq` ids.
+    pub fn forward(&mut self, backend: &B, ids: &[u32], batch: usize) -> &B::Buf {
+        let (d, vocab) = (self.config.body.dim, self.config.vocab);
+        let seq = ids.len() / batch;
+        assert!(seq * batch == ids.len() && seq <= self.config.seq, "ids must be batch×seq with seq ≤ {}", self.config.seq);
+        if self.work.as_ref().is_none_or(|w| w.shape != (batch, seq)) {
+            let rows = batch * seq;
+            self.work = Some(Work {
+                shape: (batch, seq),
+                ids: Vec::new(),
+                normed: backend.zeros(rows * d),
+                logits: backend.zeros(rows * vocab),
+                d_logits: backend.zeros(rows * vocab),
+            });
+        }
+        let Self { store, tokens, positions, head, body, work, .. } = self;
+        let w = work.as_mut().expect("made above");
+        w.ids = ids.to_vec();
+        let x0 = body.input(backend, batch, seq);
+        backend.embedding_forward(B::all_mut(x0), store.value(*tokens), ids, d);
+        backend.add_bias_rows(
+            B::all_mut(x0),
+            B::view(&store.values, store.specs[*positions].offset..store.specs[*positions].offset + seq * d),
+        );
+        let normed = body.forward(backend, store);
+        backend.copy(B::all_mut(&mut w.normed), B::all(normed));
+        head.forward(backend, store, &mut w.logits, &w.normed, batch * seq);
+        &w.logits
+    }
+
+    /// Mean next-token cross-entropy over every position (`targets[i]` follows `ids[i]`);
+    /// zeroes the gradients and leaves ∂loss/∂θ in the store.
+    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
+        assert_eq!(ids.len(), targets.len(), "one target per position");
+        self.forward(backend, ids, batch);
+        self.store.zero_grads(backend);
+        let d = self.config.body.dim;
+        let Self { store, tokens, positions, head, body, work, config, .. } = self;
+        let w = work.as_mut().expect("forward made it");
+        let (rows, seq) = (ids.len(), w.shape.1);
+        let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), targets, config.vocab);
+        head.backward(backend, store, Some(body.output_gradient()), &w.d_logits, &w.normed, rows);
+        let d_x0 = body.backward(backend, store);
+        backend.embedding_backward(B::view_mut(&mut store.grads, store.specs[*tokens].range()), B::all(d_x0), &w.ids, d);
+        let pos = store.specs[*positions].offset;
+        backend.accumulate_column_sums(B::view_mut(&mut store.grads, pos..pos + seq * d), B::all(d_x0));
+        out
+    }
+}
