@@ -173,8 +173,17 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
     let spectra = read_table(dir.path(), &schema::SPECTRA).unwrap();
     let params: Vec<&str> = spectra.column("param").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
     assert!(params.contains(&"blocks.0.attn.qkv.weight") && !params.contains(&"pos_embed"), "matrices only, embeddings excluded");
+    // Probed: each block's GELU outputs (sparsity at |a| < 0.01) and the class token (with its covariance).
     let acts = read_table(dir.path(), &schema::ACTIVATIONS).unwrap();
-    assert_eq!(acts.column("width").unwrap().i64().unwrap().get(0), Some(16));
+    let names: Vec<&str> = acts.column("name").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    let cls = names.iter().position(|n| *n == "cls").expect("a cls row");
+    let gelu = names.iter().position(|n| *n == "blocks.0.mlp.gelu").expect("a GELU row");
+    assert_eq!(acts.column("width").unwrap().i64().unwrap().get(cls), Some(16));
+    let near_zero = acts.column("near_zero_fraction").unwrap().f64().unwrap().get(gelu).unwrap();
+    assert!((0.0..1.0).contains(&near_zero), "GELU near-zero fraction {near_zero}");
+    let cov = acts.column("covariance").unwrap().list().unwrap().get_as_series(cls).unwrap();
+    assert_eq!(cov.len(), 16 * 16);
+    assert!(acts.column("covariance").unwrap().list().unwrap().get_as_series(gelu).is_none(), "token-level layers have no covariance");
 }
 
 #[test]

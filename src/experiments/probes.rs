@@ -90,7 +90,7 @@ pub fn evaluate<B: Backend>(
         if keep {
             let reps = model.representations(backend);
             if kept.is_empty() {
-                kept = reps.iter().map(|r| Representation { width: r.width, values: Vec::new() }).collect();
+                kept = reps.iter().map(|r| Representation { values: Vec::new(), name: r.name.clone(), ..*r }).collect();
             }
             kept.iter_mut().zip(reps).for_each(|(k, r)| k.values.extend(r.values));
         }
@@ -121,16 +121,22 @@ pub fn accuracy_row(
 }
 
 pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> Result<()> {
-    for (layer, Representation { width, values: acts }) in representations.iter().enumerate() {
-        let width = *width;
+    for (layer, r) in representations.iter().enumerate() {
+        let (acts, width) = (&r.values, r.width);
+        // Token rows take their example's label.
+        let row_labels: Vec<u8> = labels.iter().flat_map(|&l| std::iter::repeat_n(l, r.rows_per_example)).collect();
+        let covariance = (r.rows_per_example == 1).then(|| metrics::covariance(acts, width));
         w.push(vec![
             ("run", run.into()),
             ("after_task", after_task.into()),
             ("layer", (layer + 1).into()),
+            ("name", r.name.as_str().into()),
             ("width", width.into()),
             ("zero_fraction", metrics::zero_fraction(acts).into()),
+            ("near_zero_fraction", metrics::near_zero_fraction(acts).into()),
             ("dead_unit_fraction", metrics::dead_unit_fraction(acts, width).into()),
-            ("class_cosine", metrics::class_mean_cosine(acts, width, labels, 10).into()),
+            ("class_cosine", metrics::class_mean_cosine(acts, width, &row_labels, 10).into()),
+            ("covariance", covariance.into()),
         ])?;
     }
     Ok(())

@@ -67,6 +67,46 @@ fn sample_count(acts: &[f32], width: usize) -> usize {
     acts.len() / width
 }
 
+/// Below this magnitude an activation counts as off for GELU-like functions,
+/// which are never exactly zero (GELU's negative lobe reaches only −0.17).
+pub const NEAR_ZERO: f32 = 0.01;
+
+/// Fraction of entries with |a| < [`NEAR_ZERO`]: sparsity for smooth activations.
+pub fn near_zero_fraction(acts: &[f32]) -> f64 {
+    if acts.is_empty() {
+        return f64::NAN;
+    }
+    acts.iter().filter(|a| a.abs() < NEAR_ZERO).count() as f64 / acts.len() as f64
+}
+
+/// Sample covariance (width×width, row-major, divisor n − 1) of the rows of
+/// `acts`; NaN with fewer than two rows.
+pub fn covariance(acts: &[f32], width: usize) -> Vec<f64> {
+    let n = acts.len() / width;
+    if n < 2 {
+        return vec![f64::NAN; width * width];
+    }
+    let mut mean = vec![0.0f64; width];
+    acts.chunks_exact(width).for_each(|row| mean.iter_mut().zip(row).for_each(|(m, &a)| *m += f64::from(a) / n as f64));
+    let mut cov = vec![0.0f64; width * width];
+    for row in acts.chunks_exact(width) {
+        let centered: Vec<f64> = row.iter().zip(&mean).map(|(&a, m)| f64::from(a) - m).collect();
+        for (i, ci) in centered.iter().enumerate() {
+            for (j, cj) in centered.iter().enumerate().skip(i) {
+                cov[i * width + j] += ci * cj;
+            }
+        }
+    }
+    for i in 0..width {
+        for j in i..width {
+            let v = cov[i * width + j] / (n - 1) as f64;
+            cov[i * width + j] = v;
+            cov[j * width + i] = v;
+        }
+    }
+    cov
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +167,21 @@ mod tests {
         let cos = class_mean_cosine(&[1.0, -1.0, 2.0], 1, &[0, 0, 1], 2);
         assert!(cos[0].is_nan() && cos[1].is_nan() && cos[2].is_nan());
         assert_eq!(cos[3], 1.0);
+    }
+
+    #[test]
+    fn near_zero_counts_small_magnitudes() {
+        assert_eq!(near_zero_fraction(&[0.0, 0.005, -0.009, 0.02, -0.5]), 0.6);
+        assert!(near_zero_fraction(&[]).is_nan());
+    }
+
+    #[test]
+    fn covariance_by_hand() {
+        // Two features over three samples: x = (1, 2, 3), y = 2x + 1.
+        let acts = [1.0, 3.0, 2.0, 5.0, 3.0, 7.0];
+        let c = covariance(&acts, 2);
+        let want = [1.0, 2.0, 2.0, 4.0];
+        assert!(c.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{c:?}");
+        assert!(covariance(&acts[..2], 2).iter().all(|v| v.is_nan()));
     }
 }

@@ -4,6 +4,6 @@ mod activations;
 mod continual;
 mod spectra;
 
-pub use activations::{class_mean_cosine, dead_unit_fraction, zero_fraction};
+pub use activations::{NEAR_ZERO, class_mean_cosine, covariance, dead_unit_fraction, near_zero_fraction, zero_fraction};
 pub use continual::AccuracyMatrix;
 pub use spectra::{Spectrum, spectrum};

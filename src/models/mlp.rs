@@ -153,7 +153,8 @@ impl<B: Backend> Classifier<B> for Mlp<B> {
         self.hidden_activations(backend)
             .into_iter()
             .zip(&self.config.hidden)
-            .map(|(values, &width)| Representation { width, values })
+            .enumerate()
+            .map(|(i, (values, &width))| Representation { name: format!("fc{}", i + 1), width, rows_per_example: 1, values })
             .collect()
     }
 }

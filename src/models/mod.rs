@@ -35,7 +35,11 @@ pub trait Classifier<B: Backend> {
 
 /// One probed layer's activations for the last batch.
 pub struct Representation {
+    /// e.g. `fc1`, `blocks.0.mlp.gelu`, `cls`.
+    pub name: String,
     pub width: usize,
+    /// Rows per example: 1, or the tokens of a sequence (each takes its example's label).
+    pub rows_per_example: usize,
     pub values: Vec<f32>,
 }
 

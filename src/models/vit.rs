@@ -97,11 +97,6 @@ impl<B: Backend> Vit<B> {
         }
         out
     }
-
-    /// Each block's GELU outputs (batch·seq × hidden) from the last forward.
-    pub fn mlp_activations(&self, backend: &B) -> Vec<Vec<f32>> {
-        self.body.mlp_activations(backend)
-    }
 }
 
 impl<B: Backend> Classifier<B> for Vit<B> {
@@ -176,10 +171,30 @@ impl<B: Backend> Classifier<B> for Vit<B> {
         embed.backward(backend, store, None, &w.d_embedded, &w.patches, batch * np);
         out
     }
-    /// The class token after the final LayerNorm: what the head classifies.
+
+    /// Every block's GELU outputs (all tokens), then the class token after the
+    /// final LayerNorm: what the head classifies.
     fn representations(&self, backend: &B) -> Vec<Representation> {
-        self.work
-            .as_ref()
-            .map_or_else(Vec::new, |w| vec![Representation { width: self.config.body.dim, values: backend.download(B::all(&w.cls_out)) }])
+        let Some(w) = &self.work else { return Vec::new() };
+        let (body, seq) = (self.config.body, self.config.seq());
+        let mut reps: Vec<Representation> = self
+            .body
+            .mlp_activations(backend)
+            .into_iter()
+            .enumerate()
+            .map(|(i, values)| Representation {
+                name: format!("blocks.{i}.mlp.gelu"),
+                width: body.dim * body.mlp_ratio,
+                rows_per_example: seq,
+                values,
+            })
+            .collect();
+        reps.push(Representation {
+            name: "cls".into(),
+            width: body.dim,
+            rows_per_example: 1,
+            values: backend.download(B::all(&w.cls_out)),
+        });
+        reps
     }
 }

@@ -133,14 +133,25 @@ pub const ACTIVATIONS: Table = Table {
     columns: &[
         RUN,
         col("after_task", Kind::I64, "The last task trained."),
-        col("layer", Kind::I64, "Hidden layer (1 = first), after its activation."),
+        col("layer", Kind::I64, "Probed layer, in order (1 = first)."),
+        col(
+            "name",
+            Kind::Str,
+            "`fc1`, `fc2`, … (MLP hidden layers after the activation); `blocks.i.mlp.gelu` (a ViT block's GELU outputs, every token); `cls` (the ViT's class token after the final LayerNorm).",
+        ),
         col("width", Kind::I64, "Units in the layer."),
-        col("zero_fraction", Kind::F64, "Fraction of (example, unit) activations exactly 0 (ReLU sparsity)."),
+        col("zero_fraction", Kind::F64, "Fraction of (row, unit) activations exactly 0 (ReLU sparsity)."),
+        col("near_zero_fraction", Kind::F64, "Fraction of activations with |a| < 0.01 (sparsity of GELU, which is never exactly 0)."),
         col("dead_unit_fraction", Kind::F64, "Fraction of units that are 0 on every test example."),
         col(
             "class_cosine",
             Kind::ListF64,
-            "10×10 row-major cosine similarity of the class-mean activation vectors (NaN for a class with no examples).",
+            "10×10 row-major cosine similarity of the class-mean activation vectors (NaN for a class with no examples); token rows count for their example's class.",
+        ),
+        opt(
+            "covariance",
+            Kind::ListF64,
+            "width×width row-major sample covariance of the rows (per-example layers only: MLP layers, `cls`); null for token-level layers.",
         ),
     ],
 };

@@ -1,0 +1,54 @@
+//! One full training step (forward, loss, backward, AdamW) of the default ViT and
+//! GPT studies, on the CPU reference and, when present, the GPU;
+//! `benches/compare_cpu.sh` compares the CPU numbers with PyTorch eager.
+
+mod common;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use optlab::backend::{Backend, Cpu};
+use optlab::models::{Classifier, Gpt, GptConfig, TransformerConfig, Vit, VitConfig};
+use optlab::optim::OptimizerConfig;
+
+fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
+    let suffix = if b.name() == "cpu" { String::new() } else { format!("_{}", b.name()) };
+    let adamw = OptimizerConfig::by_name("adamw").unwrap();
+
+    // exp vit: MNIST 28×28, patch 7, dim 64, depth 4, 4 heads; batch 128.
+    let config = VitConfig { image: 28, patch: 7, classes: 10, body: TransformerConfig { dim: 64, depth: 4, heads: 4, mlp_ratio: 4 } };
+    let (x, labels) = (common::random(128 * 784, 0), (0..128).map(|i| (i % 10) as u8).collect::<Vec<_>>());
+    let mut vit = Vit::new(b, config, 0);
+    let mut opt = adamw.build(b, &vit.store);
+    c.bench_function(&format!("vit_step{suffix}/adamw/d64-l4-p7/b128"), |bench| {
+        bench.iter(|| {
+            vit.loss_and_gradients(b, &x, &labels);
+            opt.step(b, &mut vit.store, 1.0, None);
+            sync();
+        })
+    });
+
+    // exp gpt: bytes, dim 256, depth 4, 4 heads, seq 256; batch 8.
+    let config = GptConfig { vocab: 256, seq: 256, body: TransformerConfig::default() };
+    let ids: Vec<u32> = (0..8 * 256).map(|i| (i * 7 % 256) as u32).collect();
+    let targets: Vec<u8> = (0..8 * 256).map(|i| (i * 13 % 256) as u8).collect();
+    let mut gpt = Gpt::new(b, config, 0);
+    let mut opt = adamw.build(b, &gpt.store);
+    let mut group = c.benchmark_group(format!("gpt_step{suffix}"));
+    group.sample_size(10);
+    group.bench_function("adamw/d256-l4-s256/b8", |bench| {
+        bench.iter(|| {
+            gpt.loss_and_gradients(b, &ids, &targets, 8);
+            opt.step(b, &mut gpt.store, 1.0, None);
+            sync();
+        })
+    });
+}
+
+fn transformer_steps(c: &mut Criterion) {
+    steps_on(c, &Cpu, || ());
+    if let Some(g) = common::gpu() {
+        steps_on(c, &g, || g.synchronize());
+    }
+}
+
+criterion_group!(benches, transformer_steps);
+criterion_main!(benches);
