@@ -37,7 +37,6 @@ pub struct Vit<B: Backend> {
     pos: usize,
     head: Linear,
     body: Body<B>,
-    layout: Layout,
     work: Option<Work<B>>,
 }
 
@@ -55,20 +54,15 @@ struct Work<B: Backend> {
 
 impl<B: Backend> Vit<B> {
     pub fn new(backend: &B, config: VitConfig, seed: u64) -> Self {
-        let mut model = Self::declare(backend, config);
-        let values = model.layout.init(&mut StdRng::seed_from_u64(seed));
-        model.store = ParamStore::new(backend, &model.layout.params, &values);
-        model
+        Self::build(backend, config, |layout| layout.init(&mut StdRng::seed_from_u64(seed)))
     }
 
     /// A model with the given parameter values (checkpoints, cross-backend tests).
     pub fn from_values(backend: &B, config: VitConfig, values: &[f32]) -> Self {
-        let mut model = Self::declare(backend, config);
-        model.store = ParamStore::new(backend, &model.layout.params, values);
-        model
+        Self::build(backend, config, |_| values.to_vec())
     }
 
-    fn declare(backend: &B, config: VitConfig) -> Self {
+    fn build(backend: &B, config: VitConfig, values: impl FnOnce(&Layout) -> Vec<f32>) -> Self {
         assert!(config.image % config.patch == 0, "patch {} does not divide image {}", config.patch, config.image);
         let d = config.body.dim;
         let mut layout = Layout::default();
@@ -78,9 +72,8 @@ impl<B: Backend> Vit<B> {
         let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Uniform(0.02));
         let body = Body::declare(config.body, false, &mut layout);
         let head = layout.linear("head", d, config.classes, Role::OutputHead);
-        let zeros = vec![0.0; layout.params.iter().map(|(_, r, c, _)| r * c).sum()];
-        let store = ParamStore::new(backend, &layout.params, &zeros);
-        Self { config, store, embed, cls, pos, head, body, layout, work: None }
+        let store = ParamStore::new(backend, &layout.params, &values(&layout));
+        Self { config, store, embed, cls, pos, head, body, work: None }
     }
 
     /// Cuts each image (row-major, side `image`) into patches, row by row.
