@@ -56,9 +56,10 @@ enum Device {
     Cuda,
 }
 
+/// The flags every study takes.
 #[derive(clap::Args)]
-struct SplitMnistArgs {
-    /// TOML preset (see experiments/); flags below override it.
+struct StudyArgs {
+    /// TOML preset (see experiments/); flags override it.
     #[arg(long)]
     preset: Option<PathBuf>,
     /// Any config key, TOML-valued: `--set optimizer.muon.lr=0.01 --set hidden=[100]`.
@@ -70,6 +71,36 @@ struct SplitMnistArgs {
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+    /// Output directory (default: runs/<study>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
+impl StudyArgs {
+    /// `--set` assignments, then the list flags, as config overrides.
+    fn overrides(&self) -> Vec<String> {
+        let list = |xs: Vec<String>| format!("[{}]", xs.join(", "));
+        let mut o = self.set.clone();
+        if !self.optimizers.is_empty() {
+            o.push(format!("optimizers={}", list(self.optimizers.iter().map(|x| format!("{x:?}")).collect())));
+        }
+        if !self.seeds.is_empty() {
+            o.push(format!("seeds={}", list(self.seeds.iter().map(u64::to_string).collect())));
+        }
+        o
+    }
+
+    fn out(&self, study: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{study}-{}", utc_stamp())))
+    }
+}
+
+#[derive(clap::Args)]
+struct SplitMnistArgs {
+    #[command(flatten)]
+    study: StudyArgs,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -83,9 +114,6 @@ struct SplitMnistArgs {
     /// mnist or fashion-mnist.
     #[arg(long)]
     dataset: Option<String>,
-    /// Output directory (default: runs/split-mnist-<UTC time>).
-    #[arg(long)]
-    out: Option<PathBuf>,
     /// Where the IDX files are (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -96,49 +124,25 @@ struct SplitMnistArgs {
     /// Pause every run after this many tasks (checkpointed; --resume continues).
     #[arg(long)]
     stop_after_tasks: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
 }
 
 #[derive(clap::Args)]
 struct GptArgs {
-    /// TOML preset; flags below override it.
-    #[arg(long)]
-    preset: Option<PathBuf>,
-    /// Any config key, TOML-valued: `--set model.depth=2 --set optimizer.muon.lr=0.01`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Optimizer labels, comma-separated (adam, muon, or any known optimizer / preset key).
-    #[arg(long, value_delimiter = ',')]
-    optimizers: Vec<String>,
-    #[arg(long, value_delimiter = ',')]
-    seeds: Vec<u64>,
+    #[command(flatten)]
+    study: StudyArgs,
     #[arg(long)]
     steps: Option<u64>,
     /// A text file to train on (default: the Shakespeare corpus, fetched once).
     #[arg(long)]
     corpus: Option<PathBuf>,
-    /// Output directory (default: runs/gpt-<UTC time>).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
 }
 
 impl SplitMnistArgs {
     /// The convenience flags as `--set` overrides, after the explicit ones.
     fn overrides(&self) -> Vec<String> {
-        let list = |xs: &[String]| format!("[{}]", xs.join(", "));
-        let mut o = self.set.clone();
-        let quoted = |xs: &[String]| xs.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>();
-        if !self.optimizers.is_empty() {
-            o.push(format!("optimizers={}", list(&quoted(&self.optimizers))));
-        }
-        if !self.seeds.is_empty() {
-            o.push(format!("seeds={}", list(&self.seeds.iter().map(u64::to_string).collect::<Vec<_>>())));
-        }
+        let mut o = self.study.overrides();
         if !self.hidden.is_empty() {
-            o.push(format!("hidden={}", list(&self.hidden.iter().map(usize::to_string).collect::<Vec<_>>())));
+            o.push(format!("hidden=[{}]", self.hidden.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")));
         }
         let mut scalar = |key: &str, v: Option<String>| o.extend(v.map(|v| format!("{key}={v}")));
         scalar("epochs_per_task", self.epochs.map(|e| e.to_string()));
@@ -191,12 +195,12 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Runs a study: `defaults` are overrides applied before the user's flags.
 fn split_mnist_study(args: &SplitMnistArgs, name: &str, defaults: &[&str]) -> Result<()> {
-    let saved = args.out.as_ref().map(|o| o.join("config.toml")).filter(|p| args.resume && p.exists());
+    let saved = args.study.out.as_ref().map(|o| o.join("config.toml")).filter(|p| args.resume && p.exists());
     let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(args.overrides()).collect();
-    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.preset.as_deref()), &overrides)?;
-    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{name}-{}", utc_stamp())));
+    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.study.preset.as_deref()), &overrides)?;
+    let out = args.study.out(name);
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
-    match args.device {
+    match args.study.device {
         Device::Cpu => run_on(&Cpu, args, &config, &tasks, &out)?,
         Device::Cuda => run_on(&Cuda::new(0)?, args, &config, &tasks, &out)?,
         Device::Auto => match Cuda::new(0) {
@@ -237,19 +241,12 @@ fn run_on<B: Backend>(
 }
 
 fn gpt_study(args: &GptArgs) -> Result<()> {
-    let quoted = |xs: &[String]| format!("[{}]", xs.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", "));
-    let mut overrides = args.set.clone();
-    if !args.optimizers.is_empty() {
-        overrides.push(format!("optimizers={}", quoted(&args.optimizers)));
-    }
-    if !args.seeds.is_empty() {
-        overrides.push(format!("seeds=[{}]", args.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")));
-    }
+    let mut overrides = args.study.overrides();
     overrides.extend(args.steps.map(|s| format!("steps={s}")));
     overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
-    let config = GptStudyConfig::resolve(args.preset.as_deref(), &overrides)?;
+    let config = GptStudyConfig::resolve(args.study.preset.as_deref(), &overrides)?;
     let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction)?;
-    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("gpt-{}", utc_stamp())));
+    let out = args.study.out("gpt");
     let run = |backend: &dyn Fn(&ProgressBar) -> Result<()>| -> Result<()> {
         let progress =
             ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
@@ -267,7 +264,7 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
         corpus.train.len(),
         out.display()
     );
-    match (args.device, Cuda::new(0)) {
+    match (args.study.device, Cuda::new(0)) {
         (Device::Cpu, _) | (Device::Auto, Err(_)) => run(&|p| gpt::run_study(&Cpu, &config, &corpus, &out, p))?,
         (_, Ok(gpu)) => run(&|p| gpt::run_study(&gpu, &config, &corpus, &out, p))?,
         (Device::Cuda, Err(e)) => return Err(e),
