@@ -36,6 +36,10 @@ fn run(config: &SplitMnistConfig, out: &Path, resume: bool, stop_after: Option<u
     run_study(&Cpu, config, &tasks, out, resume, stop_after, &ProgressBar::hidden()).unwrap();
 }
 
+fn column_strings(dir: &Path, table: &schema::Table, col: &str) -> Vec<String> {
+    read_table(dir, table).unwrap().column(col).unwrap().str().unwrap().iter().map(|s| s.unwrap().to_string()).collect()
+}
+
 fn column_f64(dir: &Path, table: &schema::Table, col: &str) -> Vec<Option<f64>> {
     read_table(dir, table).unwrap().column(col).unwrap().f64().unwrap().iter().collect()
 }
@@ -73,15 +77,7 @@ fn study_writes_every_table_and_shows_forgetting() {
         .unwrap();
     assert!(sgd_first > 0.95, "SGD on task 0 right after task 0: {sgd_first}");
     // Muon's probes include its direction before and after orthogonalization.
-    let tensors: Vec<String> = read_table(dir.path(), &schema::SPECTRA)
-        .unwrap()
-        .column("tensor")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|s| s.unwrap().to_string())
-        .collect();
+    let tensors = column_strings(dir.path(), &schema::SPECTRA, "tensor");
     for kind in ["weight", "gradient", "update", "muon_pre_orthogonalization", "muon_post_orthogonalization", "shampoo_preconditioned"] {
         assert!(tensors.iter().any(|t| t == kind), "no {kind} spectra");
     }
@@ -99,16 +95,14 @@ fn divergence_is_recorded_and_other_runs_go_on() {
     let c = config(&["optimizers=[\"boom\", \"adamw\"]", "optimizer.boom.kind=\"sgd\"", "optimizer.boom.lr=1e30"]);
     run(&c, dir.path(), false, None);
     let runs = read_table(dir.path(), &schema::RUNS).unwrap();
-    let status: Vec<&str> = runs.column("status").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
-    let runs_ids: Vec<&str> = runs.column("run").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    let (status, runs_ids) = (column_strings(dir.path(), &schema::RUNS, "status"), column_strings(dir.path(), &schema::RUNS, "run"));
     let boom = runs_ids.iter().position(|r| *r == "boom-s0").unwrap();
     assert_eq!(status[boom], "diverged");
     let step = runs.column("diverged_step").unwrap().i64().unwrap().get(boom).unwrap();
     assert!(step >= 1);
     assert_eq!(status[1 - boom], "completed");
     // Steps written before the divergence stay on record.
-    let steps = read_table(dir.path(), &schema::STEPS).unwrap();
-    let boom_steps = steps.column("run").unwrap().str().unwrap().iter().filter(|r| *r == Some("boom-s0")).count();
+    let boom_steps = column_strings(dir.path(), &schema::STEPS, "run").iter().filter(|r| *r == "boom-s0").count();
     assert_eq!(boom_steps as i64, step - 1);
 }
 
@@ -170,12 +164,14 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
         assert!(o.final_all.0 > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
     }
     // Muon orthogonalized the attention and MLP matrices; the class token was probed.
-    let spectra = read_table(dir.path(), &schema::SPECTRA).unwrap();
-    let params: Vec<&str> = spectra.column("param").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
-    assert!(params.contains(&"blocks.0.attn.qkv.weight") && !params.contains(&"pos_embed"), "matrices only, embeddings excluded");
+    let params = column_strings(dir.path(), &schema::SPECTRA, "param");
+    assert!(
+        params.iter().any(|p| p == "blocks.0.attn.qkv.weight") && !params.iter().any(|p| p == "pos_embed"),
+        "matrices only, embeddings excluded"
+    );
     // Probed: each block's GELU outputs (sparsity at |a| < 0.01) and the class token (with its covariance).
     let acts = read_table(dir.path(), &schema::ACTIVATIONS).unwrap();
-    let names: Vec<&str> = acts.column("name").unwrap().str().unwrap().iter().map(Option::unwrap).collect();
+    let names = column_strings(dir.path(), &schema::ACTIVATIONS, "name");
     let cls = names.iter().position(|n| *n == "cls").expect("a cls row");
     let gelu = names.iter().position(|n| *n == "blocks.0.mlp.gelu").expect("a GELU row");
     assert_eq!(acts.column("width").unwrap().i64().unwrap().get(cls), Some(16));
@@ -211,15 +207,7 @@ fn gpt_study_records_gradient_ranks_and_validation() {
     let bpb: Vec<f64> = val.column("bits_per_byte").unwrap().f64().unwrap().iter().map(Option::unwrap).collect();
     assert_eq!(bpb.len(), 2 * 3, "2 optimizers × evaluations at steps 10, 20, 30");
     assert!(bpb.iter().all(|&b| b < 8.0), "{bpb:?}");
-    let tensors: Vec<String> = read_table(&out, &schema::SPECTRA)
-        .unwrap()
-        .column("tensor")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|s| s.unwrap().to_string())
-        .collect();
+    let tensors = column_strings(&out, &schema::SPECTRA, "tensor");
     assert!(tensors.iter().any(|t| t == "gradient") && tensors.iter().any(|t| t == "muon_post_orthogonalization"));
     let table = optlab::experiments::summary::render_gpt(&out, &c.optimizers).unwrap();
     assert!(table.contains("adam") && table.contains("muon") && table.contains("grad:qkv"), "{table}");

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use batch::shuffled_batches;
-pub use tasks::{Task, class_incremental, default_class_groups, parse_class_groups, permuted};
+pub use tasks::{Task, class_incremental, default_class_groups, permuted};
 
 /// Labelled images in one flat buffer, so batches are cheap row slices.
 #[derive(Clone, Debug)]

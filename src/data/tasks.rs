@@ -1,7 +1,7 @@
 //! Continual-learning task streams built from one [`Split`]: class-incremental
 //! (disjoint groups of classes) and permuted (same classes, scrambled pixels).
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -40,26 +40,6 @@ pub fn class_incremental(split: &Split, groups: &[Vec<u8>]) -> anyhow::Result<Ve
 /// Split-MNIST: five tasks of two consecutive digits.
 pub fn default_class_groups() -> Vec<Vec<u8>> {
     (0..CLASSES).step_by(2).map(|c| vec![c, c + 1]).collect()
-}
-
-/// Parses groups written as comma-separated runs of digits: `"01,23,45,67,89"`
-/// (spaces around groups are ignored).
-pub fn parse_class_groups(s: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let groups = s
-        .split(',')
-        .map(|group| {
-            group
-                .trim()
-                .chars()
-                .map(|c| match c.to_digit(10) {
-                    Some(d) => Ok(d as u8),
-                    None => bail!("class groups {s:?}: {c:?} is not a digit; write groups like \"01,23,45\""),
-                })
-                .collect::<anyhow::Result<Vec<u8>>>()
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    check_groups(&groups).map_err(|e| e.context(format!("class groups {s:?}")))?;
-    Ok(groups)
 }
 
 fn check_groups(groups: &[Vec<u8>]) -> anyhow::Result<()> {
@@ -133,18 +113,6 @@ mod tests {
         ] {
             let e = class_incremental(&s, &groups).unwrap_err().to_string();
             assert!(e.contains(msg), "{groups:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn parses_groups() {
-        assert_eq!(parse_class_groups("01,23,45,67,89").unwrap(), default_class_groups());
-        assert_eq!(parse_class_groups(" 9, 012 ").unwrap(), vec![vec![9], vec![0, 1, 2]]);
-        for (s, msg) in
-            [("01,2x", "'x' is not a digit"), ("01,,23", "group 1 is empty"), ("01,12", "class 1 appears"), ("", "group 0 is empty")]
-        {
-            let e = format!("{:#}", parse_class_groups(s).unwrap_err());
-            assert!(e.contains(msg), "{s:?}: {e}");
         }
     }
 

@@ -20,10 +20,6 @@ impl AccuracyMatrix {
         Self { tasks, r: vec![f64::NAN; tasks * tasks] }
     }
 
-    pub fn tasks(&self) -> usize {
-        self.tasks
-    }
-
     /// # Panics
     /// If `i` or `j` is not below the task count.
     pub fn set(&mut self, i: usize, j: usize, acc: f64) {

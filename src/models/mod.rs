@@ -138,7 +138,4 @@ impl<B: Backend> ParamStore<B> {
         let n = self.len();
         backend.fill(B::view_mut(&mut self.grads, 0..n), 0.0);
     }
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.specs.iter().position(|s| s.name == name)
-    }
 }
