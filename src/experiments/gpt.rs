@@ -172,8 +172,8 @@ fn train<B: Backend>(
             probes::spectra(&mut spectra, &model.store.specs, id, step, 0, &Snapshot::take(b, &model.store, &previous), &captures)?;
         }
         if step % config.eval_every.max(1) == 0 || step == config.steps {
-            let mean: f64 = eval.iter().map(|(i, t)| f64::from(model.loss_and_gradients(b, i, t, config.batch_size).loss)).sum::<f64>()
-                / eval.len() as f64;
+            let mean: f64 =
+                eval.iter().map(|(i, t)| f64::from(model.loss(b, i, t, config.batch_size).loss)).sum::<f64>() / eval.len() as f64;
             validation.push(vec![
                 ("run", id.into()),
                 ("step", step.into()),

@@ -69,33 +69,24 @@ pub fn spectra(
     Ok(())
 }
 
-/// Counts correct arg-max predictions on `data`; with `keep`, also returns the
+/// Whether each example of `data` is classified correctly (arg-max), and the
 /// model's representations of all of it (examples × width, per probed layer).
-pub fn evaluate<B: Backend>(
-    model: &mut dyn Classifier<B>,
-    backend: &B,
-    data: &Dataset,
-    batch: usize,
-    keep: bool,
-) -> (usize, Vec<Representation>) {
+pub fn evaluate<B: Backend>(model: &mut dyn Classifier<B>, backend: &B, data: &Dataset, batch: usize) -> (Vec<bool>, Vec<Representation>) {
     let classes = model.classes();
     let mut kept: Vec<Representation> = Vec::new();
-    let mut correct = 0;
+    let mut hits = Vec::with_capacity(data.len());
     for start in (0..data.len()).step_by(batch) {
         let end = (start + batch).min(data.len());
         let x = &data.images[start * data.pixels..end * data.pixels];
         let logits = backend.download(B::all(model.forward(backend, x, end - start)));
-        correct +=
-            logits.chunks_exact(classes).zip(&data.labels[start..end]).filter(|(row, label)| argmax(row) == usize::from(**label)).count();
-        if keep {
-            let reps = model.representations(backend);
-            if kept.is_empty() {
-                kept = reps.iter().map(|r| Representation { values: Vec::new(), name: r.name.clone(), ..*r }).collect();
-            }
-            kept.iter_mut().zip(reps).for_each(|(k, r)| k.values.extend(r.values));
+        hits.extend(logits.chunks_exact(classes).zip(&data.labels[start..end]).map(|(row, &label)| argmax(row) == usize::from(label)));
+        let reps = model.representations(backend);
+        if kept.is_empty() {
+            kept = reps.iter().map(|r| Representation { values: Vec::new(), name: r.name.clone(), ..*r }).collect();
         }
+        kept.iter_mut().zip(reps).for_each(|(k, r)| k.values.extend(r.values));
     }
-    (correct, kept)
+    (hits, kept)
 }
 
 fn argmax(row: &[f32]) -> usize {

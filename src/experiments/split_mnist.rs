@@ -124,6 +124,8 @@ struct Run<'a, B: Backend> {
     model: Box<dyn Classifier<B>>,
     optimizer: Optimizer<B>,
     accuracy: AccuracyMatrix,
+    /// Every task's test set, concatenated in task order (one evaluation pass).
+    union_test: Dataset,
     /// Tasks finished (and checkpointed) so far.
     next_task: usize,
     finished: Option<Outcome>,
@@ -155,6 +157,7 @@ impl<'a, B: Backend> Run<'a, B> {
             model,
             optimizer,
             accuracy: AccuracyMatrix::new(tasks.len()),
+            union_test: Dataset::concat(&tasks.iter().map(|t| &t.test).collect::<Vec<_>>()),
             next_task: 0,
             finished: None,
             started: Instant::now(),
@@ -300,20 +303,21 @@ impl<'a, B: Backend> Run<'a, B> {
     }
 
     /// The accuracy-matrix row after `task`, the all-task accuracy, and representations.
+    /// One pass over the union of the test sets gives both.
     fn evaluate(&mut self, w: &mut Writers, task: usize) -> Result<()> {
         let step = self.optimizer.steps;
-        let (mut correct, mut total) = (0, 0);
+        let (hits, representations) = probes::evaluate(self.model.as_mut(), self.backend, &self.union_test, self.config.eval_batch);
+        let mut start = 0;
         for (j, t) in self.tasks.iter().enumerate() {
-            let (c, _) = probes::evaluate(self.model.as_mut(), self.backend, &t.test, self.config.eval_batch, false);
-            self.accuracy.set(task, j, c as f64 / t.test.len() as f64);
-            (correct, total) = (correct + c, total + t.test.len());
-            w.accuracy.push(probes::accuracy_row(&self.id, task, Some(j), step, c, t.test.len()))?;
+            let n = t.test.len();
+            let c = hits[start..start + n].iter().filter(|&&h| h).count();
+            start += n;
+            self.accuracy.set(task, j, c as f64 / n as f64);
+            w.accuracy.push(probes::accuracy_row(&self.id, task, Some(j), step, c, n))?;
         }
-        w.accuracy.push(probes::accuracy_row(&self.id, task, None, step, correct, total))?;
-        let all_tests: Vec<&Dataset> = self.tasks.iter().map(|t| &t.test).collect();
-        let union = Dataset::concat(&all_tests);
-        let (_, representations) = probes::evaluate(self.model.as_mut(), self.backend, &union, self.config.eval_batch, true);
-        probes::activation_rows(&mut w.activations, &self.id, task, &representations, &union.labels)
+        let correct = hits.iter().filter(|&&h| h).count();
+        w.accuracy.push(probes::accuracy_row(&self.id, task, None, step, correct, hits.len()))?;
+        probes::activation_rows(&mut w.activations, &self.id, task, &representations, &self.union_test.labels)
     }
 
     fn finish(mut self, mut w: Writers, outcome: Outcome) -> Result<Outcome> {

@@ -89,17 +89,23 @@ impl<B: Backend> Gpt<B> {
         &w.logits
     }
 
-    /// Mean next-token cross-entropy over every position (`targets[i]` follows `ids[i]`);
-    /// zeroes the gradients and leaves ∂loss/∂θ in the store.
-    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
+    /// Mean next-token cross-entropy over every position (`targets[i]` follows
+    /// `ids[i]`), forward only: held-out evaluation needs no gradients.
+    pub fn loss(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
         assert_eq!(ids.len(), targets.len(), "one target per position");
         self.forward(backend, ids, batch);
+        let w = self.work.as_mut().expect("forward made it");
+        backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), targets, self.config.vocab)
+    }
+
+    /// [`Gpt::loss`], then zeroes the gradients and leaves ∂loss/∂θ in the store.
+    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
+        let out = self.loss(backend, ids, targets, batch);
         self.store.zero_grads(backend);
         let d = self.config.body.dim;
-        let Self { store, tokens, positions, head, body, work, config, .. } = self;
+        let Self { store, tokens, positions, head, body, work, .. } = self;
         let w = work.as_mut().expect("forward made it");
         let (rows, seq) = (ids.len(), w.shape.1);
-        let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), targets, config.vocab);
         head.backward(backend, store, Some(body.output_gradient()), &w.d_logits, &w.normed, rows);
         let d_x0 = body.backward(backend, store);
         backend.embedding_backward(B::view_mut(&mut store.grads, store.specs[*tokens].range()), B::all(d_x0), &w.ids, d);
