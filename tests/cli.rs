@@ -40,6 +40,18 @@ fn corrupt_data_files_are_named() {
 }
 
 #[test]
+fn a_cifar_archive_that_is_not_the_official_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cifar = dir.path().join("cifar10");
+    std::fs::create_dir_all(&cifar).unwrap();
+    std::fs::write(cifar.join("cifar-10-binary.tar.gz"), b"truncated download").unwrap();
+    let o = exp(&["vit", "--dataset", "cifar10", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("cifar-10-binary.tar.gz") && e.contains("not the official"), "{e}");
+}
+
+#[test]
 fn schema_lists_every_table() {
     let o = exp(&["schema"]);
     assert!(o.status.success());

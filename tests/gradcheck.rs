@@ -238,9 +238,10 @@ fn embedding_scatter_adds_repeated_ids() {
 fn whole_vit_every_parameter() {
     use optlab::models::{TransformerConfig, Vit, VitConfig};
     let mut rng = StdRng::seed_from_u64(9);
-    let config = VitConfig { image: 4, patch: 2, classes: 3, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 } };
+    let body = TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 };
+    let config = VitConfig { image: 4, channels: 3, patch: 2, classes: 3, body };
     let (batch, labels) = (2, [2u8, 0]);
-    let x = random(batch * 16, &mut rng);
+    let x = random(batch * config.image_values(), &mut rng);
     let theta: Vec<f32> = {
         let m = Vit::new(&Cpu, config.clone(), 5);
         // O(1) class token and positions: at their init scale (±0.02) the class

@@ -21,7 +21,7 @@ fn blobs(per_class: usize, seed: u64) -> Dataset {
         .iter()
         .flat_map(|&l| (0..24).map(|d| 2.0 * centers[l as usize * 24 + d] + 0.5 * rng.random_range(-1.0..1.0)).collect::<Vec<_>>())
         .collect();
-    Dataset { images, labels, pixels: 24 }
+    Dataset { images, labels, pixels: 24, channels: 1 }
 }
 
 fn config(overrides: &[&str]) -> SplitMnistConfig {
@@ -143,9 +143,13 @@ fn permuted_protocol_runs_all_classes_per_task() {
 
 #[test]
 fn vit_joint_study_learns_and_probes_its_class_token() {
-    // 4×4 "images": the blob features cut to 16 pixels.
-    let square =
-        |d: Dataset| Dataset { images: d.images.chunks(24).flat_map(|x| x[..16].to_vec()).collect(), labels: d.labels, pixels: 16 };
+    // 3-channel 4×4 "images": three overlapping 16-feature windows of the blobs.
+    let square = |d: Dataset| Dataset {
+        images: d.images.chunks(24).flat_map(|x| [&x[..16], &x[8..], &x[4..20]].concat()).collect(),
+        labels: d.labels,
+        pixels: 48,
+        channels: 3,
+    };
     let split = Split { train: square(blobs(60, 1)), test: square(blobs(10, 2)) };
     let c = config(&[
         "model=\"vit\"",
@@ -169,6 +173,10 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
         params.iter().any(|p| p == "blocks.0.attn.qkv.weight") && !params.iter().any(|p| p == "pos_embed"),
         "matrices only, embeddings excluded"
     );
+    // The patch embedding reads all three channels of a 2×2 patch.
+    let embed = params.iter().position(|p| p == "patch_embed.weight").expect("patch embedding probed");
+    let spectra = read_table(dir.path(), &schema::SPECTRA).unwrap();
+    assert_eq!(spectra.column("cols").unwrap().i64().unwrap().get(embed), Some(12));
     // Probed: each block's GELU outputs (sparsity at |a| < 0.01) and the class token (with its covariance).
     let acts = read_table(dir.path(), &schema::ACTIVATIONS).unwrap();
     let names = column_strings(dir.path(), &schema::ACTIVATIONS, "name");

@@ -111,10 +111,10 @@ struct SplitMnistArgs {
     /// class-incremental or permuted.
     #[arg(long)]
     protocol: Option<String>,
-    /// mnist or fashion-mnist.
+    /// mnist, fashion-mnist or cifar10.
     #[arg(long)]
     dataset: Option<String>,
-    /// Where the IDX files are (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
+    /// Where the data files are, in DIR/<dataset>/ (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Continue the study in --out from its checkpoints and saved config.toml

@@ -18,7 +18,7 @@ use super::DatasetName;
 use super::idx::IdxFile;
 
 /// Environment variable naming a data folder (with one sub-folder per dataset).
-const DATA_DIR_ENV: &str = "OPTLAB_DATA_DIR";
+pub(super) const DATA_DIR_ENV: &str = "OPTLAB_DATA_DIR";
 
 /// One dataset file: its canonical name and the SHA-256 of its uncompressed bytes.
 #[derive(Clone, Copy, Debug)]
@@ -63,15 +63,19 @@ type RouteFn = Box<dyn Fn(&Path, &[&str]) -> anyhow::Result<()>>;
 /// after the dataset. A present file that fails verification is an error, never
 /// overwritten: it may be the user's.
 pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<[IdxFile; 4]> {
-    let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let dirs: Vec<PathBuf> =
-        [data_dir.map(Path::to_path_buf), env_dir, cache_dir()].into_iter().flatten().map(|d| d.join(name.as_str())).collect();
     let (specs, routes) = match name {
         DatasetName::Mnist => (&MNIST, mnist_routes()),
         DatasetName::FashionMnist => (&FASHION_MNIST, fashion_mnist_routes()),
+        DatasetName::Cifar10 => bail!("CIFAR-10 comes as one archive, not IDX files"),
     };
-    let files = obtain_from(name.as_str(), specs, &dirs, &routes)?;
+    let files = obtain_from(name.as_str(), specs, &search_dirs(name, data_dir), &routes)?;
     Ok(files.try_into().expect("one file per spec"))
+}
+
+/// The folders searched for a dataset's files, in order; the first is where fetches go.
+pub(super) fn search_dirs(name: DatasetName, data_dir: Option<&Path>) -> Vec<PathBuf> {
+    let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
+    [data_dir.map(Path::to_path_buf), env_dir, cache_dir()].into_iter().flatten().map(|d| d.join(name.as_str())).collect()
 }
 
 pub(super) fn cache_dir() -> Option<PathBuf> {
@@ -186,10 +190,10 @@ fn install(mut file: IdxFile, spec: &FileSpec, dest: &Path, staging: &Path) -> a
 
 /// A hidden scratch folder inside the destination (same file system, so renames
 /// are atomic), removed when dropped.
-struct Staging(PathBuf);
+pub(super) struct Staging(pub(super) PathBuf);
 
 impl Staging {
-    fn new(dest: &Path) -> anyhow::Result<Staging> {
+    pub(super) fn new(dest: &Path) -> anyhow::Result<Staging> {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, Ordering::Relaxed);
         let path = dest.join(format!(".fetch-{}-{n}", std::process::id()));
@@ -224,7 +228,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs a command with its output captured; on failure, the error quotes stderr.
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(super) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {

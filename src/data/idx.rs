@@ -98,7 +98,12 @@ pub fn parse_pair(images: &IdxFile, labels: &IdxFile) -> Result<Dataset, IdxErro
             n_labels: label_bytes.len(),
         });
     }
-    Ok(Dataset { images: pixels.iter().map(|&b| f32::from(b) / 255.0).collect(), labels: label_bytes.to_vec(), pixels: dims[1] * dims[2] })
+    Ok(Dataset {
+        images: pixels.iter().map(|&b| f32::from(b) / 255.0).collect(),
+        labels: label_bytes.to_vec(),
+        pixels: dims[1] * dims[2],
+        channels: 1,
+    })
 }
 
 #[cfg(test)]

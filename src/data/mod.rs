@@ -1,10 +1,12 @@
-//! MNIST-family data: IDX parsing, verified fetching, task streams.
+//! Image datasets (MNIST, Fashion-MNIST, CIFAR-10) and text: parsing, verified
+//! fetching, task streams.
 //!
-//! [`load`] is the one entry point for real data: it finds (or fetches) the four
-//! IDX files, checks them against pinned SHA-256 values, and parses them, so
-//! every experiment provably runs on the same bytes.
+//! [`load`] is the one entry point for real image data: it finds (or fetches) the
+//! dataset's files, checks them against pinned SHA-256 values, and parses them,
+//! so every experiment provably runs on the same bytes.
 
 mod batch;
+mod cifar;
 mod fetch;
 pub mod idx;
 pub mod tasks;
@@ -22,10 +24,13 @@ pub use tasks::{Task, class_incremental, default_class_groups, permuted};
 /// Labelled images in one flat buffer, so batches are cheap row slices.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    /// `len() * pixels` values, row-major, raw pixels scaled to [0, 1].
+    /// `len() * pixels` values, raw pixels scaled to [0, 1]: each image is
+    /// `channels` planes of row-major pixels (CHW, as CIFAR stores them).
     pub images: Vec<f32>,
     pub labels: Vec<u8>,
+    /// Values per image, all channels together.
     pub pixels: usize,
+    pub channels: usize,
 }
 
 impl Dataset {
@@ -47,19 +52,20 @@ impl Dataset {
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
-        Dataset { images, labels: indices.iter().map(|&i| self.labels[i]).collect(), pixels: self.pixels }
+        Dataset { images, labels: indices.iter().map(|&i| self.labels[i]).collect(), pixels: self.pixels, channels: self.channels }
     }
 
     /// Stacks datasets end to end (e.g. the union of several tasks' test sets).
     ///
-    /// Panics if their image sizes differ (a caller bug, not bad data).
+    /// Panics if their image shapes differ (a caller bug, not bad data).
     pub fn concat(parts: &[&Dataset]) -> Dataset {
-        let pixels = parts.first().map_or(0, |d| d.pixels);
-        assert!(parts.iter().all(|d| d.pixels == pixels), "cannot concatenate images of different sizes");
+        let (pixels, channels) = parts.first().map_or((0, 1), |d| (d.pixels, d.channels));
+        assert!(parts.iter().all(|d| (d.pixels, d.channels) == (pixels, channels)), "cannot concatenate images of different shapes");
         Dataset {
             images: parts.iter().flat_map(|d| d.images.iter().copied()).collect(),
             labels: parts.iter().flat_map(|d| d.labels.iter().copied()).collect(),
             pixels,
+            channels,
         }
     }
 
@@ -80,13 +86,21 @@ impl Dataset {
                 *o = row[p];
             }
         });
-        Dataset { images, labels: self.labels.clone(), pixels: self.pixels }
+        Dataset { images, labels: self.labels.clone(), pixels: self.pixels, channels: self.channels }
     }
 
-    /// `(x - mean) / std` in place; use [`DatasetName::mean_std`] for the usual constants.
-    pub fn standardize(&mut self, mean: f32, std: f32) {
-        let inv = 1.0 / std;
-        self.images.iter_mut().for_each(|x| *x = (*x - mean) * inv);
+    /// `(x - mean) / std` in place, per channel: `stats` holds one (mean, std)
+    /// per channel; use [`DatasetName::mean_std`] for the usual constants.
+    ///
+    /// Panics unless there is one pair per channel (a caller bug, not bad data).
+    pub fn standardize(&mut self, stats: &[(f32, f32)]) {
+        assert_eq!(stats.len(), self.channels, "one (mean, std) per channel");
+        let plane = (self.pixels / self.channels).max(1);
+        for (c, values) in self.images.chunks_mut(plane).enumerate() {
+            let (mean, std) = stats[c % self.channels];
+            let inv = 1.0 / std;
+            values.iter_mut().for_each(|x| *x = (*x - mean) * inv);
+        }
     }
 }
 
@@ -103,6 +117,9 @@ pub struct Split {
 pub enum DatasetName {
     Mnist,
     FashionMnist,
+    /// CIFAR-10: 32×32 colour images of 10 classes.
+    #[serde(rename = "cifar10")]
+    Cifar10,
 }
 
 impl DatasetName {
@@ -111,15 +128,18 @@ impl DatasetName {
         match self {
             DatasetName::Mnist => "mnist",
             DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Cifar10 => "cifar10",
         }
     }
 
-    /// Train-set pixel mean and standard deviation (of pixels / 255).
-    pub fn mean_std(self) -> (f32, f32) {
+    /// Train-set pixel mean and standard deviation (of pixels / 255), per channel.
+    pub fn mean_std(self) -> &'static [(f32, f32)] {
         match self {
-            DatasetName::Mnist => (0.1307, 0.3081),
+            DatasetName::Mnist => &[(0.1307, 0.3081)],
             // Computed once from the verified train-images file: 0.286040…, 0.353024….
-            DatasetName::FashionMnist => (0.2860, 0.3530),
+            DatasetName::FashionMnist => &[(0.2860, 0.3530)],
+            // The widely published CIFAR-10 train-set statistics (R, G, B).
+            DatasetName::Cifar10 => &[(0.4914, 0.2470), (0.4822, 0.2435), (0.4465, 0.2616)],
         }
     }
 }
@@ -131,7 +151,8 @@ impl FromStr for DatasetName {
         match s {
             "mnist" => Ok(DatasetName::Mnist),
             "fashion-mnist" => Ok(DatasetName::FashionMnist),
-            _ => anyhow::bail!("unknown dataset {s:?}; expected \"mnist\" or \"fashion-mnist\""),
+            "cifar10" => Ok(DatasetName::Cifar10),
+            _ => anyhow::bail!("unknown dataset {s:?}; expected \"mnist\", \"fashion-mnist\" or \"cifar10\""),
         }
     }
 }
@@ -141,6 +162,9 @@ impl FromStr for DatasetName {
 /// Looks in `data_dir`, then `$OPTLAB_DATA_DIR`, then the user cache, each with a
 /// sub-folder named after the dataset; see the `fetch` module for the details.
 pub fn load(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<Split> {
+    if name == DatasetName::Cifar10 {
+        return cifar::load(data_dir);
+    }
     let [train_images, train_labels, test_images, test_labels] = fetch::obtain(name, data_dir)?;
     Ok(Split { train: idx::parse_pair(&train_images, &train_labels)?, test: idx::parse_pair(&test_images, &test_labels)? })
 }
@@ -151,7 +175,7 @@ mod tests {
 
     fn tiny() -> Dataset {
         // Three 2-pixel images whose pixel values encode (row, pixel).
-        Dataset { images: vec![0.0, 0.1, 1.0, 1.1, 2.0, 2.1], labels: vec![7, 3, 7], pixels: 2 }
+        Dataset { images: vec![0.0, 0.1, 1.0, 1.1, 2.0, 2.1], labels: vec![7, 3, 7], pixels: 2, channels: 1 }
     }
 
     #[test]
@@ -190,14 +214,19 @@ mod tests {
     #[test]
     fn standardize_in_place() {
         let mut d = tiny();
-        d.standardize(1.0, 0.5);
+        d.standardize(&[(1.0, 0.5)]);
         assert_eq!(d.image(0)[0], -2.0);
         assert!((d.image(0)[1] + 1.8).abs() < 1e-6);
+        // Two channels of one pixel each: each plane gets its own statistics.
+        let mut d = Dataset { channels: 2, ..tiny() };
+        d.standardize(&[(0.0, 1.0), (1.0, 0.5)]);
+        let expected = [0.0, -1.8, 1.0, 0.2, 2.0, 2.2];
+        assert!(d.images.iter().zip(expected).all(|(x, e)| (x - e).abs() < 1e-6), "{:?}", d.images);
     }
 
     #[test]
     fn names_round_trip() {
-        for n in [DatasetName::Mnist, DatasetName::FashionMnist] {
+        for n in [DatasetName::Mnist, DatasetName::FashionMnist, DatasetName::Cifar10] {
             assert_eq!(n.as_str().parse::<DatasetName>().unwrap(), n);
         }
         let err = "cifar".parse::<DatasetName>().unwrap_err().to_string();
@@ -213,7 +242,7 @@ mod tests {
         let n = s.train.images.len() as f64;
         let mean = s.train.images.iter().map(|&x| x as f64).sum::<f64>() / n;
         let var = s.train.images.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-        let (m, sd) = name.mean_std();
+        let [(m, sd)] = *name.mean_std() else { panic!("one channel") };
         assert!((mean - m as f64).abs() < 1e-4 && (var.sqrt() - sd as f64).abs() < 1e-4, "{mean} {}", var.sqrt());
         for c in 0..10 {
             assert!(s.train.labels.contains(&c) && s.test.labels.contains(&c), "class {c} missing");

@@ -80,7 +80,7 @@ mod tests {
     fn dataset(per_class: usize, pixels: usize) -> Dataset {
         let labels: Vec<u8> = (0..per_class * 10).map(|i| (i % 10) as u8).collect();
         let images = (0..labels.len() * pixels).map(|v| v as f32).collect();
-        Dataset { images, labels, pixels }
+        Dataset { images, labels, pixels, channels: 1 }
     }
 
     fn split() -> Split {

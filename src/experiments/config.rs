@@ -135,24 +135,28 @@ impl SplitMnistConfig {
         self.named_optimizers().map(|_| ())
     }
 
-    /// The configured model for inputs of `pixels` values (a square image for a ViT).
-    pub fn build_model<B: Backend>(&self, backend: &B, pixels: usize, seed: u64) -> Result<Box<dyn Classifier<B>>> {
+    /// The configured model for inputs of `pixels` values in `channels` planes
+    /// (square images for a ViT).
+    pub fn build_model<B: Backend>(&self, backend: &B, pixels: usize, channels: usize, seed: u64) -> Result<Box<dyn Classifier<B>>> {
         Ok(match self.model {
             ModelKind::Mlp => {
                 let config = MlpConfig { input: pixels, hidden: self.hidden.clone(), classes: 10, activation: self.activation };
                 Box::new(Mlp::new(backend, config, seed))
             }
             ModelKind::Vit => {
-                let side = (pixels as f64).sqrt() as usize;
+                let side = ((pixels / channels) as f64).sqrt().round() as usize;
                 let v = self.vit;
-                if side * side != pixels || side % v.patch != 0 {
-                    bail!("a ViT needs square images whose side is a multiple of the patch ({}); got {pixels} pixels", v.patch);
+                if channels * side * side != pixels || side % v.patch != 0 {
+                    bail!(
+                        "a ViT needs square images whose side is a multiple of the patch ({}); got {pixels} values in {channels} channels",
+                        v.patch
+                    );
                 }
                 if v.dim % v.heads != 0 {
                     bail!("vit.dim {} must be a multiple of vit.heads {}", v.dim, v.heads);
                 }
                 let body = TransformerConfig { dim: v.dim, depth: v.depth, heads: v.heads, mlp_ratio: v.mlp_ratio };
-                Box::new(Vit::new(backend, VitConfig { image: side, patch: v.patch, classes: 10, body }, seed))
+                Box::new(Vit::new(backend, VitConfig { image: side, channels, patch: v.patch, classes: 10, body }, seed))
             }
         })
     }
@@ -266,6 +270,17 @@ mod tests {
         // The resolved TOML round-trips to the same study.
         let back: SplitMnistConfig = toml::from_str(&c.to_resolved_toml().unwrap()).unwrap();
         assert_eq!(back.named_optimizers().unwrap(), named);
+    }
+
+    #[test]
+    fn every_preset_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let presets: Vec<_> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        assert!(presets.len() >= 4, "{presets:?}");
+        for p in presets {
+            SplitMnistConfig::resolve(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        }
     }
 
     #[test]

@@ -33,9 +33,9 @@ pub fn make_tasks(config: &SplitMnistConfig, split: &data::Split) -> Result<Vec<
 pub fn load_tasks(config: &SplitMnistConfig, data_dir: Option<&Path>) -> Result<Vec<Task>> {
     let mut split = data::load(config.dataset, data_dir)?;
     if config.standardize {
-        let (mean, std) = config.dataset.mean_std();
-        split.train.standardize(mean, std);
-        split.test.standardize(mean, std);
+        let stats = config.dataset.mean_std();
+        split.train.standardize(stats);
+        split.test.standardize(stats);
     }
     make_tasks(config, &split)
 }
@@ -142,8 +142,8 @@ impl<'a, B: Backend> Run<'a, B> {
         seed: u64,
         resume: bool,
     ) -> Result<Self> {
-        let pixels = tasks.first().context("no tasks")?.train.pixels;
-        let model = config.build_model(backend, pixels, seed)?;
+        let first = &tasks.first().context("no tasks")?.train;
+        let model = config.build_model(backend, first.pixels, first.channels, seed)?;
         let optimizer = named.config.build(backend, model.store());
         let id = format!("{}-s{seed}", named.label);
         let mut run = Self {

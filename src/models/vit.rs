@@ -1,5 +1,5 @@
 //! A small Vision Transformer (Dosovitskiy et al. 2021): square images cut into
-//! patches, a linear patch embedding, a class token, learned positions, the
+//! patches (all channels of a patch together), a linear patch embedding, a class token, learned positions, the
 //! pre-norm transformer body, and a linear head on the class token.
 
 use rand::{SeedableRng, rngs::StdRng};
@@ -11,8 +11,10 @@ use crate::nn::Linear;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VitConfig {
-    /// Side of the square (single-channel) image, e.g. 28.
+    /// Side of the square image, e.g. 28 (MNIST) or 32 (CIFAR-10).
     pub image: usize,
+    /// Colour planes per image (stored CHW): 1 for MNIST, 3 for CIFAR-10.
+    pub channels: usize,
     /// Side of a square patch; must divide `image`.
     pub patch: usize,
     pub classes: usize,
@@ -22,6 +24,14 @@ pub struct VitConfig {
 impl VitConfig {
     pub fn patches(&self) -> usize {
         (self.image / self.patch).pow(2)
+    }
+    /// Values per patch, the patch embedding's input width.
+    pub fn patch_values(&self) -> usize {
+        self.channels * self.patch * self.patch
+    }
+    /// Values per image.
+    pub fn image_values(&self) -> usize {
+        self.channels * self.image * self.image
     }
     /// Tokens per image: the patches and the class token.
     pub fn seq(&self) -> usize {
@@ -66,7 +76,7 @@ impl<B: Backend> Vit<B> {
         assert!(config.image % config.patch == 0, "patch {} does not divide image {}", config.patch, config.image);
         let d = config.body.dim;
         let mut layout = Layout::default();
-        let embed = layout.linear("patch_embed", config.patch * config.patch, d, Role::InputMatrix);
+        let embed = layout.linear("patch_embed", config.patch_values(), d, Role::InputMatrix);
         // Small random class token and positions (ViT uses N(0, 0.02)).
         let cls = layout.push("cls_token".into(), 1, d, Role::Embedding, Init::Uniform(0.02));
         let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Uniform(0.02));
@@ -76,15 +86,18 @@ impl<B: Backend> Vit<B> {
         Self { config, store, embed, cls, pos, head, body, work: None }
     }
 
-    /// Cuts each image (row-major, side `image`) into patches, row by row.
+    /// Cuts each image (CHW, side `image`) into patches, row by row; a patch is
+    /// its channels' p×p squares in turn (a conv weight's (c, y, x) order).
     fn patchify(&self, x: &[f32], batch: usize) -> Vec<f32> {
         let (side, p) = (self.config.image, self.config.patch);
         let per_row = side / p;
         let mut out = Vec::with_capacity(x.len());
-        for img in x.chunks_exact(side * side).take(batch) {
+        for img in x.chunks_exact(self.config.image_values()).take(batch) {
             for (py, px) in (0..per_row).flat_map(|py| (0..per_row).map(move |px| (py, px))) {
-                for dy in 0..p {
-                    out.extend_from_slice(&img[(py * p + dy) * side + px * p..][..p]);
+                for plane in img.chunks_exact(side * side) {
+                    for dy in 0..p {
+                        out.extend_from_slice(&plane[(py * p + dy) * side + px * p..][..p]);
+                    }
                 }
             }
         }
@@ -105,12 +118,13 @@ impl<B: Backend> Classifier<B> for Vit<B> {
     /// Logits (batch×classes) of `batch` images.
     fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf {
         let (d, np, seq, classes) = (self.config.body.dim, self.config.patches(), self.config.seq(), self.config.classes);
-        assert_eq!(x.len(), batch * self.config.image * self.config.image, "input must be batch×{}²", self.config.image);
+        let c = &self.config;
+        assert_eq!(x.len(), batch * c.image_values(), "input must be batch×{}×{}²", c.channels, c.image);
         if self.work.as_ref().is_none_or(|w| w.batch != batch) {
             let z = |n: usize| backend.zeros(n);
             self.work = Some(Work {
                 batch,
-                patches: z(batch * np * self.config.patch.pow(2)),
+                patches: z(batch * np * self.config.patch_values()),
                 embedded: z(batch * np * d),
                 cls_out: z(batch * d),
                 logits: z(batch * classes),
@@ -189,5 +203,25 @@ impl<B: Backend> Classifier<B> for Vit<B> {
             values: backend.download(B::all(&w.cls_out)),
         });
         reps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn patches_hold_each_channel_square_in_turn() {
+        let body = TransformerConfig { dim: 4, depth: 1, heads: 1, mlp_ratio: 1 };
+        let vit = Vit::new(&Cpu, VitConfig { image: 4, channels: 2, patch: 2, classes: 2, body }, 0);
+        // Value c·100 + y·10 + x at channel c, row y, column x.
+        let image: Vec<f32> = (0..2).flat_map(|c| (0..4).flat_map(move |y| (0..4).map(move |x| (c * 100 + y * 10 + x) as f32))).collect();
+        let patches = vit.patchify(&image, 1);
+        assert_eq!(patches.len(), image.len());
+        assert_eq!(patches[..8], [0.0, 1.0, 10.0, 11.0, 100.0, 101.0, 110.0, 111.0]);
+        // The second patch is to the right of the first; the third starts row 2.
+        assert_eq!(patches[8..16], [2.0, 3.0, 12.0, 13.0, 102.0, 103.0, 112.0, 113.0]);
+        assert_eq!(patches[16..20], [20.0, 21.0, 30.0, 31.0]);
     }
 }
