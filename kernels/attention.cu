@@ -11,7 +11,8 @@
 // Forward: a block (4 warps) owns 16 query rows of one (batch, head), 4 rows per
 // warp; for each tile of 32 keys, lane j computes the scores of key j against
 // the warp's 4 rows, the warp updates the running max/sum (online softmax) and
-// every lane accumulates D/32 output columns. Writes out and lse = m + log(l).
+// every lane accumulates D/32 output columns (lanes >= D idle when D = 16).
+// Writes out and lse = m + log(l).
 //
 // Backward: attention_backward_delta computes delta_i = rowsum(dO_i * O_i); then
 // a block owns a tile of BK keys of one (batch, head), keeps dK/dV in registers
@@ -43,8 +44,9 @@ __device__ __forceinline__ float attn_warp_sum(float v) {
 // grid = (batch*heads, ceil(seq/FWD_BLOCK_Q) or fewer: query tiles are grid-strided).
 template <int D>
 __device__ __forceinline__ void attention_forward_body(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
-    static_assert(D % 32 == 0, "head dim must be a multiple of 32");
-    constexpr int C = D / 32;  // output columns per lane
+    static_assert(D == 16 || D % 32 == 0, "head dim must be 16 or a multiple of 32");
+    constexpr int C = (D + 31) / 32;  // output columns per lane
+    const bool lane_has_column = D % 32 == 0 || (threadIdx.x & 31) < D;  // all lanes but for D = 16
     __shared__ float qs[FWD_BLOCK_Q][D];
     __shared__ float ks[FWD_BLOCK_K][D + 1];  // padded: lane j reads row j, conflict-free
     __shared__ float vs[FWD_BLOCK_K][D];
@@ -111,7 +113,7 @@ __device__ __forceinline__ void attention_forward_body(float* out, float* lse, c
             for (int jj = 0; jj < FWD_BLOCK_K; ++jj) {
                 float vj[C];
 #pragma unroll
-                for (int c = 0; c < C; ++c) vj[c] = vs[jj][lane + 32 * c];
+                for (int c = 0; c < C; ++c) vj[c] = lane_has_column ? vs[jj][lane + 32 * c] : 0.0f;
 #pragma unroll
                 for (int r = 0; r < FWD_ROWS; ++r) {
                     const float pj = __shfl_sync(FULL_MASK, p[r], jj);
@@ -123,17 +125,20 @@ __device__ __forceinline__ void attention_forward_body(float* out, float* lse, c
 #pragma unroll
         for (int r = 0; r < FWD_ROWS; ++r) {
             const int i = q0 + row0 + r;
-            if (i < seq) {
+            if (i < seq && lane_has_column) {
                 const float inv = 1.0f / l[r];
                 float* o = out + ((long long)b * seq + i) * wo + (long long)h * D;
 #pragma unroll
                 for (int c = 0; c < C; ++c) o[lane + 32 * c] = acc[r][c] * inv;
-                if (lane == 0) lse[(long long)bh * seq + i] = m[r] + logf(l[r]);
+                if (lane == 0) lse[(long long)bh * seq + i] = m[r] + logf(l[r]);  // lane 0 has a column
             }
         }
     }
 }
 
+extern "C" __global__ void attention_forward_16(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
+    attention_forward_body<16>(out, lse, qkv, seq, heads, causal, scale);
+}
 extern "C" __global__ void attention_forward_32(float* out, float* lse, const float* qkv, int seq, int heads, int causal, float scale) {
     attention_forward_body<32>(out, lse, qkv, seq, heads, causal, scale);
 }
@@ -166,7 +171,7 @@ extern "C" __global__ void attention_backward_delta(float* delta, const float* d
 template <int D, int BK>
 __device__ __forceinline__ void attention_backward_body(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
                                                         const float* delta, int seq, int heads, int causal, float scale) {
-    static_assert(D % 32 == 0, "head dim must be a multiple of 32");
+    static_assert(D == 16 || D % 32 == 0, "head dim must be 16 or a multiple of 32");
     static_assert((BK * D) % ATTN_THREADS == 0, "key tile must split evenly over the block");
     constexpr int BQ = BK;                         // queries per inner tile
     constexpr int PER = BK * D / ATTN_THREADS;     // dK (and dV) entries per thread
@@ -266,6 +271,10 @@ __device__ __forceinline__ void attention_backward_body(float* dqkv, float* dq, 
     }
 }
 
+extern "C" __global__ void attention_backward_16(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
+                                                 const float* delta, int seq, int heads, int causal, float scale) {
+    attention_backward_body<16, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
 extern "C" __global__ void attention_backward_32(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
                                                  const float* delta, int seq, int heads, int causal, float scale) {
     attention_backward_body<32, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);

@@ -352,6 +352,9 @@ fn fused_attention_forward_and_backward() {
     // (batch, seq, heads, head_dim): every supported head dim with seq 1, odd
     // lengths (ViT: 50, 65), tile edges (16, 17, 32, 33) and GPT's 256.
     let shapes = [
+        (1, 1, 1, 16),
+        (4, 17, 4, 16),
+        (1, 65, 2, 16),
         (1, 1, 1, 32),
         (2, 17, 3, 32),
         (2, 50, 2, 32),
@@ -409,5 +412,5 @@ fn fused_attention_forward_and_backward() {
     }))
     .expect_err("head_dim 48 must be refused");
     let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
-    assert!(msg.contains("32, 64, 128"), "unhelpful message for head_dim 48: {msg:?}");
+    assert!(msg.contains("16, 32, 64, 128"), "unhelpful message for head_dim 48: {msg:?}");
 }

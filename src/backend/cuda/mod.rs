@@ -27,10 +27,12 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     (
         "attention",
         &[
+            "attention_forward_16",
             "attention_forward_32",
             "attention_forward_64",
             "attention_forward_128",
             "attention_backward_delta",
+            "attention_backward_16",
             "attention_backward_32",
             "attention_backward_64",
             "attention_backward_128",

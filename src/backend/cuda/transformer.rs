@@ -16,7 +16,7 @@ use crate::backend::Attention;
 /// Head dims with compiled attention kernels (`attention_{forward,backward}_<d>`),
 /// each with the key tile of its backward kernel: must match the
 /// `attention_backward_body<D, BK>` instances in kernels/attention.cu.
-const ATTENTION_HEAD_DIMS: [(usize, usize); 3] = [(32, 32), (64, 32), (128, 16)];
+const ATTENTION_HEAD_DIMS: [(usize, usize); 4] = [(16, 32), (32, 32), (64, 32), (128, 16)];
 /// Query rows per forward block (`FWD_BLOCK_Q` in kernels/attention.cu).
 const FORWARD_QUERY_TILE: usize = 16;
 /// Threads per attention block (`ATTN_THREADS`).
