@@ -7,7 +7,9 @@ Times, with CUDA events (median of repeats), at the shapes optlab's benches use:
   read + written;
 - torch.optim.AdamW(fused=True) over N parameters split into 256 tensors;
 - a bf16 Newton-Schulz 5-step (Keller Jordan's reference) on batched shapes;
-- inverse 4th roots of SPD matrices through torch.linalg.eigh (f32).
+- inverse 4th roots of SPD matrices through torch.linalg.eigh (f32);
+- scaled_dot_product_attention (f32) forward, and forward + backward, at the
+  shapes of benches/transformer.rs's attention group.
 Prints one JSON line per measurement.
 """
 import json
@@ -83,3 +85,14 @@ for n in [256, 1024]:
     a = g @ g.T / (2 * n)
     ms = timed(lambda: eigh_root(a), repeats=10)
     emit(kernel="inverse_root_eigh", n=n, ms=ms)
+
+
+for name, batch, heads, seq, hd, causal in [("gpt", 8, 4, 256, 64, True), ("vit", 128, 4, 17, 16, False), ("vit_cifar", 128, 4, 65, 32, False)]:
+    q, k, v = (torch.randn(batch, heads, seq, hd, device=dev, requires_grad=True) for _ in range(3))
+    dout = torch.randn(batch, heads, seq, hd, device=dev)
+    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    with torch.no_grad():
+        ms = timed(sdpa)
+    emit(kernel="sdpa_forward", shape=name, ms=ms)
+    ms = timed(lambda: torch.autograd.grad(sdpa(), (q, k, v), dout))
+    emit(kernel="sdpa_forward_backward", shape=name, ms=ms)

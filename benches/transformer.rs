@@ -1,11 +1,12 @@
 //! One full training step (forward, loss, backward, AdamW) of the default ViT and
-//! GPT studies, on the CPU reference and, when present, the GPU;
-//! `benches/compare_cpu.sh` compares the CPU numbers with PyTorch eager.
+//! GPT studies, and attention alone at the models' shapes, on the CPU reference
+//! and, when present, the GPU; `benches/compare_cpu.sh` compares the CPU steps
+//! with PyTorch eager, `benches/torch_kernels.py` the GPU attention with SDPA.
 
 mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use optlab::backend::{Backend, Cpu};
+use optlab::backend::{Attention, Backend, Cpu};
 use optlab::models::{Classifier, Gpt, GptConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::OptimizerConfig;
 
@@ -44,10 +45,42 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     });
 }
 
+/// Attention forward, and forward + backward, at the GPT shape, the default
+/// ViT's and a CIFAR ViT's (4×4 patches: 65 tokens).
+fn attention_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
+    let shapes = [
+        ("gpt", Attention { batch: 8, seq: 256, heads: 4, head_dim: 64, causal: true }),
+        ("vit", Attention { batch: 128, seq: 17, heads: 4, head_dim: 16, causal: false }),
+        ("vit_cifar", Attention { batch: 128, seq: 65, heads: 4, head_dim: 32, causal: false }),
+    ];
+    let mut group = c.benchmark_group(format!("attention_{}", b.name()));
+    for (name, s) in shapes {
+        let rows = s.batch * s.seq;
+        let label = format!("{name}_b{}-h{}-t{}-d{}", s.batch, s.heads, s.seq, s.head_dim);
+        let (qkv, dout) = (b.upload(&common::random(rows * s.qkv_width(), 1)), b.upload(&common::random(rows * s.width(), 2)));
+        let (mut out, mut lse, mut dqkv) = (b.zeros(rows * s.width()), b.zeros(s.batch * s.heads * s.seq), b.zeros(rows * s.qkv_width()));
+        group.bench_function(format!("forward/{label}"), |bench| {
+            bench.iter(|| {
+                b.attention_forward(B::all_mut(&mut out), B::all_mut(&mut lse), B::all(&qkv), s);
+                sync();
+            })
+        });
+        group.bench_function(format!("forward_backward/{label}"), |bench| {
+            bench.iter(|| {
+                b.attention_forward(B::all_mut(&mut out), B::all_mut(&mut lse), B::all(&qkv), s);
+                b.attention_backward(B::all_mut(&mut dqkv), B::all(&dout), B::all(&qkv), B::all(&out), B::all(&lse), s);
+                sync();
+            })
+        });
+    }
+}
+
 fn transformer_steps(c: &mut Criterion) {
     steps_on(c, &Cpu, || ());
+    attention_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
         steps_on(c, &g, || g.synchronize());
+        attention_on(c, &g, || g.synchronize());
     }
 }
 

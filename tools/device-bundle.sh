@@ -6,7 +6,7 @@
 #         OPTLAB_REQUIRE_GPU=1 /tmp/b/cuda_kernels; /tmp/b/adamw --bench --noplot; ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want="cuda_kernels mlp adamw newton_schulz shampoo exp"
+want="cuda_kernels mlp adamw newton_schulz shampoo transformer exp"
 [ "${1:-}" = "--all" ] && want=all
 out=.device-bin
 stage=$(mktemp -d)
