@@ -6,7 +6,7 @@
 use optlab::backend::cuda::{Cuda, FUNCTIONS};
 use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, Gemm};
 use optlab::linalg::{Epsilon, NsCoefficients};
-use optlab::models::{Classifier, Mlp, MlpConfig};
+use optlab::models::{Classifier, Gpt, GptConfig, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -280,6 +280,37 @@ fn mlp_training_steps_agree_across_backends() {
         });
         assert_close(&format!("{} losses", opt.name()), &gpu.0, &cpu.0, 1e-4);
         assert_close(&format!("{} parameters after 5 steps", opt.name()), &gpu.1, &cpu.1, 1e-3);
+    }
+}
+
+#[test]
+fn transformer_training_steps_agree_across_backends() {
+    let Some(g) = gpu("transformer training") else { return };
+    let mut rng = StdRng::seed_from_u64(12);
+    // A colour ViT with 16-wide heads and a GPT with 32-wide heads, causal.
+    let vit =
+        VitConfig { image: 8, channels: 3, patch: 4, classes: 10, body: TransformerConfig { dim: 32, depth: 2, heads: 2, mlp_ratio: 4 } };
+    let gpt = GptConfig { vocab: 256, seq: 40, body: TransformerConfig { dim: 64, depth: 2, heads: 2, mlp_ratio: 4 } };
+    let (x, labels) = (random(16 * vit.image_values(), &mut rng), (0..16).map(|i| (i % 10) as u8).collect::<Vec<_>>());
+    let ids: Vec<u32> = (0..3 * 40).map(|_| rng.random_range(0..256)).collect();
+    let targets: Vec<u8> = (0..3 * 40).map(|_| rng.random_range(0..=255)).collect();
+    // Muon's Newton-Schulz reads bf16 operands on the GPU: its parameters agree less closely.
+    for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 3e-2)] {
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let (mut v_model, mut g_model) = (Vit::new(b, vit.clone(), 3), Gpt::new(b, gpt.clone(), 4));
+            let (mut v_opt, mut g_opt) = (opt.build(b, &v_model.store), opt.build(b, &g_model.store));
+            let mut losses = Vec::new();
+            for _ in 0..3 {
+                losses.push(v_model.loss_and_gradients(b, &x, &labels).loss);
+                v_opt.step(b, &mut v_model.store, 1.0, None);
+                losses.push(g_model.loss_and_gradients(b, &ids, &targets, 3).loss);
+                g_opt.step(b, &mut g_model.store, 1.0, None);
+            }
+            (losses, b.download(v(b, &v_model.store.values)), b.download(v(b, &g_model.store.values)))
+        });
+        assert_close(&format!("{} ViT and GPT losses", opt.name()), &gpu.0, &cpu.0, 1e-3);
+        assert_close(&format!("{} ViT parameters after 3 steps", opt.name()), &gpu.1, &cpu.1, bound);
+        assert_close(&format!("{} GPT parameters after 3 steps", opt.name()), &gpu.2, &cpu.2, bound);
     }
 }
 

@@ -74,11 +74,15 @@ fn transformer_fixture() -> Checkpoint {
 #[test]
 fn attention_matches_scaled_dot_product_attention() {
     let f = transformer_fixture();
-    assert_eq!(f.meta("attention").unwrap(), "batch=2 seq=7 heads=2 head_dim=4");
-    for (name, causal) in [("full", false), ("causal", true)] {
-        let s = Attention { batch: 2, seq: 7, heads: 2, head_dim: 4, causal };
-        let t = |k: &str| f.tensor(&format!("attention.{name}.{k}")).unwrap();
-        let (mut out, mut lse) = (vec![f32::NAN; t("out").len()], vec![f32::NAN; 2 * 2 * 7]);
+    // The long sequence spans several of the CPU backend's query-row blocks.
+    let shapes = [("attention", 2, 7, 2, 4), ("attention_long", 1, 140, 2, 4)];
+    let cases = shapes.into_iter().flat_map(|shape| [(shape, "full", false), (shape, "causal", true)]);
+    for ((prefix, batch, seq, heads, head_dim), kind, causal) in cases {
+        assert_eq!(f.meta(prefix).unwrap(), format!("batch={batch} seq={seq} heads={heads} head_dim={head_dim}"));
+        let s = Attention { batch, seq, heads, head_dim, causal };
+        let name = format!("{prefix}.{kind}");
+        let t = |k: &str| f.tensor(&format!("{name}.{k}")).unwrap();
+        let (mut out, mut lse) = (vec![f32::NAN; t("out").len()], vec![f32::NAN; batch * heads * seq]);
         Cpu.attention_forward(&mut out, &mut lse, t("qkv"), s);
         let err = max_relative(&out, t("out"));
         assert!(err < 1e-5, "{name}: attention output differs from PyTorch by {err:.2e}");

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+mod fast_math;
 mod transformer;
 
 use rayon::prelude::*;
@@ -19,14 +20,6 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 /// Elementwise ops split into chunks of this many values across threads: large
 /// enough that scheduling is noise, small enough to use both cores on a layer.
 const PAR_CHUNK: usize = 1 << 14;
-
-/// tanh through one `exp`: several times faster than libm's `tanhf` here, and
-/// within ~1e-7 of it in absolute terms, which is what GELU's `1 + tanh` and
-/// `1 − tanh²` need (the relative error near 0 is larger; nothing divides by it).
-fn fast_tanh(u: f32) -> f32 {
-    let t = (-2.0 * u.abs()).exp();
-    ((1.0 - t) / (1.0 + t)).copysign(u)
-}
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
@@ -94,8 +87,8 @@ impl Backend for Cpu {
         assert_eq!(y.len(), x.len());
         let f: fn(f32) -> f32 = match kind {
             Activation::Relu => |x| x.max(0.0),
-            Activation::Tanh => fast_tanh,
-            Activation::Gelu => |x| 0.5 * x * (1.0 + fast_tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
+            Activation::Tanh => fast_math::tanh,
+            Activation::Gelu => |x| 0.5 * x * (1.0 + fast_math::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
         };
         y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
     }
@@ -104,10 +97,10 @@ impl Backend for Cpu {
         assert!(dx.len() == dy.len() && dy.len() == x.len());
         let df: fn(f32) -> f32 = match kind {
             Activation::Relu => |x| if x > 0.0 { 1.0 } else { 0.0 },
-            Activation::Tanh => |x| 1.0 - fast_tanh(x).powi(2),
+            Activation::Tanh => |x| 1.0 - fast_math::tanh(x).powi(2),
             Activation::Gelu => |x| {
                 let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                let t = fast_tanh(u);
+                let t = fast_math::tanh(u);
                 let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
             },
@@ -129,7 +122,7 @@ impl Backend for Cpu {
             correct += usize::from(argmax == label);
             let mut sum = 0.0f32;
             for (d, &z) in drow.iter_mut().zip(row) {
-                *d = (z - max).exp();
+                *d = fast_math::exp(z - max);
                 sum += *d;
             }
             loss += f64::from(sum.ln() - (row[label] - max));

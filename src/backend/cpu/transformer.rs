@@ -1,9 +1,10 @@
 //! CPU reference of the transformer ops: LayerNorm, multi-head attention,
-//! embeddings. Attention runs per (batch, head) on gathered contiguous Q, K, V
-//! with GEMMs, in parallel; backward recomputes the probabilities from the saved
-//! log-sum-exp (as FlashAttention does), so nothing seq×seq outlives a head.
+//! embeddings. Attention runs per (batch element, head) on gathered contiguous
+//! Q, K, V with GEMMs over blocks of query rows, batch elements in parallel.
 
 use rayon::prelude::*;
+
+use super::fast_math;
 
 use crate::backend::Attention;
 use crate::linalg::matmul;
@@ -58,41 +59,60 @@ pub fn layernorm_backward(
     }
 }
 
-/// Copies head `h` of block `part` (0 = q, 1 = k, 2 = v) of batch `b` into a seq×hd matrix.
-fn gather(qkv: &[f32], s: &Attention, b: usize, h: usize, part: usize) -> Vec<f32> {
-    let (w, hd) = (s.qkv_width(), s.head_dim);
-    let col = part * s.width() + h * hd;
-    (0..s.seq).flat_map(|t| &qkv[(b * s.seq + t) * w + col..][..hd]).copied().collect()
+/// Query rows per block: a causal block scores only the keys up to its last row,
+/// which skips nearly half the work of long sequences.
+const ROW_BLOCK: usize = 64;
+
+/// Copies the `hd` columns from `col` of every `stride`-wide row of `rows` into `dst`.
+fn gather(dst: &mut Vec<f32>, rows: &[f32], stride: usize, col: usize, hd: usize) {
+    dst.clear();
+    dst.extend(rows.chunks_exact(stride).flat_map(|row| &row[col..col + hd]));
 }
 
-/// The probabilities of one head: `P = exp(S − lse)` with `S = Q·Kᵀ/sqrt(hd)`,
-/// masked above the diagonal when causal. With `lse = None`, computes and returns it.
-fn probabilities(q: &[f32], k: &[f32], s: &Attention, lse: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let t = s.seq;
-    let mut p = vec![0.0; t * t];
-    matmul(&mut p, q, k, t, s.head_dim, t, false, true, 1.0 / (s.head_dim as f32).sqrt(), 0.0);
-    let mut lse_out = vec![0.0; t];
-    for (i, row) in p.chunks_exact_mut(t).enumerate() {
-        let visible = if s.causal { i + 1 } else { t };
-        let l = match lse {
-            Some(l) => l[i],
-            None => {
-                let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                max + row[..visible].iter().map(|&z| (z - max).exp()).sum::<f32>().ln()
-            }
-        };
-        lse_out[i] = l;
-        row[..visible].iter_mut().for_each(|z| *z = (*z - l).exp());
-        row[visible..].iter_mut().for_each(|z| *z = 0.0);
+/// Writes a rows×hd matrix into the `hd` columns from `col` of `stride`-wide rows.
+fn scatter(rows: &mut [f32], src: &[f32], stride: usize, col: usize, hd: usize) {
+    for (row, s) in rows.chunks_exact_mut(stride).zip(src.chunks_exact(hd)) {
+        row[col..col + hd].copy_from_slice(s);
     }
-    (p, lse_out)
 }
 
-/// Writes a seq×hd matrix into head `h` of a (batch·seq)×(stride) buffer at column `col0`.
-fn scatter(dst: &mut [f32], src: &[f32], s: &Attention, b: usize, stride: usize, col0: usize) {
-    for t in 0..s.seq {
-        dst[(b * s.seq + t) * stride + col0..][..s.head_dim].copy_from_slice(&src[t * s.head_dim..][..s.head_dim]);
+/// One (batch element, head): Q, K, V gathered into contiguous seq×hd matrices,
+/// plus a score block; kept across heads so a batch element allocates once.
+#[derive(Default)]
+struct Head {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Head {
+    fn load(&mut self, qkv_rows: &[f32], s: &Attention, h: usize) {
+        let (w, hd) = (s.qkv_width(), s.head_dim);
+        gather(&mut self.q, qkv_rows, w, h * hd, hd);
+        gather(&mut self.k, qkv_rows, w, s.width() + h * hd, hd);
+        gather(&mut self.v, qkv_rows, w, 2 * s.width() + h * hd, hd);
     }
+
+    /// Fills `scores` with `Q·Kᵀ/sqrt(hd)` of the query rows `rows` against the
+    /// keys they may see (the returned count; a causal block's last row sees all).
+    fn score(&mut self, s: &Attention, rows: std::ops::Range<usize>) -> usize {
+        let (hd, n) = (s.head_dim, rows.len());
+        let keys = if s.causal { rows.end } else { s.seq };
+        self.scores.resize(n * keys, 0.0);
+        let q = &self.q[rows.start * hd..rows.end * hd];
+        matmul(&mut self.scores, q, &self.k[..keys * hd], n, hd, keys, false, true, 1.0 / (hd as f32).sqrt(), 0.0);
+        keys
+    }
+}
+
+/// Keys row `i` may attend to among the first `keys`.
+fn visible(s: &Attention, i: usize, keys: usize) -> usize {
+    if s.causal { i + 1 } else { keys }
+}
+
+fn row_blocks(seq: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..seq).step_by(ROW_BLOCK).map(move |r0| r0..(r0 + ROW_BLOCK).min(seq))
 }
 
 fn check(s: &Attention, qkv: usize, out: usize, lse: usize) {
@@ -103,61 +123,91 @@ fn check(s: &Attention, qkv: usize, out: usize, lse: usize) {
     );
 }
 
+/// Each batch element in parallel, its heads in turn, its query rows in blocks:
+/// `P = softmax(S)` row by row (saving `lse = max + ln Σ exp`), then `O = P·V`.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Attention) {
     check(&s, qkv.len(), out.len(), lse.len());
-    let heads: Vec<(usize, usize)> = (0..s.batch).flat_map(|b| (0..s.heads).map(move |h| (b, h))).collect();
-    let results: Vec<(Vec<f32>, Vec<f32>)> = heads
-        .par_iter()
-        .map(|&(b, h)| {
-            let (q, k, v) = (gather(qkv, &s, b, h, 0), gather(qkv, &s, b, h, 1), gather(qkv, &s, b, h, 2));
-            let (p, l) = probabilities(&q, &k, &s, None);
-            let mut o = vec![0.0; s.seq * s.head_dim];
-            matmul(&mut o, &p, &v, s.seq, s.seq, s.head_dim, false, false, 1.0, 0.0);
-            (o, l)
-        })
-        .collect();
-    for (&(b, h), (o, l)) in heads.iter().zip(results) {
-        scatter(out, &o, &s, b, s.width(), h * s.head_dim);
-        lse[(b * s.heads + h) * s.seq..][..s.seq].copy_from_slice(&l);
+    let (t, hd) = (s.seq, s.head_dim);
+    if out.is_empty() {
+        return;
     }
+    let per_batch = out.par_chunks_mut(t * s.width()).zip(lse.par_chunks_mut(s.heads * t)).zip(qkv.par_chunks(t * s.qkv_width()));
+    per_batch.for_each(|((out_b, lse_b), qkv_b)| {
+        let (mut head, mut o) = (Head::default(), vec![0.0; t * hd]);
+        for h in 0..s.heads {
+            head.load(qkv_b, &s, h);
+            for rows in row_blocks(t) {
+                let keys = head.score(&s, rows.clone());
+                for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                    let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
+                    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - max));
+                    let sum: f32 = seen.iter().sum();
+                    seen.iter_mut().for_each(|z| *z /= sum);
+                    hidden.fill(0.0);
+                    lse_b[h * t + i] = max + sum.ln();
+                }
+                let n = rows.len();
+                matmul(&mut o[rows.start * hd..rows.end * hd], &head.scores, &head.v[..keys * hd], n, keys, hd, false, false, 1.0, 0.0);
+            }
+            scatter(out_b, &o, s.width(), h * hd, hd);
+        }
+    });
 }
 
+/// Recomputes `P` from the saved log-sum-exp per row block (as FlashAttention
+/// does), so nothing seq×seq outlives a block: `dV += Pᵀ·dO`,
+/// `dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O))`, `dQ = dS·K/sqrt(hd)`, `dK += dSᵀ·Q/sqrt(hd)`.
 pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], s: Attention) {
     check(&s, qkv.len(), out.len(), lse.len());
     assert!(dqkv.len() == qkv.len() && dout.len() == out.len(), "attention gradient shapes");
-    let (t, hd) = (s.seq, s.head_dim);
-    let heads: Vec<(usize, usize)> = (0..s.batch).flat_map(|b| (0..s.heads).map(move |h| (b, h))).collect();
-    let grads: Vec<[Vec<f32>; 3]> = heads
-        .par_iter()
-        .map(|&(b, h)| {
-            let (q, k, v) = (gather(qkv, &s, b, h, 0), gather(qkv, &s, b, h, 1), gather(qkv, &s, b, h, 2));
-            let narrow = Attention { heads: 1, ..s };
-            let col = |m: &[f32]| -> Vec<f32> { (0..t).flat_map(|i| &m[(b * t + i) * s.width() + h * hd..][..hd]).copied().collect() };
-            let (d_o, o) = (col(dout), col(out));
-            let (p, _) = probabilities(&q, &k, &narrow, Some(&lse[(b * s.heads + h) * t..][..t]));
-            // dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ∘ (dP − rowsum(dO ∘ O)).
-            let mut dv = vec![0.0; t * hd];
-            matmul(&mut dv, &p, &d_o, t, t, hd, true, false, 1.0, 0.0);
-            let mut ds = vec![0.0; t * t];
-            matmul(&mut ds, &d_o, &v, t, hd, t, false, true, 1.0, 0.0);
-            for i in 0..t {
-                let d: f32 = (0..hd).map(|c| d_o[i * hd + c] * o[i * hd + c]).sum();
-                for j in 0..t {
-                    ds[i * t + j] = p[i * t + j] * (ds[i * t + j] - d);
-                }
-            }
-            let scale = 1.0 / (hd as f32).sqrt();
-            let (mut dq, mut dk) = (vec![0.0; t * hd], vec![0.0; t * hd]);
-            matmul(&mut dq, &ds, &k, t, t, hd, false, false, scale, 0.0);
-            matmul(&mut dk, &ds, &q, t, t, hd, true, false, scale, 0.0);
-            [dq, dk, dv]
-        })
-        .collect();
-    for (&(b, h), g) in heads.iter().zip(grads) {
-        for (part, m) in g.iter().enumerate() {
-            scatter(dqkv, m, &s, b, s.qkv_width(), part * s.width() + h * hd);
-        }
+    let (t, hd, width, w3) = (s.seq, s.head_dim, s.width(), s.qkv_width());
+    if out.is_empty() {
+        return;
     }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let per_batch = dqkv
+        .par_chunks_mut(t * w3)
+        .zip(qkv.par_chunks(t * w3))
+        .zip(dout.par_chunks(t * width).zip(out.par_chunks(t * width)))
+        .zip(lse.par_chunks(s.heads * t));
+    per_batch.for_each(|(((dqkv_b, qkv_b), (dout_b, out_b)), lse_b)| {
+        let mut head = Head::default();
+        let (mut d_o, mut o, mut dp) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dq, mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd], vec![0.0; t * hd]);
+        for h in 0..s.heads {
+            head.load(qkv_b, &s, h);
+            gather(&mut d_o, dout_b, width, h * hd, hd);
+            gather(&mut o, out_b, width, h * hd, hd);
+            let delta: Vec<f32> =
+                d_o.chunks_exact(hd).zip(o.chunks_exact(hd)).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect();
+            let lse_h = &lse_b[h * t..(h + 1) * t];
+            dk.fill(0.0);
+            dv.fill(0.0);
+            for rows in row_blocks(t) {
+                let n = rows.len();
+                let d_o_rows = &d_o[rows.start * hd..rows.end * hd];
+                let keys = head.score(&s, rows.clone());
+                for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                    let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
+                    seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - lse_h[i]));
+                    hidden.fill(0.0);
+                }
+                let p = &head.scores;
+                matmul(&mut dv[..keys * hd], p, d_o_rows, keys, n, hd, true, false, 1.0, 1.0);
+                dp.resize(n * keys, 0.0);
+                matmul(&mut dp, d_o_rows, &head.v[..keys * hd], n, hd, keys, false, true, 1.0, 0.0);
+                for ((ds_row, p_row), i) in dp.chunks_exact_mut(keys).zip(p.chunks_exact(keys)).zip(rows.clone()) {
+                    ds_row.iter_mut().zip(p_row).for_each(|(ds, &p)| *ds = p * (*ds - delta[i]));
+                }
+                matmul(&mut dq[rows.start * hd..rows.end * hd], &dp, &head.k[..keys * hd], n, keys, hd, false, false, scale, 0.0);
+                matmul(&mut dk[..keys * hd], &dp, &head.q[rows.start * hd..rows.end * hd], keys, n, hd, true, false, scale, 1.0);
+            }
+            for (part, m) in [&dq, &dk, &dv].into_iter().enumerate() {
+                scatter(dqkv_b, m, w3, part * width + h * hd, hd);
+            }
+        }
+    });
 }
 
 pub fn embedding_forward(out: &mut [f32], table: &[f32], ids: &[u32], dim: usize) {
