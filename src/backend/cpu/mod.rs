@@ -19,7 +19,25 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 /// Elementwise ops split into chunks of this many values across threads: large
 /// enough that scheduling is noise, small enough to use both cores on a layer.
+/// Reductions sum per-chunk partials in chunk order, so results do not depend
+/// on the thread count.
 const PAR_CHUNK: usize = 1 << 14;
+
+/// Whole rows of length `row` per parallel chunk: about [`PAR_CHUNK`] values.
+fn rows_per_chunk(row: usize) -> usize {
+    (PAR_CHUNK / row.max(1)).max(1)
+}
+
+/// `f` over matching chunks of `y` and `x`, on all threads.
+fn par_zip(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    assert_eq!(y.len(), x.len());
+    y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x)));
+}
+
+/// The slices of a parameter-store range, cut into matching parallel chunks.
+fn par_range<'a>(buf: &'a mut [f32], r: &Range<usize>) -> rayon::slice::ChunksMut<'a, f32> {
+    buf[r.clone()].par_chunks_mut(PAR_CHUNK)
+}
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
@@ -70,27 +88,36 @@ impl Backend for Cpu {
     }
 
     fn add_bias_rows(&self, y: &mut [f32], bias: &[f32]) {
-        assert_eq!(y.len() % bias.len(), 0, "bias length must divide the matrix");
-        for row in y.chunks_exact_mut(bias.len()) {
-            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-        }
+        let n = bias.len();
+        assert_eq!(y.len() % n, 0, "bias length must divide the matrix");
+        y.par_chunks_mut(rows_per_chunk(n) * n).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+        });
     }
 
     fn accumulate_column_sums(&self, out: &mut [f32], x: &[f32]) {
-        assert_eq!(x.len() % out.len(), 0, "column count must divide the matrix");
-        for row in x.chunks_exact(out.len()) {
-            out.iter_mut().zip(row).for_each(|(o, x)| *o += x);
-        }
+        let n = out.len();
+        assert_eq!(x.len() % n, 0, "column count must divide the matrix");
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(rows_per_chunk(n) * n)
+            .map(|rows| {
+                let mut sums = vec![0.0; n];
+                rows.chunks_exact(n).for_each(|row| sums.iter_mut().zip(row).for_each(|(s, x)| *s += x));
+                sums
+            })
+            .collect();
+        partials.iter().for_each(|p| out.iter_mut().zip(p).for_each(|(o, s)| *o += s));
     }
 
     fn activation_forward(&self, kind: Activation, y: &mut [f32], x: &[f32]) {
-        assert_eq!(y.len(), x.len());
         let f: fn(f32) -> f32 = match kind {
             Activation::Relu => |x| x.max(0.0),
             Activation::Tanh => fast_math::tanh,
             Activation::Gelu => |x| 0.5 * x * (1.0 + fast_math::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
         };
-        y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+        par_zip(y, x, |y, x| *y = f(x));
     }
 
     fn activation_backward(&self, kind: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
@@ -113,22 +140,28 @@ impl Backend for Cpu {
         assert_eq!(logits.len(), labels.len() * classes, "logits must be batch×classes");
         assert_eq!(dlogits.len(), logits.len());
         let inv_batch = 1.0 / labels.len() as f32;
-        let mut loss = 0.0f64;
-        let mut correct = 0;
-        for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
-            let label = label as usize;
-            assert!(label < classes, "label {label} out of range for {classes} classes");
-            let (argmax, max) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
-            correct += usize::from(argmax == label);
-            let mut sum = 0.0f32;
-            for (d, &z) in drow.iter_mut().zip(row) {
-                *d = fast_math::exp(z - max);
-                sum += *d;
-            }
-            loss += f64::from(sum.ln() - (row[label] - max));
-            drow.iter_mut().for_each(|d| *d *= inv_batch / sum);
-            drow[label] -= inv_batch;
-        }
+        let n = rows_per_chunk(classes);
+        let chunks = logits.par_chunks(n * classes).zip(dlogits.par_chunks_mut(n * classes)).zip(labels.par_chunks(n));
+        // Per chunk of rows: (summed loss, correct predictions), added in order below.
+        let partials: Vec<(f64, usize)> = chunks
+            .map(|((logits, dlogits), labels)| {
+                let (mut loss, mut correct) = (0.0f64, 0);
+                for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
+                    let label = label as usize;
+                    assert!(label < classes, "label {label} out of range for {classes} classes");
+                    let (argmax, max) =
+                        row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                    correct += usize::from(argmax == label);
+                    drow.iter_mut().zip(row).for_each(|(d, &z)| *d = fast_math::exp(z - max));
+                    let sum: f32 = drow.iter().sum();
+                    loss += f64::from(sum.ln() - (row[label] - max));
+                    drow.iter_mut().for_each(|d| *d *= inv_batch / sum);
+                    drow[label] -= inv_batch;
+                }
+                (loss, correct)
+            })
+            .collect();
+        let (loss, correct) = partials.into_iter().fold((0.0, 0), |(l, c), (pl, pc)| (l + pl, c + pc));
         LossOut { loss: (loss / labels.len() as f64) as f32, correct }
     }
 
@@ -173,11 +206,10 @@ impl Backend for Cpu {
     }
 
     fn axpby(&self, y: &mut [f32], alpha: f32, x: &[f32], beta: f32) {
-        assert_eq!(y.len(), x.len());
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y = alpha * x + beta * *y);
+        par_zip(y, x, |y, x| *y = alpha * x + beta * *y);
     }
     fn scale(&self, x: &mut [f32], alpha: f32) {
-        x.iter_mut().for_each(|v| *v *= alpha);
+        x.par_chunks_mut(PAR_CHUNK).for_each(|x| x.iter_mut().for_each(|v| *v *= alpha));
     }
 
     fn adamw_step(
@@ -193,13 +225,15 @@ impl Backend for Cpu {
         let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
         let decay = 1.0 - hp.lr * hp.weight_decay;
         for r in ranges {
-            let it = params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut m[r.clone()]).zip(&mut v[r.clone()]);
-            for (((p, &g), m), v) in it {
-                *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
-                *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
-                let update = (*m / bias1) / ((*v / bias2).sqrt() + hp.eps);
-                *p = *p * decay - hp.lr * update;
-            }
+            let chunks = par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(m, r)).zip(par_range(v, r));
+            chunks.for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                    *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                    let update = (*m / bias1) / ((*v / bias2).sqrt() + hp.eps);
+                    *p = *p * decay - hp.lr * update;
+                }
+            });
         }
     }
 
@@ -215,11 +249,14 @@ impl Backend for Cpu {
         weight_decay: f32,
     ) {
         for r in ranges {
-            for ((p, &g), b) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut momentum_buf[r.clone()]) {
-                let g = g + weight_decay * *p;
-                *b = momentum * *b + g;
-                *p -= lr * if nesterov { g + momentum * *b } else { *b };
-            }
+            let chunks = par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(momentum_buf, r));
+            chunks.for_each(|((p, g), b)| {
+                for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                    let g = g + weight_decay * *p;
+                    *b = momentum * *b + g;
+                    *p -= lr * if nesterov { g + momentum * *b } else { *b };
+                }
+            });
         }
     }
 
@@ -236,30 +273,35 @@ impl Backend for Cpu {
     ) {
         let decay = 1.0 - lr * weight_decay;
         for r in ranges {
-            for ((p, &g), m) in params[r.clone()].iter_mut().zip(&grads[r.clone()]).zip(&mut m[r.clone()]) {
-                let c = beta1 * *m + (1.0 - beta1) * g;
-                // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
-                let sign = if c > 0.0 {
-                    1.0
-                } else if c < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                *p = *p * decay - lr * sign;
-                *m = beta2 * *m + (1.0 - beta2) * g;
-            }
+            par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(m, r)).for_each(|((p, g), m)| {
+                for ((p, &g), m) in p.iter_mut().zip(g).zip(m) {
+                    let c = beta1 * *m + (1.0 - beta1) * g;
+                    // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
+                    let sign = if c > 0.0 {
+                        1.0
+                    } else if c < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+                    *p = *p * decay - lr * sign;
+                    *m = beta2 * *m + (1.0 - beta2) * g;
+                }
+            });
         }
     }
 
     fn adam_direction(&self, out: &mut [f32], m: &[f32], v: &[f32], bias1: f32, bias2: f32, eps: f32) {
-        for ((o, &m), &v) in out.iter_mut().zip(m).zip(v) {
-            *o = (m / bias1) / ((v / bias2).sqrt() + eps);
-        }
+        assert!(out.len() == m.len() && m.len() == v.len());
+        out.par_chunks_mut(PAR_CHUNK).zip(m.par_chunks(PAR_CHUNK)).zip(v.par_chunks(PAR_CHUNK)).for_each(|((o, m), v)| {
+            for ((o, &m), &v) in o.iter_mut().zip(m).zip(v) {
+                *o = (m / bias1) / ((v / bias2).sqrt() + eps);
+            }
+        });
     }
 
     fn ema_square(&self, v: &mut [f32], g: &[f32], beta: f32) {
-        v.iter_mut().zip(g).for_each(|(v, &g)| *v = beta * *v + (1.0 - beta) * g * g);
+        par_zip(v, g, |v, g| *v = beta * *v + (1.0 - beta) * g * g);
     }
 
     fn newton_schulz_batched(
@@ -272,8 +314,11 @@ impl Backend for Cpu {
         steps: usize,
         coeffs: NsCoefficients,
     ) {
-        for r in ranges {
-            out[r.clone()].copy_from_slice(&linalg::newton_schulz(&input[r.clone()], rows, cols, steps, coeffs));
+        // The matrices of a batch in parallel: each is too small to fill both cores.
+        let results: Vec<Vec<f32>> =
+            ranges.par_iter().map(|r| linalg::newton_schulz(&input[r.clone()], rows, cols, steps, coeffs)).collect();
+        for (r, x) in ranges.iter().zip(results) {
+            out[r.clone()].copy_from_slice(&x);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::fast_math;
+use super::{fast_math, rows_per_chunk};
 
 use crate::backend::Attention;
 use crate::linalg::matmul;
@@ -12,15 +12,19 @@ use crate::linalg::matmul;
 pub fn layernorm_forward(y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let dim = gamma.len();
     assert!(x.len() == y.len() && x.len() == mean.len() * dim && mean.len() == rstd.len() && beta.len() == dim, "layernorm shapes");
-    for (((yr, xr), m), r) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
-        let mu = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
-        let var = xr.iter().map(|&v| (f64::from(v) - mu).powi(2)).sum::<f64>() / dim as f64;
-        let rs = 1.0 / (var + f64::from(eps)).sqrt();
-        (*m, *r) = (mu as f32, rs as f32);
-        for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-            *y = (x - *m) * *r * g + b;
+    let n = rows_per_chunk(dim);
+    let chunks = y.par_chunks_mut(n * dim).zip(x.par_chunks(n * dim)).zip(mean.par_chunks_mut(n)).zip(rstd.par_chunks_mut(n));
+    chunks.for_each(|(((y, x), mean), rstd)| {
+        for (((yr, xr), m), r) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(mean).zip(rstd) {
+            let mu = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
+            let var = xr.iter().map(|&v| (f64::from(v) - mu).powi(2)).sum::<f64>() / dim as f64;
+            let rs = 1.0 / (var + f64::from(eps)).sqrt();
+            (*m, *r) = (mu as f32, rs as f32);
+            for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                *y = (x - *m) * *r * g + b;
+            }
         }
-    }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -39,23 +43,38 @@ pub fn layernorm_backward(
         dx.len() == x.len() && dy.len() == x.len() && x.len() == mean.len() * dim && dgamma.len() == dim && dbeta.len() == dim,
         "layernorm shapes"
     );
-    for (row, ((dxr, dyr), xr)) in dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim)).enumerate() {
-        let (m, r) = (mean[row], rstd[row]);
-        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ.
-        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-        for c in 0..dim {
-            let xhat = (xr[c] - m) * r;
-            let g = dyr[c] * gamma[c];
-            sum_g += g;
-            sum_gx += g * xhat;
-            dgamma[c] += dyr[c] * xhat;
-            dbeta[c] += dyr[c];
-        }
-        let (mean_g, mean_gx) = (sum_g / dim as f32, sum_gx / dim as f32);
-        for c in 0..dim {
-            let xhat = (xr[c] - m) * r;
-            dxr[c] = r * (dyr[c] * gamma[c] - mean_g - xhat * mean_gx);
-        }
+    let n = rows_per_chunk(dim);
+    let chunks =
+        dx.par_chunks_mut(n * dim).zip(dy.par_chunks(n * dim)).zip(x.par_chunks(n * dim)).zip(mean.par_chunks(n).zip(rstd.par_chunks(n)));
+    // Each chunk of rows returns its share of dγ and dβ.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = chunks
+        .map(|(((dx, dy), x), (mean, rstd))| {
+            let (mut dgamma, mut dbeta) = (vec![0.0; dim], vec![0.0; dim]);
+            for ((((dxr, dyr), xr), &m), &r) in
+                dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim)).zip(mean).zip(rstd)
+            {
+                // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ.
+                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+                for c in 0..dim {
+                    let xhat = (xr[c] - m) * r;
+                    let g = dyr[c] * gamma[c];
+                    sum_g += g;
+                    sum_gx += g * xhat;
+                    dgamma[c] += dyr[c] * xhat;
+                    dbeta[c] += dyr[c];
+                }
+                let (mean_g, mean_gx) = (sum_g / dim as f32, sum_gx / dim as f32);
+                for c in 0..dim {
+                    let xhat = (xr[c] - m) * r;
+                    dxr[c] = r * (dyr[c] * gamma[c] - mean_g - xhat * mean_gx);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    for (pg, pb) in partials {
+        dgamma.iter_mut().zip(pg).for_each(|(d, p)| *d += p);
+        dbeta.iter_mut().zip(pb).for_each(|(d, p)| *d += p);
     }
 }
 
