@@ -66,7 +66,10 @@ fn every_kernel_in_the_sources_is_loaded() {
     // Runs without a GPU: the Rust list of entry points and the .cu files agree.
     let mut in_sources: Vec<String> = optlab::backend::kernels::KERNELS
         .iter()
-        .flat_map(|k| k.cuda.split("extern \"C\" __global__ void ").skip(1).map(|rest| rest.split('(').next().unwrap().trim().to_string()))
+        .flat_map(|k| k.cuda.split("extern \"C\" __global__ void ").skip(1))
+        // A `__launch_bounds__(…)` may stand before the name.
+        .map(|rest| rest.strip_prefix("__launch_bounds__(").map_or(rest, |r| &r[r.find(')').unwrap() + 1..]))
+        .map(|rest| rest.split('(').next().unwrap().trim().to_string())
         .collect();
     let mut listed: Vec<String> = FUNCTIONS.iter().flat_map(|(_, names)| names.iter().map(|n| n.to_string())).collect();
     in_sources.sort();
@@ -201,19 +204,53 @@ fn fused_optimizer_steps_over_range_lists() {
 fn batched_newton_schulz() {
     let Some(g) = gpu("newton_schulz") else { return };
     let mut rng = StdRng::seed_from_u64(5);
-    for (rows, cols, batch) in [(16, 64, 3), (65, 33, 2), (128, 128, 1), (256, 1024, 2)] {
+    // (rows, cols, batch). One launch: tiny and odd, wide and tall, the model shapes,
+    // a short side of exactly 128 (300×128 fills most of the shared memory). cuBLAS:
+    // short sides past 128, and 128×512, too large for the shared memory.
+    let shapes = [
+        (5, 7, 2),
+        (7, 5, 1),
+        (9, 13, 3),
+        (33, 65, 2),
+        (100, 37, 3),
+        (64, 64, 1),
+        (16, 64, 3),
+        (64, 256, 2),
+        (256, 64, 2),
+        (128, 128, 1),
+        (300, 128, 1),
+        (130, 300, 3),
+        (300, 129, 1),
+        (128, 512, 2),
+    ];
+    // Which shapes fit depends on the device's shared memory; both paths must run.
+    let one_launch: Vec<bool> = shapes.iter().map(|&(rows, cols, _)| g.newton_schulz_in_one_launch(rows, cols)).collect();
+    assert!(one_launch.contains(&true) && one_launch.contains(&false), "one path unexercised: {one_launch:?}");
+    for (rows, cols, batch) in shapes {
         let len = rows * cols;
-        let input = random(len * batch + 5, &mut rng);
-        let ranges: Vec<_> = (0..batch).map(|i| 5 + i * len..5 + (i + 1) * len).collect();
+        // Gaps before and between the matrices, in reverse order: only the ranges are read and written.
+        let input = random(5 + batch * (len + 3), &mut rng);
+        let ranges: Vec<_> = (0..batch).rev().map(|i| 5 + i * (len + 3)..5 + i * (len + 3) + len).collect();
+        // Bounds relative to max |X|: the normalisation alone is f32; one step adds the
+        // bf16 rounding of X (≤ 7e-3 in a CPU emulation of the scheme); five steps
+        // amplify it, the more the fewer the singular values (≤ 2.5e-2 from a short
+        // side of 16 on, but up to 0.17 for 5×7), so tiny matrices stop at one step.
+        let checks: &[(usize, f32)] = if rows.min(cols) < 16 { &[(0, 1e-6), (1, 1.5e-2)] } else { &[(0, 1e-6), (1, 1.5e-2), (5, 5e-2)] };
+        let path = if g.newton_schulz_in_one_launch(rows, cols) { "one launch" } else { "cuBLAS" };
         for coeffs in [NsCoefficients::Keller, NsCoefficients::PolarExpress] {
-            let (cpu, gpu) = on_both!(&g, |b| {
-                let inp = b.upload(&input);
-                let mut out = poisoned(b, input.len());
-                b.newton_schulz_batched(&mut out, &inp, &ranges, rows, cols, 5, coeffs);
-                let out = b.download(v(b, &out));
-                ranges.iter().flat_map(|r| out[r.clone()].to_vec()).collect::<Vec<_>>()
-            });
-            assert_close(&format!("newton_schulz {batch}x{rows}x{cols} {coeffs:?}"), &gpu, &cpu, 1e-3);
+            for &(steps, bound) in checks {
+                let (cpu, gpu) = on_both!(&g, |b| {
+                    let inp = b.upload(&input);
+                    let mut out = poisoned(b, input.len());
+                    b.newton_schulz_batched(&mut out, &inp, &ranges, rows, cols, steps, coeffs);
+                    b.download(v(b, &out))
+                });
+                let what = format!("newton_schulz {batch}x{rows}x{cols} ({path}) {coeffs:?} {steps} steps");
+                let untouched = (0..input.len()).filter(|i| !ranges.iter().any(|r| r.contains(i))).all(|i| gpu[i].is_nan());
+                assert!(untouched, "{what}: wrote outside its ranges");
+                let inside = |out: &[f32]| ranges.iter().flat_map(|r| out[r.clone()].to_vec()).collect::<Vec<_>>();
+                assert_close(&what, &inside(&gpu), &inside(&cpu), bound);
+            }
         }
     }
 }
@@ -278,8 +315,11 @@ fn mlp_training_steps_agree_across_backends() {
             }
             (losses, b.download(v(b, &model.store.values)))
         });
+        // Muon's Newton-Schulz multiplies in bf16 on the GPU: a CPU emulation of that
+        // moved these parameters by 1.9e-2 of max |p| from the f32 run (losses: 4e-6).
+        let parameter_bound = if matches!(opt, OptimizerConfig::Muon(_)) { 5e-2 } else { 1e-3 };
         assert_close(&format!("{} losses", opt.name()), &gpu.0, &cpu.0, 1e-4);
-        assert_close(&format!("{} parameters after 5 steps", opt.name()), &gpu.1, &cpu.1, 1e-3);
+        assert_close(&format!("{} parameters after 5 steps", opt.name()), &gpu.1, &cpu.1, parameter_bound);
     }
 }
 
@@ -295,7 +335,7 @@ fn transformer_training_steps_agree_across_backends() {
     let ids: Vec<u32> = (0..3 * 40).map(|_| rng.random_range(0..256)).collect();
     let targets: Vec<u8> = (0..3 * 40).map(|_| rng.random_range(0..=255)).collect();
     // Muon's Newton-Schulz reads bf16 operands on the GPU: its parameters agree less closely.
-    for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 3e-2)] {
+    for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 5e-2)] {
         let (cpu, gpu) = on_both!(&g, |b| {
             let (mut v_model, mut g_model) = (Vit::new(b, vit.clone(), 3), Gpt::new(b, gpt.clone(), 4));
             let (mut v_opt, mut g_opt) = (opt.build(b, &v_model.store), opt.build(b, &g_model.store));

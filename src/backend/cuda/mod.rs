@@ -6,6 +6,7 @@
 //! needed: views are plain (device pointer, length) pairs, as in llm.c, and
 //! kernels and cuBLAS take raw pointers.
 
+mod newton_schulz;
 mod ops;
 mod transformer;
 
@@ -39,7 +40,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
             "attention_backward_dq",
         ],
     ),
-    ("newton_schulz", &["normalize_frobenius"]),
+    ("newton_schulz", &["newton_schulz_in_shared_memory", "normalize_frobenius", "shifted_polynomial_to_bf16", "newton_schulz_update"]),
     (
         "nn",
         &[
@@ -106,7 +107,7 @@ pub struct DViewMut<'a> {
     _borrow: PhantomData<&'a mut CudaSlice<f32>>,
 }
 
-fn base_ptr(buf: &CudaSlice<f32>) -> sys::CUdeviceptr {
+fn base_ptr<T>(buf: &CudaSlice<T>) -> sys::CUdeviceptr {
     let (ptr, _sync) = buf.device_ptr(buf.stream());
     ptr
 }
@@ -134,6 +135,8 @@ pub struct Cuda {
     range_tables: Mutex<HashMap<RangeKey, Arc<RangeTable>>>,
     /// Inverse roots the GPU iteration could not deliver, computed on the CPU instead.
     root_fallbacks: AtomicU64,
+    /// Dynamic shared memory per block the one-launch Newton-Schulz kernel may use.
+    one_launch_shared_memory: usize,
 }
 
 impl Cuda {
@@ -159,7 +162,22 @@ impl Cuda {
                 functions.insert(*name, m.load_function(name).map_err(|e| anyhow!("kernel {module}::{name} missing: {e:?}"))?);
             }
         }
-        Ok(Self { ctx, stream, blas, functions, origin, range_tables: Mutex::new(HashMap::new()), root_fallbacks: AtomicU64::new(0) })
+        // Without the opt-in, every Newton-Schulz batch takes the cuBLAS path: slower, still correct.
+        let one_launch_shared_memory = newton_schulz::allow_opt_in_shared_memory(&ctx, &functions[newton_schulz::ONE_LAUNCH_KERNEL])
+            .unwrap_or_else(|e| {
+                eprintln!("optlab: {e:#}; Newton-Schulz will use cuBLAS for every shape");
+                0
+            });
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            functions,
+            origin,
+            range_tables: Mutex::new(HashMap::new()),
+            root_fallbacks: AtomicU64::new(0),
+            one_launch_shared_memory,
+        })
     }
 
     pub fn origin(&self) -> KernelOrigin {

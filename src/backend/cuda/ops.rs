@@ -1,12 +1,14 @@
 //! `Backend` for [`Cuda`]: each op is one kernel launch (or cuBLAS call) on the
 //! backend's stream; the CPU backend's op of the same name is its reference.
 
+use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Result, bail};
-use cudarc::cublas::{result as blas, sys::cublasOperation_t};
+use cudarc::cublas::result as blas;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
 use super::{Cuda, DView, DViewMut, RangeTable, base_ptr, elementwise, offset};
@@ -52,6 +54,27 @@ pub(super) fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
     Arg::Ptr(buf.device_ptr(buf.stream()).0)
 }
 
+/// Operand type of a cuBLAS product; C, alpha, beta and the accumulation are f32.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum GemmPrecision {
+    /// f32 arithmetic throughout: the CPU's precision.
+    F32,
+    /// f32 operands rounded to TF32 (10-bit mantissa) by the tensor cores.
+    Tf32,
+    /// bf16 operands.
+    Bf16,
+}
+
+impl GemmPrecision {
+    fn types(self) -> (cudaDataType, cublasComputeType_t) {
+        match self {
+            Self::F32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            Self::Tf32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+            Self::Bf16 => (cudaDataType::CUDA_R_16BF, cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        }
+    }
+}
+
 fn activation_code(kind: Activation) -> i32 {
     // Must match ACT_* in kernels/nn.cu.
     match kind {
@@ -79,9 +102,10 @@ impl Cuda {
     }
 
     /// Row-major `C = alpha·op(A)·op(B) + beta·C` for `batch` matrices at the given
-    /// element strides, as the column-major product `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
+    /// element strides, as the column-major product `Cᵀ = op(B)ᵀ·op(A)ᵀ`; A and B
+    /// are of `precision`'s type, C is f32.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_batched(
+    pub(super) fn gemm_batched(
         &self,
         c: sys::CUdeviceptr,
         a: sys::CUdeviceptr,
@@ -91,40 +115,47 @@ impl Cuda {
         beta: f32,
         batch: usize,
         strides: [usize; 3],
+        precision: GemmPrecision,
     ) {
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (m, n, k) = (s.m as i32, s.n as i32, s.k as i32);
         let lda = if s.trans_b { k } else { n };
         let ldb = if s.trans_a { m } else { k };
+        let (operands, compute) = precision.types();
         // SAFETY: the pointers come from live views whose lengths the callers
         // checked against the shape; cuBLAS runs on the backend's stream.
         unsafe {
-            blas::sgemm_strided_batched(
+            blas::gemm_strided_batched_ex(
                 *self.blas.handle(),
                 op(s.trans_b),
                 op(s.trans_a),
                 n,
                 m,
                 k,
-                &alpha,
-                b as *const f32,
+                (&alpha as *const f32).cast(),
+                b as *const c_void,
+                operands,
                 lda,
                 strides[2] as i64,
-                a as *const f32,
+                a as *const c_void,
+                operands,
                 ldb,
                 strides[1] as i64,
-                &beta,
-                c as *mut f32,
+                (&beta as *const f32).cast(),
+                c as *mut c_void,
+                cudaDataType::CUDA_R_32F,
                 n,
                 strides[0] as i64,
                 batch as i32,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .unwrap_or_else(|e| panic!("cuBLAS sgemm failed: {e:?}"));
+        .unwrap_or_else(|e| panic!("cuBLAS {precision:?} GEMM failed: {e:?}"));
     }
 
     /// The (offsets, cumulative counts) tables of a multi-tensor range list and the total count.
-    fn range_table(&self, ranges: &[Range<usize>]) -> (Arc<RangeTable>, usize) {
+    pub(super) fn range_table(&self, ranges: &[Range<usize>]) -> (Arc<RangeTable>, usize) {
         let key: Vec<(usize, usize)> = ranges.iter().map(|r| (r.start, r.len())).collect();
         let total = key.iter().map(|k| k.1).sum();
         let mut tables = self.range_tables.lock().expect("range table lock");
@@ -151,7 +182,7 @@ impl Cuda {
         self.stream.clone_dtoh(buf).unwrap_or_else(|e| panic!("CUDA download failed: {e:?}"))
     }
 
-    fn copy_raw(&self, dst: sys::CUdeviceptr, src: sys::CUdeviceptr, elements: usize) {
+    pub(super) fn copy_raw(&self, dst: sys::CUdeviceptr, src: sys::CUdeviceptr, elements: usize) {
         // SAFETY: both ranges lie inside live buffers (callers check lengths).
         unsafe { driver::memcpy_dtod_async(dst, src, elements * std::mem::size_of::<f32>(), self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("CUDA copy failed: {e:?}"));
@@ -205,14 +236,14 @@ impl Cuda {
                 elementwise(nn),
                 &[Arg::Ptr(t), Arg::Ptr(m), ((pf + 1.0) / pf).into(), (-1.0 / pf).into(), (n as i32).into()],
             );
-            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3]);
+            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut x, &mut x_spare);
             self.copy_raw(tp, t, nn);
             for _ in 1..p {
-                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3]);
+                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
                 self.copy_raw(tp, spare, nn);
             }
-            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3]);
+            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut m, &mut spare);
             self.launch("fill", elementwise(1), &[ptr_of(&residual), 0.0f32.into(), 1usize.into()]);
             self.launch("max_abs_from_identity", elementwise(nn), &[ptr_of(&residual), Arg::Ptr(m), (n as i32).into()]);
@@ -289,7 +320,7 @@ impl Backend for Cuda {
 
     fn matmul(&self, c: DViewMut<'_>, a: DView<'_>, b: DView<'_>, s: Gemm, alpha: f32, beta: f32) {
         assert!(a.len == s.m * s.k && b.len == s.k * s.n && c.len == s.m * s.n, "matmul operands do not match {s:?}");
-        self.gemm_batched(c.ptr, a.ptr, b.ptr, s, alpha, beta, 1, [0; 3]);
+        self.gemm_batched(c.ptr, a.ptr, b.ptr, s, alpha, beta, 1, [0; 3], GemmPrecision::F32);
     }
     fn add_bias_rows(&self, y: DViewMut<'_>, bias: DView<'_>) {
         assert_eq!(y.len % bias.len, 0, "bias length must divide the matrix");
@@ -461,77 +492,7 @@ impl Backend for Cuda {
         steps: usize,
         coeffs: NsCoefficients,
     ) {
-        let (len, batch) = (rows * cols, ranges.len());
-        assert!(ranges.iter().all(|r| r.len() == len), "every matrix of a batch must be {rows}×{cols}");
-        let (tall, short, long) = (rows > cols, rows.min(cols), rows.max(cols));
-        let ss = short * short;
-        // Scratch (kept alive to the end): X, the next X, X·Xᵀ and the polynomial.
-        let bufs =
-            [self.alloc::<f32>(batch * len), self.alloc::<f32>(batch * len), self.alloc::<f32>(batch * ss), self.alloc::<f32>(batch * ss)];
-        let [mut x, mut next, gram, poly] = bufs.each_ref().map(base_ptr);
-        let (src, dst) = (base_ptr(input), base_ptr(out));
-        for (b, r) in ranges.iter().enumerate() {
-            self.copy_raw(offset(x, b * len), offset(src, r.start), len);
-        }
-        let norm = LaunchConfig { grid_dim: (batch as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        self.launch("normalize_frobenius", norm, &[Arg::Ptr(x), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()]);
-        for step in 0..steps {
-            let (a, b, c) = coeffs.at(step);
-            // gram = X·Xᵀ (wide) or Xᵀ·X (tall); poly = b·gram + c·gram².
-            self.gemm_batched(
-                gram,
-                x,
-                x,
-                Gemm { m: short, k: long, n: short, trans_a: tall, trans_b: !tall },
-                1.0,
-                0.0,
-                batch,
-                [ss, len, len],
-            );
-            self.copy_raw(poly, gram, batch * ss);
-            self.gemm_batched(
-                poly,
-                gram,
-                gram,
-                Gemm { m: short, k: short, n: short, trans_a: false, trans_b: false },
-                c,
-                b,
-                batch,
-                [ss, ss, ss],
-            );
-            // next = a·X + poly·X (wide) or a·X + X·poly (tall).
-            self.copy_raw(next, x, batch * len);
-            if tall {
-                self.gemm_batched(
-                    next,
-                    x,
-                    poly,
-                    Gemm { m: long, k: short, n: short, trans_a: false, trans_b: false },
-                    1.0,
-                    a,
-                    batch,
-                    [len, len, ss],
-                );
-            } else {
-                self.gemm_batched(
-                    next,
-                    poly,
-                    x,
-                    Gemm { m: short, k: short, n: long, trans_a: false, trans_b: false },
-                    1.0,
-                    a,
-                    batch,
-                    [len, ss, len],
-                );
-            }
-            std::mem::swap(&mut x, &mut next);
-        }
-        for (b, r) in ranges.iter().enumerate() {
-            self.copy_raw(offset(dst, r.start), offset(x, b * len), len);
-        }
-        // The scratch buffers must outlive the queued work that uses them.
-        self.synchronize();
-        drop(bufs);
+        self.newton_schulz_batched_impl(out, input, ranges, rows, cols, steps, coeffs);
     }
 
     fn inverse_root(&self, out: DViewMut<'_>, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<()> {

@@ -1,0 +1,184 @@
+//! CUDA batched Newton-Schulz for Muon (`kernels/newton_schulz.cu`; the CPU's
+//! `linalg::newton_schulz` is the reference). Both paths read the GEMM operands
+//! in bf16 and accumulate in f32, with an f32 master X and the polynomial's mean
+//! diagonal applied to it (why: the kernel file's header), so results agree with
+//! the CPU to ~1e-2 of max |X| after 5 steps, not to f32 round-off.
+
+use std::ops::Range;
+
+use anyhow::{Result, anyhow};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, DriverError, LaunchConfig, sys};
+
+use super::ops::{Arg, GemmPrecision, ptr_of};
+use super::{Cuda, base_ptr, elementwise, offset};
+use crate::backend::Gemm;
+use crate::linalg::{self, NsCoefficients};
+
+/// The one-launch kernel's entry point.
+pub(super) const ONE_LAUNCH_KERNEL: &str = "newton_schulz_in_shared_memory";
+/// Its threads per block (`NS_THREADS` in the kernel).
+const ONE_LAUNCH_THREADS: u32 = 512;
+/// Largest short side it takes: at 128 the f32 Gram matrix and polynomial already
+/// take 130 of the 227 KiB of shared memory, and a block's 512 threads run out of
+/// Gram tiles to share.
+const ONE_LAUNCH_MAX_SHORT: usize = 128;
+/// Threads per block of the cuBLAS path's per-matrix kernels.
+const PER_MATRIX_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the one-launch kernel for short side `s` and long side
+/// `l`, laid out as in the kernel: the Gram matrix and the polynomial in f32 and
+/// X in bf16, each row padded to an odd number of element pairs:
+/// `2·s·pad(s)·4 + s·pad(l)·2` bytes with `pad(n) = 2·(⌈n/2⌉ | 1)`.
+fn one_launch_shared_bytes(s: usize, l: usize) -> usize {
+    let padded = |n: usize| 2 * (n.div_ceil(2) | 1);
+    2 * s * padded(s) * 4 + s * padded(l) * 2
+}
+
+/// Lets the one-launch kernel use the device's opt-in shared memory per block
+/// (past the default 48 KiB); returns how many dynamic bytes it may now ask for.
+pub(super) fn allow_opt_in_shared_memory(ctx: &CudaContext, kernel: &CudaFunction) -> Result<usize> {
+    let err = |what: &'static str| move |e: DriverError| anyhow!("cannot {what} for {ONE_LAUNCH_KERNEL}: {e:?}");
+    let opt_in = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(err("query the opt-in shared memory"))?;
+    let fixed = kernel.shared_size_bytes().map_err(err("query the static shared memory"))?;
+    let dynamic = opt_in - fixed;
+    kernel
+        .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)
+        .map_err(err("raise the dynamic shared memory"))?;
+    Ok(dynamic as usize)
+}
+
+impl Cuda {
+    /// Whether [`Backend::newton_schulz_batched`](crate::backend::Backend::newton_schulz_batched)
+    /// runs rows×cols matrices in one launch, one block per matrix with the whole
+    /// iteration in shared memory: when the short side s is at most 128 and X (bf16)
+    /// with its s×s Gram matrix and polynomial (f32) fit in the device's opt-in
+    /// shared memory per block (227 KiB on H100 and H200: up to 64×1546 or 128×385).
+    /// Otherwise every step is three cuBLAS GEMMs and two small kernels.
+    pub fn newton_schulz_in_one_launch(&self, rows: usize, cols: usize) -> bool {
+        let (short, long) = (rows.min(cols), rows.max(cols));
+        short <= ONE_LAUNCH_MAX_SHORT && one_launch_shared_bytes(short, long) <= self.one_launch_shared_memory
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn newton_schulz_batched_impl(
+        &self,
+        out: &mut CudaSlice<f32>,
+        input: &CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: NsCoefficients,
+    ) {
+        let len = rows * cols;
+        assert!(ranges.iter().all(|r| r.len() == len), "every matrix of a batch must be {rows}×{cols}");
+        assert!(ranges.iter().all(|r| r.end <= input.len() && r.end <= out.len()), "newton_schulz ranges past the end of a buffer");
+        assert!(
+            i32::try_from(rows.max(cols).max(steps)).is_ok(),
+            "newton_schulz: {rows}×{cols}, {steps} steps exceed the kernels' 32-bit sizes"
+        );
+        if ranges.is_empty() || len == 0 {
+            return;
+        }
+        if self.newton_schulz_in_one_launch(rows, cols) {
+            self.newton_schulz_one_launch(out, input, ranges, rows, cols, steps, coeffs);
+        } else {
+            self.newton_schulz_cublas(out, input, ranges, rows, cols, steps, coeffs);
+        }
+    }
+
+    /// One block per matrix, reading `input` at the ranges and keeping the f32
+    /// master X in `out` at the same ranges.
+    #[allow(clippy::too_many_arguments)]
+    fn newton_schulz_one_launch(
+        &self,
+        out: &mut CudaSlice<f32>,
+        input: &CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: NsCoefficients,
+    ) {
+        let (table, _) = self.range_table(ranges);
+        // (a, b, c) of each step; at least one triple, so that the buffer is never empty.
+        let schedule: Vec<f32> = (0..steps.max(1)).flat_map(|k| <[f32; 3]>::from(coeffs.at(k))).collect();
+        let schedule = self.stream.clone_htod(&schedule).expect("upload the Newton-Schulz schedule");
+        let cfg = LaunchConfig {
+            grid_dim: (ranges.len() as u32, 1, 1),
+            block_dim: (ONE_LAUNCH_THREADS, 1, 1),
+            shared_mem_bytes: one_launch_shared_bytes(rows.min(cols), rows.max(cols)) as u32,
+        };
+        let args = [
+            ptr_of(out),
+            ptr_of(input),
+            ptr_of(&table.offsets),
+            (rows as i32).into(),
+            (cols as i32).into(),
+            (steps as i32).into(),
+            ptr_of(&schedule),
+            coeffs.norm_factor().into(),
+            linalg::NS_NORM_EPS.into(),
+        ];
+        self.launch(ONE_LAUNCH_KERNEL, cfg, &args);
+    }
+
+    /// The batch gathered into scratch, then per step: A = X·Xᵀ (bf16 operands);
+    /// P = b·A + c·A² (TF32: the s×s product needs no more, and in f32 it would be
+    /// the slowest GEMM); β = tr(P)/s and bf16(P − βI); (P − βI)·X (bf16 operands);
+    /// X ← (a + β)·X + that product, with X's bf16 copy for the next step.
+    #[allow(clippy::too_many_arguments)]
+    fn newton_schulz_cublas(
+        &self,
+        out: &mut CudaSlice<f32>,
+        input: &CudaSlice<f32>,
+        ranges: &[Range<usize>],
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: NsCoefficients,
+    ) {
+        let (len, batch) = (rows * cols, ranges.len());
+        let (tall, short, long) = (rows > cols, rows.min(cols), rows.max(cols));
+        let ss = short * short;
+        // Scratch, freed in stream order when dropped: X, (P − βI)·X, A, P and β per
+        // matrix in f32; X and P − βI in bf16.
+        let f32_scratch = [batch * len, batch * len, batch * ss, batch * ss, batch].map(|n| self.alloc::<f32>(n));
+        let [x, product, gram, poly, shift] = f32_scratch.each_ref().map(base_ptr);
+        let bf16_scratch = [batch * len, batch * ss].map(|n| self.alloc::<u16>(n));
+        let [x_bf16, poly_bf16] = bf16_scratch.each_ref().map(base_ptr);
+
+        let (src, dst) = (base_ptr(input), base_ptr(out));
+        for (b, r) in ranges.iter().enumerate() {
+            self.copy_raw(offset(x, b * len), offset(src, r.start), len);
+        }
+        let per_matrix = LaunchConfig { grid_dim: (batch as u32, 1, 1), block_dim: (PER_MATRIX_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let norm_args = [Arg::Ptr(x), Arg::Ptr(x_bf16), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()];
+        self.launch("normalize_frobenius", per_matrix, &norm_args);
+        let square = Gemm { m: short, k: short, n: short, trans_a: false, trans_b: false };
+        // (P − βI)·X for wide matrices, X·(P − βI) for tall ones.
+        let (first, second, product_shape, product_strides) = if tall {
+            (x_bf16, poly_bf16, Gemm { m: long, k: short, n: short, trans_a: false, trans_b: false }, [len, len, ss])
+        } else {
+            (poly_bf16, x_bf16, Gemm { m: short, k: short, n: long, trans_a: false, trans_b: false }, [len, ss, len])
+        };
+        for step in 0..steps {
+            let (a, b, c) = coeffs.at(step);
+            let gram_shape = Gemm { m: short, k: long, n: short, trans_a: tall, trans_b: !tall };
+            self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], GemmPrecision::Bf16);
+            self.copy_raw(poly, gram, batch * ss);
+            self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], GemmPrecision::Tf32);
+            let shift_args = [Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), (short as i32).into()];
+            self.launch("shifted_polynomial_to_bf16", per_matrix, &shift_args);
+            self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, GemmPrecision::Bf16);
+            let update_args =
+                [Arg::Ptr(x), Arg::Ptr(x_bf16), Arg::Ptr(product), Arg::Ptr(shift), a.into(), len.into(), (batch * len).into()];
+            self.launch("newton_schulz_update", elementwise(batch * len), &update_args);
+        }
+        for (b, r) in ranges.iter().enumerate() {
+            self.copy_raw(offset(dst, r.start), offset(x, b * len), len);
+        }
+    }
+}
