@@ -47,6 +47,18 @@ impl Attention {
     pub fn width(&self) -> usize {
         self.heads * self.head_dim
     }
+    /// Scores are `q·k` times this: `1/sqrt(head_dim)`.
+    pub fn score_scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+    /// Panics unless `qkv`, `out` and `lse` have this shape's lengths (a caller bug).
+    pub fn assert_lengths(&self, qkv: usize, out: usize, lse: usize) {
+        let rows = self.batch * self.seq;
+        assert!(
+            qkv == rows * self.qkv_width() && out == rows * self.width() && lse == self.batch * self.heads * self.seq,
+            "attention shapes do not match {self:?}"
+        );
+    }
 }
 
 /// Elementwise nonlinearities of the MLP.

@@ -120,7 +120,7 @@ impl Head {
         let keys = if s.causal { rows.end } else { s.seq };
         self.scores.resize(n * keys, 0.0);
         let q = &self.q[rows.start * hd..rows.end * hd];
-        matmul(&mut self.scores, q, &self.k[..keys * hd], n, hd, keys, false, true, 1.0 / (hd as f32).sqrt(), 0.0);
+        matmul(&mut self.scores, q, &self.k[..keys * hd], n, hd, keys, false, true, s.score_scale(), 0.0);
         keys
     }
 }
@@ -134,18 +134,10 @@ fn row_blocks(seq: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..seq).step_by(ROW_BLOCK).map(move |r0| r0..(r0 + ROW_BLOCK).min(seq))
 }
 
-fn check(s: &Attention, qkv: usize, out: usize, lse: usize) {
-    let rows = s.batch * s.seq;
-    assert!(
-        qkv == rows * s.qkv_width() && out == rows * s.width() && lse == s.batch * s.heads * s.seq,
-        "attention shapes do not match {s:?}"
-    );
-}
-
 /// Each batch element in parallel, its heads in turn, its query rows in blocks:
 /// `P = softmax(S)` row by row (saving `lse = max + ln Σ exp`), then `O = P·V`.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Attention) {
-    check(&s, qkv.len(), out.len(), lse.len());
+    s.assert_lengths(qkv.len(), out.len(), lse.len());
     let (t, hd) = (s.seq, s.head_dim);
     if out.is_empty() {
         return;
@@ -178,13 +170,13 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
 /// does), so nothing seq×seq outlives a block: `dV += Pᵀ·dO`,
 /// `dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O))`, `dQ = dS·K/sqrt(hd)`, `dK += dSᵀ·Q/sqrt(hd)`.
 pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], s: Attention) {
-    check(&s, qkv.len(), out.len(), lse.len());
+    s.assert_lengths(qkv.len(), out.len(), lse.len());
     assert!(dqkv.len() == qkv.len() && dout.len() == out.len(), "attention gradient shapes");
     let (t, hd, width, w3) = (s.seq, s.head_dim, s.width(), s.qkv_width());
     if out.is_empty() {
         return;
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.score_scale();
     let per_batch = dqkv
         .par_chunks_mut(t * w3)
         .zip(qkv.par_chunks(t * w3))

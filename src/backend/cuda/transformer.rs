@@ -44,13 +44,9 @@ fn backward_key_tile(s: &Attention) -> usize {
     })
 }
 
-/// As the CPU's shape check, plus the kernels' index limits.
+/// The shape check every backend makes, plus the kernels' index limits.
 fn check_attention(s: &Attention, qkv: usize, out: usize, lse: usize) {
-    let rows = s.batch * s.seq;
-    assert!(
-        qkv == rows * s.qkv_width() && out == rows * s.width() && lse == s.batch * s.heads * s.seq,
-        "attention shapes do not match {s:?}"
-    );
+    s.assert_lengths(qkv, out, lse);
     as_i32(s.seq, "attention seq");
     as_i32(s.batch * s.heads, "attention batch·heads");
     as_i32(s.width(), "attention heads·head_dim");
@@ -150,7 +146,7 @@ impl Cuda {
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let scale = s.score_scale();
         let args = [
             (&out).into(),
             (&lse).into(),
@@ -191,7 +187,7 @@ impl Cuda {
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let scale = s.score_scale();
         let args = [
             (&dqkv).into(),
             ptr_of(&dq),
