@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use super::fetch::{self, DATA_DIR_ENV, Staging};
 use super::{Dataset, DatasetName, Split};
@@ -23,7 +22,7 @@ const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 const SHA256: &str = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
 const TRAIN_BATCHES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 const TEST_BATCH: &str = "test_batch.bin";
-pub(super) const CHANNELS: usize = 3;
+const CHANNELS: usize = 3;
 const PIXELS: usize = CHANNELS * 32 * 32;
 const RECORD: usize = 1 + PIXELS;
 const CLASSES: u8 = 10;
@@ -32,15 +31,16 @@ const CLASSES: u8 = 10;
 /// verifies it and parses its six batches.
 pub(super) fn load(data_dir: Option<&Path>) -> Result<Split> {
     let dirs = fetch::search_dirs(DatasetName::Cifar10, data_dir);
-    let path = obtain(&dirs, URL)?;
-    read_archive(&path, SHA256)
+    let (path, bytes) = obtain(&dirs, URL, SHA256)?;
+    parse_archive(&bytes, &path)
 }
 
-/// The archive's path: the first present in `dirs`, else downloaded from `url`
-/// into `dirs[0]` (verified before it is renamed into place).
-fn obtain(dirs: &[PathBuf], url: &str) -> Result<PathBuf> {
+/// The archive's path and verified bytes: the first present in `dirs`, else
+/// downloaded from `url` into `dirs[0]` (verified before it is renamed into place).
+fn obtain(dirs: &[PathBuf], url: &str, sha256: &str) -> Result<(PathBuf, Vec<u8>)> {
     if let Some(present) = dirs.iter().map(|d| d.join(ARCHIVE)).find(|p| p.is_file()) {
-        return Ok(present);
+        let bytes = read_verified(&present, sha256)?;
+        return Ok((present, bytes));
     }
     let Some(dest) = dirs.first() else {
         bail!("no folder for CIFAR-10: pass a data folder, set {DATA_DIR_ENV}, or set HOME");
@@ -51,9 +51,9 @@ fn obtain(dirs: &[PathBuf], url: &str) -> Result<PathBuf> {
     eprintln!("optlab: fetching CIFAR-10 (170 MB) from {url}");
     let downloaded =
         fetch::run(Command::new("curl").args(["-fsSL", "--connect-timeout", "10", "--max-time", "1800", "-o"]).arg(&partial).arg(url))
-            .and_then(|()| verify(&std::fs::read(&partial)?, SHA256, &partial));
-    if let Err(e) = downloaded {
-        bail!(
+            .and_then(|()| read_verified(&partial, sha256));
+    let bytes = downloaded.map_err(|e| {
+        anyhow::anyhow!(
             "CIFAR-10 is not in {} and could not be downloaded ({e:#}).\n\
              Put the official {ARCHIVE} (from {URL}, SHA-256 {SHA256}) in {}, or in DIR/{} for a DIR \
              passed as the data folder or set in ${DATA_DIR_ENV}. No package registry carries it; \
@@ -61,32 +61,25 @@ fn obtain(dirs: &[PathBuf], url: &str) -> Result<PathBuf> {
             dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
             dest.display(),
             DatasetName::Cifar10.as_str(),
-        );
-    }
+        )
+    })?;
     let target = dest.join(ARCHIVE);
     std::fs::rename(&partial, &target).with_context(|| format!("cannot move the download to {}", target.display()))?;
-    Ok(target)
+    Ok((target, bytes))
 }
 
-fn verify(bytes: &[u8], sha256: &str, path: &Path) -> Result<()> {
-    let actual = format!("{:x}", Sha256::digest(bytes));
-    if actual != sha256 {
-        bail!(
-            "{}: not the official {ARCHIVE} (SHA-256 expected {sha256}, found {actual}, {} bytes); remove or replace the file",
-            path.display(),
-            bytes.len()
-        );
-    }
-    Ok(())
-}
-
-/// Verifies the archive at `path` against `sha256` and parses its batches.
-fn read_archive(path: &Path, sha256: &str) -> Result<Split> {
+/// The bytes of the file at `path`, if they hash to `sha256`.
+fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    verify(&bytes, sha256, path)?;
+    fetch::verify_sha256(&bytes, sha256, path, ARCHIVE, "the archive")?;
+    Ok(bytes)
+}
+
+/// The six batches of a verified archive (`path` names it in errors).
+fn parse_archive(bytes: &[u8], path: &Path) -> Result<Split> {
     let mut train = vec![None; TRAIN_BATCHES.len()];
     let mut test = None;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     for entry in archive.entries().with_context(|| format!("{}: not a tar.gz archive", path.display()))? {
         let mut entry = entry.with_context(|| format!("{}: corrupt archive", path.display()))?;
         let name = entry.path()?.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -128,7 +121,13 @@ fn parse_batch(bytes: &[u8]) -> Result<Dataset> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
+
+    fn read_archive(path: &Path, sha256: &str) -> Result<Split> {
+        parse_archive(&read_verified(path, sha256)?, path)
+    }
 
     /// A batch in the official format: record r has label r % 10 and pixels (r + p) % 256.
     fn batch(records: usize, first: usize) -> Vec<u8> {
@@ -221,15 +220,15 @@ mod tests {
     fn present_archive_is_used_from_any_search_folder() {
         let dir = tempfile::tempdir().unwrap();
         let (first, second) = (dir.path().join("a"), dir.path().join("b"));
-        let (path, _) = write(&second, b"any bytes");
-        assert_eq!(obtain(&[first, second], "file:///nonexistent").unwrap(), path);
+        let (path, sha) = write(&second, b"any bytes");
+        assert_eq!(obtain(&[first, second], "file:///nonexistent", &sha).unwrap(), (path, b"any bytes".to_vec()));
     }
 
     #[test]
     fn offline_and_absent_names_the_alternatives_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("cifar-10");
-        let err = format!("{:#}", obtain(std::slice::from_ref(&dest), "file:///nonexistent/cifar.tar.gz").unwrap_err());
+        let err = format!("{:#}", obtain(std::slice::from_ref(&dest), "file:///nonexistent/cifar.tar.gz", SHA256).unwrap_err());
         for needle in [URL, SHA256, "fashion-mnist", DATA_DIR_ENV, &dest.display().to_string()] {
             assert!(err.contains(needle), "{needle:?} missing from: {err}");
         }

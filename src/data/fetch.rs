@@ -116,17 +116,21 @@ fn locate(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
 
 fn read_verified(path: &Path, spec: &FileSpec) -> anyhow::Result<IdxFile> {
     let file = IdxFile::read(path)?;
-    let actual = format!("{:x}", Sha256::digest(&file.bytes));
-    if actual != spec.sha256 {
+    verify_sha256(&file.bytes, spec.sha256, path, spec.stem, "the uncompressed bytes")?;
+    Ok(file)
+}
+
+/// Err unless `bytes`, read from `path`, hash to `expected`: the message names the
+/// official file `name` and what was hashed (`hashed`).
+pub(super) fn verify_sha256(bytes: &[u8], expected: &str, path: &Path, name: &str, hashed: &str) -> anyhow::Result<()> {
+    let actual = format!("{:x}", Sha256::digest(bytes));
+    if actual != expected {
         bail!(
-            "{}: not the official {} (SHA-256 of the uncompressed bytes: expected {}, found {actual}); \
-             remove or replace the file",
-            path.display(),
-            spec.stem,
-            spec.sha256
+            "{}: not the official {name} (SHA-256 of {hashed}: expected {expected}, found {actual}); remove or replace the file",
+            path.display()
         );
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Tries each route until one yields all `missing` files with the right hashes,

