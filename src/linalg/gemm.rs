@@ -1,4 +1,7 @@
-//! Row-major GEMM on top of the `gemm` crate's strided kernel.
+//! Row-major GEMM on top of the `gemm` crate's strided kernel. Its `x86-v4`
+//! feature adds AVX-512 micro-kernels, picked at run time on CPUs that have
+//! them (AVX2/FMA kernels elsewhere): without it an AVX-512 machine runs the
+//! 256-bit kernels at about 60% of the speed.
 
 use gemm::Parallelism;
 
