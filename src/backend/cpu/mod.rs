@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 mod fast_math;
+mod simd;
 mod transformer;
 
 use rayon::prelude::*;
@@ -31,14 +32,24 @@ fn rows_per_chunk(row: usize) -> usize {
 /// `f` over matching chunks of `y` and `x`, on all threads, `f` inlined.
 fn par_zip(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     assert_eq!(y.len(), x.len());
-    y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x)));
+    y.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(y, x)| {
+        simd::vectorized(
+            #[inline(always)]
+            || y.iter_mut().zip(x).for_each(|(y, &x)| f(y, x)),
+        )
+    });
 }
 
 /// `dx = dy·f'(x)` on all threads, `df` inlined (a generic, not a `fn` pointer).
 fn par_times_derivative(dx: &mut [f32], dy: &[f32], x: &[f32], df: impl Fn(f32) -> f32 + Sync) {
     assert!(dx.len() == dy.len() && dy.len() == x.len());
     let chunks = dx.par_chunks_mut(PAR_CHUNK).zip(dy.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK));
-    chunks.for_each(|((dx, dy), x)| dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = dy * df(x)));
+    chunks.for_each(|((dx, dy), x)| {
+        simd::vectorized(
+            #[inline(always)]
+            || dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = dy * df(x)),
+        )
+    });
 }
 
 /// The slices of a parameter-store range, cut into matching parallel chunks.
@@ -98,9 +109,10 @@ impl Backend for Cpu {
         let n = bias.len();
         assert_eq!(y.len() % n, 0, "bias length must divide the matrix");
         y.par_chunks_mut(rows_per_chunk(n) * n).for_each(|rows| {
-            for row in rows.chunks_exact_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || rows.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b)),
+            )
         });
     }
 
@@ -111,7 +123,10 @@ impl Backend for Cpu {
             .par_chunks(rows_per_chunk(n) * n)
             .map(|rows| {
                 let mut sums = vec![0.0; n];
-                rows.chunks_exact(n).for_each(|row| sums.iter_mut().zip(row).for_each(|(s, x)| *s += x));
+                simd::vectorized(
+                    #[inline(always)]
+                    || rows.chunks_exact(n).for_each(|row| sums.iter_mut().zip(row).for_each(|(s, x)| *s += x)),
+                );
                 sums
             })
             .collect();
@@ -149,20 +164,25 @@ impl Backend for Cpu {
         // Per chunk of rows: (summed loss, correct predictions), added in order below.
         let partials: Vec<(f64, usize)> = chunks
             .map(|((logits, dlogits), labels)| {
-                let (mut loss, mut correct) = (0.0f64, 0);
-                for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
-                    let label = label as usize;
-                    assert!(label < classes, "label {label} out of range for {classes} classes");
-                    let (argmax, max) =
-                        row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
-                    correct += usize::from(argmax == label);
-                    drow.iter_mut().zip(row).for_each(|(d, &z)| *d = fast_math::exp(z - max));
-                    let sum: f32 = drow.iter().sum();
-                    loss += f64::from(sum.ln() - (row[label] - max));
-                    drow.iter_mut().for_each(|d| *d *= inv_batch / sum);
-                    drow[label] -= inv_batch;
-                }
-                (loss, correct)
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        let (mut loss, mut correct) = (0.0f64, 0);
+                        for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
+                            let label = label as usize;
+                            assert!(label < classes, "label {label} out of range for {classes} classes");
+                            let (argmax, max) =
+                                row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                            correct += usize::from(argmax == label);
+                            drow.iter_mut().zip(row).for_each(|(d, &z)| *d = fast_math::exp(z - max));
+                            let sum = simd::sum(drow);
+                            loss += f64::from(sum.ln() - (row[label] - max));
+                            drow.iter_mut().for_each(|d| *d *= inv_batch / sum);
+                            drow[label] -= inv_batch;
+                        }
+                        (loss, correct)
+                    },
+                )
             })
             .collect();
         let (loss, correct) = partials.into_iter().fold((0.0, 0), |(l, c), (pl, pc)| (l + pl, c + pc));
@@ -199,7 +219,10 @@ impl Backend for Cpu {
     }
 
     fn sum_squares(&self, x: &[f32]) -> f64 {
-        x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+        simd::vectorized(
+            #[inline(always)]
+            || simd::sum_map(x, |v| f64::from(v) * f64::from(v)),
+        )
     }
     fn sum_squared_difference(&self, a: &[f32], b: &[f32]) -> f64 {
         assert_eq!(a.len(), b.len());
@@ -213,7 +236,12 @@ impl Backend for Cpu {
         par_zip(y, x, |y, x| *y = alpha * x + beta * *y);
     }
     fn scale(&self, x: &mut [f32], alpha: f32) {
-        x.par_chunks_mut(PAR_CHUNK).for_each(|x| x.iter_mut().for_each(|v| *v *= alpha));
+        x.par_chunks_mut(PAR_CHUNK).for_each(|x| {
+            simd::vectorized(
+                #[inline(always)]
+                || x.iter_mut().for_each(|v| *v *= alpha),
+            )
+        });
     }
 
     fn adamw_step(
@@ -231,12 +259,17 @@ impl Backend for Cpu {
         for r in ranges {
             let chunks = par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(m, r)).zip(par_range(v, r));
             chunks.for_each(|(((p, g), m), v)| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
-                    *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
-                    let update = (*m / bias1) / ((*v / bias2).sqrt() + hp.eps);
-                    *p = *p * decay - hp.lr * update;
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                            *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                            let update = (*m / bias1) / ((*v / bias2).sqrt() + hp.eps);
+                            *p = *p * decay - hp.lr * update;
+                        }
+                    },
+                )
             });
         }
     }
@@ -255,11 +288,16 @@ impl Backend for Cpu {
         for r in ranges {
             let chunks = par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(momentum_buf, r));
             chunks.for_each(|((p, g), b)| {
-                for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
-                    let g = g + weight_decay * *p;
-                    *b = momentum * *b + g;
-                    *p -= lr * if nesterov { g + momentum * *b } else { *b };
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                            let g = g + weight_decay * *p;
+                            *b = momentum * *b + g;
+                            *p -= lr * if nesterov { g + momentum * *b } else { *b };
+                        }
+                    },
+                )
             });
         }
     }
@@ -278,19 +316,24 @@ impl Backend for Cpu {
         let decay = 1.0 - lr * weight_decay;
         for r in ranges {
             par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(m, r)).for_each(|((p, g), m)| {
-                for ((p, &g), m) in p.iter_mut().zip(g).zip(m) {
-                    let c = beta1 * *m + (1.0 - beta1) * g;
-                    // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
-                    let sign = if c > 0.0 {
-                        1.0
-                    } else if c < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    *p = *p * decay - lr * sign;
-                    *m = beta2 * *m + (1.0 - beta2) * g;
-                }
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((p, &g), m) in p.iter_mut().zip(g).zip(m) {
+                            let c = beta1 * *m + (1.0 - beta1) * g;
+                            // sign(0) = 0, as torch.sign: a zero gradient moves nothing.
+                            let sign = if c > 0.0 {
+                                1.0
+                            } else if c < 0.0 {
+                                -1.0
+                            } else {
+                                0.0
+                            };
+                            *p = *p * decay - lr * sign;
+                            *m = beta2 * *m + (1.0 - beta2) * g;
+                        }
+                    },
+                )
             });
         }
     }
@@ -298,9 +341,14 @@ impl Backend for Cpu {
     fn adam_direction(&self, out: &mut [f32], m: &[f32], v: &[f32], bias1: f32, bias2: f32, eps: f32) {
         assert!(out.len() == m.len() && m.len() == v.len());
         out.par_chunks_mut(PAR_CHUNK).zip(m.par_chunks(PAR_CHUNK)).zip(v.par_chunks(PAR_CHUNK)).for_each(|((o, m), v)| {
-            for ((o, &m), &v) in o.iter_mut().zip(m).zip(v) {
-                *o = (m / bias1) / ((v / bias2).sqrt() + eps);
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &m), &v) in o.iter_mut().zip(m).zip(v) {
+                        *o = (m / bias1) / ((v / bias2).sqrt() + eps);
+                    }
+                },
+            )
         });
     }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{fast_math, rows_per_chunk};
+use super::{fast_math, rows_per_chunk, simd};
 
 use crate::backend::Attention;
 use crate::linalg::matmul;
@@ -15,15 +15,20 @@ pub fn layernorm_forward(y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &
     let n = rows_per_chunk(dim);
     let chunks = y.par_chunks_mut(n * dim).zip(x.par_chunks(n * dim)).zip(mean.par_chunks_mut(n)).zip(rstd.par_chunks_mut(n));
     chunks.for_each(|(((y, x), mean), rstd)| {
-        for (((yr, xr), m), r) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(mean).zip(rstd) {
-            let mu = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
-            let var = xr.iter().map(|&v| (f64::from(v) - mu).powi(2)).sum::<f64>() / dim as f64;
-            let rs = 1.0 / (var + f64::from(eps)).sqrt();
-            (*m, *r) = (mu as f32, rs as f32);
-            for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                *y = (x - *m) * *r * g + b;
-            }
-        }
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (((yr, xr), m), r) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).zip(mean).zip(rstd) {
+                    let mu = simd::sum_map(xr, f64::from) / dim as f64;
+                    let var = simd::sum_map(xr, |v| (f64::from(v) - mu).powi(2)) / dim as f64;
+                    let rs = 1.0 / (var + f64::from(eps)).sqrt();
+                    (*m, *r) = (mu as f32, rs as f32);
+                    for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                        *y = (x - *m) * *r * g + b;
+                    }
+                }
+            },
+        )
     });
 }
 
@@ -49,27 +54,29 @@ pub fn layernorm_backward(
     // Each chunk of rows returns its share of dγ and dβ.
     let partials: Vec<(Vec<f32>, Vec<f32>)> = chunks
         .map(|(((dx, dy), x), (mean, rstd))| {
-            let (mut dgamma, mut dbeta) = (vec![0.0; dim], vec![0.0; dim]);
-            for ((((dxr, dyr), xr), &m), &r) in
-                dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim)).zip(mean).zip(rstd)
-            {
-                // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ.
-                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-                for c in 0..dim {
-                    let xhat = (xr[c] - m) * r;
-                    let g = dyr[c] * gamma[c];
-                    sum_g += g;
-                    sum_gx += g * xhat;
-                    dgamma[c] += dyr[c] * xhat;
-                    dbeta[c] += dyr[c];
-                }
-                let (mean_g, mean_gx) = (sum_g / dim as f32, sum_gx / dim as f32);
-                for c in 0..dim {
-                    let xhat = (xr[c] - m) * r;
-                    dxr[c] = r * (dyr[c] * gamma[c] - mean_g - xhat * mean_gx);
-                }
-            }
-            (dgamma, dbeta)
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    let (mut dgamma, mut dbeta) = (vec![0.0; dim], vec![0.0; dim]);
+                    let (mut xhat, mut g) = (vec![0.0; dim], vec![0.0; dim]);
+                    for ((((dxr, dyr), xr), &m), &r) in
+                        dx.chunks_exact_mut(dim).zip(dy.chunks_exact(dim)).zip(x.chunks_exact(dim)).zip(mean).zip(rstd)
+                    {
+                        // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·γ.
+                        for c in 0..dim {
+                            xhat[c] = (xr[c] - m) * r;
+                            g[c] = dyr[c] * gamma[c];
+                            dgamma[c] += dyr[c] * xhat[c];
+                            dbeta[c] += dyr[c];
+                        }
+                        let (mean_g, mean_gx) = (simd::sum(&g) / dim as f32, simd::dot(&g, &xhat) / dim as f32);
+                        for c in 0..dim {
+                            dxr[c] = r * (g[c] - mean_g - xhat[c] * mean_gx);
+                        }
+                    }
+                    (dgamma, dbeta)
+                },
+            )
         })
         .collect();
     for (pg, pb) in partials {
@@ -144,25 +151,41 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
     }
     let per_batch = out.par_chunks_mut(t * s.width()).zip(lse.par_chunks_mut(s.heads * t)).zip(qkv.par_chunks(t * s.qkv_width()));
     per_batch.for_each(|((out_b, lse_b), qkv_b)| {
-        let (mut head, mut o) = (Head::default(), vec![0.0; t * hd]);
-        for h in 0..s.heads {
-            head.load(qkv_b, &s, h);
-            for rows in row_blocks(t) {
-                let keys = head.score(&s, rows.clone());
-                for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
-                    let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
-                    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - max));
-                    let sum: f32 = seen.iter().sum();
-                    seen.iter_mut().for_each(|z| *z /= sum);
-                    hidden.fill(0.0);
-                    lse_b[h * t + i] = max + sum.ln();
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                let (mut head, mut o) = (Head::default(), vec![0.0; t * hd]);
+                for h in 0..s.heads {
+                    head.load(qkv_b, &s, h);
+                    for rows in row_blocks(t) {
+                        let keys = head.score(&s, rows.clone());
+                        for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                            let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
+                            let max = simd::max(seen);
+                            seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - max));
+                            let sum = simd::sum(seen);
+                            seen.iter_mut().for_each(|z| *z /= sum);
+                            hidden.fill(0.0);
+                            lse_b[h * t + i] = max + sum.ln();
+                        }
+                        let n = rows.len();
+                        matmul(
+                            &mut o[rows.start * hd..rows.end * hd],
+                            &head.scores,
+                            &head.v[..keys * hd],
+                            n,
+                            keys,
+                            hd,
+                            false,
+                            false,
+                            1.0,
+                            0.0,
+                        );
+                    }
+                    scatter(out_b, &o, s.width(), h * hd, hd);
                 }
-                let n = rows.len();
-                matmul(&mut o[rows.start * hd..rows.end * hd], &head.scores, &head.v[..keys * hd], n, keys, hd, false, false, 1.0, 0.0);
-            }
-            scatter(out_b, &o, s.width(), h * hd, hd);
-        }
+            },
+        )
     });
 }
 
@@ -183,41 +206,45 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f3
         .zip(dout.par_chunks(t * width).zip(out.par_chunks(t * width)))
         .zip(lse.par_chunks(s.heads * t));
     per_batch.for_each(|(((dqkv_b, qkv_b), (dout_b, out_b)), lse_b)| {
-        let mut head = Head::default();
-        let (mut d_o, mut o, mut dp) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut dq, mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd], vec![0.0; t * hd]);
-        for h in 0..s.heads {
-            head.load(qkv_b, &s, h);
-            gather(&mut d_o, dout_b, width, h * hd, hd);
-            gather(&mut o, out_b, width, h * hd, hd);
-            let delta: Vec<f32> =
-                d_o.chunks_exact(hd).zip(o.chunks_exact(hd)).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect();
-            let lse_h = &lse_b[h * t..(h + 1) * t];
-            dk.fill(0.0);
-            dv.fill(0.0);
-            for rows in row_blocks(t) {
-                let n = rows.len();
-                let d_o_rows = &d_o[rows.start * hd..rows.end * hd];
-                let keys = head.score(&s, rows.clone());
-                for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
-                    let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
-                    seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - lse_h[i]));
-                    hidden.fill(0.0);
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                let mut head = Head::default();
+                let (mut d_o, mut o, mut dp) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut dq, mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd], vec![0.0; t * hd]);
+                for h in 0..s.heads {
+                    head.load(qkv_b, &s, h);
+                    gather(&mut d_o, dout_b, width, h * hd, hd);
+                    gather(&mut o, out_b, width, h * hd, hd);
+                    let delta: Vec<f32> = d_o.chunks_exact(hd).zip(o.chunks_exact(hd)).map(|(a, b)| simd::dot(a, b)).collect();
+                    let lse_h = &lse_b[h * t..(h + 1) * t];
+                    dk.fill(0.0);
+                    dv.fill(0.0);
+                    for rows in row_blocks(t) {
+                        let n = rows.len();
+                        let d_o_rows = &d_o[rows.start * hd..rows.end * hd];
+                        let keys = head.score(&s, rows.clone());
+                        for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                            let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
+                            seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - lse_h[i]));
+                            hidden.fill(0.0);
+                        }
+                        let p = &head.scores;
+                        matmul(&mut dv[..keys * hd], p, d_o_rows, keys, n, hd, true, false, 1.0, 1.0);
+                        dp.resize(n * keys, 0.0);
+                        matmul(&mut dp, d_o_rows, &head.v[..keys * hd], n, hd, keys, false, true, 1.0, 0.0);
+                        for ((ds_row, p_row), i) in dp.chunks_exact_mut(keys).zip(p.chunks_exact(keys)).zip(rows.clone()) {
+                            ds_row.iter_mut().zip(p_row).for_each(|(ds, &p)| *ds = p * (*ds - delta[i]));
+                        }
+                        matmul(&mut dq[rows.start * hd..rows.end * hd], &dp, &head.k[..keys * hd], n, keys, hd, false, false, scale, 0.0);
+                        matmul(&mut dk[..keys * hd], &dp, &head.q[rows.start * hd..rows.end * hd], keys, n, hd, true, false, scale, 1.0);
+                    }
+                    for (part, m) in [&dq, &dk, &dv].into_iter().enumerate() {
+                        scatter(dqkv_b, m, w3, part * width + h * hd, hd);
+                    }
                 }
-                let p = &head.scores;
-                matmul(&mut dv[..keys * hd], p, d_o_rows, keys, n, hd, true, false, 1.0, 1.0);
-                dp.resize(n * keys, 0.0);
-                matmul(&mut dp, d_o_rows, &head.v[..keys * hd], n, hd, keys, false, true, 1.0, 0.0);
-                for ((ds_row, p_row), i) in dp.chunks_exact_mut(keys).zip(p.chunks_exact(keys)).zip(rows.clone()) {
-                    ds_row.iter_mut().zip(p_row).for_each(|(ds, &p)| *ds = p * (*ds - delta[i]));
-                }
-                matmul(&mut dq[rows.start * hd..rows.end * hd], &dp, &head.k[..keys * hd], n, keys, hd, false, false, scale, 0.0);
-                matmul(&mut dk[..keys * hd], &dp, &head.q[rows.start * hd..rows.end * hd], keys, n, hd, true, false, scale, 1.0);
-            }
-            for (part, m) in [&dq, &dk, &dv].into_iter().enumerate() {
-                scatter(dqkv_b, m, w3, part * width + h * hd, hd);
-            }
-        }
+            },
+        )
     });
 }
 
