@@ -6,18 +6,20 @@
 //! original one (so a new basis needs no re-projection of it), and the step is
 //! `Q_L·adam(Q_Lᵀ·m·Q_R, v)·Q_Rᵀ` with Adam's bias corrections.
 //!
-//! Differences from the official implementation: the first step is not skipped
-//! (its basis comes from the first gradient's statistics, so step 1 is already a
-//! rotated Adam step); bases are full eigendecompositions rather than one power
-//! iteration and QR on the previous basis, ordered by descending eigenvalue,
-//! and `v` is not permuted when a refresh reorders the eigenvalues; weight decay
-//! is AdamW's `p·(1 − lr·wd)`, applied with the step.
+//! As in the official implementation, the first call only gathers statistics
+//! and computes the first bases (the matrices do not move), and every later
+//! step rotates with the bases of the statistics so far, then adds its gradient
+//! to them: a basis never comes from the gradient it rotates. (In its own
+//! singular basis a gradient is diagonal, and Adam would divide the f32
+//! round-off off the diagonal by itself.) Adam's step count is therefore one
+//! behind the optimizer's. This makes SOAP exactly equivariant to orthogonal
+//! rotations of either side, which the tests check.
 //!
-//! What not skipping costs: in its own singular basis the first gradient is
-//! diagonal, `Q_Lᵀ·G·Q_R = Σ`, so everywhere off the diagonal Adam divides f32
-//! round-off (~1e-7·|G|) by round-off. Unless `eps` is well above that, step 1
-//! is mostly noise: for a random 64×64 G at `eps = 1e-8`, 99.7% of ‖D‖², with
-//! ‖D‖² five times the m·n of an Adam step. The official code's skip avoids this.
+//! Differences from the official implementation: bases are full
+//! eigendecompositions in f64 rather than one power iteration and QR on the
+//! previous basis, ordered by descending eigenvalue, and `v` is not permuted when
+//! a refresh reorders the eigenvalues; weight decay is AdamW's `p·(1 − lr·wd)`,
+//! applied with the step.
 
 use std::ops::Range;
 
@@ -37,7 +39,7 @@ pub struct SoapConfig {
     pub shampoo_beta: f32,
     pub eps: f32,
     pub weight_decay: f32,
-    /// Recompute the bases every this many steps (the first step included).
+    /// Recompute the bases after the first call and then every this many steps.
     pub precondition_frequency: u64,
     /// A side larger than this is not rotated (identity basis, no statistic).
     pub max_preconditioner_dim: usize,
@@ -162,11 +164,33 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
         mut captures: Option<&mut Vec<Capture>>,
     ) {
         let c = self.config;
-        let refresh = (t - 1) % c.precondition_frequency.max(1) == 0;
-        let (bias1, bias2) = (1.0 - c.beta1.powi(t as i32), 1.0 - c.beta2.powi(t as i32));
+        // Adam's steps: the first call only starts the statistics.
+        let adam_steps = t - 1;
+        let refresh = adam_steps % c.precondition_frequency.max(1) == 0;
+        let (bias1, bias2) = (1.0 - c.beta1.powi(adam_steps as i32), 1.0 - c.beta2.powi(adam_steps as i32));
         for p in &mut self.matrices {
             let (m, n, r) = (p.rows, p.cols, store.specs[p.param].range());
-            let g = B::view(&store.grads, r.clone());
+            if adam_steps > 0 {
+                let g = B::view(&store.grads, r.clone());
+                // v from the rotated gradient, m in the original space.
+                backend.copy(B::view_mut(&mut self.rotated, r.clone()), g);
+                p.rotate(backend, &mut self.rotated, &mut self.tmp, r.clone(), true);
+                backend.ema_square(B::view_mut(&mut self.v, r.clone()), B::view(&self.rotated, r.clone()), c.beta2);
+                backend.axpby(B::view_mut(&mut self.m, r.clone()), 1.0 - c.beta1, g, c.beta1);
+                // Adam's direction on the rotated m, rotated back: D lands in `tmp`.
+                backend.copy(B::view_mut(&mut self.rotated, r.clone()), B::view(&self.m, r.clone()));
+                p.rotate(backend, &mut self.rotated, &mut self.tmp, r.clone(), true);
+                let (rotated, v) = (B::view(&self.rotated, r.clone()), B::view(&self.v, r.clone()));
+                backend.adam_direction(B::view_mut(&mut self.tmp, r.clone()), rotated, v, bias1, bias2, c.eps);
+                p.rotate(backend, &mut self.tmp, &mut self.rotated, r.clone(), false);
+                if let Some(caps) = captures.as_deref_mut() {
+                    caps.push(Capture { param: p.param, kind: "soap_direction", values: backend.download(B::view(&self.tmp, r.clone())) });
+                }
+                let decay = 1.0 - lr * c.weight_decay;
+                backend.axpby(B::view_mut(&mut store.values, r.clone()), -lr, B::view(&self.tmp, r.clone()), decay);
+            }
+            // The statistics take this gradient after the step: the next basis.
+            let g = B::view(&store.grads, r);
             for (side, over_rows) in [(&mut p.left, true), (&mut p.right, false)] {
                 let Side::Rotated { stat, basis } = side else { continue };
                 accumulate_gram(backend, stat, g, (m, n), over_rows, 1.0 - c.shampoo_beta, c.shampoo_beta);
@@ -178,21 +202,6 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
                     }
                 }
             }
-            // v from the rotated gradient, m in the original space.
-            backend.copy(B::view_mut(&mut self.rotated, r.clone()), g);
-            p.rotate(backend, &mut self.rotated, &mut self.tmp, r.clone(), true);
-            backend.ema_square(B::view_mut(&mut self.v, r.clone()), B::view(&self.rotated, r.clone()), c.beta2);
-            backend.axpby(B::view_mut(&mut self.m, r.clone()), 1.0 - c.beta1, g, c.beta1);
-            // Adam's direction on the rotated m, rotated back: D lands in `tmp`.
-            backend.copy(B::view_mut(&mut self.rotated, r.clone()), B::view(&self.m, r.clone()));
-            p.rotate(backend, &mut self.rotated, &mut self.tmp, r.clone(), true);
-            let (rotated, v) = (B::view(&self.rotated, r.clone()), B::view(&self.v, r.clone()));
-            backend.adam_direction(B::view_mut(&mut self.tmp, r.clone()), rotated, v, bias1, bias2, c.eps);
-            p.rotate(backend, &mut self.tmp, &mut self.rotated, r.clone(), false);
-            if let Some(caps) = captures.as_deref_mut() {
-                caps.push(Capture { param: p.param, kind: "soap_direction", values: backend.download(B::view(&self.tmp, r.clone())) });
-            }
-            backend.axpby(B::view_mut(&mut store.values, r.clone()), -lr, B::view(&self.tmp, r), 1.0 - lr * c.weight_decay);
         }
     }
 
