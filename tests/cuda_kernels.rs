@@ -293,6 +293,32 @@ fn inverse_roots_and_diagonal_statistics() {
 }
 
 #[test]
+fn eigenbases_and_kept_bases_on_failure() {
+    let Some(g) = gpu("sym_eigenvectors") else { return };
+    let mut rng = StdRng::seed_from_u64(13);
+    for n in [1, 5, 64] {
+        let gm = random(n * 2 * n, &mut rng);
+        let mut a = vec![0.0; n * n];
+        optlab::linalg::matmul(&mut a, &gm, &gm, n, 2 * n, n, false, true, 1.0, 0.0);
+        // The GPU decomposes on the host too: the same input gives the same signs.
+        let (cpu, gpu) = on_both!(&g, |b| {
+            let ab = b.upload(&a);
+            let mut out = poisoned(b, n * n);
+            b.sym_eigenvectors(vm(b, &mut out), v(b, &ab), n).unwrap();
+            b.download(v(b, &out))
+        });
+        assert_close(&format!("eigenbasis n={n}"), &gpu, &cpu, 1e-6);
+    }
+    let (cpu, gpu) = on_both!(&g, |b| {
+        let bad = b.upload(&[1.0, f32::NAN, 0.0, 1.0]);
+        let mut out = b.upload(&[0.5; 4]);
+        assert!(b.sym_eigenvectors(vm(b, &mut out), v(b, &bad), 2).is_err());
+        b.download(v(b, &out))
+    });
+    assert_eq!((cpu, gpu), (vec![0.5; 4], vec![0.5; 4]), "a failed decomposition must leave the old basis");
+}
+
+#[test]
 fn mlp_training_steps_agree_across_backends() {
     let Some(g) = gpu("mlp training") else { return };
     let mut rng = StdRng::seed_from_u64(7);

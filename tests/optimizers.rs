@@ -3,7 +3,7 @@
 use optlab::backend::{Activation, Cpu};
 use optlab::linalg::{NsCoefficients, matmul, singular_values};
 use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
-use optlab::optim::{AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, SgdConfig, ShampooConfig};
+use optlab::optim::{AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, SgdConfig, ShampooConfig, SoapConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -196,6 +196,131 @@ fn shampoo_statistics_sum_over_steps() {
     }
 }
 
+/// Θ after each of `grads.len()` steps of `config` from `values` (one rows×cols matrix).
+fn trajectory(config: &OptimizerConfig, (rows, cols): (usize, usize), values: &[f32], grads: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let mut store = one_matrix(rows, cols, values, &grads[0]);
+    let mut opt = config.build(&Cpu, &store);
+    grads
+        .iter()
+        .map(|g| {
+            store.grads.copy_from_slice(g);
+            opt.step(&Cpu, &mut store, 1.0, None);
+            store.values.clone()
+        })
+        .collect()
+}
+
+/// A·X·B for an m×n X and square A (m×m), B (n×n).
+fn sandwich(a: &[f32], x: &[f32], b: &[f32], m: usize, n: usize) -> Vec<f32> {
+    let (mut ax, mut axb) = (vec![0.0; m * n], vec![0.0; m * n]);
+    matmul(&mut ax, a, x, m, m, n, false, false, 1.0, 0.0);
+    matmul(&mut axb, &ax, b, m, n, n, false, false, 1.0, 0.0);
+    axb
+}
+
+#[test]
+fn soap_without_rotations_is_adamw_one_step_late() {
+    // The first call only starts the statistics; then, with no side rotated,
+    // each step is AdamW's step on the same gradient.
+    let mut rng = StdRng::seed_from_u64(8);
+    let (rows, cols) = (5, 7);
+    let p = random(rows * cols, &mut rng);
+    let grads: Vec<Vec<f32>> = (0..6).map(|_| random(rows * cols, &mut rng)).collect();
+    let soap = SoapConfig { max_preconditioner_dim: 0, ..Default::default() };
+    let adamw = AdamWConfig { lr: soap.lr, beta1: soap.beta1, beta2: soap.beta2, eps: soap.eps, weight_decay: soap.weight_decay };
+    let soap = trajectory(&OptimizerConfig::Soap(soap), (rows, cols), &p, &grads);
+    let adamw = trajectory(&OptimizerConfig::AdamW(adamw), (rows, cols), &p, &grads[1..]);
+    assert_eq!(soap[0], p, "the first call must not move the matrix");
+    for (t, (s, a)) in soap[1..].iter().zip(&adamw).enumerate() {
+        let err = s.iter().zip(a).map(|(s, a)| (s - a).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-6, "step {}: max |SOAP − AdamW| = {err:e}", t + 2);
+    }
+}
+
+#[test]
+fn soap_is_equivariant_to_rotations_of_both_sides_and_adamw_is_not() {
+    // With weights A·W·B and gradients A·G·B (A, B orthogonal), the statistics
+    // are A·L·Aᵀ and Bᵀ·R·B, the bases A·Q_L and Bᵀ·Q_R, the rotated gradients
+    // the same: the update is A·ΔW·B. Square, so that one gradient's statistics
+    // already have distinct eigenvalues (a degenerate eigenspace has no unique
+    // basis); bases refreshed every step.
+    let mut rng = StdRng::seed_from_u64(9);
+    let (m, n) = (5, 5);
+    let (a, b) = (orthonormal(m, m, &mut rng), orthonormal(n, n, &mut rng));
+    let w = random(m * n, &mut rng);
+    let grads: Vec<Vec<f32>> = (0..4).map(|_| random(m * n, &mut rng)).collect();
+    let turned: Vec<Vec<f32>> = grads.iter().map(|g| sandwich(&a, g, &b, m, n)).collect();
+    let delta = |config: &OptimizerConfig, w: &[f32], grads: &[Vec<f32>]| -> Vec<f32> {
+        trajectory(config, (m, n), w, grads).pop().unwrap().iter().zip(w).map(|(x, w)| x - w).collect()
+    };
+    let soap = OptimizerConfig::Soap(SoapConfig { precondition_frequency: 1, ..Default::default() });
+    let adamw = OptimizerConfig::AdamW(AdamWConfig::default());
+    let errors = [soap, adamw].map(|config| {
+        let want = sandwich(&a, &delta(&config, &w, &grads), &b, m, n);
+        relative_error(&delta(&config, &sandwich(&a, &w, &b, m, n), &turned), &want)
+    });
+    assert!(errors[0] < 3e-4, "SOAP: A·ΔW·B off by {:e}", errors[0]);
+    assert!(errors[1] > 0.1, "AdamW should not be rotation equivariant: {:e}", errors[1]);
+}
+
+#[test]
+fn soap_resumed_from_its_state_continues_exactly() {
+    // A matrix (SOAP) and a bias (auxiliary AdamW); bases after calls 1, 4 and 7,
+    // so the resumed steps 5–7 use the restored bases and step 8 a basis made
+    // from the restored statistics.
+    let mut rng = StdRng::seed_from_u64(10);
+    let layout = [("w".to_string(), 6, 4, Role::HiddenMatrix), ("b".to_string(), 1, 6, Role::Vector)];
+    let init = random(30, &mut rng);
+    let grads: Vec<Vec<f32>> = (0..8).map(|_| random(30, &mut rng)).collect();
+    let config = OptimizerConfig::Soap(SoapConfig { precondition_frequency: 3, ..Default::default() });
+    let mut store = ParamStore::new(&Cpu, &layout, &init);
+    let mut first = config.build(&Cpu, &store);
+    for g in &grads[..4] {
+        store.grads.copy_from_slice(g);
+        first.step(&Cpu, &mut store, 1.0, None);
+    }
+    let mut resumed_store = ParamStore::new(&Cpu, &layout, &store.values);
+    let mut resumed = config.build(&Cpu, &resumed_store);
+    resumed.steps = first.steps;
+    for (from, to) in first.groups.iter_mut().zip(&mut resumed.groups) {
+        let saved: Vec<(String, Vec<f32>)> = from.rule.state_mut().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        let names: Vec<&str> = saved.iter().map(|(k, _)| k.as_str()).collect();
+        let want: &[&str] = match from.name.as_str() {
+            "soap" => &["m", "v", "p0.left.stat", "p0.left.basis", "p0.right.stat", "p0.right.basis"],
+            _ => &["m", "v"],
+        };
+        assert_eq!(names, want, "group {}", from.name);
+        for ((_, dst), (_, src)) in to.rule.state_mut().into_iter().zip(&saved) {
+            dst.copy_from_slice(src);
+        }
+    }
+    for g in &grads[4..] {
+        store.grads.copy_from_slice(g);
+        resumed_store.grads.copy_from_slice(g);
+        first.step(&Cpu, &mut store, 1.0, None);
+        resumed.step(&Cpu, &mut resumed_store, 1.0, None);
+        assert_eq!(store.values, resumed_store.values, "step {}", first.steps);
+    }
+}
+
+#[test]
+fn soap_captures_the_direction_it_steps_along() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut store = one_matrix(5, 3, &random(15, &mut rng), &random(15, &mut rng));
+    let c = SoapConfig { lr: 0.01, weight_decay: 0.0, ..Default::default() };
+    let mut opt = OptimizerConfig::Soap(c).build(&Cpu, &store);
+    let mut captures = Vec::new();
+    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures));
+    assert!(captures.is_empty(), "the first call only gathers statistics");
+    store.grads = random(15, &mut rng);
+    let before = store.values.clone();
+    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures));
+    assert_eq!(captures.iter().map(|c| (c.param, c.kind)).collect::<Vec<_>>(), [(0, "soap_direction")]);
+    for ((after, before), d) in store.values.iter().zip(&before).zip(&captures[0].values) {
+        assert!((after - before + 0.01 * d).abs() < 1e-6, "Δθ = {} but −lr·D = {}", after - before, -0.01 * d);
+    }
+}
+
 #[test]
 fn every_optimizer_fits_a_small_problem() {
     // Four separable Gaussian blobs in 10 dimensions.
@@ -228,5 +353,8 @@ fn every_optimizer_fits_a_small_problem() {
 #[test]
 fn unknown_optimizer_names_the_known_ones() {
     let err = OptimizerConfig::by_name("adamm").unwrap_err().to_string();
-    assert!(err.contains("adamm") && err.contains("shampoo") && err.contains("muon"), "{err}");
+    for name in optlab::optim::OPTIMIZER_NAMES {
+        assert!(err.contains(name), "{name} missing from {err}");
+    }
+    assert!(err.contains("adamm"), "{err}");
 }

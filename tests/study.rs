@@ -108,7 +108,7 @@ fn divergence_is_recorded_and_other_runs_go_on() {
 
 #[test]
 fn stop_and_resume_reproduce_an_uninterrupted_study() {
-    let c = config(&["optimizers=[\"shampoo\", \"muon\"]"]);
+    let c = config(&["optimizers=[\"shampoo\", \"muon\", \"soap\"]"]);
     let whole = tempfile::tempdir().unwrap();
     run(&c, whole.path(), false, None);
     let pieces = tempfile::tempdir().unwrap();

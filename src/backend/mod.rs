@@ -270,6 +270,10 @@ pub trait Backend: Send + Sync + 'static {
     );
     /// `(A + εI)^{-1/p}` of a symmetric PSD n×n matrix; `Err` leaves the caller's previous root in use.
     fn inverse_root(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize, p: u32, eps: crate::linalg::Epsilon) -> anyhow::Result<()>;
+    /// Eigenvectors of the symmetric n×n `a` as the columns of `out`, by descending
+    /// eigenvalue (see `linalg::sym_eigenvectors`): SOAP's rotation basis. `Err`
+    /// leaves `out` untouched, so the caller's previous basis stays in use.
+    fn sym_eigenvectors(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize) -> anyhow::Result<()>;
     /// Scales the rows (or columns) of a rows×cols matrix `x` by `(d + eps)^{-1/p}`:
     /// Shampoo's diagonal fallback for a side too large to precondition fully.
     fn scale_by_diagonal_root(&self, x: Self::ViewMut<'_>, d: Self::View<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32);

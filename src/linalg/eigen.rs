@@ -1,6 +1,8 @@
-//! Inverse p-th roots of symmetric PSD statistics (Shampoo's preconditioners).
+//! Symmetric eigendecompositions of optimizer statistics: inverse p-th roots
+//! (Shampoo's preconditioners) and eigenbases (SOAP's rotations).
 
 use anyhow::{Result, anyhow, ensure};
+use faer::linalg::solvers::SelfAdjointEigen;
 use faer::{Mat, Side};
 use serde::{Deserialize, Serialize};
 
@@ -17,26 +19,33 @@ pub struct Epsilon {
     pub relative: f64,
 }
 
+/// Eigendecomposition of the symmetrised `(A + Aᵀ)/2` of the n×n row-major `a`,
+/// in f64 (accumulated statistics drift slightly asymmetric); eigenvalues come
+/// in nondecreasing order. `what` names the caller in errors.
+///
+/// Errors (rather than panics) on non-finite input or failed decomposition, so
+/// a caller can keep its previous result.
+fn symmetric_eigen(a: &[f32], n: usize, what: &str) -> Result<SelfAdjointEigen<f64>> {
+    assert_eq!(a.len(), n * n, "{what}: a must be {n}×{n}");
+    ensure!(a.iter().all(|x| x.is_finite()), "{what}: {n}×{n} statistic has non-finite entries");
+    let sym = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j] as f64 + a[j * n + i] as f64));
+    sym.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow!("{what}: eigendecomposition of {n}×{n} failed: {e:?}"))
+}
+
 /// (A + ε·I)^{-1/p} for the symmetric n×n row-major `a`, with ε from `eps`.
 ///
-/// Computed in f64 through faer's self-adjoint eigendecomposition of the
-/// symmetrised `(A + Aᵀ)/2` (accumulated statistics drift slightly asymmetric).
-/// Eigenvalues are clamped at 0 before damping, so negative round-off
-/// eigenvalues of a PSD statistic end up at ε instead of blowing up.
-///
-/// Errors (rather than panics) on non-finite input, failed decomposition or a
-/// non-finite result, so a caller can keep its previous root.
+/// Eigenvalues (of [`symmetric_eigen`]) are clamped at 0 before damping, so
+/// negative round-off eigenvalues of a PSD statistic end up at ε instead of
+/// blowing up. Errors on non-finite input, failed decomposition or a non-finite
+/// result, so a caller can keep its previous root.
 ///
 /// # Panics
 /// If `a.len() != n * n` or `p == 0`.
 pub fn sym_inverse_root(a: &[f32], n: usize, p: u32, eps: Epsilon) -> Result<Vec<f32>> {
-    assert_eq!(a.len(), n * n, "sym_inverse_root: a must be {n}×{n}");
     assert!(p > 0, "sym_inverse_root: p must be positive");
-    ensure!(a.iter().all(|x| x.is_finite()), "sym_inverse_root: {n}×{n} statistic has non-finite entries");
-    let sym = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (a[i * n + j] as f64 + a[j * n + i] as f64));
-    let evd = sym.self_adjoint_eigen(Side::Lower).map_err(|e| anyhow!("sym_inverse_root: eigendecomposition of {n}×{n} failed: {e:?}"))?;
+    let evd = symmetric_eigen(a, n, "sym_inverse_root")?;
     let (u, lambda) = (evd.U(), evd.S().column_vector());
-    // Eigenvalues come in nondecreasing order.
+    // Nondecreasing: the last eigenvalue is the largest.
     let lambda_max = if n == 0 { 0.0 } else { lambda[n - 1].max(0.0) };
     let damping = eps.absolute + eps.relative * lambda_max;
     let exponent = -1.0 / p as f64;
@@ -45,6 +54,18 @@ pub fn sym_inverse_root(a: &[f32], n: usize, p: u32, eps: Epsilon) -> Result<Vec
     let out: Vec<f32> = (0..n * n).map(|i| root[(i / n, i % n)] as f32).collect();
     ensure!(out.iter().all(|x| x.is_finite()), "sym_inverse_root: root of {n}×{n} is not finite (damping {damping:e})");
     Ok(out)
+}
+
+/// Eigenvectors of the symmetrised n×n row-major `a` (see [`symmetric_eigen`]),
+/// as the columns of a row-major n×n matrix, by descending eigenvalue: the
+/// eigenbasis SOAP runs Adam in, leading directions first.
+///
+/// # Panics
+/// If `a.len() != n * n`.
+pub fn sym_eigenvectors(a: &[f32], n: usize) -> Result<Vec<f32>> {
+    let evd = symmetric_eigen(a, n, "sym_eigenvectors")?;
+    let u = evd.U();
+    Ok((0..n * n).map(|i| u[(i / n, n - 1 - i % n)] as f32).collect())
 }
 
 #[cfg(test)]
@@ -140,5 +161,41 @@ mod tests {
     #[test]
     fn empty_matrix_gives_empty_root() {
         assert!(sym_inverse_root(&[], 0, 4, ABS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn eigenvectors_are_orthonormal_and_diagonalize_by_descending_eigenvalue() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for n in [1, 6, 40] {
+            let a = random_spd(n, 0.01, &mut rng);
+            let q = to_mat(&sym_eigenvectors(&a, n).unwrap(), n);
+            assert_identity(&(q.transpose() * &q), 1e-5);
+            let d = q.transpose() * to_mat(&a, n) * &q;
+            let scale = d[(0, 0)].abs();
+            for i in 0..n {
+                for j in 0..n {
+                    if i != j {
+                        assert!(d[(i, j)].abs() <= 1e-5 * scale, "n={n}: off-diagonal ({i},{j}) = {}", d[(i, j)]);
+                    }
+                }
+                if i > 0 {
+                    assert!(d[(i, i)] <= d[(i - 1, i - 1)] + 1e-6 * scale, "n={n}: eigenvalue {i} is larger than {}", i - 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eigenvectors_of_a_diagonal_matrix_sort_its_axes() {
+        // diag(1, 3, 2): columns e₂, e₃, e₁ up to sign.
+        let q = sym_eigenvectors(&[1.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 2.0], 3).unwrap();
+        let want = [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+        assert!(q.iter().zip(want).all(|(x, w)| (x.abs() - w).abs() < 1e-6), "{q:?}");
+    }
+
+    #[test]
+    fn eigenvectors_of_non_finite_input_are_an_error() {
+        assert!(sym_eigenvectors(&[1.0, f32::NAN, 0.0, 1.0], 2).is_err());
+        assert!(sym_eigenvectors(&[f32::INFINITY, 0.0, 0.0, 1.0], 2).is_err());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! An [`Optimizer`] is a list of [`ParamGroup`]s, each an [`UpdateRule`] over some
 //! parameters of a [`ParamStore`]. Muon's "auxiliary AdamW for everything that is
-//! not a hidden matrix" is just a second group; so is Shampoo's AdamW for vectors.
+//! not a hidden matrix" is just a second group; so are Shampoo's and SOAP's AdamW
+//! for vectors.
 //! Configs are small typed structs with defaults (serde: TOML presets and CLI).
 
 pub mod adamw;
@@ -10,11 +11,12 @@ pub mod lion;
 pub mod muon;
 pub mod sgd;
 pub mod shampoo;
+pub mod soap;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Gemm};
 use crate::models::{ParamStore, Role};
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -22,6 +24,7 @@ pub use lion::{Lion, LionConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
 pub use sgd::{Sgd, SgdConfig};
 pub use shampoo::{Grafting, Shampoo, ShampooConfig};
+pub use soap::{Soap, SoapConfig};
 
 /// A tensor an update rule exposes on probe steps (e.g. Muon's direction before
 /// and after orthogonalization), keyed by parameter index.
@@ -86,10 +89,11 @@ pub enum OptimizerConfig {
     Lion(LionConfig),
     Muon(MuonConfig),
     Shampoo(ShampooConfig),
+    Soap(SoapConfig),
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 5] = ["sgd", "adamw", "lion", "muon", "shampoo"];
+pub const OPTIMIZER_NAMES: [&str; 6] = ["sgd", "adamw", "lion", "muon", "shampoo", "soap"];
 
 impl OptimizerConfig {
     /// The default configuration of a named optimizer.
@@ -100,6 +104,7 @@ impl OptimizerConfig {
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
+            "soap" => Self::Soap(SoapConfig::default()),
             _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
         })
     }
@@ -111,6 +116,7 @@ impl OptimizerConfig {
             Self::Lion(_) => "lion",
             Self::Muon(_) => "muon",
             Self::Shampoo(_) => "shampoo",
+            Self::Soap(_) => "soap",
         }
     }
 
@@ -119,6 +125,8 @@ impl OptimizerConfig {
         let all: Vec<usize> = (0..store.specs.len()).collect();
         let with_role =
             |keep: &dyn Fn(Role) -> bool| -> Vec<usize> { all.iter().copied().filter(|&i| keep(store.specs[i].role)).collect() };
+        // Shampoo and SOAP precondition every matrix; an AdamW takes the vectors.
+        let (matrices, vectors) = (with_role(&Role::is_matrix), with_role(&|r| !r.is_matrix()));
         let mut groups = Vec::new();
         let mut push = |name: &str, params: Vec<usize>, lr: f32, rule: Box<dyn UpdateRule<B>>| {
             if !params.is_empty() {
@@ -136,9 +144,12 @@ impl OptimizerConfig {
                 push("adamw-aux", aux, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
             }
             Self::Shampoo(c) => {
-                let (main, aux) = (with_role(&Role::is_matrix), with_role(&|r| !r.is_matrix()));
-                push("shampoo", main.clone(), c.lr, Box::new(Shampoo::new(backend, store, &main, *c)));
-                push("adamw-aux", aux, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+                push("shampoo", matrices.clone(), c.lr, Box::new(Shampoo::new(backend, store, &matrices, *c)));
+                push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
+            Self::Soap(c) => {
+                push("soap", matrices.clone(), c.lr, Box::new(Soap::new(backend, store, &matrices, *c)));
+                push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
             }
         }
         Optimizer { name: self.name().into(), groups, steps: 0 }
@@ -148,4 +159,31 @@ impl OptimizerConfig {
 /// The store ranges of a group's parameters (for multi-tensor ops).
 fn ranges<B: Backend>(store: &ParamStore<B>, params: &[usize]) -> Vec<std::ops::Range<usize>> {
     params.iter().map(|&i| store.specs[i].range()).collect()
+}
+
+/// `stat ← beta·stat + weight·G·Gᵀ` (`over_rows`: m×m) or `weight·Gᵀ·G` (n×n) for an
+/// m×n gradient: the Kronecker-factored statistics of Shampoo and SOAP.
+fn accumulate_gram<B: Backend>(
+    backend: &B,
+    stat: &mut B::Buf,
+    g: B::View<'_>,
+    (m, n): (usize, usize),
+    over_rows: bool,
+    weight: f32,
+    beta: f32,
+) {
+    let shape = if over_rows {
+        Gemm { m, k: n, n: m, trans_a: false, trans_b: true }
+    } else {
+        Gemm { m: n, k: m, n, trans_a: true, trans_b: false }
+    };
+    backend.matmul(B::all_mut(stat), g, g, shape, weight, beta);
+}
+
+/// The n×n identity: the root or basis a side starts with, which leaves a
+/// direction unchanged until the first one is computed (or if none ever can be).
+fn identity<B: Backend>(backend: &B, n: usize) -> B::Buf {
+    let mut eye = vec![0.0; n * n];
+    (0..n).for_each(|i| eye[i * n + i] = 1.0);
+    backend.upload(&eye)
 }

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdamWConfig, Capture, UpdateRule};
+use super::{AdamWConfig, Capture, UpdateRule, accumulate_gram, identity};
 use crate::backend::{Backend, Gemm};
 use crate::linalg::Epsilon;
 use crate::models::ParamStore;
@@ -78,11 +78,7 @@ impl<B: Backend> Side<B> {
         if dim > max_dim {
             return Side::Diagonal { stat: backend.zeros(dim) };
         }
-        // The root starts as the identity: until the first root exists (or if it
-        // never can be computed) the side leaves the direction unchanged.
-        let mut eye = vec![0.0; dim * dim];
-        (0..dim).for_each(|i| eye[i * dim + i] = 1.0);
-        Side::Full { stat: backend.zeros(dim * dim), root: backend.upload(&eye) }
+        Side::Full { stat: backend.zeros(dim * dim), root: identity(backend, dim) }
     }
 }
 
@@ -179,14 +175,7 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             // Statistics: L ← β2·L + w·G·Gᵀ (m×m), R ← β2·R + w·Gᵀ·G (n×n).
             for (side, over_rows) in [(&mut p.left, true), (&mut p.right, false)] {
                 match side {
-                    Side::Full { stat, .. } => {
-                        let shape = if over_rows {
-                            Gemm { m, k: n, n: m, trans_a: false, trans_b: true }
-                        } else {
-                            Gemm { m: n, k: m, n, trans_a: true, trans_b: false }
-                        };
-                        backend.matmul(B::all_mut(stat), g, g, shape, stat_weight, c.beta2);
-                    }
+                    Side::Full { stat, .. } => accumulate_gram(backend, stat, g, (m, n), over_rows, stat_weight, c.beta2),
                     Side::Diagonal { stat } => backend.ema_square_sums(B::all_mut(stat), g, m, n, over_rows, c.beta2, stat_weight),
                 }
                 if let (true, Side::Full { stat, root }) = (refresh, side) {

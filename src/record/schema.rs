@@ -52,7 +52,7 @@ const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
 
 const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
 const OPTIMIZER: Column =
-    col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo) or a preset's key such as `muon-all`.");
+    col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo, soap) or a preset's key such as `muon-all`.");
 const SEED: Column = col("seed", Kind::I64, "Seed of initialization and batch order.");
 const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
 const TASK: Column = col("task", Kind::I64, "Task being trained when the row was written (0-based).");
@@ -102,7 +102,8 @@ pub const SPECTRA: Table = Table {
             Kind::Str,
             "Which matrix: `weight`; `gradient` (of the last batch); `update` (applied Δθ of the last step); \
              `muon_pre_orthogonalization` / `muon_post_orthogonalization` (Muon's direction before / after Newton-Schulz); \
-             `shampoo_preconditioned` (L^-1/4·M·R^-1/4 before grafting).",
+             `shampoo_preconditioned` (L^-1/4·M·R^-1/4 before grafting); \
+             `soap_direction` (Q_L·N·Q_Rᵀ, N Adam's direction in SOAP's eigenbasis; before learning rate and weight decay).",
         ),
         col("rows", Kind::I64, "Rows of the matrix (output features)."),
         col("cols", Kind::I64, "Columns of the matrix (input features)."),
@@ -178,6 +179,7 @@ pub const COUNTERS: Table = Table {
             "name",
             Kind::Str,
             "`shampoo_root_failures` (roots whose eigendecomposition failed; the previous root was kept), `shampoo_roots_computed`, \
+             `soap_basis_failures` (eigenbases whose decomposition failed; the previous basis was kept), `soap_bases_computed`, \
              `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64).",
         ),
         col("value", Kind::F64, "The count so far in this run (backend counts: so far in this process)."),
@@ -190,7 +192,7 @@ pub const RUNS: Table = Table {
     columns: &[
         RUN,
         OPTIMIZER,
-        col("kind", Kind::Str, "The optimizer behind the label (sgd, adamw, lion, muon, shampoo)."),
+        col("kind", Kind::Str, "The optimizer behind the label (sgd, adamw, lion, muon, shampoo, soap)."),
         SEED,
         col("status", Kind::Str, "`completed` or `diverged`."),
         opt("diverged_step", Kind::I64, "First step whose loss or parameters were NaN/Inf; null if none."),

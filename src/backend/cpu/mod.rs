@@ -379,6 +379,11 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn sym_eigenvectors(&self, out: &mut [f32], a: &[f32], n: usize) -> anyhow::Result<()> {
+        out.copy_from_slice(&linalg::sym_eigenvectors(a, n)?);
+        Ok(())
+    }
+
     fn scale_by_diagonal_root(&self, x: &mut [f32], d: &[f32], rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
         assert_eq!(x.len(), rows * cols);
         assert_eq!(d.len(), if over_rows { rows } else { cols });

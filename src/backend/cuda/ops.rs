@@ -188,6 +188,15 @@ impl Cuda {
             .unwrap_or_else(|e| panic!("CUDA copy failed: {e:?}"));
     }
 
+    /// Copies `host` into the device view `out`, waiting so `host` may be dropped.
+    fn write_from_host(&self, out: DViewMut<'_>, host: &[f32]) {
+        assert_eq!(out.len, host.len(), "write_from_host: lengths differ");
+        // SAFETY: `out` is a live view of `host.len()` floats; synchronize before `host` can be dropped.
+        unsafe { driver::memcpy_htod_async(out.ptr, host, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"));
+        self.synchronize();
+    }
+
     fn reduce_f64(&self, kernel: &str, args: Vec<Arg>, n: usize) -> f64 {
         let out = self.alloc::<f64>(1);
         let mut all = vec![ptr_of(&out)];
@@ -512,10 +521,15 @@ impl Backend for Cuda {
         // f64 eigendecomposition decides, and the fallback is counted.
         self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
         let root = linalg::sym_inverse_root(&self.download(a), n, p, eps)?;
-        // SAFETY: `out` is a live n×n view; synchronize before `root` is dropped.
-        unsafe { driver::memcpy_htod_async(out.ptr, &root, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"));
-        self.synchronize();
+        self.write_from_host(out, &root);
+        Ok(())
+    }
+    /// On the host in f64 (download, `linalg::sym_eigenvectors`, upload): SOAP calls
+    /// it once per side every `precondition_frequency` steps, not every step.
+    fn sym_eigenvectors(&self, out: DViewMut<'_>, a: DView<'_>, n: usize) -> Result<()> {
+        assert!(out.len == n * n && a.len == n * n, "sym_eigenvectors: matrices must be {n}×{n}");
+        let basis = linalg::sym_eigenvectors(&self.download(a), n)?;
+        self.write_from_host(out, &basis);
         Ok(())
     }
     fn scale_by_diagonal_root(&self, x: DViewMut<'_>, d: DView<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
