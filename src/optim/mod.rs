@@ -180,6 +180,31 @@ fn accumulate_gram<B: Backend>(
     backend.matmul(B::all_mut(stat), g, g, shape, weight, beta);
 }
 
+/// A matrix parameter with state per side (rows: left, columns: right):
+/// Shampoo's preconditioners, SOAP's eigenbases.
+struct TwoSided<S> {
+    param: usize,
+    rows: usize,
+    cols: usize,
+    left: S,
+    right: S,
+}
+
+/// One [`TwoSided`] per parameter in `params`, each side made by `side(dim)`.
+///
+/// # Panics
+/// If a parameter is not a matrix (`optimizer` names the caller).
+fn two_sided<B: Backend, S>(store: &ParamStore<B>, params: &[usize], optimizer: &str, side: impl Fn(usize) -> S) -> Vec<TwoSided<S>> {
+    params
+        .iter()
+        .map(|&i| {
+            let s = &store.specs[i];
+            assert!(s.role.is_matrix(), "{optimizer} here takes matrices only; {} is a {}", s.name, s.role.as_str());
+            TwoSided { param: i, rows: s.rows, cols: s.cols, left: side(s.rows), right: side(s.cols) }
+        })
+        .collect()
+}
+
 /// The n×n identity: the root or basis a side starts with, which leaves a
 /// direction unchanged until the first one is computed (or if none ever can be).
 fn identity<B: Backend>(backend: &B, n: usize) -> B::Buf {

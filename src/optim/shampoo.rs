@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdamWConfig, Capture, UpdateRule, accumulate_gram, identity};
+use super::{AdamWConfig, Capture, TwoSided, UpdateRule, accumulate_gram, identity, two_sided};
 use crate::backend::{Backend, Gemm};
 use crate::linalg::Epsilon;
 use crate::models::ParamStore;
@@ -113,17 +113,9 @@ impl<B: Backend> Side<B> {
     }
 }
 
-struct Preconditioner<B: Backend> {
-    param: usize,
-    rows: usize,
-    cols: usize,
-    left: Side<B>,
-    right: Side<B>,
-}
-
 pub struct Shampoo<B: Backend> {
     config: ShampooConfig,
-    preconditioners: Vec<Preconditioner<B>>,
+    preconditioners: Vec<TwoSided<Side<B>>>,
     momentum: B::Buf,
     graft_v: B::Buf,
     /// Scratch, store-sized: half-preconditioned and preconditioned directions.
@@ -135,21 +127,8 @@ pub struct Shampoo<B: Backend> {
 
 impl<B: Backend> Shampoo<B> {
     pub fn new(backend: &B, store: &ParamStore<B>, params: &[usize], config: ShampooConfig) -> Self {
-        let preconditioners = params
-            .iter()
-            .map(|&i| {
-                let s = &store.specs[i];
-                assert!(s.role.is_matrix(), "Shampoo here takes matrices only; {} is a {}", s.name, s.role.as_str());
-                let max = config.max_preconditioner_dim;
-                Preconditioner {
-                    param: i,
-                    rows: s.rows,
-                    cols: s.cols,
-                    left: Side::new(backend, s.rows, max),
-                    right: Side::new(backend, s.cols, max),
-                }
-            })
-            .collect();
+        let max = config.max_preconditioner_dim;
+        let preconditioners = two_sided(store, params, "Shampoo", |dim| Side::new(backend, dim, max));
         let n = store.len();
         let [momentum, graft_v, half, full] = std::array::from_fn(|_| backend.zeros(n));
         Self { config, preconditioners, momentum, graft_v, half, full, root_failures: 0, roots_computed: 0 }

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdamWConfig, Capture, UpdateRule, accumulate_gram, identity};
+use super::{AdamWConfig, Capture, TwoSided, UpdateRule, accumulate_gram, identity, two_sided};
 use crate::backend::{Backend, Gemm};
 use crate::models::ParamStore;
 
@@ -99,15 +99,7 @@ impl<B: Backend> Side<B> {
     }
 }
 
-struct Matrix<B: Backend> {
-    param: usize,
-    rows: usize,
-    cols: usize,
-    left: Side<B>,
-    right: Side<B>,
-}
-
-impl<B: Backend> Matrix<B> {
+impl<B: Backend> TwoSided<Side<B>> {
     /// Rotates the matrix at `range` of `x` in place, through `tmp`: `X ← Q_Lᵀ·X·Q_R`
     /// (`into` the eigenbasis) or `X ← Q_L·X·Q_Rᵀ`.
     fn rotate(&self, backend: &B, x: &mut B::Buf, tmp: &mut B::Buf, range: Range<usize>, into: bool) {
@@ -119,7 +111,7 @@ impl<B: Backend> Matrix<B> {
 
 pub struct Soap<B: Backend> {
     config: SoapConfig,
-    matrices: Vec<Matrix<B>>,
+    matrices: Vec<TwoSided<Side<B>>>,
     /// First moment, original space.
     m: B::Buf,
     /// Second moment, rotated space.
@@ -133,21 +125,8 @@ pub struct Soap<B: Backend> {
 
 impl<B: Backend> Soap<B> {
     pub fn new(backend: &B, store: &ParamStore<B>, params: &[usize], config: SoapConfig) -> Self {
-        let matrices = params
-            .iter()
-            .map(|&i| {
-                let s = &store.specs[i];
-                assert!(s.role.is_matrix(), "SOAP here takes matrices only; {} is a {}", s.name, s.role.as_str());
-                let max = config.max_preconditioner_dim;
-                Matrix {
-                    param: i,
-                    rows: s.rows,
-                    cols: s.cols,
-                    left: Side::new(backend, s.rows, max),
-                    right: Side::new(backend, s.cols, max),
-                }
-            })
-            .collect();
+        let max = config.max_preconditioner_dim;
+        let matrices = two_sided(store, params, "SOAP", |dim| Side::new(backend, dim, max));
         let [m, v, rotated, tmp] = std::array::from_fn(|_| backend.zeros(store.len()));
         Self { config, matrices, m, v, rotated, tmp, basis_failures: 0, bases_computed: 0 }
     }
