@@ -24,6 +24,7 @@ fn adamw_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
 }
 
 fn adamw(c: &mut Criterion) {
+    optlab::backend::cpu::join_thread_pool();
     adamw_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
         adamw_on(c, &g, || g.synchronize());

@@ -31,6 +31,7 @@ fn step_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
 }
 
 fn mlp_step(c: &mut Criterion) {
+    optlab::backend::cpu::join_thread_pool();
     step_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
         step_on(c, &g, || g.synchronize());

@@ -26,6 +26,7 @@ fn roots_on<B: Backend>(c: &mut Criterion, b: &B, sizes: &[usize], sync: impl Fn
 }
 
 fn shampoo(c: &mut Criterion) {
+    optlab::backend::cpu::join_thread_pool();
     roots_on(c, &Cpu, &[256], || ());
     if let Some(g) = common::gpu() {
         roots_on(c, &g, &[256, 1024], || g.synchronize());

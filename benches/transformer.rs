@@ -76,6 +76,7 @@ fn attention_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
 }
 
 fn transformer_steps(c: &mut Criterion) {
+    optlab::backend::cpu::join_thread_pool();
     steps_on(c, &Cpu, || ());
     attention_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {

@@ -154,6 +154,7 @@ impl SplitMnistArgs {
 }
 
 fn main() {
+    optlab::backend::cpu::join_thread_pool();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
