@@ -106,4 +106,58 @@ mod tests {
         }
         assert_eq!(max(&[f32::NAN, 1.0, f32::NAN]), 1.0);
     }
+
+    /// What the backend's loops compute (reductions, `exp`, GELU's `tanh`), as
+    /// bits; inlined, so each caller compiles it for its own instruction set.
+    #[inline(always)]
+    fn hot_loops(x: &[f32]) -> Vec<u64> {
+        use super::super::fast_math::{exp, tanh};
+        let mut bits = vec![sum_map(x, |v| f64::from(exp(v))).to_bits(), u64::from(max(x).to_bits()), u64::from(dot(x, x).to_bits())];
+        bits.extend(x.iter().map(|&v| u64::from((0.5 * v * (1.0 + tanh(0.8 * (v + 0.044715 * v * v * v)))).to_bits())));
+        bits
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let x: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.37).sin() * 12.0).collect();
+        let plain = hot_loops(&x);
+        assert_eq!(
+            vectorized(
+                #[inline(always)]
+                || hot_loops(&x)
+            ),
+            plain,
+            "the dispatched path"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the CPU has the wrapper's features.
+                assert_eq!(
+                    unsafe {
+                        x86::avx2(
+                            #[inline(always)]
+                            || hot_loops(&x),
+                        )
+                    },
+                    plain,
+                    "AVX2"
+                );
+            }
+            if has!("avx512f") {
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe {
+                        x86::avx512(
+                            #[inline(always)]
+                            || hot_loops(&x),
+                        )
+                    },
+                    plain,
+                    "AVX-512"
+                );
+            }
+        }
+    }
 }
