@@ -147,48 +147,42 @@ fn row_blocks(seq: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 /// `P = softmax(S)` row by row (saving `lse = max + ln Σ exp`), then `O = P·V`.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Attention) {
     s.assert_lengths(qkv.len(), out.len(), lse.len());
-    let (t, hd) = (s.seq, s.head_dim);
     if out.is_empty() {
         return;
     }
+    let t = s.seq;
     let per_batch = out.par_chunks_mut(t * s.width()).zip(lse.par_chunks_mut(s.heads * t)).zip(qkv.par_chunks(t * s.qkv_width()));
     per_batch.for_each(|((out_b, lse_b), qkv_b)| {
         simd::vectorized(
             #[inline(always)]
-            || {
-                let (mut head, mut o) = (Head::default(), vec![0.0; t * hd]);
-                for h in 0..s.heads {
-                    head.load(qkv_b, &s, h);
-                    for rows in row_blocks(t) {
-                        let keys = head.score(&s, rows.clone());
-                        for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
-                            let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
-                            let max = simd::max(seen);
-                            seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - max));
-                            let sum = simd::sum(seen);
-                            seen.iter_mut().for_each(|z| *z /= sum);
-                            hidden.fill(0.0);
-                            lse_b[h * t + i] = max + sum.ln();
-                        }
-                        let n = rows.len();
-                        matmul(
-                            &mut o[rows.start * hd..rows.end * hd],
-                            &head.scores,
-                            &head.v[..keys * hd],
-                            n,
-                            keys,
-                            hd,
-                            false,
-                            false,
-                            1.0,
-                            0.0,
-                        );
-                    }
-                    scatter(out_b, &o, s.width(), h * hd, hd);
-                }
-            },
+            || forward_batch(out_b, lse_b, qkv_b, &s),
         )
     });
+}
+
+/// [`attention_forward`] of one batch element (inlined into its vector wrapper).
+#[inline(always)]
+fn forward_batch(out_b: &mut [f32], lse_b: &mut [f32], qkv_b: &[f32], s: &Attention) {
+    let (t, hd) = (s.seq, s.head_dim);
+    let (mut head, mut o) = (Head::default(), vec![0.0; t * hd]);
+    for h in 0..s.heads {
+        head.load(qkv_b, s, h);
+        for rows in row_blocks(t) {
+            let keys = head.score(s, rows.clone());
+            for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                let (seen, hidden) = row.split_at_mut(visible(s, i, keys));
+                let max = simd::max(seen);
+                seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - max));
+                let sum = simd::sum(seen);
+                seen.iter_mut().for_each(|z| *z /= sum);
+                hidden.fill(0.0);
+                lse_b[h * t + i] = max + sum.ln();
+            }
+            let n = rows.len();
+            matmul(&mut o[rows.start * hd..rows.end * hd], &head.scores, &head.v[..keys * hd], n, keys, hd, false, false, 1.0, 0.0);
+        }
+        scatter(out_b, &o, s.width(), h * hd, hd);
+    }
 }
 
 /// Recomputes `P` from the saved log-sum-exp per row block (as FlashAttention
@@ -197,11 +191,10 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
 pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], s: Attention) {
     s.assert_lengths(qkv.len(), out.len(), lse.len());
     assert!(dqkv.len() == qkv.len() && dout.len() == out.len(), "attention gradient shapes");
-    let (t, hd, width, w3) = (s.seq, s.head_dim, s.width(), s.qkv_width());
     if out.is_empty() {
         return;
     }
-    let scale = s.score_scale();
+    let (t, width, w3) = (s.seq, s.width(), s.qkv_width());
     let per_batch = dqkv
         .par_chunks_mut(t * w3)
         .zip(qkv.par_chunks(t * w3))
@@ -210,44 +203,50 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f3
     per_batch.for_each(|(((dqkv_b, qkv_b), (dout_b, out_b)), lse_b)| {
         simd::vectorized(
             #[inline(always)]
-            || {
-                let mut head = Head::default();
-                let (mut d_o, mut o, mut dp) = (Vec::new(), Vec::new(), Vec::new());
-                let (mut dq, mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd], vec![0.0; t * hd]);
-                for h in 0..s.heads {
-                    head.load(qkv_b, &s, h);
-                    gather(&mut d_o, dout_b, width, h * hd, hd);
-                    gather(&mut o, out_b, width, h * hd, hd);
-                    let delta: Vec<f32> = d_o.chunks_exact(hd).zip(o.chunks_exact(hd)).map(|(a, b)| simd::dot(a, b)).collect();
-                    let lse_h = &lse_b[h * t..(h + 1) * t];
-                    dk.fill(0.0);
-                    dv.fill(0.0);
-                    for rows in row_blocks(t) {
-                        let n = rows.len();
-                        let d_o_rows = &d_o[rows.start * hd..rows.end * hd];
-                        let keys = head.score(&s, rows.clone());
-                        for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
-                            let (seen, hidden) = row.split_at_mut(visible(&s, i, keys));
-                            seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - lse_h[i]));
-                            hidden.fill(0.0);
-                        }
-                        let p = &head.scores;
-                        matmul(&mut dv[..keys * hd], p, d_o_rows, keys, n, hd, true, false, 1.0, 1.0);
-                        dp.resize(n * keys, 0.0);
-                        matmul(&mut dp, d_o_rows, &head.v[..keys * hd], n, hd, keys, false, true, 1.0, 0.0);
-                        for ((ds_row, p_row), i) in dp.chunks_exact_mut(keys).zip(p.chunks_exact(keys)).zip(rows.clone()) {
-                            ds_row.iter_mut().zip(p_row).for_each(|(ds, &p)| *ds = p * (*ds - delta[i]));
-                        }
-                        matmul(&mut dq[rows.start * hd..rows.end * hd], &dp, &head.k[..keys * hd], n, keys, hd, false, false, scale, 0.0);
-                        matmul(&mut dk[..keys * hd], &dp, &head.q[rows.start * hd..rows.end * hd], keys, n, hd, true, false, scale, 1.0);
-                    }
-                    for (part, m) in [&dq, &dk, &dv].into_iter().enumerate() {
-                        scatter(dqkv_b, m, w3, part * width + h * hd, hd);
-                    }
-                }
-            },
+            || backward_batch(dqkv_b, qkv_b, dout_b, out_b, lse_b, &s),
         )
     });
+}
+
+/// [`attention_backward`] of one batch element (inlined into its vector wrapper).
+#[inline(always)]
+fn backward_batch(dqkv_b: &mut [f32], qkv_b: &[f32], dout_b: &[f32], out_b: &[f32], lse_b: &[f32], s: &Attention) {
+    let (t, hd, width, w3) = (s.seq, s.head_dim, s.width(), s.qkv_width());
+    let scale = s.score_scale();
+    let mut head = Head::default();
+    let (mut d_o, mut o, mut dp) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dq, mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd], vec![0.0; t * hd]);
+    for h in 0..s.heads {
+        head.load(qkv_b, s, h);
+        gather(&mut d_o, dout_b, width, h * hd, hd);
+        gather(&mut o, out_b, width, h * hd, hd);
+        let delta: Vec<f32> = d_o.chunks_exact(hd).zip(o.chunks_exact(hd)).map(|(a, b)| simd::dot(a, b)).collect();
+        let lse_h = &lse_b[h * t..(h + 1) * t];
+        dk.fill(0.0);
+        dv.fill(0.0);
+        for rows in row_blocks(t) {
+            let n = rows.len();
+            let d_o_rows = &d_o[rows.start * hd..rows.end * hd];
+            let keys = head.score(s, rows.clone());
+            for (i, row) in rows.clone().zip(head.scores.chunks_exact_mut(keys)) {
+                let (seen, hidden) = row.split_at_mut(visible(s, i, keys));
+                seen.iter_mut().for_each(|z| *z = fast_math::exp(*z - lse_h[i]));
+                hidden.fill(0.0);
+            }
+            let p = &head.scores;
+            matmul(&mut dv[..keys * hd], p, d_o_rows, keys, n, hd, true, false, 1.0, 1.0);
+            dp.resize(n * keys, 0.0);
+            matmul(&mut dp, d_o_rows, &head.v[..keys * hd], n, hd, keys, false, true, 1.0, 0.0);
+            for ((ds_row, p_row), i) in dp.chunks_exact_mut(keys).zip(p.chunks_exact(keys)).zip(rows.clone()) {
+                ds_row.iter_mut().zip(p_row).for_each(|(ds, &p)| *ds = p * (*ds - delta[i]));
+            }
+            matmul(&mut dq[rows.start * hd..rows.end * hd], &dp, &head.k[..keys * hd], n, keys, hd, false, false, scale, 0.0);
+            matmul(&mut dk[..keys * hd], &dp, &head.q[rows.start * hd..rows.end * hd], keys, n, hd, true, false, scale, 1.0);
+        }
+        for (part, m) in [&dq, &dk, &dv].into_iter().enumerate() {
+            scatter(dqkv_b, m, w3, part * width + h * hd, hd);
+        }
+    }
 }
 
 pub fn embedding_forward(out: &mut [f32], table: &[f32], ids: &[u32], dim: usize) {
