@@ -15,8 +15,13 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     let adamw = OptimizerConfig::by_name("adamw").unwrap();
 
     // exp vit: MNIST 28×28, patch 7, dim 64, depth 4, 4 heads; batch 128.
-    let config =
-        VitConfig { image: 28, channels: 1, patch: 7, classes: 10, body: TransformerConfig { dim: 64, depth: 4, heads: 4, mlp_ratio: 4 } };
+    let config = VitConfig {
+        image: 28,
+        channels: 1,
+        patch: 7,
+        classes: 10,
+        body: TransformerConfig { dim: 64, depth: 4, heads: 4, mlp_ratio: 4, ..Default::default() },
+    };
     let (x, labels) = (common::random(128 * 784, 0), (0..128).map(|i| (i % 10) as u8).collect::<Vec<_>>());
     let mut vit = Vit::new(b, config, 0);
     let mut opt = adamw.build(b, &vit.store);

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod random;
 pub mod record;

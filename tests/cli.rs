@@ -1,9 +1,265 @@
-//! The `exp` binary: clear errors for bad input, the schema listing.
+//! The `exp` binary as a hostile user meets it: a table of bad inputs, each a
+//! clear error that writes nothing; two processes on one study; kills at random
+//! moments followed by `--resume`; the schema listing.
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn exp(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_exp")).args(args).env_remove("OPTLAB_DATA_DIR").output().unwrap()
+}
+
+/// A tiny GPT study on a text file of its own: no dataset needed.
+fn tiny_gpt(dir: &Path) -> Vec<String> {
+    let corpus = dir.join("corpus.txt");
+    if !corpus.exists() {
+        let phrase = b"to be or not to be, that is the question. ";
+        let text: Vec<u8> = (0..6000).map(|i| phrase[i % phrase.len()]).collect();
+        std::fs::write(&corpus, text).unwrap();
+    }
+    let args = [
+        "gpt",
+        "--device",
+        "cpu",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--set",
+        "model={ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }",
+    ];
+    let more = ["--set", "seq=16", "--set", "batch_size=2", "--set", "probe_every=0", "--set", "eval_batches=1"];
+    args.iter().chain(&more).map(|s| s.to_string()).collect()
+}
+
+fn with(base: &[String], extra: &[&str]) -> Vec<String> {
+    base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+}
+
+fn exp_owned(args: &[String]) -> Output {
+    exp(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Every file under `dir` with its bytes, for "nothing was touched".
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() != ".lock" {
+                out.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_clear_error(o: &Output, want: &str, what: &str) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "{what}: succeeded");
+    assert!(!e.contains("panicked") && o.status.code().is_some_and(|c| c == 1 || c == 2), "{what}: not a clean error exit: {e}");
+    assert!(e.contains(want), "{what}: expected {want:?} in: {e}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_that_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let gpt = tiny_gpt(dir.path());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (with(&gpt, &["--steps", "0"]), "steps must be positive"),
+        (with(&gpt, &["--set", "seq=0"]), "seq must be positive"),
+        (with(&gpt, &["--set", "batch_size=0"]), "batch_size must be positive"),
+        (with(&gpt, &["--set", "eval_every=0"]), "eval_every must be positive"),
+        (with(&gpt, &["--set", "validation_fraction=1.5"]), "validation_fraction must be in (0, 1)"),
+        (with(&gpt, &["--set", "validation_fraction=0"]), "validation_fraction must be in (0, 1)"),
+        (with(&gpt, &["--set", "grad_clip=-1"]), "grad_clip must be ≥ 0"),
+        (with(&gpt, &["--set", "model.heads=3"]), "model.dim 16 must be a multiple of model.heads 3"),
+        (with(&gpt, &["--set", "model.depth=0"]), "model.depth must be positive"),
+        (with(&gpt, &["--set", "model.init_std=0"]), "model.init_std must be a finite number > 0"),
+        (with(&gpt, &["--set", "model.dim=1000000"]), "GiB per run"),
+        (with(&gpt, &["--set", "seq=100000"]), "too short for sequences"),
+        (with(&gpt, &["--seeds", "3,3"]), "seed 3 is listed twice"),
+        (with(&gpt, &["--set", "seeds=[]"]), "need at least one seed"),
+        (with(&gpt, &["--optimizers", "muon,muon"]), "\"muon\" is listed twice"),
+        (with(&gpt, &["--set", "optimizers=[]"]), "need at least one optimizer"),
+        (with(&gpt, &["--optimizers", "a/b"]), "optimizer label \"a/b\""),
+        (with(&gpt, &["--optimizers", "x-s1"]), "no `-s` before a digit"),
+        (with(&gpt, &["--set", "optimizer.muon.lr=-0.1"]), "lr must be a finite number > 0, got -0.1"),
+        (with(&gpt, &["--set", "optimizer.muon.lr=0"]), "lr must be a finite number > 0"),
+        (with(&gpt, &["--set", "optimizer.muon.momentum=1"]), "momentum must be in [0, 1)"),
+        (with(&gpt, &["--set", "optimizer.muon.ns_steps=0"]), "ns_steps must be at least 1"),
+        (with(&gpt, &["--set", "optimizer.muon.aux_adamw.beta2=1.5"]), "aux_adamw.beta2 must be in [0, 1)"),
+        (with(&gpt, &["--set", "optimizer.adam.eps=0"]), "eps must be a finite number > 0"),
+        (with(&gpt, &["--set", "optimizer.adam.weight_decay=-1"]), "weight_decay must be a finite number ≥ 0"),
+        (
+            with(&gpt, &["--optimizers", "shampoo", "--set", "optimizer.shampoo.precondition_frequency=0"]),
+            "precondition_frequency must be at least 1",
+        ),
+        (with(&gpt, &["--optimizers", "shampoo", "--set", "optimizer.shampoo.beta2=0"]), "beta2 must be in (0, 1]"),
+        (
+            with(&gpt, &["--optimizers", "soap", "--set", "optimizer.soap.max_preconditioner_dim=0"]),
+            "max_preconditioner_dim must be at least 1",
+        ),
+        (with(&gpt, &["--optimizers", "sgd", "--set", "optimizer.sgd.nesterov=true", "--set", "optimizer.sgd.momentum=0"]), "nesterov"),
+        (with(&gpt, &["--set", "optimizer.adam.lr=\"fast\""]), "invalid hyperparameters"),
+        (with(&gpt, &["--set", "stepz=3"]), "stepz"),
+        (with(&gpt, &["--seeds", "-1"]), "unexpected argument '-1'"),
+        (with(&gpt, &["--stop-after-steps", "0"]), "invalid value"),
+        (vec!["gpt".into(), "--corpus".into(), "/nonexistent/corpus.txt".into()], "reading corpus /nonexistent/corpus.txt"),
+        (with(&gpt, &["--resume"]), "is not a study folder"),
+        (vec!["split-mnist".into(), "--epochs".into(), "0".into()], "epochs_per_task must be positive"),
+        (vec!["split-mnist".into(), "--batch-size".into(), "0".into()], "batch_size must be positive"),
+        (vec!["split-mnist".into(), "--hidden".into(), "256,0".into()], "hidden[1] must be positive"),
+        (vec!["split-mnist".into(), "--set".into(), "hidden=[]".into()], "hidden must list at least one width"),
+        (vec!["split-mnist".into(), "--hidden".into(), "200000,200000".into()], "GiB per run"),
+        (vec!["split-mnist".into(), "--set".into(), "eval_batch=0".into()], "eval_batch must be positive"),
+        (vec!["split-mnist".into(), "--set".into(), "max_train_per_task=0".into()], "max_train_per_task must be positive"),
+        (vec!["split-mnist".into(), "--set".into(), "class_groups=[[0,1],[1,2]]".into()], "class 1 appears in more than one group"),
+        (vec!["split-mnist".into(), "--set".into(), "class_groups=[[0,10]]".into()], "class 10 in group 0 is not in 0-9"),
+        (vec!["split-mnist".into(), "--set".into(), "class_groups=[]".into()], "no class groups given"),
+        (
+            vec!["split-mnist".into(), "--protocol".into(), "permuted".into(), "--set".into(), "permuted_tasks=0".into()],
+            "permuted_tasks must be positive",
+        ),
+        (vec!["split-mnist".into(), "--protocol".into(), "sideways".into()], "sideways"),
+        (vec!["split-mnist".into(), "--dataset".into(), "imagenet".into()], "imagenet"),
+        (vec!["split-mnist".into(), "--stop-after-tasks".into(), "0".into()], "invalid value"),
+        (vec!["vit".into(), "--set".into(), "vit.patch=5".into()], "vit.patch 5 does not divide the 28×28 images of mnist"),
+        (vec!["vit".into(), "--set".into(), "vit.patch=0".into()], "vit.patch must be positive"),
+        (vec!["vit".into(), "--set".into(), "vit.heads=3".into()], "vit.dim 64 must be a multiple of vit.heads 3"),
+        (vec!["vit".into(), "--set".into(), "vit.mlp_ratio=0".into()], "vit.mlp_ratio must be positive"),
+        (vec!["vit".into(), "--dataset".into(), "cifar10".into()], "vit.patch 7 does not divide the 32×32 images of cifar10"),
+        (vec!["report".into(), o.into()], "not a study folder"),
+    ];
+    for (args, want) in &cases {
+        let mut args = args.clone();
+        if args[0] != "report" {
+            args.extend(["--out".to_string(), o.to_string()]);
+        }
+        assert_clear_error(&exp_owned(&args), want, &args.join(" "));
+        assert!(!out.exists(), "{}: created {}", args.join(" "), out.display());
+    }
+}
+
+#[test]
+fn study_folders_are_protected() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt = tiny_gpt(dir.path());
+    let out = dir.path().join("study");
+    let o = out.to_str().unwrap();
+    // --out is a file, or holds study files without a configuration: refused, untouched.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"mine").unwrap();
+    assert_clear_error(&exp_owned(&with(&gpt, &["--steps", "4", "--out", file.to_str().unwrap()])), "is not a folder", "out is a file");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    let debris = dir.path().join("debris");
+    std::fs::create_dir_all(debris.join("steps")).unwrap();
+    std::fs::write(debris.join("steps/part-x.parquet"), b"old").unwrap();
+    let before = snapshot(&debris);
+    assert_clear_error(
+        &exp_owned(&with(&gpt, &["--steps", "4", "--out", debris.to_str().unwrap()])),
+        "holds study files (steps)",
+        "debris",
+    );
+    assert_eq!(snapshot(&debris), before);
+    // --resume on something that is not a study.
+    assert_clear_error(&exp_owned(&with(&gpt, &["--resume", "--out", debris.to_str().unwrap()])), "not a study folder", "resume debris");
+
+    // A real study, then resumes that would change it: refused, nothing written.
+    let first = exp_owned(&with(&gpt, &["--steps", "4", "--set", "eval_every=2", "--out", o]));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before = snapshot(&out);
+    for (extra, want) in [
+        (vec!["--steps", "8"], "steps: saved 4, now 8"),
+        (vec!["--set", "optimizer.muon.lr=0.5"], "optimizer.muon.lr: saved"),
+        (vec!["--set", "model.dim=32"], "model.dim: saved 16, now 32"),
+    ] {
+        let args: Vec<&str> = ["--resume", "--out", o].into_iter().chain(extra).collect();
+        assert_clear_error(&exp_owned(&with(&gpt, &args)), want, &args.join(" "));
+        assert_eq!(snapshot(&out), before, "{args:?} touched the study");
+    }
+    let o2 = exp(&["split-mnist", "--resume", "--out", o]);
+    assert_clear_error(&o2, "holds a gpt study", "wrong kind");
+    assert_eq!(snapshot(&out), before);
+    // A new study over it is refused; extending it with a seed is allowed.
+    assert_clear_error(
+        &exp_owned(&with(&gpt, &["--steps", "4", "--set", "eval_every=2", "--out", o])),
+        "already holds a study",
+        "new over old",
+    );
+    let more = exp_owned(&with(&gpt, &["--resume", "--out", o, "--seeds", "0,1"]));
+    assert!(more.status.success(), "{}", stderr(&more));
+    let report = String::from_utf8_lossy(&exp(&["report", o]).stdout).into_owned();
+    assert!(report.contains("muon") && !report.contains("missing runs"), "{report}");
+}
+
+/// Every step's loss by (run, step): the record of a study, in a fixed order.
+fn losses(dir: &Path) -> Vec<(String, i64, f64)> {
+    let df = optlab::record::read_table(dir, &optlab::record::schema::STEPS).unwrap();
+    let run = df.column("run").unwrap().str().unwrap().clone();
+    let (step, loss) = (df.column("step").unwrap().i64().unwrap().clone(), df.column("loss").unwrap().f64().unwrap().clone());
+    let mut rows: Vec<_> =
+        (0..df.height()).map(|k| (run.get(k).unwrap().to_string(), step.get(k).unwrap(), loss.get(k).unwrap())).collect();
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    rows
+}
+
+#[test]
+fn kills_at_random_moments_then_resume_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt = with(&tiny_gpt(dir.path()), &["--steps", "1000", "--set", "eval_every=10", "--set", "probe_every=25"]);
+    let whole = dir.path().join("whole");
+    let o = exp_owned(&with(&gpt, &["--out", whole.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pieces = dir.path().join("pieces");
+    let p = pieces.to_str().unwrap().to_string();
+    // Kill -9 at several moments (fixed, spread over the run), resuming each time.
+    let mut resumed = false;
+    let mut mid_run = 0;
+    for delay_ms in [150u64, 400, 50, 700, 250, 330] {
+        let mut args = with(&gpt, &["--out", &p]);
+        if resumed {
+            args.push("--resume".into());
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exp")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let killed = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        child.wait().unwrap();
+        resumed |= pieces.join("config.toml").exists();
+        let finished = optlab::record::read_table(&pieces, &optlab::record::schema::RUNS).map_or(0, |r| r.height());
+        mid_run += usize::from(killed && resumed && finished < 2);
+    }
+    assert!(mid_run >= 3, "only {mid_run} kills landed in the middle of the study; lengthen it");
+    let last = exp_owned(&with(&gpt, &["--out", &p, "--resume"]));
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert_eq!(losses(&whole), losses(&pieces), "the killed-and-resumed study must equal the uninterrupted one");
+    assert!(!pieces.join(".staging").read_dir().is_ok_and(|mut d| d.next().is_some()), "staging left behind");
+
+    // While one process works on a study, a second one is refused at once. A new
+    // study writes config.toml only once it holds the lock.
+    let busy = dir.path().join("busy");
+    let b = busy.to_str().unwrap().to_string();
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_exp"))
+        .args(with(&gpt, &["--out", &b]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !busy.join("config.toml").exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let second = exp_owned(&with(&gpt, &["--out", &b, "--resume"]));
+    let holder_running = holder.try_wait().unwrap().is_none();
+    assert!(holder_running, "the first process ended before the second started; make the study longer");
+    assert_clear_error(&second, "another exp process", "second process");
+    assert!(holder.wait().unwrap().success(), "the first process must finish its study");
 }
 
 fn stderr(o: &Output) -> String {
@@ -45,7 +301,7 @@ fn a_cifar_archive_that_is_not_the_official_one_is_refused() {
     let cifar = dir.path().join("cifar10");
     std::fs::create_dir_all(&cifar).unwrap();
     std::fs::write(cifar.join("cifar-10-binary.tar.gz"), b"truncated download").unwrap();
-    let o = exp(&["vit", "--dataset", "cifar10", "--data-dir", dir.path().to_str().unwrap()]);
+    let o = exp(&["vit", "--dataset", "cifar10", "--set", "vit.patch=4", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("cifar-10-binary.tar.gz") && e.contains("not the official"), "{e}");

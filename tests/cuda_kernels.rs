@@ -354,9 +354,15 @@ fn transformer_training_steps_agree_across_backends() {
     let Some(g) = gpu("transformer training") else { return };
     let mut rng = StdRng::seed_from_u64(12);
     // A colour ViT with 16-wide heads and a GPT with 32-wide heads, causal.
-    let vit =
-        VitConfig { image: 8, channels: 3, patch: 4, classes: 10, body: TransformerConfig { dim: 32, depth: 2, heads: 2, mlp_ratio: 4 } };
-    let gpt = GptConfig { vocab: 256, seq: 40, body: TransformerConfig { dim: 64, depth: 2, heads: 2, mlp_ratio: 4 } };
+    let vit = VitConfig {
+        image: 8,
+        channels: 3,
+        patch: 4,
+        classes: 10,
+        body: TransformerConfig { dim: 32, depth: 2, heads: 2, mlp_ratio: 4, ..Default::default() },
+    };
+    let gpt =
+        GptConfig { vocab: 256, seq: 40, body: TransformerConfig { dim: 64, depth: 2, heads: 2, mlp_ratio: 4, ..Default::default() } };
     let (x, labels) = (random(16 * vit.image_values(), &mut rng), (0..16).map(|i| (i % 10) as u8).collect::<Vec<_>>());
     let ids: Vec<u32> = (0..3 * 40).map(|_| rng.random_range(0..256)).collect();
     let targets: Vec<u8> = (0..3 * 40).map(|_| rng.random_range(0..=255)).collect();

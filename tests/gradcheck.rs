@@ -238,7 +238,7 @@ fn embedding_scatter_adds_repeated_ids() {
 fn whole_vit_every_parameter() {
     use optlab::models::{TransformerConfig, Vit, VitConfig};
     let mut rng = StdRng::seed_from_u64(9);
-    let body = TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 };
+    let body = TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2, ..Default::default() };
     let config = VitConfig { image: 4, channels: 3, patch: 2, classes: 3, body };
     let (batch, labels) = (2, [2u8, 0]);
     let x = random(batch * config.image_values(), &mut rng);
@@ -267,7 +267,7 @@ fn whole_vit_every_parameter() {
 #[test]
 fn whole_gpt_every_parameter() {
     use optlab::models::{Gpt, GptConfig, TransformerConfig};
-    let config = GptConfig { vocab: 7, seq: 5, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2 } };
+    let config = GptConfig { vocab: 7, seq: 5, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2, ..Default::default() } };
     let (ids, targets) = ([3u32, 1, 4, 1, 5, 2, 6, 5], [1u8, 4, 1, 5, 6, 5, 3, 0]);
     let theta: Vec<f32> = {
         let m = Gpt::new(&Cpu, config.clone(), 5);

@@ -5,8 +5,9 @@
 use indicatif::ProgressBar;
 use optlab::backend::Cpu;
 use optlab::data::{self, DatasetName};
-use optlab::experiments::split_mnist::{load_tasks, run_study};
-use optlab::experiments::{SplitMnistConfig, summary};
+use optlab::experiments::split_mnist::{SplitStudy, load_tasks};
+use optlab::experiments::study::run_study;
+use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
 use optlab::record::{read_table, schema};
 
 #[test]
@@ -25,7 +26,7 @@ fn class_incremental_split_mnist_learns_then_forgets() {
     let tasks = load_tasks(&config, None).unwrap();
     assert_eq!(tasks.iter().map(|t| t.train.len()).sum::<usize>(), 60_000);
     let dir = tempfile::tempdir().unwrap();
-    run_study(&Cpu, &config, &tasks, dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    run_study(&Cpu, "split-mnist", &config, &SplitStudy::new(&config, &tasks), dir.path(), false, None, &ProgressBar::hidden()).unwrap();
 
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     let col = |name: &str| acc.column(name).unwrap().clone();

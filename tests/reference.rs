@@ -10,7 +10,7 @@ use optlab::optim::{AdamWConfig, MuonConfig, OptimizerConfig, SgdConfig};
 use optlab::record::checkpoint::Checkpoint;
 
 fn fixture() -> Checkpoint {
-    Checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_reference.safetensors")).unwrap()
+    Checkpoint::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_reference.safetensors")).unwrap()
 }
 
 fn config(activation: Activation) -> MlpConfig {
@@ -68,7 +68,7 @@ fn optimizer_trajectories_match_pytorch() {
 }
 
 fn transformer_fixture() -> Checkpoint {
-    Checkpoint::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_transformer.safetensors")).unwrap()
+    Checkpoint::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_transformer.safetensors")).unwrap()
 }
 
 #[test]

@@ -1,13 +1,20 @@
-//! The split-MNIST protocol end to end on small synthetic data: what it writes,
-//! what it must show, divergence, and stop/resume.
+//! The studies end to end on small synthetic data: what they write, what they
+//! must show, divergence, failures kept inside their run, and stop/resume.
 
 use std::path::Path;
 
 use indicatif::ProgressBar;
 use optlab::backend::Cpu;
-use optlab::data::{Dataset, Split, tasks};
-use optlab::experiments::split_mnist::run_study;
-use optlab::experiments::{SplitMnistConfig, summary};
+use optlab::data::text::Corpus;
+use optlab::data::{Dataset, Split, Task, tasks};
+use optlab::experiments::folder::StudyFolder;
+use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
+use optlab::experiments::records::Records;
+use optlab::experiments::split_mnist::{SplitStudy, make_tasks};
+use optlab::experiments::study::{self, Evaluation, Protocol, Report, RunEnd, Summary};
+use optlab::experiments::trainer::BatchLoss;
+use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
+use optlab::models::ParamStore;
 use optlab::record::{read_table, schema};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -30,10 +37,23 @@ fn config(overrides: &[&str]) -> SplitMnistConfig {
     SplitMnistConfig::resolve(None, &all).unwrap()
 }
 
-fn run(config: &SplitMnistConfig, out: &Path, resume: bool, stop_after: Option<usize>) {
+fn blob_tasks(config: &SplitMnistConfig) -> Vec<Task> {
     let split = Split { train: blobs(120, 1), test: blobs(20, 2) };
-    let tasks = tasks::class_incremental(&split, &config.class_groups).unwrap();
-    run_study(&Cpu, config, &tasks, out, resume, stop_after, &ProgressBar::hidden()).unwrap();
+    tasks::class_incremental(&split, &config.class_groups).unwrap()
+}
+
+/// Runs `protocol`'s study in `out` as `exp` does: a new folder, or the same one resumed.
+fn run_protocol<P: Protocol<Cpu>, C: StudyConfig>(kind: &str, config: &C, protocol: &P, out: &Path, stop_after: Option<usize>) -> Report {
+    let resume = out.join("config.toml").exists();
+    study::run_study(&Cpu, kind, config, protocol, out, resume, stop_after, &ProgressBar::hidden()).unwrap()
+}
+
+fn run_tasks(config: &SplitMnistConfig, tasks: &[Task], out: &Path, stop_after: Option<usize>) -> Report {
+    run_protocol("split-mnist", config, &SplitStudy::new(config, tasks), out, stop_after)
+}
+
+fn run(config: &SplitMnistConfig, out: &Path, stop_after: Option<usize>) -> Report {
+    run_tasks(config, &blob_tasks(config), out, stop_after)
 }
 
 fn column_strings(dir: &Path, table: &schema::Table, col: &str) -> Vec<String> {
@@ -48,7 +68,7 @@ fn column_f64(dir: &Path, table: &schema::Table, col: &str) -> Vec<Option<f64>> 
 fn study_writes_every_table_and_shows_forgetting() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&["optimizers=[\"sgd\", \"muon\", \"shampoo\"]"]);
-    run(&c, dir.path(), false, None);
+    run(&c, dir.path(), None);
 
     // Every table but `validation`, which language-model studies write.
     for table in schema::ALL.into_iter().filter(|t| t.name != schema::VALIDATION.name) {
@@ -83,21 +103,40 @@ fn study_writes_every_table_and_shows_forgetting() {
     }
     let table = summary::render(&summaries);
     assert!(table.contains("muon") && table.contains("erank:fc1"), "{table}");
-    // A second study into the same directory is refused rather than mixed in.
-    let split = Split { train: blobs(4, 1), test: blobs(2, 2) };
-    let t = tasks::class_incremental(&split, &c.class_groups).unwrap();
-    assert!(run_study(&Cpu, &c, &t, dir.path(), false, None, &ProgressBar::hidden()).is_err());
+    // The summary's numbers are the accuracy table's, in f64: the final
+    // all-class accuracy equals the all-class row after the last task, exactly.
+    let runs = read_table(dir.path(), &schema::RUNS).unwrap();
+    let ids = column_strings(dir.path(), &schema::RUNS, "run");
+    let finals = column_f64(dir.path(), &schema::RUNS, "final_all_accuracy");
+    for (id, fin) in ids.iter().zip(finals) {
+        let (run, after, eval, a) = (
+            acc.column("run").unwrap().str().unwrap(),
+            acc.column("after_task").unwrap().i64().unwrap(),
+            acc.column("eval_task").unwrap().i64().unwrap(),
+            acc.column("accuracy").unwrap().f64().unwrap(),
+        );
+        let row = (0..acc.height()).find(|&k| run.get(k) == Some(id) && after.get(k) == Some(4) && eval.get(k).is_none()).unwrap();
+        assert_eq!(fin, a.get(row), "{id}");
+    }
+    assert_eq!(runs.height(), 3);
+    // No staging folder is left behind, and none is read as a table.
+    assert!(!dir.path().join(".staging").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    // A second study into the same folder is refused rather than mixed in.
+    let table = c.resolved_table().unwrap();
+    let err = StudyFolder::create(dir.path(), "split-mnist", &table).err().unwrap().to_string();
+    assert!(err.contains("already holds a study"), "{err}");
 }
 
 #[test]
 fn divergence_is_recorded_and_other_runs_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&["optimizers=[\"boom\", \"adamw\"]", "optimizer.boom.kind=\"sgd\"", "optimizer.boom.lr=1e30"]);
-    run(&c, dir.path(), false, None);
+    run(&c, dir.path(), None);
     let runs = read_table(dir.path(), &schema::RUNS).unwrap();
     let (status, runs_ids) = (column_strings(dir.path(), &schema::RUNS, "status"), column_strings(dir.path(), &schema::RUNS, "run"));
     let boom = runs_ids.iter().position(|r| *r == "boom-s0").unwrap();
-    assert_eq!(status[boom], "diverged");
+    let errors = runs.column("error").unwrap().str().unwrap().get(boom).map(String::from);
+    assert_eq!(status[boom], "diverged", "{errors:?}");
     let step = runs.column("diverged_step").unwrap().i64().unwrap().get(boom).unwrap();
     assert!(step >= 1);
     assert_eq!(status[1 - boom], "completed");
@@ -110,19 +149,164 @@ fn divergence_is_recorded_and_other_runs_go_on() {
 fn stop_and_resume_reproduce_an_uninterrupted_study() {
     let c = config(&["optimizers=[\"shampoo\", \"muon\", \"soap\"]"]);
     let whole = tempfile::tempdir().unwrap();
-    run(&c, whole.path(), false, None);
+    run(&c, whole.path(), None);
     let pieces = tempfile::tempdir().unwrap();
-    run(&c, pieces.path(), false, Some(2));
-    // A stale part from an attempt killed after its last checkpoint is discarded.
-    let stale = pieces.path().join("steps").join("part-muon-s0-t2-00000.parquet");
-    std::fs::copy(pieces.path().join("steps").join("part-muon-s0-t0-00000.parquet"), &stale).unwrap();
-    run(&c, pieces.path(), true, Some(2));
-    run(&c, pieces.path(), true, None);
-    for (table, col) in [(&schema::ACCURACY, "accuracy"), (&schema::STEPS, "loss"), (&schema::SPECTRA, "effective_rank")] {
+    let report = run(&c, pieces.path(), Some(2));
+    assert!(report.runs.iter().all(|(_, e)| *e == RunEnd::Paused { segments_done: 2 }), "{report:?}");
+    // Paused: the report lists every run as missing, with how far it got.
+    let text = summary::report(pieces.path()).unwrap();
+    assert!(text.contains("no run has finished yet") && text.contains("shampoo-s0 (paused after 2 segments"), "{text}");
+    let paused_seconds = study::saved_state(pieces.path(), "shampoo-s0").unwrap().unwrap().seconds;
+    // A part left in staging by an attempt killed before its checkpoint is discarded.
+    let staged = pieces.path().join(".staging/muon-s0/00002/steps");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::copy(pieces.path().join("steps").join("part-muon-s0-00000-00000.parquet"), staged.join("part-muon-s0-00002-00000.parquet"))
+        .unwrap();
+    run(&c, pieces.path(), Some(2));
+    run(&c, pieces.path(), None);
+    for (table, col) in
+        [(&schema::ACCURACY, "accuracy"), (&schema::STEPS, "loss"), (&schema::SPECTRA, "effective_rank"), (&schema::COUNTERS, "value")]
+    {
         let (a, b) = (column_f64(whole.path(), table, col), column_f64(pieces.path(), table, col));
         assert_eq!(a.len(), b.len(), "{} rows", table.name);
         assert_eq!(a, b, "{}.{col} differs after stop/resume", table.name);
     }
+    // The record stays true: counters continue (Shampoo computed roots in every
+    // session), summary numbers are identical, and seconds accumulate.
+    for col in ["final_all_accuracy", "average_accuracy", "backward_transfer", "forgetting"] {
+        assert_eq!(column_f64(whole.path(), &schema::RUNS, col), column_f64(pieces.path(), &schema::RUNS, col), "{col}");
+    }
+    let names = column_strings(pieces.path(), &schema::COUNTERS, "name");
+    let values = column_f64(pieces.path(), &schema::COUNTERS, "value");
+    let roots: Vec<f64> = names.iter().zip(&values).filter(|(n, _)| *n == "shampoo_roots_computed").map(|(_, v)| v.unwrap()).collect();
+    assert!(roots.windows(2).all(|w| w[1] > w[0]), "roots computed must keep growing across sessions: {roots:?}");
+    let ids = column_strings(pieces.path(), &schema::RUNS, "run");
+    let seconds = column_f64(pieces.path(), &schema::RUNS, "seconds");
+    let shampoo = ids.iter().position(|r| r == "shampoo-s0").unwrap();
+    assert!(
+        seconds[shampoo].unwrap() > paused_seconds,
+        "seconds {:?} must add to the {paused_seconds} s before the pause",
+        seconds[shampoo]
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_fails_its_run_and_is_kept() {
+    let c = config(&["optimizers=[\"sgd\", \"adamw\"]"]);
+    let dir = tempfile::tempdir().unwrap();
+    run(&c, dir.path(), Some(1));
+    let ck = study::checkpoint_path(dir.path(), "sgd-s0");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&ck, &bytes).unwrap();
+    let report = run(&c, dir.path(), None);
+    let RunEnd::Failed { error, .. } = &report.runs[0].1 else { panic!("{report:?}") };
+    assert!(error.contains("corrupt") && error.contains("sgd-s0.safetensors"), "{error}");
+    assert_eq!(report.runs[1].1, RunEnd::Completed);
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the damaged checkpoint is left for the user");
+    let status = column_strings(dir.path(), &schema::RUNS, "status");
+    let ids = column_strings(dir.path(), &schema::RUNS, "run");
+    assert_eq!(status[ids.iter().position(|r| r == "sgd-s0").unwrap()], "failed");
+}
+
+/// The blob study, with one run that errors and one that panics mid-way.
+struct Faulty<'a> {
+    inner: SplitStudy<'a>,
+}
+
+impl Protocol<Cpu> for Faulty<'_> {
+    type Model = <SplitStudy<'static> as Protocol<Cpu>>::Model;
+    type Batch = <SplitStudy<'static> as Protocol<Cpu>>::Batch;
+    fn segments(&self) -> usize {
+        Protocol::<Cpu>::segments(&self.inner)
+    }
+    fn segment_steps(&self, s: usize) -> u64 {
+        Protocol::<Cpu>::segment_steps(&self.inner, s)
+    }
+    fn task_of(&self, s: usize) -> usize {
+        Protocol::<Cpu>::task_of(&self.inner, s)
+    }
+    fn describe(&self, s: usize) -> String {
+        Protocol::<Cpu>::describe(&self.inner, s)
+    }
+    fn build_model(&self, b: &Cpu, seed: u64) -> anyhow::Result<Self::Model> {
+        self.inner.build_model(b, seed)
+    }
+    fn store(m: &Self::Model) -> &ParamStore<Cpu> {
+        m.store()
+    }
+    fn store_mut(m: &mut Self::Model) -> &mut ParamStore<Cpu> {
+        m.store_mut()
+    }
+    fn batches(&self, seed: u64, s: usize) -> anyhow::Result<Vec<(usize, Self::Batch)>> {
+        anyhow::ensure!(!(seed == 1 && s == 2), "no batches for task 2 (injected)");
+        Protocol::<Cpu>::batches(&self.inner, seed, s)
+    }
+    fn loss_and_gradients(&self, b: &Cpu, m: &mut Self::Model, batch: &Self::Batch) -> anyhow::Result<BatchLoss> {
+        self.inner.loss_and_gradients(b, m, batch)
+    }
+    fn evaluate(&self, b: &Cpu, m: &mut Self::Model, at: Evaluation, scores: &mut Vec<f64>, r: &mut Records) -> anyhow::Result<()> {
+        if at.run == "sgd-s2" && at.segment == 1 {
+            panic!("probe exploded (injected)");
+        }
+        self.inner.evaluate(b, m, at, scores, r)
+    }
+    fn summary(&self, scores: &[f64]) -> Summary {
+        Protocol::<Cpu>::summary(&self.inner, scores)
+    }
+    fn grad_clip(&self) -> f32 {
+        0.0
+    }
+    fn probe_every(&self) -> u64 {
+        Protocol::<Cpu>::probe_every(&self.inner)
+    }
+}
+
+#[test]
+fn failures_stay_inside_their_run_and_resume_retries_them() {
+    let c = config(&["optimizers=[\"sgd\"]", "seeds=[0, 1, 2]", "epochs_per_task=1"]);
+    let tasks = blob_tasks(&c);
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Faulty { inner: SplitStudy::new(&c, &tasks) };
+    let report = run_protocol("split-mnist", &c, &faulty, dir.path(), None);
+    assert_eq!(report.runs[0].1, RunEnd::Completed);
+    let RunEnd::Failed { error, step } = &report.runs[1].1 else { panic!("{report:?}") };
+    assert!(error.contains("drawing the segment's batches") && error.contains("injected"), "{error}");
+    assert_eq!(*step, 2 * 15, "two tasks of 15 steps were trained");
+    let RunEnd::Failed { error, .. } = &report.runs[2].1 else { panic!("{report:?}") };
+    assert!(error.contains("evaluation: crashed: probe exploded"), "{error}");
+    // The runs table says so, with the step and the message.
+    let status = column_strings(dir.path(), &schema::RUNS, "status");
+    assert_eq!(status.iter().filter(|s| *s == "failed").count(), 2, "{status:?}");
+    let errors: Vec<Option<String>> = read_table(dir.path(), &schema::RUNS)
+        .unwrap()
+        .column("error")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| s.map(String::from))
+        .collect();
+    assert!(errors.iter().flatten().any(|e| e.contains("injected")), "{errors:?}");
+    // The summary is written all the same; --resume retries the failed runs
+    // from their checkpoints, and with the fault gone they complete.
+    assert!(summary::report(dir.path()).unwrap().contains("sgd"));
+    let report = run_tasks(&c, &tasks, dir.path(), None);
+    assert!(report.runs.iter().all(|(_, e)| *e == RunEnd::Completed), "{report:?}");
+    let status = column_strings(dir.path(), &schema::RUNS, "status");
+    assert_eq!(status, ["completed"; 3], "one row per run, the failed rows replaced");
+}
+
+#[test]
+fn a_study_whose_runs_all_fail_still_reports() {
+    let c = config(&["optimizers=[\"sgd\"]", "seeds=[1]", "epochs_per_task=1"]);
+    let tasks = blob_tasks(&c);
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_protocol("split-mnist", &c, &Faulty { inner: SplitStudy::new(&c, &tasks) }, dir.path(), None);
+    assert_eq!(report.failed(), ["sgd-s1"]);
+    let text = summary::report(dir.path()).unwrap();
+    assert!(text.contains("sgd"), "{text}");
 }
 
 #[test]
@@ -130,10 +314,10 @@ fn permuted_protocol_runs_all_classes_per_task() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&["protocol=\"permuted\"", "permuted_tasks=3", "optimizers=[\"adamw\"]"]);
     let split = Split { train: blobs(30, 1), test: blobs(10, 2) };
-    let tasks = optlab::experiments::split_mnist::make_tasks(&c, &split).unwrap();
+    let tasks = make_tasks(&c, &split).unwrap();
     assert_eq!(tasks.len(), 3);
     assert!(tasks.iter().all(|t| t.classes.len() == 10 && t.test.len() == 100));
-    run_study(&Cpu, &c, &tasks, dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    run_tasks(&c, &tasks, dir.path(), None);
     // 3 tasks × (3 + the union) accuracy rows; every task's first evaluation learned something.
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     assert_eq!(acc.height(), 3 * 4);
@@ -159,10 +343,10 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
         "epochs_per_task=4",
         "optimizer.adamw.lr=3e-3",
     ]);
-    let tasks = optlab::experiments::split_mnist::make_tasks(&c, &split).unwrap();
+    let tasks = make_tasks(&c, &split).unwrap();
     assert_eq!(tasks.len(), 1);
     let dir = tempfile::tempdir().unwrap();
-    run_study(&Cpu, &c, &tasks, dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    run_tasks(&c, &tasks, dir.path(), None);
     let s = summary::summarize(dir.path(), &c.optimizers).unwrap();
     for o in &s {
         assert!(o.final_all.0 > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
@@ -190,13 +374,9 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
     assert!(acts.column("covariance").unwrap().list().unwrap().get_as_series(gelu).is_none(), "token-level layers have no covariance");
 }
 
-#[test]
-fn gpt_study_records_gradient_ranks_and_validation() {
-    use optlab::data::text::Corpus;
-    use optlab::experiments::gpt::{self, GptStudyConfig};
-    let dir = tempfile::tempdir().unwrap();
+fn gpt_setup(dir: &Path, extra: &[&str]) -> (GptStudyConfig, Corpus) {
     let text: Vec<u8> = (0..4000).map(|i| b"the quick brown fox jumps over the lazy dog. "[i % 45]).collect();
-    let path = dir.path().join("corpus.txt");
+    let path = dir.join("corpus.txt");
     std::fs::write(&path, &text).unwrap();
     let overrides = [
         "model={ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }",
@@ -206,10 +386,18 @@ fn gpt_study_records_gradient_ranks_and_validation() {
         "probe_every=10",
         "eval_every=10",
     ];
-    let c = GptStudyConfig::resolve(None, &overrides.map(String::from)).unwrap();
-    let corpus = Corpus::load(Some(&path), 0.2).unwrap();
+    let all: Vec<String> = overrides.iter().chain(extra).map(|s| s.to_string()).collect();
+    let c = GptStudyConfig::resolve(None, &all).unwrap();
+    let corpus = Corpus::load(Some(&path), 0.2, None).unwrap();
+    (c, corpus)
+}
+
+#[test]
+fn gpt_study_records_gradient_ranks_and_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, corpus) = gpt_setup(dir.path(), &[]);
     let out = dir.path().join("out");
-    gpt::run_study(&Cpu, &c, &corpus, &out, &ProgressBar::hidden()).unwrap();
+    run_protocol("gpt", &c, &GptStudy::new(&c, &corpus).unwrap(), &out, None);
     // Held-out loss falls below the uniform 8 bits per byte on this repetitive text.
     let val = read_table(&out, &schema::VALIDATION).unwrap();
     let bpb: Vec<f64> = val.column("bits_per_byte").unwrap().f64().unwrap().iter().map(Option::unwrap).collect();
@@ -217,6 +405,46 @@ fn gpt_study_records_gradient_ranks_and_validation() {
     assert!(bpb.iter().all(|&b| b < 8.0), "{bpb:?}");
     let tensors = column_strings(&out, &schema::SPECTRA, "tensor");
     assert!(tensors.iter().any(|t| t == "gradient") && tensors.iter().any(|t| t == "muon_post_orthogonalization"));
-    let table = optlab::experiments::summary::render_gpt(&out, &c.optimizers).unwrap();
+    // The shared trainer records every parameter's step, as in the other studies.
+    assert_eq!(read_table(&out, &schema::PARAM_STEPS).unwrap().height(), 2 * 30 * GPT_PARAMS);
+    let table = summary::report(&out).unwrap();
     assert!(table.contains("adam") && table.contains("muon") && table.contains("grad:qkv"), "{table}");
+}
+
+/// Parameters of the test GPT: embeddings, one block's 12 tensors, ln_f, head.
+const GPT_PARAMS: usize = 2 + 12 + 2 + 2;
+
+#[test]
+fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, corpus) = gpt_setup(dir.path(), &[]);
+    let study = GptStudy::new(&c, &corpus).unwrap();
+    let (whole, pieces) = (dir.path().join("whole"), dir.path().join("pieces"));
+    run_protocol("gpt", &c, &study, &whole, None);
+    let report = run_protocol("gpt", &c, &study, &pieces, Some(1));
+    assert!(report.paused());
+    run_protocol("gpt", &c, &study, &pieces, Some(1));
+    run_protocol("gpt", &c, &study, &pieces, None);
+    for (table, col) in [
+        (&schema::STEPS, "loss"),
+        (&schema::VALIDATION, "loss"),
+        (&schema::SPECTRA, "effective_rank"),
+        (&schema::PARAM_STEPS, "update_norm"),
+    ] {
+        assert_eq!(column_f64(&whole, table, col), column_f64(&pieces, table, col), "{}.{col} differs after pause/resume", table.name);
+    }
+    assert_eq!(column_f64(&whole, &schema::RUNS, "final_validation_loss"), column_f64(&pieces, &schema::RUNS, "final_validation_loss"));
+}
+
+#[test]
+fn gpt_overrides_merge_into_the_default_optimizer_tables() {
+    let c = GptStudyConfig::resolve(None, &["optimizer.muon.lr=0.01".to_string()]).unwrap();
+    let named = c.named_optimizers().unwrap();
+    let table = c.resolved_table().unwrap();
+    let muon = table["optimizer"]["muon"].as_table().unwrap();
+    assert_eq!(muon["lr"].as_float().map(|x| x as f32), Some(0.01));
+    // The default's other keys survive: Adam stays AdamW at 3e-4, Muon's auxiliary AdamW at 3e-4.
+    assert_eq!(table["optimizer"]["adam"]["kind"].as_str(), Some("adamw"));
+    assert_eq!(muon["aux_adamw"]["lr"].as_float().map(|x| x as f32), Some(3e-4));
+    assert_eq!(named.len(), 2);
 }

@@ -3,15 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use optlab::backend::cuda::Cuda;
 use optlab::backend::{Backend, Cpu, kernels};
 use optlab::data::text::Corpus;
 use optlab::data::{self, DatasetName};
-use optlab::experiments::gpt::{self, GptStudyConfig};
-use optlab::experiments::{SplitMnistConfig, split_mnist, summary};
+use optlab::experiments::config::read_preset;
+use optlab::experiments::folder;
+use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
+use optlab::experiments::split_mnist::{self, SplitStudy};
+use optlab::experiments::study::{self, Report};
+use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
 use optlab::record::schema;
 
 #[derive(Parser)]
@@ -32,7 +36,8 @@ enum Command {
     /// The gradient-rank study of a small byte-level GPT (Adam vs Muon by
     /// default) on Shakespeare or any text file.
     Gpt(Box<GptArgs>),
-    /// Print the summary table of a study directory (finished or not).
+    /// Print the summary table of a study folder of any kind, finished or not,
+    /// and which runs are missing.
     Report { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
     Fetch {
@@ -71,9 +76,13 @@ struct StudyArgs {
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// Output directory (default: runs/<study>-<UTC time>).
+    /// Output folder (default: runs/<study>-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the study in --out from its checkpoints and saved config.toml.
+    /// Flags may add seeds and optimizers; any other change is refused.
+    #[arg(long, requires = "out", conflicts_with = "preset")]
+    resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
 }
@@ -95,6 +104,27 @@ impl StudyArgs {
     fn out(&self, study: &str) -> PathBuf {
         self.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{study}-{}", utc_stamp())))
     }
+
+    /// The configuration: the study's defaults, then `defaults`, then the preset
+    /// or (with --resume) the saved configuration, then the flags; validated.
+    fn resolve<C: StudyConfig>(&self, kind: &str, defaults: &[&str], overrides: Vec<String>) -> Result<C> {
+        let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(overrides).collect();
+        if self.resume {
+            let out = self.out.as_deref().context("--resume needs --out")?;
+            let (saved_kind, saved) = folder::saved_config(out)?;
+            if saved_kind != kind {
+                bail!(
+                    "{} holds a {saved_kind} study, not a {kind} study: resume it with `exp {saved_kind} --out … --resume`",
+                    out.display()
+                );
+            }
+            // The saved values come first: the study's own defaults are already in them.
+            C::resolve(Some(&saved), &overrides[defaults.len()..])
+        } else {
+            let preset = self.preset.as_deref().map(read_preset).transpose()?;
+            C::resolve(preset.as_ref(), &overrides)
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -108,7 +138,7 @@ struct SplitMnistArgs {
     /// Hidden widths, comma-separated (e.g. 256,256).
     #[arg(long, value_delimiter = ',')]
     hidden: Vec<usize>,
-    /// class-incremental or permuted.
+    /// class-incremental, permuted or joint.
     #[arg(long)]
     protocol: Option<String>,
     /// mnist, fashion-mnist or cifar10.
@@ -117,13 +147,9 @@ struct SplitMnistArgs {
     /// Where the data files are, in DIR/<dataset>/ (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Continue the study in --out from its checkpoints and saved config.toml
-    /// (flags still override it: e.g. more --seeds extend the study).
-    #[arg(long, requires = "out", conflicts_with = "preset")]
-    resume: bool,
     /// Pause every run after this many tasks (checkpointed; --resume continues).
-    #[arg(long)]
-    stop_after_tasks: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    stop_after_tasks: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -135,6 +161,13 @@ struct GptArgs {
     /// A text file to train on (default: the Shakespeare corpus, fetched once).
     #[arg(long)]
     corpus: Option<PathBuf>,
+    /// Where the default corpus is, in DIR/shakespeare/ (else $OPTLAB_DATA_DIR, else the cache; fetched if absent).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Pause every run once it has trained at least this many steps in this
+    /// invocation, at the next evaluation (runs are checkpointed there; --resume continues).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    stop_after_steps: Option<u64>,
 }
 
 impl SplitMnistArgs {
@@ -167,8 +200,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
         Command::Gpt(args) => gpt_study(&args),
         Command::Report { dir } => {
-            let order = SplitMnistConfig::resolve(Some(&dir.join("config.toml")), &[]).map(|c| c.optimizers).unwrap_or_default();
-            print!("{}", summary::render(&summary::summarize(&dir, &order)?));
+            print!("{}", summary::report(&dir)?);
             Ok(())
         }
         Command::Fetch { dataset, data_dir } => {
@@ -194,84 +226,113 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Runs a study: `defaults` are overrides applied before the user's flags.
-fn split_mnist_study(args: &SplitMnistArgs, name: &str, defaults: &[&str]) -> Result<()> {
-    let saved = args.study.out.as_ref().map(|o| o.join("config.toml")).filter(|p| args.resume && p.exists());
-    let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(args.overrides()).collect();
-    let config = SplitMnistConfig::resolve(saved.as_deref().or(args.study.preset.as_deref()), &overrides)?;
-    let out = args.study.out(name);
-    let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
-    match args.study.device {
-        Device::Cpu => run_on(&Cpu, args, &config, &tasks, &out)?,
-        Device::Cuda => run_on(&Cuda::new(0)?, args, &config, &tasks, &out)?,
-        Device::Auto => match Cuda::new(0) {
-            Ok(gpu) => run_on(&gpu, args, &config, &tasks, &out)?,
-            Err(e) => {
-                eprintln!("device: cpu (CUDA unavailable: {e:#})");
-                run_on(&Cpu, args, &config, &tasks, &out)?
+/// Runs `$body` with `$b` bound to the chosen backend.
+macro_rules! on_device {
+    ($device:expr, |$b:ident| $body:expr) => {
+        match $device {
+            Device::Cpu => {
+                let $b = &Cpu;
+                $body
             }
-        },
-    }
-    match summary::summarize(&out, &config.optimizers) {
-        Ok(s) => print!("{}", summary::render(&s)),
-        // Paused before any run finished: nothing to summarize yet.
-        Err(_) if args.stop_after_tasks.is_some() => println!("paused; continue with: exp split-mnist --out {} --resume", out.display()),
-        Err(e) => return Err(e),
-    }
-    println!(
-        "results: {} (Parquet tables: steps, param_steps, spectra, accuracy, activations, counters, runs; `exp schema` explains every column)",
-        out.display()
-    );
-    Ok(())
+            Device::Cuda => {
+                let $b = &Cuda::new(0)?;
+                $body
+            }
+            Device::Auto => match Cuda::new(0) {
+                Ok(gpu) => {
+                    let $b = &gpu;
+                    $body
+                }
+                Err(e) => {
+                    eprintln!("device: cpu (CUDA unavailable: {e:#})");
+                    let $b = &Cpu;
+                    $body
+                }
+            },
+        }
+    };
 }
 
-fn run_on<B: Backend>(
-    backend: &B,
-    args: &SplitMnistArgs,
-    config: &SplitMnistConfig,
-    tasks: &[optlab::data::Task],
-    out: &Path,
-) -> Result<()> {
+/// A config enum as the user writes it (`class-incremental`).
+fn kebab(value: impl serde::Serialize) -> String {
+    toml::Value::try_from(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn progress_bar() -> Result<ProgressBar> {
+    Ok(ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?))
+}
+
+/// `exp split-mnist` and `exp vit`: `defaults` are overrides applied before the user's flags.
+fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Result<()> {
+    let s = &args.study;
+    let config: SplitMnistConfig = s.resolve(kind, defaults, args.overrides())?;
+    let out = s.out(kind);
+    let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
+    let protocol = SplitStudy::new(&config, &tasks);
     let runs = config.optimizers.len() * config.seeds.len();
-    let (n, opts) = (tasks.len(), config.optimizers.join(", "));
-    let (model, protocol) = (format!("{:?}", config.model).to_lowercase(), format!("{:?}", config.protocol).to_lowercase());
-    eprintln!("{model}, {protocol}: {n} tasks, {runs} runs ({opts} × seeds {:?}) on {} → {}", config.seeds, backend.name(), out.display());
-    let progress =
-        ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
-    split_mnist::run_study(backend, config, tasks, out, args.resume, args.stop_after_tasks, &progress)
+    let (model, tasks_of) = (kebab(config.model), kebab(config.protocol));
+    let stop_after = args.stop_after_tasks.map(|n| n as usize);
+    let report = on_device!(s.device, |b| {
+        eprintln!(
+            "{model}, {tasks_of}: {} tasks, {runs} runs ({} × seeds {:?}) on {} → {}",
+            tasks.len(),
+            config.optimizers.join(", "),
+            config.seeds,
+            b.name(),
+            out.display()
+        );
+        study::run_study(b, kind, &config, &protocol, &out, s.resume, stop_after, &progress_bar()?)?
+    });
+    finish(kind, &out, &report)
 }
 
 fn gpt_study(args: &GptArgs) -> Result<()> {
-    let mut overrides = args.study.overrides();
-    overrides.extend(args.steps.map(|s| format!("steps={s}")));
+    let s = &args.study;
+    let mut overrides = s.overrides();
+    overrides.extend(args.steps.map(|n| format!("steps={n}")));
     overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
-    let config = GptStudyConfig::resolve(args.study.preset.as_deref(), &overrides)?;
-    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction)?;
-    let out = args.study.out("gpt");
-    let run = |backend: &dyn Fn(&ProgressBar) -> Result<()>| -> Result<()> {
-        let progress =
-            ProgressBar::new(0).with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")?);
-        backend(&progress)
-    };
+    let config: GptStudyConfig = s.resolve("gpt", &[], overrides)?;
+    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction, args.data_dir.as_deref())?;
+    let protocol = GptStudy::new(&config, &corpus)?;
+    let out = s.out("gpt");
+    let stop_after = args.stop_after_steps.map(|n| n.div_ceil(config.eval_every) as usize);
     let m = &config.model;
-    eprintln!(
-        "gpt: {} layers, dim {}, {} heads, seq {}, batch {}, {} steps; {} bytes of training text → {}",
-        m.depth,
-        m.dim,
-        m.heads,
-        config.seq,
-        config.batch_size,
-        config.steps,
-        corpus.train.len(),
-        out.display()
-    );
-    match (args.study.device, Cuda::new(0)) {
-        (Device::Cpu, _) | (Device::Auto, Err(_)) => run(&|p| gpt::run_study(&Cpu, &config, &corpus, &out, p))?,
-        (_, Ok(gpu)) => run(&|p| gpt::run_study(&gpu, &config, &corpus, &out, p))?,
-        (Device::Cuda, Err(e)) => return Err(e),
+    let report = on_device!(s.device, |b| {
+        eprintln!(
+            "gpt: {} layers, dim {}, {} heads, seq {}, batch {}, {} steps; {} bytes of training text on {} → {}",
+            m.depth,
+            m.dim,
+            m.heads,
+            config.seq,
+            config.batch_size,
+            config.steps,
+            corpus.train.len(),
+            b.name(),
+            out.display()
+        );
+        study::run_study(b, "gpt", &config, &protocol, &out, s.resume, stop_after, &progress_bar()?)?
+    });
+    finish("gpt", &out, &report)
+}
+
+/// The summary table (when any run finished), where the results are, and an
+/// error exit when a run failed.
+fn finish(kind: &str, out: &Path, report: &Report) -> Result<()> {
+    print!("{}", summary::report(out)?);
+    if report.paused() {
+        println!("paused; continue with: exp {kind} --out {} --resume", out.display());
     }
-    print!("{}", summary::render_gpt(&out, &config.optimizers)?);
-    println!("results: {} (Parquet tables: steps, spectra, validation, runs; `exp schema` explains every column)", out.display());
+    println!("results: {} (Parquet tables; `exp schema` explains every column)", out.display());
+    let failed = report.failed();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} runs failed ({}); their errors are in the runs table and above; `exp {kind} --out {} --resume` retries them",
+            failed.len(),
+            report.runs.len(),
+            failed.join(", "),
+            out.display()
+        );
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ const CLASSES: u8 = 10;
 /// Finds the archive (downloading it into the first search folder if absent),
 /// verifies it and parses its six batches.
 pub(super) fn load(data_dir: Option<&Path>) -> Result<Split> {
-    let dirs = fetch::search_dirs(DatasetName::Cifar10, data_dir);
+    let dirs = fetch::search_dirs(DatasetName::Cifar10.as_str(), data_dir);
     let (path, bytes) = obtain(&dirs, URL, SHA256)?;
     parse_archive(&bytes, &path)
 }
@@ -38,9 +38,11 @@ pub(super) fn load(data_dir: Option<&Path>) -> Result<Split> {
 /// The archive's path and verified bytes: the first present in `dirs`, else
 /// downloaded from `url` into `dirs[0]` (verified before it is renamed into place).
 fn obtain(dirs: &[PathBuf], url: &str, sha256: &str) -> Result<(PathBuf, Vec<u8>)> {
-    if let Some(present) = dirs.iter().map(|d| d.join(ARCHIVE)).find(|p| p.is_file()) {
-        let bytes = read_verified(&present, sha256)?;
-        return Ok((present, bytes));
+    for dir in dirs {
+        if let Some(present) = fetch::regular_file(&dir.join(ARCHIVE))? {
+            let bytes = read_verified(&present, sha256)?;
+            return Ok((present, bytes));
+        }
     }
     let Some(dest) = dirs.first() else {
         bail!("no folder for CIFAR-10: pass a data folder, set {DATA_DIR_ENV}, or set HOME");
@@ -103,7 +105,7 @@ fn parse_archive(bytes: &[u8], path: &Path) -> Result<Split> {
 
 /// One batch file: whole records, labels 0–9, pixels scaled to [0, 1] and kept planar (CHW).
 fn parse_batch(bytes: &[u8]) -> Result<Dataset> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         bail!("{} bytes is not a whole number of {RECORD}-byte records (truncated or not a CIFAR-10 batch)", bytes.len());
     }
     let records = bytes.chunks_exact(RECORD);

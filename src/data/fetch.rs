@@ -68,17 +68,29 @@ pub(super) fn obtain(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Resu
         DatasetName::FashionMnist => (&FASHION_MNIST, fashion_mnist_routes()),
         DatasetName::Cifar10 => bail!("CIFAR-10 comes as one archive, not IDX files"),
     };
-    let files = obtain_from(name.as_str(), specs, &search_dirs(name, data_dir), &routes)?;
+    let files = obtain_from(name.as_str(), specs, &search_dirs(name.as_str(), data_dir), &routes)?;
     Ok(files.try_into().expect("one file per spec"))
 }
 
-/// The folders searched for a dataset's files, in order; the first is where fetches go.
-pub(super) fn search_dirs(name: DatasetName, data_dir: Option<&Path>) -> Vec<PathBuf> {
+/// The folders searched for an artifact's files (a dataset, a corpus), in order;
+/// the first is where fetches go.
+pub(super) fn search_dirs(name: &str, data_dir: Option<&Path>) -> Vec<PathBuf> {
     let env_dir = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from);
-    [data_dir.map(Path::to_path_buf), env_dir, cache_dir()].into_iter().flatten().map(|d| d.join(name.as_str())).collect()
+    [data_dir.map(Path::to_path_buf), env_dir, cache_dir()].into_iter().flatten().map(|d| d.join(name)).collect()
 }
 
-pub(super) fn cache_dir() -> Option<PathBuf> {
+/// `path` if it is a regular file, `None` if nothing is there; an error if
+/// something else is (a folder, a socket…): never replaced, it may be the user's.
+pub(super) fn regular_file(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some(path.to_path_buf())),
+        Ok(_) => bail!("{} exists but is not a regular file; move it away so the data file can be found or fetched there", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
     let non_empty = |var| std::env::var_os(var).filter(|v: &OsString| !v.is_empty()).map(PathBuf::from);
     match non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
         Some(xdg) => Some(xdg.join("optlab")),
@@ -92,7 +104,7 @@ fn obtain_from(label: &str, specs: &[FileSpec], dirs: &[PathBuf], routes: &[Rout
     };
     let mut files = specs
         .iter()
-        .map(|spec| locate(dirs, spec.stem).map(|path| read_verified(&path, spec)).transpose())
+        .map(|spec| locate(dirs, spec.stem)?.map(|path| read_verified(&path, spec)).transpose())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let missing: Vec<FileSpec> = specs.iter().zip(&files).filter(|(_, f)| f.is_none()).map(|(s, _)| *s).collect();
     if !missing.is_empty() {
@@ -109,9 +121,14 @@ fn candidate_names(stem: &str) -> [String; 4] {
 }
 
 /// The first accepted name present, searching the folders in order.
-fn locate(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
+fn locate(dirs: &[PathBuf], stem: &str) -> anyhow::Result<Option<PathBuf>> {
     let names = candidate_names(stem);
-    dirs.iter().flat_map(|dir| names.iter().map(move |n| dir.join(n))).find(|p| p.is_file())
+    for path in dirs.iter().flat_map(|dir| names.iter().map(move |n| dir.join(n))) {
+        if let Some(found) = regular_file(&path)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 fn read_verified(path: &Path, spec: &FileSpec) -> anyhow::Result<IdxFile> {
@@ -193,18 +210,35 @@ fn install(mut file: IdxFile, spec: &FileSpec, dest: &Path, staging: &Path) -> a
 }
 
 /// A hidden scratch folder inside the destination (same file system, so renames
-/// are atomic), removed when dropped.
+/// are atomic), removed when dropped, or by the next fetch into the same folder
+/// if its process was killed.
 pub(super) struct Staging(pub(super) PathBuf);
 
 impl Staging {
     pub(super) fn new(dest: &Path) -> anyhow::Result<Staging> {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
+        remove_dead_stagings(dest);
         let n = COUNT.fetch_add(1, Ordering::Relaxed);
         let path = dest.join(format!(".fetch-{}-{n}", std::process::id()));
         // A folder with this name can only be left over by a dead process.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Staging(path))
+    }
+}
+
+/// Removes `.fetch-<pid>-<n>` folders in `dest` whose process no longer runs
+/// (Linux: no `/proc/<pid>`; elsewhere none is removed).
+fn remove_dead_stagings(dest: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in std::fs::read_dir(dest).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(".fetch-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -332,13 +366,29 @@ mod tests {
         for name in candidate_names("train-images-idx3-ubyte") {
             let path = dirs[1].join(&name);
             std::fs::write(&path, b"x").unwrap();
-            assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), Some(path.clone()), "{name}");
+            assert_eq!(locate(&dirs, "train-images-idx3-ubyte").unwrap(), Some(path.clone()), "{name}");
             std::fs::remove_file(path).unwrap();
         }
-        assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), None);
+        assert_eq!(locate(&dirs, "train-images-idx3-ubyte").unwrap(), None);
         std::fs::write(dirs[0].join("train-images.idx3-ubyte.gz"), b"x").unwrap();
         std::fs::write(dirs[1].join("train-images-idx3-ubyte"), b"x").unwrap();
-        assert_eq!(locate(&dirs, "train-images-idx3-ubyte"), Some(dirs[0].join("train-images.idx3-ubyte.gz")));
+        assert_eq!(locate(&dirs, "train-images-idx3-ubyte").unwrap(), Some(dirs[0].join("train-images.idx3-ubyte.gz")));
+        // A folder where a file is expected is an error, never replaced.
+        std::fs::create_dir(dirs[0].join("train-images-idx3-ubyte")).unwrap();
+        let e = locate(&dirs, "train-images-idx3-ubyte").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn stagings_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Pid 4194304 is above Linux's largest (2^22): never a live process.
+        let dead = dir.path().join(".fetch-4194304-0");
+        let ours = dir.path().join(format!(".fetch-{}-99", std::process::id()));
+        std::fs::create_dir_all(dead.join("x")).unwrap();
+        std::fs::create_dir_all(&ours).unwrap();
+        let staging = Staging::new(dir.path()).unwrap();
+        assert!(!dead.exists() && ours.exists() && staging.0.exists());
     }
 
     #[test]

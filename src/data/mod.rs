@@ -132,6 +132,15 @@ impl DatasetName {
         }
     }
 
+    /// Channels and side of its (square) images, known before loading: configs
+    /// are checked against it before anything is read or written.
+    pub fn image_shape(self) -> (usize, usize) {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => (1, 28),
+            DatasetName::Cifar10 => (3, 32),
+        }
+    }
+
     /// Train-set pixel mean and standard deviation (of pixels / 255), per channel.
     pub fn mean_std(self) -> &'static [(f32, f32)] {
         match self {

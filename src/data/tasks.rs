@@ -2,8 +2,6 @@
 //! (disjoint groups of classes) and permuted (same classes, scrambled pixels).
 
 use anyhow::ensure;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::{Dataset, Split};
@@ -42,7 +40,8 @@ pub fn default_class_groups() -> Vec<Vec<u8>> {
     (0..CLASSES).step_by(2).map(|c| vec![c, c + 1]).collect()
 }
 
-fn check_groups(groups: &[Vec<u8>]) -> anyhow::Result<()> {
+/// Checks class groups: none empty, every class in 0-9 and in one group at most.
+pub fn check_groups(groups: &[Vec<u8>]) -> anyhow::Result<()> {
     ensure!(!groups.is_empty(), "no class groups given");
     let mut seen = [false; CLASSES as usize];
     for (i, group) in groups.iter().enumerate() {
@@ -62,7 +61,7 @@ fn check_groups(groups: &[Vec<u8>]) -> anyhow::Result<()> {
 /// Permutations are drawn in task order from one RNG seeded with `seed`, so a
 /// seed fixes them and a longer stream extends a shorter one.
 pub fn permuted(split: &Split, n_tasks: usize, seed: u64) -> Vec<Task> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = crate::random::rng(seed, crate::random::Stream::Permutation, 0);
     (0..n_tasks)
         .map(|id| {
             let mut perm: Vec<usize> = (0..split.train.pixels).collect();

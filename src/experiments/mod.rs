@@ -1,9 +1,15 @@
-//! The studies, shared by the CLI and the tests.
+//! The studies, shared by the CLI and the tests: one driver ([`study`]) and one
+//! trainer ([`trainer`]) under every study kind ([`split_mnist`], [`gpt`]).
 
 pub mod config;
+pub mod folder;
 pub mod gpt;
+pub mod memory;
 pub mod probes;
+pub mod records;
 pub mod split_mnist;
+pub mod study;
 pub mod summary;
+pub mod trainer;
 
-pub use config::{ModelKind, Protocol, SplitMnistConfig, VitSettings};
+pub use config::{ModelKind, Protocol, SplitMnistConfig, StudyConfig, VitSettings};

@@ -1,8 +1,6 @@
 //! Measurements taken beside the training loop, never inside it: spectra of
 //! matrices, accuracy on test sets, statistics of hidden representations.
 
-use std::path::Path;
-
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -11,7 +9,7 @@ use crate::data::Dataset;
 use crate::metrics::{self, Spectrum};
 use crate::models::{Classifier, ParamSpec, ParamStore, Representation};
 use crate::optim::Capture;
-use crate::record::{TableWriter, Value, schema};
+use crate::record::Value;
 
 /// Host copies of what the spectra probe decomposes, taken right after a step.
 pub struct Snapshot {
@@ -29,17 +27,12 @@ impl Snapshot {
     }
 }
 
+/// A row of a table, as `(column, value)` pairs in schema order.
+pub type Row = Vec<(&'static str, Value)>;
+
 /// Spectra rows for every weight matrix, its gradient and its applied update,
 /// plus whatever the optimizer captured, decomposed in parallel.
-pub fn spectra(
-    w: &mut TableWriter,
-    specs: &[ParamSpec],
-    run: &str,
-    step: u64,
-    task: usize,
-    snap: &Snapshot,
-    captures: &[Capture],
-) -> Result<()> {
+pub fn spectra(specs: &[ParamSpec], run: &str, step: u64, task: usize, snap: &Snapshot, captures: &[Capture]) -> Result<Vec<Row>> {
     let mut jobs: Vec<(usize, &str, Vec<f32>)> = Vec::new();
     for (i, s) in specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()) {
         let r = s.range();
@@ -49,9 +42,11 @@ pub fn spectra(
     }
     jobs.extend(captures.iter().map(|c| (c.param, c.kind, c.values.clone())));
     let spectra: Vec<Result<Spectrum>> = jobs.par_iter().map(|(i, _, m)| metrics::spectrum(m, specs[*i].rows, specs[*i].cols)).collect();
+    let mut rows = Vec::with_capacity(jobs.len());
     for ((i, kind, _), s) in jobs.iter().zip(spectra) {
-        let (spec, s) = (&specs[*i], s?);
-        w.push(vec![
+        let spec = &specs[*i];
+        let s = s.map_err(|e| e.context(format!("singular values of {} ({kind}, {}×{})", spec.name, spec.rows, spec.cols)))?;
+        rows.push(vec![
             ("run", run.into()),
             ("step", step.into()),
             ("task", task.into()),
@@ -64,9 +59,9 @@ pub fn spectra(
             ("stable_rank", s.stable_rank.into()),
             ("spectral_norm", s.spectral_norm.into()),
             ("frobenius_norm", s.frobenius_norm.into()),
-        ])?;
+        ]);
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Whether each example of `data` is classified correctly (arg-max), and the
@@ -93,14 +88,7 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
 }
 
-pub fn accuracy_row(
-    run: &str,
-    after_task: usize,
-    eval_task: Option<usize>,
-    step: u64,
-    correct: usize,
-    examples: usize,
-) -> Vec<(&'static str, Value)> {
+pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, step: u64, correct: usize, examples: usize) -> Row {
     vec![
         ("run", run.into()),
         ("after_task", after_task.into()),
@@ -111,13 +99,14 @@ pub fn accuracy_row(
     ]
 }
 
-pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> Result<()> {
+pub fn activation_rows(run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> Vec<Row> {
+    let mut rows = Vec::new();
     for (layer, r) in representations.iter().enumerate() {
         let (acts, width) = (&r.values, r.width);
         // Token rows take their example's label.
         let row_labels: Vec<u8> = labels.iter().flat_map(|&l| std::iter::repeat_n(l, r.rows_per_example)).collect();
         let covariance = (r.rows_per_example == 1).then(|| metrics::covariance(acts, width));
-        w.push(vec![
+        rows.push(vec![
             ("run", run.into()),
             ("after_task", after_task.into()),
             ("layer", (layer + 1).into()),
@@ -128,28 +117,7 @@ pub fn activation_rows(w: &mut TableWriter, run: &str, after_task: usize, repres
             ("dead_unit_fraction", metrics::dead_unit_fraction(acts, width).into()),
             ("class_cosine", metrics::class_mean_cosine(acts, width, &row_labels, 10).into()),
             ("covariance", covariance.into()),
-        ])?;
+        ]);
     }
-    Ok(())
-}
-
-/// Deletes a run's parts written for tasks `from_task..` (and its final row when
-/// the run is not finished): what an attempt wrote after its last checkpoint.
-pub fn remove_parts_from_task(root: &Path, run: &str, from_task: usize, finished: bool) -> Result<()> {
-    for table in schema::ALL {
-        let Ok(entries) = std::fs::read_dir(root.join(table.name)) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(&format!("part-{run}-")) else { continue };
-            let stale = match rest.split('-').next() {
-                Some("final") => !finished,
-                Some(t) => t.strip_prefix('t').and_then(|t| t.parse::<usize>().ok()).is_some_and(|t| t >= from_task),
-                None => false,
-            } || name.ends_with(".tmp");
-            if stale {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-    }
-    Ok(())
+    rows
 }

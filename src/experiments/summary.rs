@@ -8,7 +8,54 @@ use std::path::Path;
 use anyhow::Result;
 use polars::prelude::DataFrame;
 
+use super::folder::saved_config;
+use super::study::{Status, run_id, saved_state};
 use crate::record::{read_table, schema};
+
+/// The report of any study folder, finished or not: its summary table (from
+/// the runs that finished) and the runs still missing, with how far each got.
+pub fn report(dir: &Path) -> Result<String> {
+    let (kind, config) = saved_config(dir)?;
+    let strings = |key: &str| -> Vec<String> {
+        config.get(key).and_then(toml::Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+    };
+    let labels = strings("optimizers");
+    let seeds: Vec<u64> = config
+        .get("seeds")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_integer())
+        .map(|s| s as u64)
+        .collect();
+    let has_runs = dir.join(schema::RUNS.name).read_dir().is_ok_and(|mut d| d.next().is_some());
+    let mut out = if !has_runs {
+        String::from("no run has finished yet\n")
+    } else if kind == "gpt" {
+        render_gpt(dir, &labels)?
+    } else {
+        render(&summarize(dir, &labels)?)
+    };
+    let finished: Vec<String> = if has_runs { strs(&read_table(dir, &schema::RUNS)?, "run")? } else { Vec::new() };
+    let mut missing = Vec::new();
+    for seed in &seeds {
+        for label in &labels {
+            let id = run_id(label, *seed);
+            if finished.contains(&id) {
+                continue;
+            }
+            missing.push(match saved_state(dir, &id) {
+                Ok(Some(s)) if s.status == Status::Running => format!("{id} (paused after {} segments, step {})", s.next_segment, s.steps),
+                Ok(_) => format!("{id} (not started)"),
+                Err(e) => format!("{id} (checkpoint unreadable: {e:#})"),
+            });
+        }
+    }
+    if !missing.is_empty() {
+        writeln!(out, "missing runs ({} of {}): {}", missing.len(), labels.len() * seeds.len(), missing.join(", "))?;
+    }
+    Ok(out)
+}
 
 /// Per optimizer label, aggregated over seeds (completed runs only).
 #[derive(Clone, Debug)]

@@ -6,23 +6,51 @@ use faer::MatRef;
 /// Singular values of the row-major `rows×cols` matrix `a`, in descending order
 /// (`min(rows, cols)` of them).
 ///
+/// The matrix is first scaled by the power of two that brings its largest
+/// entry into [1, 2) (exact in floating point) and σ scaled back: finite but
+/// exploding weights (entries of 1e30, whose squares overflow f32) have a
+/// spectrum like any other, instead of an SVD that does not converge.
+///
 /// Errors when `a` holds a non-finite entry (a diverged weight has no meaningful
-/// spectrum, and faer's iteration is not guaranteed to stop on NaN) or when the
-/// SVD does not converge.
+/// spectrum, and faer's iteration is not guaranteed to stop on NaN), when the
+/// SVD does not converge, or when a singular value exceeds f32.
 ///
 /// # Panics
 /// If `a.len() != rows * cols`.
 pub fn singular_values(a: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
     assert_eq!(a.len(), rows * cols, "singular_values: a must be {rows}×{cols}");
     ensure!(a.iter().all(|x| x.is_finite()), "singular_values: {rows}×{cols} matrix has non-finite entries");
-    MatRef::from_row_major_slice(a, rows, cols)
+    let largest = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    if largest == 0.0 {
+        return Ok(vec![0.0; rows.min(cols)]);
+    }
+    // In f64: 2^±128 do not exist in f32.
+    let exponent = f64::from(largest).log2().floor() as i32;
+    let (down, up) = (2f64.powi(-exponent), 2f64.powi(exponent));
+    let scaled: Vec<f32> = a.iter().map(|&x| (f64::from(x) * down) as f32).collect();
+    let sigma = MatRef::from_row_major_slice(&scaled, rows, cols)
         .singular_values()
-        .map_err(|e| anyhow!("singular_values: faer SVD of {rows}×{cols} failed: {e:?}"))
+        .map_err(|e| anyhow!("singular_values: faer SVD of {rows}×{cols} failed: {e:?}"))?;
+    let sigma: Vec<f32> = sigma.iter().map(|&s| (f64::from(s) * up) as f32).collect();
+    ensure!(sigma.iter().all(|s| s.is_finite()), "singular_values: a singular value of the {rows}×{cols} matrix exceeds f32");
+    Ok(sigma)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn huge_and_tiny_finite_matrices_have_spectra() {
+        // diag(3, 1)·s: σ = (3s, s) for s from 1e-30 to 1e30.
+        for s in [1e-30f32, 1.0, 1e30] {
+            let sigma = singular_values(&[3.0 * s, 0.0, 0.0, s], 2, 2).unwrap();
+            assert!((sigma[0] / (3.0 * s) - 1.0).abs() < 1e-6 && (sigma[1] / s - 1.0).abs() < 1e-6, "{s}: {sigma:?}");
+        }
+        assert_eq!(singular_values(&[0.0; 6], 2, 3).unwrap(), [0.0, 0.0]);
+        let r = singular_values(&[f32::MAX, f32::MAX, f32::MAX, f32::MAX], 2, 2);
+        assert!(r.is_err(), "σ = 2·f32::MAX does not fit: {r:?}");
+    }
     use faer::Mat;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};

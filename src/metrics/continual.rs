@@ -20,6 +20,20 @@ impl AccuracyMatrix {
         Self { tasks, r: vec![f64::NAN; tasks * tasks] }
     }
 
+    /// The matrix with row-major `entries` (as [`Self::entries`] gives them).
+    ///
+    /// # Panics
+    /// If `entries` is not `tasks × tasks` long.
+    pub fn from_entries(tasks: usize, entries: Vec<f64>) -> Self {
+        assert_eq!(entries.len(), tasks * tasks, "an accuracy matrix of {tasks} tasks has {} entries", tasks * tasks);
+        Self { tasks, r: entries }
+    }
+
+    /// Row-major entries, R[i][j] at `i·T + j`.
+    pub fn entries(&self) -> &[f64] {
+        &self.r
+    }
+
     /// # Panics
     /// If `i` or `j` is not below the task count.
     pub fn set(&mut self, i: usize, j: usize, acc: f64) {

@@ -2,12 +2,11 @@
 //! causal pre-norm transformer body, and an (untied) linear head predicting the
 //! next token at every position.
 
-use rand::{SeedableRng, rngs::StdRng};
-
 use super::transformer::{Body, Init, Layout, TransformerConfig};
 use super::{ParamStore, Role};
 use crate::backend::{Backend, LossOut};
 use crate::nn::Linear;
+use crate::random::{self, Stream};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GptConfig {
@@ -16,6 +15,15 @@ pub struct GptConfig {
     /// Longest context (rows of the position table).
     pub seq: usize,
     pub body: TransformerConfig,
+}
+
+impl GptConfig {
+    /// Parameters of the whole model (embeddings, body, head), saturating.
+    pub fn parameter_count(&self) -> usize {
+        let d = self.body.dim;
+        let embeddings = (self.vocab.saturating_add(self.seq)).saturating_mul(d);
+        embeddings.saturating_add(self.body.parameter_count()).saturating_add(d.saturating_mul(self.vocab).saturating_add(self.vocab))
+    }
 }
 
 pub struct Gpt<B: Backend> {
@@ -38,7 +46,7 @@ struct Work<B: Backend> {
 
 impl<B: Backend> Gpt<B> {
     pub fn new(backend: &B, config: GptConfig, seed: u64) -> Self {
-        Self::build(backend, config, |layout| layout.init(&mut StdRng::seed_from_u64(seed)))
+        Self::build(backend, config, |layout| layout.init(&mut random::rng(seed, Stream::Init, 0)))
     }
 
     /// A model with the given parameter values (checkpoints, tests).
@@ -50,11 +58,11 @@ impl<B: Backend> Gpt<B> {
         assert!(config.vocab <= 256, "vocab {} > 256: labels are bytes", config.vocab);
         let d = config.body.dim;
         let mut layout = Layout::default();
-        // GPT-2 initializes embeddings with N(0, 0.02); a uniform of the same scale.
-        let tokens = layout.push("tok_embed".into(), config.vocab, d, Role::Embedding, Init::Uniform(0.035));
-        let positions = layout.push("pos_embed".into(), config.seq, d, Role::Embedding, Init::Uniform(0.035));
+        let std = config.body.init_std;
+        let tokens = layout.push("tok_embed".into(), config.vocab, d, Role::Embedding, Init::Normal(std));
+        let positions = layout.push("pos_embed".into(), config.seq, d, Role::Embedding, Init::Normal(std));
         let body = Body::declare(config.body, true, &mut layout);
-        let head = layout.linear("head", d, config.vocab, Role::OutputHead);
+        let head = layout.linear("head", d, config.vocab, Role::OutputHead, std);
         let store = ParamStore::new(backend, &layout.params, &values(&layout));
         Self { config, store, tokens, positions, head, body, work: None }
     }

@@ -1,11 +1,12 @@
 //! The multilayer perceptron of Pascanu et al.'s split-MNIST study: linear layers
 //! with an elementwise activation between them and a softmax cross-entropy head.
 
-use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rand::RngExt;
 
 use super::{Classifier, ParamStore, Representation, Role};
 use crate::backend::{Activation, Backend, LossOut};
 use crate::nn::Linear;
+use crate::random::{self, Stream};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MlpConfig {
@@ -40,7 +41,7 @@ impl MlpConfig {
 
     /// PyTorch's `nn.Linear` default: weight and bias uniform in ±1/sqrt(fan_in).
     pub fn init(&self, seed: u64) -> Vec<f32> {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = random::rng(seed, Stream::Init, 0);
         let mut values = Vec::new();
         for pair in self.widths().windows(2) {
             let bound = 1.0 / (pair[0] as f32).sqrt();

@@ -3,25 +3,63 @@
 //! LayerNorm. Forward keeps what backward needs per block; backward returns the
 //! gradient of the body's input and accumulates every parameter gradient.
 
-use rand::{RngExt, rngs::StdRng};
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, Normal};
 
 use super::{ParamStore, Role};
 use crate::backend::{Activation, Attention, Backend};
 use crate::nn::{LayerNorm, LayerNormCache, Linear};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransformerConfig {
     pub dim: usize,
     pub depth: usize,
     pub heads: usize,
     pub mlp_ratio: usize,
+    /// Standard deviation of the normal initialisation of every weight matrix
+    /// and embedding (biases start at 0, LayerNorm at γ = 1, β = 0); the
+    /// residual projections (`attn.proj`, `mlp.fc2`) get `init_std/sqrt(2·depth)`.
+    /// GPT-2's scheme (Radford et al. 2019; nanoGPT), 0.02 as there and as ViT's
+    /// N(0, 0.02) (Dosovitskiy et al. 2021; timm).
+    pub init_std: f32,
 }
 
 impl Default for TransformerConfig {
     /// The small GPT of the gradient-rank study: 4 layers, width 256, 4 heads.
     fn default() -> Self {
-        Self { dim: 256, depth: 4, heads: 4, mlp_ratio: 4 }
+        Self { dim: 256, depth: 4, heads: 4, mlp_ratio: 4, init_std: 0.02 }
+    }
+}
+
+impl TransformerConfig {
+    /// Positive sizes, heads that divide the width, a finite positive `init_std`;
+    /// `key` names the config table in errors.
+    pub fn validate(&self, key: &str) -> anyhow::Result<()> {
+        for (name, v) in [("dim", self.dim), ("depth", self.depth), ("heads", self.heads), ("mlp_ratio", self.mlp_ratio)] {
+            anyhow::ensure!(v > 0, "{key}.{name} must be positive, got {v}");
+        }
+        anyhow::ensure!(self.dim.is_multiple_of(self.heads), "{key}.dim {} must be a multiple of {key}.heads {}", self.dim, self.heads);
+        anyhow::ensure!(
+            self.init_std.is_finite() && self.init_std > 0.0,
+            "{key}.init_std must be a finite number > 0, got {}",
+            self.init_std
+        );
+        Ok(())
+    }
+
+    /// Parameters of the body (blocks and final LayerNorm), saturating.
+    pub fn parameter_count(&self) -> usize {
+        let (d, h) = (self.dim, self.dim.saturating_mul(self.mlp_ratio));
+        let block = d
+            .saturating_mul(3 * d + 3)
+            .saturating_add(d.saturating_mul(d + 1))
+            .saturating_add(d.saturating_mul(h))
+            .saturating_add(h)
+            .saturating_add(h.saturating_mul(d))
+            .saturating_add(d)
+            .saturating_add(4 * d);
+        block.saturating_mul(self.depth).saturating_add(2 * d)
     }
 }
 
@@ -30,6 +68,8 @@ impl Default for TransformerConfig {
 pub enum Init {
     /// Uniform in ±bound (PyTorch's `nn.Linear`: bound = 1/sqrt(fan_in)).
     Uniform(f32),
+    /// N(0, std²).
+    Normal(f32),
     Constant(f32),
 }
 
@@ -48,11 +88,10 @@ impl Layout {
         self.params.len() - 1
     }
 
-    /// A `fan_in → fan_out` linear layer with PyTorch's default init.
-    pub fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize, role: Role) -> Linear {
-        let bound = Init::Uniform(1.0 / (fan_in as f32).sqrt());
-        let weight = self.push(format!("{name}.weight"), fan_out, fan_in, role, bound);
-        let bias = self.push(format!("{name}.bias"), 1, fan_out, Role::Vector, bound);
+    /// A `fan_in → fan_out` linear layer: weights N(0, std²), biases 0.
+    pub fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize, role: Role, std: f32) -> Linear {
+        let weight = self.push(format!("{name}.weight"), fan_out, fan_in, role, Init::Normal(std));
+        let bias = self.push(format!("{name}.bias"), 1, fan_out, Role::Vector, Init::Constant(0.0));
         Linear { weight, bias, in_dim: fan_in, out_dim: fan_out }
     }
 
@@ -62,11 +101,15 @@ impl Layout {
         LayerNorm { gamma, beta, dim }
     }
 
-    pub fn init(&self, rng: &mut StdRng) -> Vec<f32> {
+    pub fn init(&self, rng: &mut impl Rng) -> Vec<f32> {
         let mut values = Vec::new();
         for ((_, rows, cols, _), init) in self.params.iter().zip(&self.inits) {
             match *init {
                 Init::Uniform(b) => values.extend((0..rows * cols).map(|_| rng.random_range(-b..b))),
+                Init::Normal(std) => {
+                    let normal = Normal::new(0.0, std).expect("a validated, finite positive std");
+                    values.extend((0..rows * cols).map(|_| normal.sample(rng)));
+                }
                 Init::Constant(c) => values.extend(std::iter::repeat_n(c, rows * cols)),
             }
         }
@@ -175,18 +218,19 @@ pub struct Body<B: Backend> {
 impl<B: Backend> Body<B> {
     /// Declares the body's parameters (`blocks.{i}.…`, `ln_f`) in `layout`.
     pub fn declare(config: TransformerConfig, causal: bool, layout: &mut Layout) -> Self {
-        assert!(config.dim % config.heads == 0, "dim {} is not a multiple of heads {}", config.dim, config.heads);
+        assert!(config.dim.is_multiple_of(config.heads), "dim {} is not a multiple of heads {}", config.dim, config.heads);
         let (d, h) = (config.dim, config.dim * config.mlp_ratio);
+        let (std, residual) = (config.init_std, config.init_std / ((2 * config.depth) as f32).sqrt());
         let blocks = (0..config.depth)
             .map(|i| {
                 let p = format!("blocks.{i}");
                 Block {
                     ln1: layout.layernorm(&format!("{p}.ln1"), d),
-                    qkv: layout.linear(&format!("{p}.attn.qkv"), d, 3 * d, Role::HiddenMatrix),
-                    proj: layout.linear(&format!("{p}.attn.proj"), d, d, Role::HiddenMatrix),
+                    qkv: layout.linear(&format!("{p}.attn.qkv"), d, 3 * d, Role::HiddenMatrix, std),
+                    proj: layout.linear(&format!("{p}.attn.proj"), d, d, Role::HiddenMatrix, residual),
                     ln2: layout.layernorm(&format!("{p}.ln2"), d),
-                    fc: layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix),
-                    fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix),
+                    fc: layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix, std),
+                    fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix, residual),
                 }
             })
             .collect();

@@ -2,12 +2,11 @@
 //! patches (all channels of a patch together), a linear patch embedding, a class token, learned positions, the
 //! pre-norm transformer body, and a linear head on the class token.
 
-use rand::{SeedableRng, rngs::StdRng};
-
 use super::transformer::{Body, Init, Layout, TransformerConfig};
 use super::{Classifier, ParamStore, Representation, Role};
 use crate::backend::{Backend, LossOut};
 use crate::nn::Linear;
+use crate::random::{self, Stream};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VitConfig {
@@ -64,7 +63,7 @@ struct Work<B: Backend> {
 
 impl<B: Backend> Vit<B> {
     pub fn new(backend: &B, config: VitConfig, seed: u64) -> Self {
-        Self::build(backend, config, |layout| layout.init(&mut StdRng::seed_from_u64(seed)))
+        Self::build(backend, config, |layout| layout.init(&mut random::rng(seed, Stream::Init, 0)))
     }
 
     /// A model with the given parameter values (checkpoints, cross-backend tests).
@@ -73,15 +72,15 @@ impl<B: Backend> Vit<B> {
     }
 
     fn build(backend: &B, config: VitConfig, values: impl FnOnce(&Layout) -> Vec<f32>) -> Self {
-        assert!(config.image % config.patch == 0, "patch {} does not divide image {}", config.patch, config.image);
+        assert!(config.image.is_multiple_of(config.patch), "patch {} does not divide image {}", config.patch, config.image);
         let d = config.body.dim;
         let mut layout = Layout::default();
-        let embed = layout.linear("patch_embed", config.patch_values(), d, Role::InputMatrix);
-        // Small random class token and positions (ViT uses N(0, 0.02)).
-        let cls = layout.push("cls_token".into(), 1, d, Role::Embedding, Init::Uniform(0.02));
-        let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Uniform(0.02));
+        let std = config.body.init_std;
+        let embed = layout.linear("patch_embed", config.patch_values(), d, Role::InputMatrix, std);
+        let cls = layout.push("cls_token".into(), 1, d, Role::Embedding, Init::Normal(std));
+        let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Normal(std));
         let body = Body::declare(config.body, false, &mut layout);
-        let head = layout.linear("head", d, config.classes, Role::OutputHead);
+        let head = layout.linear("head", d, config.classes, Role::OutputHead, std);
         let store = ParamStore::new(backend, &layout.params, &values(&layout));
         Self { config, store, embed, cls, pos, head, body, work: None }
     }
@@ -213,7 +212,7 @@ mod tests {
 
     #[test]
     fn patches_hold_each_channel_square_in_turn() {
-        let body = TransformerConfig { dim: 4, depth: 1, heads: 1, mlp_ratio: 1 };
+        let body = TransformerConfig { dim: 4, depth: 1, heads: 1, mlp_ratio: 1, ..Default::default() };
         let vit = Vit::new(&Cpu, VitConfig { image: 4, channels: 2, patch: 2, classes: 2, body }, 0);
         // Value c·100 + y·10 + x at channel c, row y, column x.
         let image: Vec<f32> = (0..2).flat_map(|c| (0..4).flat_map(move |y| (0..4).map(move |x| (c * 100 + y * 10 + x) as f32))).collect();

@@ -109,6 +109,70 @@ impl OptimizerConfig {
         })
     }
 
+    /// Checks every hyperparameter against its range (PyTorch's checks where
+    /// PyTorch has one), naming the key.
+    pub fn validate(&self) -> Result<()> {
+        use check::*;
+        let adamw = |prefix: &str, c: &AdamWConfig| -> Result<()> {
+            positive(&format!("{prefix}lr"), c.lr)?;
+            unit(&format!("{prefix}beta1"), c.beta1)?;
+            unit(&format!("{prefix}beta2"), c.beta2)?;
+            positive(&format!("{prefix}eps"), c.eps)?;
+            non_negative(&format!("{prefix}weight_decay"), c.weight_decay)
+        };
+        match self {
+            Self::Sgd(c) => {
+                positive("lr", c.lr)?;
+                unit("momentum", c.momentum)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                if c.nesterov && c.momentum == 0.0 {
+                    bail!("nesterov = true needs momentum > 0 (as torch.optim.SGD)");
+                }
+            }
+            Self::AdamW(c) => adamw("", c)?,
+            Self::Lion(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                unit("beta2", c.beta2)?;
+                non_negative("weight_decay", c.weight_decay)?;
+            }
+            Self::Muon(c) => {
+                positive("lr", c.lr)?;
+                unit("momentum", c.momentum)?;
+                at_least_one("ns_steps", c.ns_steps as u64)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
+            Self::Shampoo(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                if !(c.beta2 > 0.0 && c.beta2 <= 1.0) {
+                    bail!("beta2 must be in (0, 1] (1: summed statistics), got {}", c.beta2);
+                }
+                non_negative("epsilon.absolute", c.epsilon.absolute as f32)?;
+                non_negative("epsilon.relative", c.epsilon.relative as f32)?;
+                at_least_one("precondition_frequency", c.precondition_frequency)?;
+                at_least_one("max_preconditioner_dim", c.max_preconditioner_dim as u64)?;
+                unit("graft_beta2", c.graft_beta2)?;
+                positive("graft_eps", c.graft_eps)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
+            Self::Soap(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                unit("beta2", c.beta2)?;
+                unit("shampoo_beta", c.shampoo_beta)?;
+                positive("eps", c.eps)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                at_least_one("precondition_frequency", c.precondition_frequency)?;
+                at_least_one("max_preconditioner_dim", c.max_preconditioner_dim as u64)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Sgd(_) => "sgd",
@@ -153,6 +217,32 @@ impl OptimizerConfig {
             }
         }
         Optimizer { name: self.name().into(), groups, steps: 0 }
+    }
+}
+
+/// Range checks of hyperparameters; each error names the key and the value.
+mod check {
+    use anyhow::{Result, ensure};
+
+    /// Finite and > 0 (learning rates, epsilons).
+    pub fn positive(key: &str, x: f32) -> Result<()> {
+        ensure!(x.is_finite() && x > 0.0, "{key} must be a finite number > 0, got {x}");
+        Ok(())
+    }
+    /// Finite and ≥ 0 (weight decay).
+    pub fn non_negative(key: &str, x: f32) -> Result<()> {
+        ensure!(x.is_finite() && x >= 0.0, "{key} must be a finite number ≥ 0, got {x}");
+        Ok(())
+    }
+    /// In [0, 1) (momenta, betas).
+    pub fn unit(key: &str, x: f32) -> Result<()> {
+        ensure!((0.0..1.0).contains(&x), "{key} must be in [0, 1), got {x}");
+        Ok(())
+    }
+    /// An integer ≥ 1 (frequencies, iteration counts, sizes).
+    pub fn at_least_one(key: &str, x: u64) -> Result<()> {
+        ensure!(x >= 1, "{key} must be at least 1, got {x}");
+        Ok(())
     }
 }
 

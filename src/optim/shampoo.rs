@@ -147,7 +147,7 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
     ) {
         let c = self.config;
         let stat_weight = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
-        let refresh = (t - 1) % c.precondition_frequency.max(1) == 0;
+        let refresh = (t - 1).is_multiple_of(c.precondition_frequency.max(1));
         for p in &mut self.preconditioners {
             let (m, n, r) = (p.rows, p.cols, store.specs[p.param].range());
             let g = B::view(&store.grads, r.clone());

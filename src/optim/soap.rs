@@ -145,7 +145,7 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
         let c = self.config;
         // Adam's steps: the first call only starts the statistics.
         let adam_steps = t - 1;
-        let refresh = adam_steps % c.precondition_frequency.max(1) == 0;
+        let refresh = adam_steps.is_multiple_of(c.precondition_frequency.max(1));
         let (bias1, bias2) = (1.0 - c.beta1.powi(adam_steps as i32), 1.0 - c.beta2.powi(adam_steps as i32));
         for p in &mut self.matrices {
             let (m, n, r) = (p.rows, p.cols, store.specs[p.param].range());

@@ -4,4 +4,4 @@ pub mod checkpoint;
 pub mod parquet;
 pub mod schema;
 
-pub use parquet::{TableWriter, Value, read_table};
+pub use parquet::{TableWriter, Value, check_part, read_table};

@@ -162,6 +162,16 @@ fn to_dataframe(table: &Table, rows: &[Vec<Value>]) -> Result<DataFrame> {
     Ok(DataFrame::new(rows.len(), columns)?)
 }
 
+/// Checks that `path` is a whole Parquet file (its footer reads back).
+pub fn check_part(path: &Path) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .num_rows()
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} is not a readable Parquet file (damaged or cut short)", path.display()))?;
+    Ok(())
+}
+
 /// Reads every finished part of a table under `root` into one frame.
 pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
     let dir = root.join(table.name);

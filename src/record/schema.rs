@@ -53,9 +53,10 @@ const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
 const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
 const OPTIMIZER: Column =
     col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo, soap) or a preset's key such as `muon-all`.");
-const SEED: Column = col("seed", Kind::I64, "Seed of initialization and batch order.");
+const SEED: Column =
+    col("seed", Kind::I64, "Seed of initialization, batch order and sampling (separate ChaCha12 streams: `src/random.rs`).");
 const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
-const TASK: Column = col("task", Kind::I64, "Task being trained when the row was written (0-based).");
+const TASK: Column = col("task", Kind::I64, "Task being trained when the row was written (0-based; 0 for language models).");
 const PARAM: Column = col("param", Kind::Str, "Parameter name, e.g. `fc2.weight` (PyTorch's names for the same model).");
 
 pub const STEPS: Table = Table {
@@ -170,7 +171,7 @@ pub const VALIDATION: Table = Table {
 
 pub const COUNTERS: Table = Table {
     name: "counters",
-    doc: "Running counts of numerical events at each task boundary: optimizer diagnostics and backend fallbacks.",
+    doc: "Running counts of numerical events at each checkpoint (task boundary, or evaluation for language models): optimizer diagnostics and backend fallbacks.",
     columns: &[
         RUN,
         STEP,
@@ -182,26 +183,38 @@ pub const COUNTERS: Table = Table {
              `soap_basis_failures` (eigenbases whose decomposition failed; the previous basis was kept), `soap_bases_computed`, \
              `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64).",
         ),
-        col("value", Kind::F64, "The count so far in this run (backend counts: so far in this process)."),
+        col("value", Kind::F64, "The count so far in this run, carried across resumed sessions."),
     ],
 };
 
 pub const RUNS: Table = Table {
     name: "runs",
-    doc: "One row per finished or diverged run: the study's summary numbers.",
+    doc: "One row per finished, diverged or failed run: the study's summary numbers.",
     columns: &[
         RUN,
         OPTIMIZER,
         col("kind", Kind::Str, "The optimizer behind the label (sgd, adamw, lion, muon, shampoo, soap)."),
         SEED,
-        col("status", Kind::Str, "`completed` or `diverged`."),
-        opt("diverged_step", Kind::I64, "First step whose loss or parameters were NaN/Inf; null if none."),
+        col(
+            "status",
+            Kind::Str,
+            "`completed`; `diverged` (a NaN/Inf loss, gradient or parameter: final); `failed` (an error or a crash inside the run, \
+             e.g. a probe, the device or memory: `--resume` retries it from its last checkpoint).",
+        ),
+        opt("diverged_step", Kind::I64, "First step whose loss, gradient or parameters were NaN/Inf; null if none."),
+        opt("failed_step", Kind::I64, "Step being taken (or last step taken) when the run failed; null unless failed."),
+        opt("error", Kind::Str, "What failed: the operation and its message; null unless failed."),
         col("steps", Kind::I64, "Optimizer steps taken."),
-        opt("final_all_accuracy", Kind::F64, "Accuracy on the union of every task's test set after the last task (null if diverged)."),
+        opt("final_all_accuracy", Kind::F64, "Accuracy on the union of every task's test set after the last task (null unless completed)."),
         opt("average_accuracy", Kind::F64, "Mean of the last row of R (Chaudhry et al. 2018)."),
         opt("backward_transfer", Kind::F64, "BWT = mean over j < T−1 of R[T−1][j] − R[j][j] (Lopez-Paz & Ranzato 2017)."),
         opt("forgetting", Kind::F64, "Mean over j < T−1 of max_{l<T−1} R[l][j] − R[T−1][j] (Chaudhry et al. 2018)."),
-        col("seconds", Kind::F64, "Wall time of the run."),
+        opt(
+            "final_validation_loss",
+            Kind::F64,
+            "Language-model studies: held-out loss (nats) at the last evaluation (null unless completed).",
+        ),
+        col("seconds", Kind::F64, "Wall time spent training the run, summed over every session that worked on it."),
     ],
 };
 
