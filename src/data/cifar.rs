@@ -8,16 +8,14 @@
 //! carries a full copy, so offline the archive must be put in place by hand.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::fetch::{self, DATA_DIR_ENV, Staging};
-use super::{Dataset, DatasetName, Split};
+use super::fetch::{self, Artifact, FileSpec, Form, Route};
+use super::{Dataset, Split};
 
 const ARCHIVE: &str = "cifar-10-binary.tar.gz";
-const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 /// Of the 170,052,171-byte archive (MD5 c32a1d4a…, the published one).
 const SHA256: &str = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
 const TRAIN_BATCHES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
@@ -27,54 +25,24 @@ const PIXELS: usize = CHANNELS * 32 * 32;
 const RECORD: usize = 1 + PIXELS;
 const CLASSES: u8 = 10;
 
+/// The archive, verified as a whole; downloaded only from its canonical location.
+const CIFAR10: Artifact = Artifact {
+    name: "cifar10",
+    files: &[FileSpec { stem: ARCHIVE, sha256: SHA256, form: Form::Exact }],
+    routes: cifar_routes,
+    by_hand: "It comes from https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (170 MB). No package registry \
+              carries it; offline, train on dataset \"mnist\" or \"fashion-mnist\" instead.",
+};
+
+fn cifar_routes() -> Vec<Route> {
+    vec![fetch::curl_route("https://www.cs.toronto.edu/~kriz/", "", 1800)]
+}
+
 /// Finds the archive (downloading it into the first search folder if absent),
 /// verifies it and parses its six batches.
 pub(super) fn load(data_dir: Option<&Path>) -> Result<Split> {
-    let dirs = fetch::search_dirs(DatasetName::Cifar10.as_str(), data_dir);
-    let (path, bytes) = obtain(&dirs, URL, SHA256)?;
-    parse_archive(&bytes, &path)
-}
-
-/// The archive's path and verified bytes: the first present in `dirs`, else
-/// downloaded from `url` into `dirs[0]` (verified before it is renamed into place).
-fn obtain(dirs: &[PathBuf], url: &str, sha256: &str) -> Result<(PathBuf, Vec<u8>)> {
-    for dir in dirs {
-        if let Some(present) = fetch::regular_file(&dir.join(ARCHIVE))? {
-            let bytes = read_verified(&present, sha256)?;
-            return Ok((present, bytes));
-        }
-    }
-    let Some(dest) = dirs.first() else {
-        bail!("no folder for CIFAR-10: pass a data folder, set {DATA_DIR_ENV}, or set HOME");
-    };
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let staging = Staging::new(dest)?;
-    let partial = staging.0.join(ARCHIVE);
-    eprintln!("optlab: fetching CIFAR-10 (170 MB) from {url}");
-    let downloaded =
-        fetch::run(Command::new("curl").args(["-fsSL", "--connect-timeout", "10", "--max-time", "1800", "-o"]).arg(&partial).arg(url))
-            .and_then(|()| read_verified(&partial, sha256));
-    let bytes = downloaded.map_err(|e| {
-        anyhow::anyhow!(
-            "CIFAR-10 is not in {} and could not be downloaded ({e:#}).\n\
-             Put the official {ARCHIVE} (from {URL}, SHA-256 {SHA256}) in {}, or in DIR/{} for a DIR \
-             passed as the data folder or set in ${DATA_DIR_ENV}. No package registry carries it; \
-             offline, train on dataset \"mnist\" or \"fashion-mnist\" instead.",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-            dest.display(),
-            DatasetName::Cifar10.as_str(),
-        )
-    })?;
-    let target = dest.join(ARCHIVE);
-    std::fs::rename(&partial, &target).with_context(|| format!("cannot move the download to {}", target.display()))?;
-    Ok((target, bytes))
-}
-
-/// The bytes of the file at `path`, if they hash to `sha256`.
-fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    fetch::verify_sha256(&bytes, sha256, path, ARCHIVE, "the archive")?;
-    Ok(bytes)
+    let archive = fetch::obtain(&CIFAR10, data_dir)?.remove(0);
+    parse_archive(&archive.bytes, &archive.path)
 }
 
 /// The six batches of a verified archive (`path` names it in errors).
@@ -123,12 +91,17 @@ fn parse_batch(bytes: &[u8]) -> Result<Dataset> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use sha2::{Digest, Sha256};
 
     use super::*;
 
-    fn read_archive(path: &Path, sha256: &str) -> Result<Split> {
-        parse_archive(&read_verified(path, sha256)?, path)
+    /// The archive at `path`, checked against `sha256` as `load` checks the official one.
+    fn read_archive(path: &Path, sha256: &'static str) -> Result<Split> {
+        let spec = FileSpec { stem: ARCHIVE, sha256, form: Form::Exact };
+        let file = fetch::obtain_from("cifar10", &[spec], &[path.parent().unwrap().to_path_buf()], &[], "")?.remove(0);
+        parse_archive(&file.bytes, &file.path)
     }
 
     /// A batch in the official format: record r has label r % 10 and pixels (r + p) % 256.
@@ -162,18 +135,18 @@ mod tests {
         members
     }
 
-    fn write(dir: &Path, bytes: &[u8]) -> (PathBuf, String) {
+    fn write(dir: &Path, bytes: &[u8]) -> (PathBuf, &'static str) {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join(ARCHIVE);
         std::fs::write(&path, bytes).unwrap();
-        (path, format!("{:x}", Sha256::digest(bytes)))
+        (path, Box::leak(format!("{:x}", Sha256::digest(bytes)).into_boxed_str()))
     }
 
     #[test]
     fn reads_every_batch_in_order_planar_and_scaled() {
         let dir = tempfile::tempdir().unwrap();
         let (path, sha) = write(dir.path(), &archive(&official_layout()));
-        let split = read_archive(&path, &sha).unwrap();
+        let split = read_archive(&path, sha).unwrap();
         assert_eq!((split.train.len(), split.test.len(), split.train.pixels, split.train.channels), (15, 2, 3072, 3));
         // Training records come from batches 1..5 in order: record r has label r % 10.
         assert_eq!(split.train.labels, (0..15).map(|r| (r % 10) as u8).collect::<Vec<_>>());
@@ -190,7 +163,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, sha) = write(dir.path(), &archive(&official_layout()));
         let err = format!("{:#}", read_archive(&path, SHA256).unwrap_err());
-        assert!(err.contains(SHA256) && err.contains(&sha) && err.contains("not the official"), "{err}");
+        assert!(err.contains(SHA256) && err.contains(sha) && err.contains("not the official"), "{err}");
     }
 
     #[test]
@@ -199,39 +172,37 @@ mod tests {
         let mut members = official_layout();
         members[2].1.truncate(RECORD * 2 + 100);
         let (path, sha) = write(dir.path(), &archive(&members));
-        let err = format!("{:#}", read_archive(&path, &sha).unwrap_err());
+        let err = format!("{:#}", read_archive(&path, sha).unwrap_err());
         assert!(err.contains("data_batch_3.bin") && err.contains("whole number"), "{err}");
 
         let mut members = official_layout();
         members.iter_mut().find(|(n, _)| *n == TEST_BATCH).unwrap().1[RECORD] = 10;
         let (path, sha) = write(dir.path(), &archive(&members));
-        let err = format!("{:#}", read_archive(&path, &sha).unwrap_err());
+        let err = format!("{:#}", read_archive(&path, sha).unwrap_err());
         assert!(err.contains("test_batch.bin") && err.contains("label 10 of record 1"), "{err}");
 
         let members: Vec<_> = official_layout().into_iter().filter(|(n, _)| *n != "data_batch_4.bin").collect();
         let (path, sha) = write(dir.path(), &archive(&members));
-        let err = format!("{:#}", read_archive(&path, &sha).unwrap_err());
+        let err = format!("{:#}", read_archive(&path, sha).unwrap_err());
         assert!(err.contains("lacks data_batch_4.bin"), "{err}");
 
         let whole = archive(&official_layout());
         let (path, sha) = write(dir.path(), &whole[..whole.len() / 2]);
-        assert!(read_archive(&path, &sha).is_err(), "a cut archive must not load");
-    }
-
-    #[test]
-    fn present_archive_is_used_from_any_search_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let (first, second) = (dir.path().join("a"), dir.path().join("b"));
-        let (path, sha) = write(&second, b"any bytes");
-        assert_eq!(obtain(&[first, second], "file:///nonexistent", &sha).unwrap(), (path, b"any bytes".to_vec()));
+        assert!(read_archive(&path, sha).is_err(), "a cut archive must not load");
     }
 
     #[test]
     fn offline_and_absent_names_the_alternatives_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("cifar-10");
-        let err = format!("{:#}", obtain(std::slice::from_ref(&dest), "file:///nonexistent/cifar.tar.gz", SHA256).unwrap_err());
-        for needle in [URL, SHA256, "fashion-mnist", DATA_DIR_ENV, &dest.display().to_string()] {
+        let dest = dir.path().join("cifar10");
+        let offline = Route { label: "the canonical URL".into(), run: Box::new(|_, _| bail!("could not resolve host")) };
+        let err = format!(
+            "{:#}",
+            fetch::obtain_from("cifar10", CIFAR10.files, std::slice::from_ref(&dest), &[offline], CIFAR10.by_hand).unwrap_err()
+        );
+        for needle in
+            ["cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", SHA256, "fashion-mnist", "OPTLAB_DATA_DIR", &dest.display().to_string()]
+        {
             assert!(err.contains(needle), "{needle:?} missing from: {err}");
         }
         assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "no partial download left behind");

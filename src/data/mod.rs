@@ -171,10 +171,14 @@ impl FromStr for DatasetName {
 /// Looks in `data_dir`, then `$OPTLAB_DATA_DIR`, then the user cache, each with a
 /// sub-folder named after the dataset; see the `fetch` module for the details.
 pub fn load(name: DatasetName, data_dir: Option<&Path>) -> anyhow::Result<Split> {
-    if name == DatasetName::Cifar10 {
-        return cifar::load(data_dir);
-    }
-    let [train_images, train_labels, test_images, test_labels] = fetch::obtain(name, data_dir)?;
+    let artifact = match name {
+        DatasetName::Cifar10 => return cifar::load(data_dir),
+        DatasetName::Mnist => &fetch::MNIST,
+        DatasetName::FashionMnist => &fetch::FASHION_MNIST,
+    };
+    let files: Vec<idx::IdxFile> =
+        fetch::obtain(artifact, data_dir)?.into_iter().map(|f| idx::IdxFile { path: f.path, bytes: f.bytes }).collect();
+    let [train_images, train_labels, test_images, test_labels] = files.try_into().expect("an IDX dataset is four files");
     Ok(Split { train: idx::parse_pair(&train_images, &train_labels)?, test: idx::parse_pair(&test_images, &test_labels)? })
 }
 

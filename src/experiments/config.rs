@@ -46,12 +46,30 @@ pub trait StudyConfig: Serialize + DeserializeOwned + Default + Clone {
         named_optimizers(labels, tables)
     }
 
-    /// The configuration as saved: every label's hyperparameters spelled out.
+    /// The configuration as saved: every label's hyperparameters spelled out,
+    /// numbers as a person types them.
     fn resolved_table(&self) -> Result<toml::Table> {
         let mut out = self.clone();
         let (labels, tables) = self.optimizer_tables();
         *out.optimizer_tables_mut() = spelled_out(labels, tables)?;
-        Ok(toml::Table::try_from(out)?)
+        let mut table = toml::Table::try_from(out)?;
+        table.iter_mut().for_each(|(_, v)| shortest_floats(v));
+        Ok(table)
+    }
+}
+
+/// Writes every float that is exactly an f32 (the hyperparameters) with the
+/// fewest digits that give back the same f32: `lr = 0.02`, not the
+/// `0.019999999552965164` its widening to f64 would print. Parsing it again
+/// gives the same f32, so nothing a study trains with changes.
+fn shortest_floats(value: &mut toml::Value) {
+    match value {
+        toml::Value::Float(x) if f64::from(*x as f32) == *x && x.is_finite() => {
+            *x = (*x as f32).to_string().parse().expect("an f32 prints as a number");
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(shortest_floats),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| shortest_floats(v)),
+        _ => {}
     }
 }
 
@@ -399,6 +417,16 @@ mod tests {
         // The resolved TOML round-trips to the same study.
         let back: SplitMnistConfig = c.resolved_table().unwrap().try_into().unwrap();
         assert_eq!(back.named_optimizers().unwrap(), named);
+    }
+
+    #[test]
+    fn saved_numbers_read_as_typed() {
+        let c = SplitMnistConfig::resolve(None, &["optimizers=[\"muon\"]".into(), "optimizer.muon.lr=0.02".into()]).unwrap();
+        let text = toml::to_string(&c.resolved_table().unwrap()).unwrap();
+        assert!(text.contains("lr = 0.02\n") && !text.contains("0.0199999"), "{text}");
+        assert!(text.contains("eps = 1e-8") || text.contains("eps = 0.00000001"), "{text}");
+        let back = SplitMnistConfig::resolve(Some(&toml::from_str(&text).unwrap()), &[]).unwrap();
+        assert_eq!(back.named_optimizers().unwrap(), c.named_optimizers().unwrap());
     }
 
     #[test]

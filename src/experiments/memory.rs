@@ -9,7 +9,7 @@
 
 use anyhow::{Result, bail};
 
-/// Counts of f32 values (and f64 for the probe) that one run holds at once.
+/// Bytes one run holds at its peak.
 #[derive(Clone, Copy, Debug)]
 pub struct Estimate {
     pub bytes: u64,

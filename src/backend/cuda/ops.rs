@@ -98,7 +98,12 @@ impl Cuda {
         // SAFETY: every call site passes the argument list of the kernel's
         // signature in kernels/*.cu, with views of the lengths the kernel reads
         // (checked by the asserts of each op and the CPU-comparison tests).
-        unsafe { builder.launch(cfg) }.unwrap_or_else(|e| panic!("launching kernel {name} failed: {e:?}"));
+        unsafe { builder.launch(cfg) }.unwrap_or_else(|e| {
+            panic!(
+                "launching kernel {name} (grid {:?}, block {:?}, {} B shared) failed: {e:?}",
+                cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes
+            )
+        });
     }
 
     /// Row-major `C = alpha·op(A)·op(B) + beta·C` for `batch` matrices at the given
@@ -151,7 +156,7 @@ impl Cuda {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .unwrap_or_else(|e| panic!("cuBLAS {precision:?} GEMM failed: {e:?}"));
+        .unwrap_or_else(|e| panic!("cuBLAS {precision:?} GEMM {s:?} × {batch} failed: {e:?}"));
     }
 
     /// The (offsets, cumulative counts) tables of a multi-tensor range list and the total count.
