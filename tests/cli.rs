@@ -198,6 +198,27 @@ fn study_folders_are_protected() {
     assert!(report.contains("muon") && !report.contains("missing runs"), "{report}");
 }
 
+#[test]
+fn a_failed_run_is_recorded_and_the_exit_status_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt = with(&tiny_gpt(dir.path()), &["--steps", "20", "--set", "eval_every=10"]);
+    let out = dir.path().join("study");
+    let o = out.to_str().unwrap();
+    let paused = exp_owned(&with(&gpt, &["--out", o, "--stop-after-steps", "10"]));
+    assert!(paused.status.success() && String::from_utf8_lossy(&paused.stdout).contains("paused"), "{}", stderr(&paused));
+    // Damage one run's checkpoint: that run fails, naming the file; the other completes.
+    let ck = out.join("checkpoints/muon-s0.safetensors");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let at = bytes.len() - 7;
+    bytes[at] ^= 0x10;
+    std::fs::write(&ck, &bytes).unwrap();
+    let resumed = exp_owned(&with(&gpt, &["--out", o, "--resume"]));
+    assert_clear_error(&resumed, "1 of 2 runs failed (muon-s0)", "a failed run");
+    assert!(stderr(&resumed).contains("muon-s0.safetensors is corrupt"), "{}", stderr(&resumed));
+    let report = String::from_utf8_lossy(&exp(&["report", o]).stdout).into_owned();
+    assert!(report.contains("adam") && report.contains("muon"), "the summary is still written: {report}");
+}
+
 /// Every step's loss by (run, step): the record of a study, in a fixed order.
 fn losses(dir: &Path) -> Vec<(String, i64, f64)> {
     let df = optlab::record::read_table(dir, &optlab::record::schema::STEPS).unwrap();

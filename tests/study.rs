@@ -120,7 +120,7 @@ fn study_writes_every_table_and_shows_forgetting() {
     }
     assert_eq!(runs.height(), 3);
     // No staging folder is left behind, and none is read as a table.
-    assert!(!dir.path().join(".staging").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(!dir.path().join(".staging").exists());
     // A second study into the same folder is refused rather than mixed in.
     let table = c.resolved_table().unwrap();
     let err = StudyFolder::create(dir.path(), "split-mnist", &table).err().unwrap().to_string();
@@ -155,7 +155,10 @@ fn stop_and_resume_reproduce_an_uninterrupted_study() {
     assert!(report.runs.iter().all(|(_, e)| *e == RunEnd::Paused { segments_done: 2 }), "{report:?}");
     // Paused: the report lists every run as missing, with how far it got.
     let text = summary::report(pieces.path()).unwrap();
-    assert!(text.contains("no run has finished yet") && text.contains("shampoo-s0 (paused after 2 segments"), "{text}");
+    assert!(
+        text.contains("no run has finished yet") && text.contains("shampoo-s0 (checkpointed at step") && text.contains("2 segments done"),
+        "{text}"
+    );
     let paused_seconds = study::saved_state(pieces.path(), "shampoo-s0").unwrap().unwrap().seconds;
     // A part left in staging by an attempt killed before its checkpoint is discarded.
     let staged = pieces.path().join(".staging/muon-s0/00002/steps");

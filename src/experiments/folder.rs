@@ -127,12 +127,10 @@ fn refuse_study_files(root: &Path) -> Result<()> {
 }
 
 fn write_config(root: &Path, kind: &str, config: &toml::Table) -> Result<()> {
-    let mut table = toml::Table::new();
-    table.insert(STUDY_KEY.into(), kind.into());
-    table.extend(config.clone());
+    let text = format!("{STUDY_KEY} = {}\n{}", toml::Value::from(kind), toml::to_string_pretty(config)?);
     let path = root.join(CONFIG);
     let tmp = root.join(format!("{CONFIG}.tmp"));
-    std::fs::write(&tmp, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -75,8 +75,10 @@ pub fn settle(root: &Path, run: &str, next_segment: usize) -> Result<()> {
             std::fs::remove_dir_all(&path).with_context(|| format!("discarding {}", path.display()))?;
         }
     }
-    // Empty now; a failure to remove it only leaves an empty folder.
+    // Empty now (and so may be the staging folder); a failure to remove them
+    // only leaves empty folders.
     let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(root.join(STAGING));
     Ok(())
 }
 

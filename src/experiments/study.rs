@@ -192,7 +192,7 @@ pub fn run_all<B: Backend, P: Protocol<B>>(
         for named in optimizers {
             let run = Run { backend, protocol, root, named, seed, id: run_id(&named.label, seed), at: Where::default() };
             let end = run.contained(stop_after, progress);
-            progress.println(match &end {
+            let line = match &end {
                 RunEnd::Completed => format!("{}: completed", run.id),
                 RunEnd::Diverged { step } => format!("{}: diverged at step {step} (recorded; other runs go on)", run.id),
                 RunEnd::Failed { step, error } => format!("{}: FAILED at step {step}: {error} (recorded; other runs go on)", run.id),
@@ -203,7 +203,9 @@ pub fn run_all<B: Backend, P: Protocol<B>>(
                         protocol.segments()
                     )
                 }
-            });
+            };
+            // On stderr even when no progress bar is drawn (not a terminal).
+            progress.suspend(|| eprintln!("{line}"));
             report.runs.push((run.id, end));
         }
     }
@@ -255,7 +257,7 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
         };
         let step = self.at.step.get();
         if let Err(e) = self.write_failed(step, &error) {
-            progress.println(format!("{}: could not record the failure: {e:#}", self.id));
+            progress.suspend(|| eprintln!("{}: could not record the failure: {e:#}", self.id));
         }
         RunEnd::Failed { step, error }
     }

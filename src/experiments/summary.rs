@@ -45,7 +45,9 @@ pub fn report(dir: &Path) -> Result<String> {
                 continue;
             }
             missing.push(match saved_state(dir, &id) {
-                Ok(Some(s)) if s.status == Status::Running => format!("{id} (paused after {} segments, step {})", s.next_segment, s.steps),
+                Ok(Some(s)) if s.status == Status::Running => {
+                    format!("{id} (checkpointed at step {}, {} segments done)", s.steps, s.next_segment)
+                }
                 Ok(_) => format!("{id} (not started)"),
                 Err(e) => format!("{id} (checkpoint unreadable: {e:#})"),
             });
