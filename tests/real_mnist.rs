@@ -26,7 +26,8 @@ fn class_incremental_split_mnist_learns_then_forgets() {
     let tasks = load_tasks(&config, None).unwrap();
     assert_eq!(tasks.iter().map(|t| t.train.len()).sum::<usize>(), 60_000);
     let dir = tempfile::tempdir().unwrap();
-    run_study(&Cpu, "split-mnist", &config, &SplitStudy::new(&config, &tasks), dir.path(), false, None, &ProgressBar::hidden()).unwrap();
+    run_study(&Cpu, "split-mnist", &config, &SplitStudy::new(&config, &tasks).unwrap(), dir.path(), false, None, &ProgressBar::hidden())
+        .unwrap();
 
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     let col = |name: &str| acc.column(name).unwrap().clone();

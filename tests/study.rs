@@ -12,7 +12,7 @@ use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
 use optlab::experiments::records::Records;
 use optlab::experiments::split_mnist::{SplitStudy, make_tasks};
 use optlab::experiments::study::{self, Evaluation, Protocol, Report, RunEnd, Summary};
-use optlab::experiments::trainer::BatchLoss;
+use optlab::experiments::trainer::{BatchLoss, Settings};
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
 use optlab::models::ParamStore;
 use optlab::record::{read_table, schema};
@@ -49,7 +49,7 @@ fn run_protocol<P: Protocol<Cpu>, C: StudyConfig>(kind: &str, config: &C, protoc
 }
 
 fn run_tasks(config: &SplitMnistConfig, tasks: &[Task], out: &Path, stop_after: Option<usize>) -> Report {
-    run_protocol("split-mnist", config, &SplitStudy::new(config, tasks), out, stop_after)
+    run_protocol("split-mnist", config, &SplitStudy::new(config, tasks).unwrap(), out, stop_after)
 }
 
 fn run(config: &SplitMnistConfig, out: &Path, stop_after: Option<usize>) -> Report {
@@ -258,11 +258,8 @@ impl Protocol<Cpu> for Faulty<'_> {
     fn summary(&self, scores: &[f64]) -> Summary {
         Protocol::<Cpu>::summary(&self.inner, scores)
     }
-    fn grad_clip(&self) -> f32 {
-        0.0
-    }
-    fn probe_every(&self) -> u64 {
-        Protocol::<Cpu>::probe_every(&self.inner)
+    fn settings(&self) -> Settings {
+        Protocol::<Cpu>::settings(&self.inner)
     }
 }
 
@@ -271,7 +268,7 @@ fn failures_stay_inside_their_run_and_resume_retries_them() {
     let c = config(&["optimizers=[\"sgd\"]", "seeds=[0, 1, 2]", "epochs_per_task=1"]);
     let tasks = blob_tasks(&c);
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Faulty { inner: SplitStudy::new(&c, &tasks) };
+    let faulty = Faulty { inner: SplitStudy::new(&c, &tasks).unwrap() };
     let report = run_protocol("split-mnist", &c, &faulty, dir.path(), None);
     assert_eq!(report.runs[0].1, RunEnd::Completed);
     let RunEnd::Failed { error, step } = &report.runs[1].1 else { panic!("{report:?}") };
@@ -306,7 +303,7 @@ fn a_study_whose_runs_all_fail_still_reports() {
     let c = config(&["optimizers=[\"sgd\"]", "seeds=[1]", "epochs_per_task=1"]);
     let tasks = blob_tasks(&c);
     let dir = tempfile::tempdir().unwrap();
-    let report = run_protocol("split-mnist", &c, &Faulty { inner: SplitStudy::new(&c, &tasks) }, dir.path(), None);
+    let report = run_protocol("split-mnist", &c, &Faulty { inner: SplitStudy::new(&c, &tasks).unwrap() }, dir.path(), None);
     assert_eq!(report.failed(), ["sgd-s1"]);
     let text = summary::report(dir.path()).unwrap();
     assert!(text.contains("sgd"), "{text}");
@@ -420,7 +417,8 @@ const GPT_PARAMS: usize = 2 + 12 + 2 + 2;
 #[test]
 fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, corpus) = gpt_setup(dir.path(), &[]);
+    // With a warmup-and-cosine schedule, which resumes from the step alone.
+    let (c, corpus) = gpt_setup(dir.path(), &["schedule={ warmup_steps = 5, decay = \"cosine\", final_fraction = 0.1 }"]);
     let study = GptStudy::new(&c, &corpus).unwrap();
     let (whole, pieces) = (dir.path().join("whole"), dir.path().join("pieces"));
     run_protocol("gpt", &c, &study, &whole, None);
@@ -437,6 +435,24 @@ fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {
         assert_eq!(column_f64(&whole, table, col), column_f64(&pieces, table, col), "{}.{col} differs after pause/resume", table.name);
     }
     assert_eq!(column_f64(&whole, &schema::RUNS, "final_validation_loss"), column_f64(&pieces, &schema::RUNS, "final_validation_loss"));
+    // The lr column follows the schedule: Adam's 3e-4 warms up over 5 steps, then
+    // falls along a cosine to a tenth of it at step 30.
+    let steps = read_table(&whole, &schema::STEPS).unwrap();
+    let (run, step, lr) = (
+        steps.column("run").unwrap().str().unwrap(),
+        steps.column("step").unwrap().i64().unwrap(),
+        steps.column("lr").unwrap().f64().unwrap(),
+    );
+    let adam_lr =
+        |s: i64| (0..steps.height()).find(|&k| run.get(k) == Some("adam-s0") && step.get(k) == Some(s)).and_then(|k| lr.get(k)).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(
+        close(adam_lr(1), 3e-4 / 5.0) && close(adam_lr(5), 3e-4) && close(adam_lr(30), 3e-5),
+        "{} {} {}",
+        adam_lr(1),
+        adam_lr(5),
+        adam_lr(30)
+    );
 }
 
 #[test]

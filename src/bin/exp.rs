@@ -268,7 +268,7 @@ fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Re
     let config: SplitMnistConfig = s.resolve(kind, defaults, args.overrides())?;
     let out = s.out(kind);
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
-    let protocol = SplitStudy::new(&config, &tasks);
+    let protocol = SplitStudy::new(&config, &tasks)?;
     let runs = config.optimizers.len() * config.seeds.len();
     let (model, tasks_of) = (kebab(config.model), kebab(config.protocol));
     let stop_after = args.stop_after_tasks.map(|n| n as usize);

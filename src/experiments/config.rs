@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Activation, Backend};
 use crate::data::DatasetName;
 use crate::models::{Classifier, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
-use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig};
+use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig, Schedule};
 
 /// What every study's configuration provides to the shared resolution.
 pub trait StudyConfig: Serialize + DeserializeOwned + Default + Clone {
@@ -199,6 +199,8 @@ pub struct SplitMnistConfig {
     /// Seed of the permuted protocol's pixel permutations (one set per study, so
     /// every run and seed sees the same tasks).
     pub permutation_seed: u64,
+    /// Learning-rate schedule over each run (all tasks), on every parameter group.
+    pub schedule: Schedule,
 }
 
 impl Default for SplitMnistConfig {
@@ -222,6 +224,7 @@ impl Default for SplitMnistConfig {
             max_train_per_task: None,
             eval_batch: 1000,
             permutation_seed: 0,
+            schedule: Schedule::default(),
         }
     }
 }

@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::config::{StudyConfig, check_optimizers, check_seeds, positive};
 use super::records::Records;
 use super::study::{Evaluation, Protocol, Summary};
-use super::trainer::BatchLoss;
+use super::trainer::{BatchLoss, Settings};
 use crate::backend::Backend;
 use crate::data::text::Corpus;
 use crate::models::{Gpt, GptConfig, ParamStore, TransformerConfig};
+use crate::optim::Schedule;
 use crate::random::{self, Stream};
 use crate::record::schema;
 
@@ -41,6 +42,8 @@ pub struct GptStudyConfig {
     /// Held-out loss (and a checkpoint) every this many steps and at the last.
     pub eval_every: u64,
     pub eval_batches: usize,
+    /// Learning-rate schedule over the run's steps, on every parameter group.
+    pub schedule: Schedule,
 }
 
 impl Default for GptStudyConfig {
@@ -65,6 +68,7 @@ impl Default for GptStudyConfig {
             probe_every: 20,
             eval_every: 50,
             eval_batches: 4,
+            schedule: Schedule::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl StudyConfig for GptStudyConfig {
             "validation_fraction must be in (0, 1), got {}",
             self.validation_fraction
         );
+        self.schedule.validate(self.steps)?;
         ensure!(self.grad_clip.is_finite() && self.grad_clip >= 0.0, "grad_clip must be ≥ 0 (0: no clipping), got {}", self.grad_clip);
         self.model.validate("model")?;
         check_seeds(&self.seeds)?;
@@ -206,11 +211,7 @@ impl<B: Backend> Protocol<B> for GptStudy<'_> {
         Summary { final_validation_loss: scores.first().copied(), ..Summary::default() }
     }
 
-    fn grad_clip(&self) -> f32 {
-        self.config.grad_clip
-    }
-
-    fn probe_every(&self) -> u64 {
-        self.config.probe_every
+    fn settings(&self) -> Settings {
+        Settings { grad_clip: self.config.grad_clip, probe_every: self.config.probe_every, schedule: self.config.schedule, total_steps: 0 }
     }
 }

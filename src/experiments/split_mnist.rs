@@ -12,7 +12,7 @@ use super::config::{Protocol as TaskProtocol, SplitMnistConfig};
 use super::probes;
 use super::records::Records;
 use super::study::{Evaluation, Protocol, Summary};
-use super::trainer::BatchLoss;
+use super::trainer::{BatchLoss, Settings};
 use crate::backend::Backend;
 use crate::data::{self, Dataset, Task, shuffled_batches};
 use crate::metrics::AccuracyMatrix;
@@ -52,7 +52,8 @@ pub struct SplitStudy<'a> {
 }
 
 impl<'a> SplitStudy<'a> {
-    pub fn new(config: &'a SplitMnistConfig, tasks: &'a [Task]) -> Self {
+    /// Fails if the learning-rate schedule does not fit the run's steps.
+    pub fn new(config: &'a SplitMnistConfig, tasks: &'a [Task]) -> Result<Self> {
         let train = tasks
             .iter()
             .map(|t| match config.max_train_per_task {
@@ -61,7 +62,10 @@ impl<'a> SplitStudy<'a> {
             })
             .collect();
         let union_test = Dataset::concat(&tasks.iter().map(|t| &t.test).collect::<Vec<_>>());
-        Self { config, tasks, train, union_test }
+        let study = Self { config, tasks, train, union_test };
+        let total = (0..tasks.len()).map(|s| <Self as Protocol<crate::backend::Cpu>>::segment_steps(&study, s)).sum();
+        config.schedule.validate(total)?;
+        Ok(study)
     }
 }
 
@@ -155,12 +159,8 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
         }
     }
 
-    fn grad_clip(&self) -> f32 {
-        0.0
-    }
-
-    fn probe_every(&self) -> u64 {
-        self.config.probe_every
+    fn settings(&self) -> Settings {
+        Settings { grad_clip: 0.0, probe_every: self.config.probe_every, schedule: self.config.schedule, total_steps: 0 }
     }
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{NamedOptimizer, StudyConfig};
 use super::folder::StudyFolder;
 use super::records::{self, Records};
-use super::trainer::{BatchLoss, Position, Trainer};
+use super::trainer::{BatchLoss, Position, Settings, Trainer};
 use crate::backend::Backend;
 use crate::models::ParamStore;
 use crate::record::checkpoint::Checkpoint;
@@ -52,10 +52,9 @@ pub trait Protocol<B: Backend> {
     fn evaluate(&self, backend: &B, model: &mut Self::Model, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()>;
     /// The summary columns of the `runs` row of a completed run (null otherwise).
     fn summary(&self, scores: &[f64]) -> Summary;
-    /// Gradient clipping threshold (0: none).
-    fn grad_clip(&self) -> f32;
-    /// Spectra every this many steps (0: segment ends only).
-    fn probe_every(&self) -> u64;
+    /// Clipping, probing and the learning-rate schedule (`total_steps` is
+    /// filled in by the driver).
+    fn settings(&self) -> Settings;
 }
 
 /// Where an evaluation happens.
@@ -274,7 +273,8 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
         self.at.set("building the model");
         let mut model = p.build_model(b, self.seed)?;
         let optimizer = self.named.config.build(b, P::store(&model));
-        let mut trainer = Trainer::new(b, optimizer, P::store(&model), p.grad_clip(), p.probe_every());
+        let total_steps = (0..segments).map(|s| p.segment_steps(s)).sum();
+        let mut trainer = Trainer::new(b, optimizer, P::store(&model), Settings { total_steps, ..p.settings() });
         let mut state = RunState {
             run: self.id.clone(),
             status: Status::Running,

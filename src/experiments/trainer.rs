@@ -12,7 +12,7 @@ use super::probes::{self, Snapshot};
 use super::records::Records;
 use crate::backend::Backend;
 use crate::models::ParamStore;
-use crate::optim::{Capture, Optimizer};
+use crate::optim::{Capture, Optimizer, Schedule};
 use crate::record::schema;
 
 /// A batch's loss as the model computed it.
@@ -33,6 +33,18 @@ pub struct Position<'a> {
     pub epoch: usize,
 }
 
+/// How a study trains: the knobs the trainer applies at every step.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Gradients whose global L2 norm exceeds this are scaled down to it (0: never).
+    pub grad_clip: f32,
+    /// Spectra every this many steps and at step 1 (0: never).
+    pub probe_every: u64,
+    pub schedule: Schedule,
+    /// Steps of the whole run.
+    pub total_steps: u64,
+}
+
 pub struct Trainer<B: Backend> {
     pub optimizer: Optimizer<B>,
     /// Parameters before the current step (the applied update is the difference).
@@ -43,11 +55,15 @@ pub struct Trainer<B: Backend> {
     probe_every: u64,
     /// Whether the last step taken was probed (a segment end then needs no second probe).
     probed_last: bool,
+    schedule: Schedule,
+    /// Steps of the whole run (where the schedule's decay ends).
+    total_steps: u64,
 }
 
 impl<B: Backend> Trainer<B> {
-    pub fn new(backend: &B, optimizer: Optimizer<B>, store: &ParamStore<B>, grad_clip: f32, probe_every: u64) -> Self {
-        Self { optimizer, previous: backend.zeros(store.len()), grad_clip, probe_every, probed_last: false }
+    pub fn new(backend: &B, optimizer: Optimizer<B>, store: &ParamStore<B>, settings: Settings) -> Self {
+        let Settings { grad_clip, probe_every, schedule, total_steps } = settings;
+        Self { optimizer, previous: backend.zeros(store.len()), grad_clip, probe_every, probed_last: false, schedule, total_steps }
     }
 
     /// Steps taken so far.
@@ -70,7 +86,8 @@ impl<B: Backend> Trainer<B> {
         b.copy(B::all_mut(&mut self.previous), B::all(&store.values));
         let probe = self.probe_every > 0 && (step == 1 || step.is_multiple_of(self.probe_every));
         let mut captures: Option<Vec<Capture>> = probe.then(Vec::new);
-        self.optimizer.step(b, store, 1.0, captures.as_mut());
+        let factor = self.schedule.factor(step, self.total_steps) as f32;
+        self.optimizer.step(b, store, factor, captures.as_mut());
         if !b.all_finite(B::all(&store.values)) {
             return Ok(Some(step));
         }
@@ -102,7 +119,7 @@ impl<B: Backend> Trainer<B> {
                 ("epoch", at.epoch.into()),
                 ("loss", loss.loss.into()),
                 ("batch_accuracy", (loss.correct as f64 / loss.predictions.max(1) as f64).into()),
-                ("lr", self.optimizer.groups.first().map_or(0.0, |g| g.lr).into()),
+                ("lr", self.optimizer.groups.first().map_or(0.0, |g| g.lr * factor).into()),
                 ("grad_norm", grad_norm.into()),
                 ("update_norm", update_total.sqrt().into()),
             ],

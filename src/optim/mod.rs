@@ -9,6 +9,7 @@
 pub mod adamw;
 pub mod lion;
 pub mod muon;
+pub mod schedule;
 pub mod sgd;
 pub mod shampoo;
 pub mod soap;
@@ -22,6 +23,7 @@ use crate::models::{ParamStore, Role};
 pub use adamw::{AdamW, AdamWConfig};
 pub use lion::{Lion, LionConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
+pub use schedule::{Decay, Schedule};
 pub use sgd::{Sgd, SgdConfig};
 pub use shampoo::{Grafting, Shampoo, ShampooConfig};
 pub use soap::{Soap, SoapConfig};
