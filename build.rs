@@ -18,6 +18,39 @@ const DEFAULT_MAX_PTX: &str = "9.0";
 // optimizes device code (checked: identical PTX with and without it).
 const NVCC_FLAGS: &[&str] = &["-ptx", "-std=c++17", "-lineinfo", "-arch=compute_80"];
 
+/// The commit the binary is built from (`-dirty` when tracked files differ from
+/// it) and the compiler, for the provenance every study records
+/// (`src/experiments/provenance.rs`). Reruns when the commit, the index or any
+/// tracked file changes, so the flag is never stale.
+fn emit_provenance(root: &Path) {
+    let git = |args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = match git(&["rev-parse", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            format!("{head}{}", if dirty { "-dirty" } else { "" })
+        }
+        None => "unknown (not built from a git checkout)".into(),
+    };
+    println!("cargo:rustc-env=OPTLAB_GIT_COMMIT={commit}");
+    let rustc = Command::new(env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-V")
+        .output()
+        .ok()
+        .map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    println!("cargo:rustc-env=OPTLAB_RUSTC={rustc}");
+    for marker in [".git/HEAD", ".git/index"] {
+        if root.join(marker).exists() {
+            println!("cargo:rerun-if-changed={marker}");
+        }
+    }
+    for file in git(&["ls-files"]).unwrap_or_default().lines() {
+        println!("cargo:rerun-if-changed={file}");
+    }
+}
+
 fn main() {
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "OPTLAB_REQUIRE_NVCC", "OPTLAB_PTX_MAX_VERSION"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -25,6 +58,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    emit_provenance(&root);
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let kdir = root.join("kernels");
 

@@ -5,6 +5,7 @@
 use indicatif::ProgressBar;
 use optlab::backend::Cpu;
 use optlab::data::{self, DatasetName};
+use optlab::experiments::provenance::Provenance;
 use optlab::experiments::split_mnist::{SplitStudy, load_tasks};
 use optlab::experiments::study::run_study;
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
@@ -26,8 +27,9 @@ fn class_incremental_split_mnist_learns_then_forgets() {
     let tasks = load_tasks(&config, None).unwrap();
     assert_eq!(tasks.iter().map(|t| t.train.len()).sum::<usize>(), 60_000);
     let dir = tempfile::tempdir().unwrap();
-    run_study(&Cpu, "split-mnist", &config, &SplitStudy::new(&config, &tasks).unwrap(), dir.path(), false, None, &ProgressBar::hidden())
-        .unwrap();
+    let mut provenance = Provenance::now(&Cpu, optlab::data::file_hashes(DatasetName::Mnist));
+    let study = SplitStudy::new(&config, &tasks).unwrap();
+    run_study(&Cpu, "split-mnist", &config, &study, dir.path(), false, None, &mut provenance, &ProgressBar::hidden()).unwrap();
 
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     let col = |name: &str| acc.column(name).unwrap().clone();

@@ -9,6 +9,7 @@ use optlab::data::text::Corpus;
 use optlab::data::{Dataset, Split, Task, tasks};
 use optlab::experiments::folder::StudyFolder;
 use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
+use optlab::experiments::provenance::Provenance;
 use optlab::experiments::records::Records;
 use optlab::experiments::split_mnist::{SplitStudy, make_tasks};
 use optlab::experiments::study::{self, Evaluation, Protocol, Report, RunEnd, Summary};
@@ -45,7 +46,8 @@ fn blob_tasks(config: &SplitMnistConfig) -> Vec<Task> {
 /// Runs `protocol`'s study in `out` as `exp` does: a new folder, or the same one resumed.
 fn run_protocol<P: Protocol<Cpu>, C: StudyConfig>(kind: &str, config: &C, protocol: &P, out: &Path, stop_after: Option<usize>) -> Report {
     let resume = out.join("config.toml").exists();
-    study::run_study(&Cpu, kind, config, protocol, out, resume, stop_after, &ProgressBar::hidden()).unwrap()
+    let mut provenance = Provenance::now(&Cpu, Default::default());
+    study::run_study(&Cpu, kind, config, protocol, out, resume, stop_after, &mut provenance, &ProgressBar::hidden()).unwrap()
 }
 
 fn run_tasks(config: &SplitMnistConfig, tasks: &[Task], out: &Path, stop_after: Option<usize>) -> Report {
@@ -85,7 +87,7 @@ fn study_writes_every_table_and_shows_forgetting() {
     let summaries = summary::summarize(dir.path(), &c.optimizers).unwrap();
     let sgd = &summaries[0];
     assert_eq!(sgd.label, "sgd");
-    assert!(sgd.forgetting.0 > 0.5, "SGD forgetting {:?}", sgd.forgetting);
+    assert!(sgd.forgetting.mean > 0.5, "SGD forgetting {:?}", sgd.forgetting);
     assert!(sgd.per_task[4] > 0.9, "last task learned: {:?}", sgd.per_task);
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
     let sgd_first = (0..acc.height())
@@ -119,12 +121,37 @@ fn study_writes_every_table_and_shows_forgetting() {
         assert_eq!(fin, a.get(row), "{id}");
     }
     assert_eq!(runs.height(), 3);
+    // Each row names the session that wrote it; its provenance file says what ran.
+    let (sessions, commits) =
+        (column_strings(dir.path(), &schema::RUNS, "session"), column_strings(dir.path(), &schema::RUNS, "git_commit"));
+    let file = dir.path().join("provenance").join(format!("{}.toml", sessions[0]));
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert!(text.contains(&format!("git_commit = \"{}\"", commits[0])) && text.contains("ended = ") && text.contains("cpu: "), "{text}");
     // No staging folder is left behind, and none is read as a table.
     assert!(!dir.path().join(".staging").exists());
     // A second study into the same folder is refused rather than mixed in.
     let table = c.resolved_table().unwrap();
     let err = StudyFolder::create(dir.path(), "split-mnist", &table).err().unwrap().to_string();
     assert!(err.contains("already holds a study"), "{err}");
+}
+
+#[test]
+fn tables_show_intervals_over_seeds_and_paired_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["optimizers=[\"sgd\", \"adamw\"]", "seeds=[0, 1, 2]", "epochs_per_task=1"]);
+    run(&c, dir.path(), None);
+    let summaries = summary::summarize(dir.path(), &c.optimizers).unwrap();
+    let sgd = &summaries[0];
+    // The interval is the Student-t one over the three seeds' own numbers.
+    let finals: Vec<f64> = sgd.by_seed.values().map(|v| v.0).collect();
+    let expected = optlab::metrics::Interval::of(&finals);
+    assert_eq!((sgd.final_all.n, sgd.final_all.mean, sgd.final_all.half_width), (3, expected.mean, expected.half_width));
+    let table = summary::render(&summaries);
+    assert!(table.contains(&format!("{:.4} ± {:.4}", expected.mean, expected.half_width)), "{table}");
+    assert!(
+        table.contains("final accuracy (all), paired by seed") && table.contains("sgd − adamw") && table.contains("over 3 seeds"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -349,7 +376,7 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
     run_tasks(&c, &tasks, dir.path(), None);
     let s = summary::summarize(dir.path(), &c.optimizers).unwrap();
     for o in &s {
-        assert!(o.final_all.0 > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
+        assert!(o.final_all.mean > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
     }
     // Muon orthogonalized the attention and MLP matrices; the class token was probed.
     let params = column_strings(dir.path(), &schema::SPECTRA, "param");

@@ -115,6 +115,9 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> &'static str;
 
+    /// What exactly runs the ops (device model, driver, instruction set), for provenance.
+    fn describe(&self) -> String;
+
     /// Running counts worth recording (e.g. CUDA roots that fell back to the CPU).
     fn counters(&self) -> Vec<(&'static str, f64)> {
         Vec::new()

@@ -13,6 +13,7 @@ use optlab::data::{self, DatasetName};
 use optlab::experiments::config::read_preset;
 use optlab::experiments::folder;
 use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
+use optlab::experiments::provenance::{self, Provenance};
 use optlab::experiments::split_mnist::{self, SplitStudy};
 use optlab::experiments::study::{self, Report};
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
@@ -102,7 +103,9 @@ impl StudyArgs {
     }
 
     fn out(&self, study: &str) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("{study}-{}", utc_stamp())))
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(format!("{study}-{}", provenance::utc(std::time::SystemTime::now(), false))))
     }
 
     /// The configuration: the study's defaults, then `defaults`, then the preset
@@ -281,7 +284,8 @@ fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Re
             b.name(),
             out.display()
         );
-        study::run_study(b, kind, &config, &protocol, &out, s.resume, stop_after, &progress_bar()?)?
+        let mut provenance = Provenance::now(b, data::file_hashes(config.dataset));
+        study::run_study(b, kind, &config, &protocol, &out, s.resume, stop_after, &mut provenance, &progress_bar()?)?
     });
     finish(kind, &out, &report)
 }
@@ -310,7 +314,8 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
             b.name(),
             out.display()
         );
-        study::run_study(b, "gpt", &config, &protocol, &out, s.resume, stop_after, &progress_bar()?)?
+        let mut provenance = Provenance::now(b, [(corpus.source.clone(), corpus.sha256.clone())].into());
+        study::run_study(b, "gpt", &config, &protocol, &out, s.resume, stop_after, &mut provenance, &progress_bar()?)?
     });
     finish("gpt", &out, &report)
 }
@@ -334,20 +339,4 @@ fn finish(kind: &str, out: &Path, report: &Report) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `YYYYmmdd-HHMMSS` in UTC, from the system clock (days-to-civil, Hinnant's algorithm).
-fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }

@@ -26,7 +26,7 @@ const RECORD: usize = 1 + PIXELS;
 const CLASSES: u8 = 10;
 
 /// The archive, verified as a whole; downloaded only from its canonical location.
-const CIFAR10: Artifact = Artifact {
+pub(super) const CIFAR10: Artifact = Artifact {
     name: "cifar10",
     files: &[FileSpec { stem: ARCHIVE, sha256: SHA256, form: Form::Exact }],
     routes: cifar_routes,

@@ -166,6 +166,17 @@ impl FromStr for DatasetName {
     }
 }
 
+/// Each of the dataset's files (`<dataset>/<file>`) with its pinned SHA-256:
+/// what a study that loaded it was trained on (`load` refuses anything else).
+pub fn file_hashes(name: DatasetName) -> std::collections::BTreeMap<String, String> {
+    let artifact = match name {
+        DatasetName::Mnist => &fetch::MNIST,
+        DatasetName::FashionMnist => &fetch::FASHION_MNIST,
+        DatasetName::Cifar10 => &cifar::CIFAR10,
+    };
+    artifact.files.iter().map(|f| (format!("{}/{}", artifact.name, f.stem), f.sha256.to_string())).collect()
+}
+
 /// Finds the dataset's files (fetching them if absent), verifies them and parses them.
 ///
 /// Looks in `data_dir`, then `$OPTLAB_DATA_DIR`, then the user cache, each with a

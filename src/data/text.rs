@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use rand::{Rng, RngExt};
+use sha2::Digest;
 
 use super::fetch::{self, Artifact, FileSpec, Form, Route};
 
@@ -20,6 +21,9 @@ const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823
 pub struct Corpus {
     pub train: Vec<u8>,
     pub validation: Vec<u8>,
+    /// The file it came from, and the SHA-256 of all its bytes (provenance).
+    pub source: String,
+    pub sha256: String,
 }
 
 impl Corpus {
@@ -28,13 +32,14 @@ impl Corpus {
     /// fetched into the first if absent), and holds out the last
     /// `validation_fraction` of the bytes.
     pub fn load(path: Option<&Path>, validation_fraction: f64, data_dir: Option<&Path>) -> Result<Self> {
-        let bytes = match path {
-            Some(p) => std::fs::read(p).with_context(|| format!("reading corpus {}", p.display()))?,
-            None => shakespeare(data_dir)?,
+        let (bytes, source) = match path {
+            Some(p) => (std::fs::read(p).with_context(|| format!("reading corpus {}", p.display()))?, p.display().to_string()),
+            None => (shakespeare(data_dir)?, format!("{}/{}", SHAKESPEARE.name, SHAKESPEARE.files[0].stem)),
         };
+        let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
         let split = ((bytes.len() as f64) * (1.0 - validation_fraction)) as usize;
         let (train, validation) = bytes.split_at(split);
-        Ok(Self { train: train.to_vec(), validation: validation.to_vec() })
+        Ok(Self { train: train.to_vec(), validation: validation.to_vec(), source, sha256 })
     }
 
     /// `batch` random windows of `seq` + 1 bytes: inputs and next-byte targets.

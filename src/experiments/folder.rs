@@ -113,7 +113,7 @@ fn refuse_study_files(root: &Path) -> Result<()> {
     let ours: Vec<String> = crate::record::schema::ALL
         .iter()
         .map(|t| t.name.to_string())
-        .chain(["checkpoints", ".staging", CONFIG].map(String::from))
+        .chain(["checkpoints", "provenance", ".staging", CONFIG].map(String::from))
         .collect();
     let found: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| ours.contains(n)).collect();
     if !found.is_empty() {

@@ -6,6 +6,7 @@ pub mod folder;
 pub mod gpt;
 pub mod memory;
 pub mod probes;
+pub mod provenance;
 pub mod records;
 pub mod split_mnist;
 pub mod study;

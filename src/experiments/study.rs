@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{NamedOptimizer, StudyConfig};
 use super::folder::StudyFolder;
+use super::provenance::Provenance;
 use super::records::{self, Records};
 use super::trainer::{BatchLoss, Position, Settings, Trainer};
 use crate::backend::Backend;
@@ -155,7 +156,8 @@ pub fn saved_state(root: &Path, run: &str) -> Result<Option<RunState>> {
 }
 
 /// A study of `kind` in `out` as `exp` runs it: the folder created (or, with
-/// `resume`, reopened and checked against `config`), then every run.
+/// `resume`, reopened and checked against `config`), the session's provenance
+/// written, then every run.
 #[allow(clippy::too_many_arguments)]
 pub fn run_study<B: Backend, P: Protocol<B>, C: StudyConfig>(
     backend: &B,
@@ -165,22 +167,28 @@ pub fn run_study<B: Backend, P: Protocol<B>, C: StudyConfig>(
     out: &Path,
     resume: bool,
     stop_after: Option<usize>,
+    provenance: &mut Provenance,
     progress: &indicatif::ProgressBar,
 ) -> Result<Report> {
     let table = config.resolved_table()?;
     let _folder = if resume { StudyFolder::resume(out, kind, &table)? } else { StudyFolder::create(out, kind, &table)? };
-    run_all(backend, protocol, out, &config.named_optimizers()?, config.seeds(), stop_after, progress)
+    provenance.write(out)?;
+    let report = run_all(backend, protocol, out, &config.named_optimizers()?, config.seeds(), stop_after, provenance, progress)?;
+    provenance.finish(out)?;
+    Ok(report)
 }
 
 /// Runs every (optimizer, seed) of a study under `root`; `stop_after` pauses
 /// each run after that many segments in this invocation.
-pub fn run_all<B: Backend, P: Protocol<B>>(
+#[allow(clippy::too_many_arguments)]
+fn run_all<B: Backend, P: Protocol<B>>(
     backend: &B,
     protocol: &P,
     root: &Path,
     optimizers: &[NamedOptimizer],
     seeds: &[u64],
     stop_after: Option<usize>,
+    provenance: &Provenance,
     progress: &indicatif::ProgressBar,
 ) -> Result<Report> {
     std::fs::create_dir_all(root.join("checkpoints")).with_context(|| format!("creating {}", root.join("checkpoints").display()))?;
@@ -189,7 +197,7 @@ pub fn run_all<B: Backend, P: Protocol<B>>(
     let mut report = Report::default();
     for &seed in seeds {
         for named in optimizers {
-            let run = Run { backend, protocol, root, named, seed, id: run_id(&named.label, seed), at: Where::default() };
+            let run = Run { backend, protocol, root, named, seed, id: run_id(&named.label, seed), at: Where::default(), provenance };
             let end = run.contained(stop_after, progress);
             let line = match &end {
                 RunEnd::Completed => format!("{}: completed", run.id),
@@ -235,6 +243,7 @@ struct Run<'a, B: Backend, P: Protocol<B>> {
     seed: u64,
     id: String,
     at: Where,
+    provenance: &'a Provenance,
 }
 
 impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
@@ -457,6 +466,8 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
             ("forgetting", s.forgetting.into()),
             ("final_validation_loss", s.final_validation_loss.into()),
             ("seconds", seconds.into()),
+            ("session", self.provenance.session.as_str().into()),
+            ("git_commit", self.provenance.git_commit.as_str().into()),
         ]
     }
 

@@ -10,6 +10,7 @@ use polars::prelude::DataFrame;
 
 use super::folder::saved_config;
 use super::study::{Status, run_id, saved_state};
+use crate::metrics::Interval;
 use crate::record::{read_table, schema};
 
 /// The report of any study folder, finished or not: its summary table (from
@@ -65,14 +66,17 @@ pub struct OptimizerSummary {
     pub label: String,
     pub runs: usize,
     pub diverged: usize,
-    /// Final accuracy on all classes: (mean, sd) over completed runs.
-    pub final_all: (f64, f64),
+    pub failed: usize,
+    /// Final accuracy on all classes: mean and 95% interval over completed runs.
+    pub final_all: Interval,
     /// R[T−1][j] averaged over seeds: accuracy on each task after the last one.
     pub per_task: Vec<f64>,
-    pub backward_transfer: (f64, f64),
-    pub forgetting: (f64, f64),
+    pub backward_transfer: Interval,
+    pub forgetting: Interval,
     /// Effective rank of each weight matrix at the last probe, averaged over seeds.
     pub effective_rank: Vec<(String, f64)>,
+    /// Each completed seed's final accuracy and forgetting (for paired differences).
+    pub by_seed: BTreeMap<u64, (f64, f64)>,
 }
 
 /// Per run, the items recorded at its largest key (a step, a task): later keys
@@ -111,18 +115,52 @@ fn i64s(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
     Ok(df.column(name)?.i64()?.iter().collect())
 }
 
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    // Sample standard deviation; 0 for a single seed.
-    let sd = if xs.len() > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    (mean, sd)
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// `mean ± half-width` of a 95% interval; the mean alone for one value; — for none.
+fn interval(i: Interval, digits: usize) -> String {
+    match i.n {
+        0 => "—".into(),
+        1 => format!("{:.digits$}", i.mean),
+        _ => format!("{:.digits$} ± {:.digits$}", i.mean, i.half_width),
+    }
+}
+
+/// For every pair of labels with at least two seeds in common, the paired
+/// difference `a − b` over those seeds with its 95% interval; `*` marks an
+/// interval that excludes 0.
+fn paired_differences(metric: &str, values: &[(String, BTreeMap<u64, f64>)]) -> String {
+    let mut out = String::new();
+    for (i, (a, va)) in values.iter().enumerate() {
+        for (b, vb) in &values[i + 1..] {
+            let common: Vec<u64> = va.keys().filter(|s| vb.contains_key(s)).copied().collect();
+            if common.len() < 2 {
+                continue;
+            }
+            let d = Interval::paired(&common.iter().map(|s| va[s]).collect::<Vec<_>>(), &common.iter().map(|s| vb[s]).collect::<Vec<_>>());
+            let mark = if d.sign() != 0 { "*" } else { "" };
+            let pair = format!("{a} − {b}");
+            writeln!(
+                out,
+                "  {pair:<24} {:+.4} [{:+.4}, {:+.4}] over {} seeds{mark}",
+                d.mean,
+                d.mean - d.half_width,
+                d.mean + d.half_width,
+                d.n
+            )
+            .unwrap();
+        }
+    }
+    if out.is_empty() { out } else { format!("{metric}, paired by seed (row − column, 95% interval; * excludes 0):\n{out}") }
 }
 
 /// Summaries in the order labels appear in `order` (then any others, sorted).
 pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> {
     let runs = read_table(dir, &schema::RUNS)?;
     let (run_ids, labels, status) = (strs(&runs, "run")?, strs(&runs, "optimizer")?, strs(&runs, "status")?);
+    let seeds = i64s(&runs, "seed")?;
     let (final_all, bwt, forgetting) = (f64s(&runs, "final_all_accuracy")?, f64s(&runs, "backward_transfer")?, f64s(&runs, "forgetting")?);
 
     // Last row of R and last weight spectra, per run.
@@ -161,49 +199,66 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
         .map(|label| {
             let rows: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] == label).collect();
             let done: Vec<usize> = rows.iter().copied().filter(|&k| status[k] == "completed").collect();
-            let collect = |col: &[Option<f64>]| mean_sd(&done.iter().filter_map(|&k| col[k]).collect::<Vec<_>>());
+            let collect = |col: &[Option<f64>]| Interval::of(&done.iter().filter_map(|&k| col[k]).collect::<Vec<_>>());
             let tasks = done.iter().map(|&k| last_row.get(&run_ids[k]).len()).max().unwrap_or(0);
             let accuracy_on = |k: usize, j: usize| last_row.get(&run_ids[k]).iter().find(|(eval, _)| *eval == j as i64).map(|(_, a)| *a);
-            let per_task = (0..tasks).map(|j| mean_sd(&done.iter().filter_map(|&k| accuracy_on(k, j)).collect::<Vec<_>>()).0).collect();
+            let per_task = (0..tasks).map(|j| mean(&done.iter().filter_map(|&k| accuracy_on(k, j)).collect::<Vec<_>>())).collect();
             let mut ranks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             for &k in &done {
                 for (param, r) in last_ranks.get(&run_ids[k]) {
                     ranks.entry(param.clone()).or_default().push(*r);
                 }
             }
+            let by_seed = done.iter().filter_map(|&k| Some((seeds[k]? as u64, (final_all[k]?, forgetting[k]?)))).collect();
             OptimizerSummary {
                 label,
                 runs: rows.len(),
-                diverged: rows.len() - done.len(),
+                diverged: rows.iter().filter(|&&k| status[k] == "diverged").count(),
+                failed: rows.iter().filter(|&&k| status[k] == "failed").count(),
                 final_all: collect(&final_all),
                 per_task,
                 backward_transfer: collect(&bwt),
                 forgetting: collect(&forgetting),
-                effective_rank: ranks.into_iter().map(|(p, rs)| (p, mean_sd(&rs).0)).collect(),
+                effective_rank: ranks.into_iter().map(|(p, rs)| (p, mean(&rs))).collect(),
+                by_seed,
             }
         })
         .collect())
 }
 
-/// A plain-text table, one line per optimizer.
+/// `5`, or `5(1d,1f)` with diverged and failed runs.
+fn run_count(runs: usize, diverged: usize, failed: usize) -> String {
+    match (diverged, failed) {
+        (0, 0) => runs.to_string(),
+        (d, 0) => format!("{runs}({d}d)"),
+        (0, f) => format!("{runs}({f}f)"),
+        (d, f) => format!("{runs}({d}d,{f}f)"),
+    }
+}
+
+/// A plain-text table, one line per optimizer (± is a 95% interval over seeds),
+/// then the paired differences between optimizers.
 pub fn render(summaries: &[OptimizerSummary]) -> String {
     let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
     let params: Vec<String> =
         summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
-    let mut out = format!("{:<12} {:>5} {:>17}", "optimizer", "runs", "final acc (all)");
+    let mut out = format!("{:<12} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
-    write!(out, " {:>15} {:>11}", "BWT", "forgetting").unwrap();
+    write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
     params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
     out.push('\n');
     for s in summaries {
-        let runs = if s.diverged > 0 { format!("{}({}d)", s.runs, s.diverged) } else { s.runs.to_string() };
-        let pm = |(m, sd): (f64, f64)| if m.is_nan() { "—".to_string() } else { format!("{m:.4} ± {sd:.4}") };
-        write!(out, "{:<12} {:>5} {:>17}", s.label, runs, pm(s.final_all)).unwrap();
+        write!(out, "{:<12} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
         (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
-        write!(out, " {:>15} {:>11}", pm(s.backward_transfer), format!("{:.4}", s.forgetting.0)).unwrap();
+        write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
         s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
         out.push('\n');
     }
+    let metric = |pick: fn(&(f64, f64)) -> f64| -> Vec<(String, BTreeMap<u64, f64>)> {
+        summaries.iter().map(|s| (s.label.clone(), s.by_seed.iter().map(|(seed, v)| (*seed, pick(v))).collect())).collect()
+    };
+    out += &paired_differences("final accuracy (all)", &metric(|v| v.0));
+    out += &paired_differences("forgetting", &metric(|v| v.1));
     out
 }
 
@@ -249,8 +304,7 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     for label in ordered {
         let ids: Vec<&String> = run_ids.iter().zip(&labels).filter(|(_, l)| **l == label).map(|(r, _)| r).collect();
         let bpb: Vec<f64> = ids.iter().filter_map(|r| last_val.get(r).first().copied()).collect();
-        let (m, sd) = mean_sd(&bpb);
-        write!(out, "{:<10} {:>4} {:>19}", label, ids.len(), format!("{m:.3} ± {sd:.3}")).unwrap();
+        write!(out, "{:<10} {:>4} {:>19}", label, ids.len(), interval(Interval::of(&bpb), 3)).unwrap();
         for kind in 0..4 {
             write!(out, " {:>12}", first_last(&label, "gradient", kind)).unwrap();
         }

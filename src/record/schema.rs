@@ -215,6 +215,12 @@ pub const RUNS: Table = Table {
             "Language-model studies: held-out loss (nats) at the last evaluation (null unless completed).",
         ),
         col("seconds", Kind::F64, "Wall time spent training the run, summed over every session that worked on it."),
+        col(
+            "session",
+            Kind::Str,
+            "The session that wrote this row: its `provenance/<session>.toml` holds the code, machine, data hashes and command line.",
+        ),
+        col("git_commit", Kind::Str, "optlab's git commit in that session (`-dirty`: tracked files differed from it)."),
     ],
 };
 

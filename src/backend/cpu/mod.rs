@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 mod fast_math;
-mod simd;
+pub mod simd;
 mod transformer;
 
 use rayon::prelude::*;
@@ -77,6 +77,17 @@ impl Backend for Cpu {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    /// The CPU model, the instruction set of our loops and the thread count.
+    fn describe(&self) -> String {
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        format!("cpu: {model}, {} loops, {} threads", simd::path(), rayon::current_num_threads())
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {

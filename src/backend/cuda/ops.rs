@@ -288,6 +288,10 @@ impl Backend for Cuda {
         "cuda"
     }
 
+    fn describe(&self) -> String {
+        format!("cuda: {}, driver CUDA {}", Cuda::describe(self), Cuda::driver_version().unwrap_or_else(|| "unknown".into()))
+    }
+
     fn counters(&self) -> Vec<(&'static str, f64)> {
         vec![("cuda_inverse_root_cpu_fallbacks", self.root_fallbacks() as f64)]
     }
