@@ -222,6 +222,60 @@ fn a_failed_run_is_recorded_and_the_exit_status_says_so() {
     assert!(report.contains("adam") && report.contains("muon"), "the summary is still written: {report}");
 }
 
+#[test]
+fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_gpt(dir.path());
+    let corpus = dir.path().join("corpus.txt");
+    let spec = dir.path().join("lr.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "study = \"gpt\"\nseeds = [0, 1]\n[set]\ncorpus = {:?}\nmodel = {{ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }}\n\
+             seq = 16\nbatch_size = 2\nsteps = 200\neval_every = 20\neval_batches = 1\nprobe_every = 0\n\
+             [optimizers.adam]\nlr = [1e-3, 1e-2, 3e-2]\n[optimizers.muon]\nlr = [0.02, -1.0]\n",
+            corpus.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("sweep");
+    let args = ["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--jobs", "2"];
+    // Killed mid-way (the cells it started go on or die; none is lost)...
+    let mut first = Command::new(env!("CARGO_BIN_EXE_exp")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = first.kill();
+    first.wait().unwrap();
+    let complete = |cell: &str| {
+        optlab::record::read_table(&out.join("cells").join(cell), &optlab::record::schema::RUNS).is_ok_and(|r| r.height() == 2)
+    };
+    let done_at_kill = ["0000", "0001", "0002", "0003"].into_iter().filter(|c| complete(c)).count();
+    assert!(done_at_kill < 4, "the kill came after the sweep had finished; lengthen the cells");
+    // ...then the same command finishes the sweep, until only the invalid cell is left.
+    let mut last = exp(&args);
+    for _ in 0..3 {
+        if !stderr(&last).contains("another exp process") && !String::from_utf8_lossy(&last.stdout).contains("another exp process") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        last = exp(&args);
+    }
+    assert_clear_error(&last, "1 of 5 cells failed (0004)", "the sweep");
+    let table = String::from_utf8_lossy(&last.stdout).into_owned();
+    assert!(table.contains("lr must be a finite number > 0, got -1"), "{table}");
+    for (cell, lr) in [("0000", "0.001"), ("0001", "0.01"), ("0002", "0.03"), ("0003", "0.02")] {
+        let config = std::fs::read_to_string(out.join("cells").join(cell).join("config.toml")).unwrap();
+        assert!(config.contains(&format!("lr = {lr}\n")), "cell {cell}: {config}");
+        let runs = optlab::record::read_table(&out.join("cells").join(cell), &optlab::record::schema::RUNS).unwrap();
+        assert_eq!(runs.height(), 2, "cell {cell}: both seeds");
+    }
+    // Once done, a cell is not run again.
+    let again = exp(&args);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).matches("done before").count(), 4, "{}", String::from_utf8_lossy(&again.stdout));
+    // Another spec in the same folder is refused.
+    std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("3e-2", "5e-2")).unwrap();
+    assert_clear_error(&exp(&args), "holds a sweep of other cells", "another spec");
+}
+
 /// Every step's loss by (run, step): the record of a study, in a fixed order.
 fn losses(dir: &Path) -> Vec<(String, i64, f64)> {
     let df = optlab::record::read_table(dir, &optlab::record::schema::STEPS).unwrap();

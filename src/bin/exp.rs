@@ -16,6 +16,7 @@ use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
 use optlab::experiments::provenance::{self, Provenance};
 use optlab::experiments::split_mnist::{self, SplitStudy};
 use optlab::experiments::study::{self, Report};
+use optlab::experiments::sweep::{self, CellEnd, SweepSpec, Workers};
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
 use optlab::record::schema;
 
@@ -37,6 +38,10 @@ enum Command {
     /// The gradient-rank study of a small byte-level GPT (Adam vs Muon by
     /// default) on Shakespeare or any text file.
     Gpt(Box<GptArgs>),
+    /// Run a grid of studies from a spec (see `src/experiments/sweep.rs`): each
+    /// cell an ordinary study folder, run by worker processes; run the same
+    /// command again to resume a killed sweep (finished cells are not rerun).
+    Sweep(SweepArgs),
     /// Print the summary table of a study folder of any kind, finished or not,
     /// and which runs are missing.
     Report { dir: PathBuf },
@@ -131,6 +136,23 @@ impl StudyArgs {
 }
 
 #[derive(clap::Args)]
+struct SweepArgs {
+    /// The sweep spec (TOML).
+    spec: PathBuf,
+    /// The sweep's folder (default: runs/sweep-<spec name>, so the same command resumes it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Cells run at once (default: the cores divided by --threads).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: Option<u64>,
+    /// CPU threads of each cell's process.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
+#[derive(clap::Args)]
 struct SplitMnistArgs {
     #[command(flatten)]
     study: StudyArgs,
@@ -202,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::SplitMnist(args) => split_mnist_study(&args, "split-mnist", &[]),
         Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
         Command::Gpt(args) => gpt_study(&args),
+        Command::Sweep(args) => sweep(&args),
         Command::Report { dir } => {
             print!("{}", summary::report(&dir)?);
             Ok(())
@@ -318,6 +341,38 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
         study::run_study(b, "gpt", &config, &protocol, &out, s.resume, stop_after, &mut provenance, &progress_bar()?)?
     });
     finish("gpt", &out, &report)
+}
+
+fn sweep(args: &SweepArgs) -> Result<()> {
+    let spec = SweepSpec::read(&args.spec)?;
+    let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("sweep-{stem}")));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let jobs = args.jobs.unwrap_or((cores / args.threads).max(1));
+    let device = format!("{:?}", args.device).to_lowercase();
+    let exe = std::env::current_exe().context("locating the exp binary")?;
+    let extra = ["--device".to_string(), device];
+    eprintln!(
+        "sweep: {} cells of exp {}, {jobs} at a time × {} threads → {}",
+        spec.cells()?.len(),
+        spec.study,
+        args.threads,
+        out.display()
+    );
+    let workers = Workers { exe: &exe, extra_args: &extra, jobs: jobs as usize, threads: args.threads as usize };
+    let results = sweep::run(&spec, &out, &workers)?;
+    print!("{}", sweep::render(&spec, &results, &out));
+    let failed: Vec<&str> = results.iter().filter(|(_, e)| matches!(e, CellEnd::Failed(_))).map(|(c, _)| c.name.as_str()).collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} cells failed ({}); their logs are in {}; rerun the same command to retry them",
+            failed.len(),
+            results.len(),
+            failed.join(", "),
+            out.join("logs").display()
+        );
+    }
+    Ok(())
 }
 
 /// The summary table (when any run finished), where the results are, and an

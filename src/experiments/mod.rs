@@ -11,6 +11,7 @@ pub mod records;
 pub mod split_mnist;
 pub mod study;
 pub mod summary;
+pub mod sweep;
 pub mod trainer;
 
 pub use config::{ModelKind, Protocol, SplitMnistConfig, StudyConfig, VitSettings};

@@ -1,0 +1,332 @@
+//! Sweeps: a grid of studies, each an ordinary study folder under the sweep's
+//! folder, run by worker processes and resumed by running the same command.
+//!
+//! A spec (TOML) names the study kind, a base preset, fixed `--set` values, the
+//! seeds, and the axes:
+//!
+//! ```toml
+//! study = "split-mnist"
+//! seeds = [0, 1, 2, 3, 4]
+//! [set]                                  # every cell
+//! epochs_per_task = 1
+//! [grid]                                 # cartesian axes, over every optimizer
+//! hidden = [[256], [256, 256]]
+//! [[zip]]                                # axes that advance together
+//! batch_size = [64, 128]
+//! probe_every = [100, 50]
+//! [optimizers.sgd]                       # per-optimizer axes (cartesian)
+//! lr = [0.01, 0.05, 0.1]
+//! [optimizers.adamw]
+//! lr = [1e-4, 1e-3]
+//! ```
+//!
+//! Each cell trains one optimizer label at one point of its own axes and of the
+//! shared ones, over all the seeds: `cells/<n>` with its overrides listed in the
+//! sweep's `cells.toml`. A sweep's cells are fixed by its spec: running it
+//! again with another spec in the same folder is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+/// A sweep as written by a person.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// The `exp` study: `split-mnist`, `vit` or `gpt`.
+    pub study: String,
+    /// A preset every cell starts from (relative to the spec's folder).
+    #[serde(default)]
+    pub preset: Option<PathBuf>,
+    pub seeds: Vec<u64>,
+    /// Keys every cell sets.
+    #[serde(default)]
+    pub set: toml::Table,
+    /// Cartesian axes shared by every optimizer: key → values.
+    #[serde(default)]
+    pub grid: toml::Table,
+    /// Groups of axes whose value lists advance together (equal lengths).
+    #[serde(default)]
+    pub zip: Vec<toml::Table>,
+    /// Per optimizer label: its own cartesian axes over its hyperparameters.
+    pub optimizers: BTreeMap<String, toml::Table>,
+}
+
+/// One study of the sweep: an optimizer label and the overrides of its point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub name: String,
+    pub optimizer: String,
+    /// `key = value` overrides, in the order they apply.
+    pub overrides: Vec<String>,
+}
+
+pub const STUDIES: [&str; 3] = ["split-mnist", "vit", "gpt"];
+
+impl SweepSpec {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading sweep spec {}", path.display()))?;
+        let mut spec: Self = toml::from_str(&text).with_context(|| format!("parsing sweep spec {}", path.display()))?;
+        if let Some(preset) = &spec.preset {
+            let base = path.parent().unwrap_or(Path::new("."));
+            spec.preset = Some(base.join(preset));
+        }
+        Ok(spec)
+    }
+
+    /// Every cell, in a fixed order: optimizers by name, then the grid's and
+    /// zipped axes' points, then the optimizer's own axes.
+    pub fn cells(&self) -> Result<Vec<Cell>> {
+        ensure!(STUDIES.contains(&self.study.as_str()), "sweep study {:?} is not one of {}", self.study, STUDIES.join(", "));
+        ensure!(!self.seeds.is_empty(), "a sweep needs at least one seed");
+        ensure!(!self.optimizers.is_empty(), "a sweep needs at least one [optimizers.LABEL] table");
+        let fixed: Vec<String> = self.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut shared = cartesian(&self.grid, "")?;
+        for (i, group) in self.zip.iter().enumerate() {
+            shared = product(&shared, &zipped(group).with_context(|| format!("[[zip]] group {i}"))?);
+        }
+        let mut cells = Vec::new();
+        for (label, axes) in &self.optimizers {
+            for point in product(&shared, &cartesian(axes, &format!("optimizer.{label}."))?) {
+                let mut overrides = fixed.clone();
+                overrides.push(format!("optimizers=[{:?}]", label));
+                overrides.push(format!("seeds={:?}", self.seeds));
+                overrides.extend(point);
+                cells.push(Cell { name: format!("{:04}", cells.len()), optimizer: label.clone(), overrides });
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// Every combination of the axes' values, each as `prefix+key=value` overrides.
+fn cartesian(axes: &toml::Table, prefix: &str) -> Result<Vec<Vec<String>>> {
+    let mut points = vec![Vec::new()];
+    for (key, values) in axes {
+        let values = values.as_array().with_context(|| format!("axis {prefix}{key} must be a list of values"))?;
+        ensure!(!values.is_empty(), "axis {prefix}{key} has no values");
+        points = points.iter().flat_map(|p| values.iter().map(move |v| [p.clone(), vec![format!("{prefix}{key}={v}")]].concat())).collect();
+    }
+    Ok(points)
+}
+
+/// The points of axes that advance together.
+fn zipped(axes: &toml::Table) -> Result<Vec<Vec<String>>> {
+    let lists: Vec<(&String, &Vec<toml::Value>)> = axes
+        .iter()
+        .map(|(k, v)| Ok((k, v.as_array().with_context(|| format!("axis {k} must be a list of values"))?)))
+        .collect::<Result<_>>()?;
+    let n = lists.first().map_or(0, |(_, v)| v.len());
+    if let Some((k, v)) = lists.iter().find(|(_, v)| v.len() != n) {
+        bail!("zipped axes must have equal lengths: {k} has {}, {} has {n}", v.len(), lists[0].0);
+    }
+    Ok((0..n).map(|i| lists.iter().map(|(k, v)| format!("{k}={}", v[i])).collect()).collect())
+}
+
+fn product(a: &[Vec<String>], b: &[Vec<String>]) -> Vec<Vec<String>> {
+    a.iter().flat_map(|x| b.iter().map(move |y| [x.clone(), y.clone()].concat())).collect()
+}
+
+/// The sweep folder's record of its cells: written once, then the identity any
+/// rerun must match.
+pub fn settle_manifest(root: &Path, cells: &[Cell]) -> Result<()> {
+    #[derive(Serialize, Deserialize)]
+    struct Manifest {
+        cell: Vec<Cell>,
+    }
+    let path = root.join("cells.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let saved: Manifest = toml::from_str(&text).with_context(|| format!("{} is not a sweep manifest", path.display()))?;
+            if saved.cell != cells {
+                bail!(
+                    "{} holds a sweep of other cells ({} saved, {} now, or other values); rerun it with its own spec, or choose another --out",
+                    root.display(),
+                    saved.cell.len(),
+                    cells.len()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+            let tmp = path.with_extension("toml.tmp");
+            std::fs::write(&tmp, toml::to_string_pretty(&Manifest { cell: cells.to_vec() })?)?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// How a cell ended in this invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CellEnd {
+    /// Every run of its study had finished before: not started again.
+    AlreadyDone,
+    Finished,
+    /// `exp` exited with an error: the last lines of its log.
+    Failed(String),
+}
+
+/// Where the sweep runs its cells: the `exp` binary, the flags every cell
+/// gets (e.g. `--device cpu`), worker processes and threads per worker.
+pub struct Workers<'a> {
+    pub exe: &'a Path,
+    pub extra_args: &'a [String],
+    pub jobs: usize,
+    pub threads: usize,
+}
+
+/// Runs every cell not finished yet, `jobs` at a time, each in its own `exp`
+/// process (so one failing or crashing cell cannot take the others down), and
+/// reports how each ended. Logs go to `<root>/logs/<cell>.log`.
+pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<Vec<(Cell, CellEnd)>> {
+    let cells = spec.cells()?;
+    settle_manifest(root, &cells)?;
+    std::fs::create_dir_all(root.join("logs"))?;
+    let mut ends: Vec<Option<CellEnd>> = vec![None; cells.len()];
+    let mut running: Vec<(usize, std::process::Child)> = Vec::new();
+    let mut next = 0;
+    while next < cells.len() || !running.is_empty() {
+        while running.len() < workers.jobs.max(1) && next < cells.len() {
+            let (k, cell) = (next, &cells[next]);
+            next += 1;
+            let dir = cell_dir(root, cell);
+            if finished(&dir, cell, &spec.seeds) {
+                ends[k] = Some(CellEnd::AlreadyDone);
+                continue;
+            }
+            let log = std::fs::File::create(log_path(root, cell))?;
+            let mut cmd = std::process::Command::new(workers.exe);
+            cmd.arg(&spec.study).arg("--out").arg(&dir);
+            if dir.join("config.toml").exists() {
+                cmd.arg("--resume");
+            } else if let Some(preset) = &spec.preset {
+                cmd.arg("--preset").arg(preset);
+            }
+            cell.overrides.iter().for_each(|o| {
+                cmd.arg("--set").arg(o);
+            });
+            cmd.args(workers.extra_args).env("RAYON_NUM_THREADS", workers.threads.max(1).to_string());
+            let child = cmd.stdout(log.try_clone()?).stderr(log).spawn().with_context(|| format!("starting {}", workers.exe.display()))?;
+            running.push((k, child));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut still = Vec::new();
+        for (k, mut child) in running {
+            match child.try_wait()? {
+                None => still.push((k, child)),
+                Some(status) if status.success() => ends[k] = Some(CellEnd::Finished),
+                Some(status) => {
+                    let log = std::fs::read_to_string(log_path(root, &cells[k])).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
+                    ends[k] = Some(CellEnd::Failed(format!("{status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))));
+                }
+            }
+        }
+        running = still;
+    }
+    Ok(cells.into_iter().zip(ends.into_iter().map(|e| e.expect("every cell ends"))).collect())
+}
+
+/// One line per cell: its optimizer, its own values, how it ended and its
+/// main number (final accuracy on all classes, or held-out loss for a language
+/// model) as mean ± 95% interval over the seeds.
+pub fn render(spec: &SweepSpec, results: &[(Cell, CellEnd)], root: &Path) -> String {
+    use std::fmt::Write as _;
+    let column = if spec.study == "gpt" { "final_validation_loss" } else { "final_all_accuracy" };
+    let fixed = spec.set.len() + 2;
+    let mut out = format!("{:<6} {:<10} {:<20} {:<44} {}\n", "cell", "optimizer", column, "values", "status");
+    for (cell, end) in results {
+        let values = crate::record::read_table(&cell_dir(root, cell), &crate::record::schema::RUNS)
+            .ok()
+            .and_then(|runs| Some(runs.column(column).ok()?.f64().ok()?.iter().flatten().collect::<Vec<f64>>()))
+            .unwrap_or_default();
+        let metric = match values.len() {
+            0 => "—".to_string(),
+            1 => format!("{:.4}", values[0]),
+            _ => {
+                let i = crate::metrics::Interval::of(&values);
+                format!("{:.4} ± {:.4}", i.mean, i.half_width)
+            }
+        };
+        let status = match end {
+            CellEnd::AlreadyDone => "done before".to_string(),
+            CellEnd::Finished => "finished".to_string(),
+            CellEnd::Failed(why) => format!("FAILED ({why})"),
+        };
+        let own = cell.overrides[fixed..].join(" ");
+        writeln!(out, "{:<6} {:<10} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
+    }
+    out
+}
+
+pub fn cell_dir(root: &Path, cell: &Cell) -> PathBuf {
+    root.join("cells").join(&cell.name)
+}
+
+fn log_path(root: &Path, cell: &Cell) -> PathBuf {
+    root.join("logs").join(format!("{}.log", cell.name))
+}
+
+/// Whether every (optimizer, seed) run of the cell has a completed or diverged row.
+fn finished(dir: &Path, cell: &Cell, seeds: &[u64]) -> bool {
+    let Ok(runs) = crate::record::read_table(dir, &crate::record::schema::RUNS) else { return false };
+    let (Ok(ids), Ok(status)) = (runs.column("run").and_then(|c| c.str().cloned()), runs.column("status").and_then(|c| c.str().cloned()))
+    else {
+        return false;
+    };
+    seeds.iter().all(|&seed| {
+        let id = super::study::run_id(&cell.optimizer, seed);
+        (0..runs.height()).any(|k| ids.get(k) == Some(id.as_str()) && matches!(status.get(k), Some("completed" | "diverged")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> SweepSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn cells_cross_shared_and_per_optimizer_axes() {
+        let s = spec(
+            "study = \"gpt\"\nseeds = [0, 1]\n[set]\nsteps = 10\n[grid]\nseq = [8, 16]\n[[zip]]\nbatch_size = [2, 4]\neval_every = [5, 10]\n\
+             [optimizers.adam]\nlr = [1e-3, 1e-2, 1e-1]\n[optimizers.muon]\nlr = [0.02]\n",
+        );
+        let cells = s.cells().unwrap();
+        // adam: 2 seq × 2 zipped × 3 lr; muon: 2 × 2 × 1.
+        assert_eq!(cells.len(), 12 + 4);
+        assert_eq!(cells[0].optimizer, "adam");
+        assert_eq!(
+            cells[0].overrides,
+            ["steps=10", "optimizers=[\"adam\"]", "seeds=[0, 1]", "seq=8", "batch_size=2", "eval_every=5", "optimizer.adam.lr=0.001"]
+        );
+        assert!(cells[3].overrides.contains(&"batch_size=4".to_string()) && cells[3].overrides.contains(&"eval_every=10".to_string()));
+        assert_eq!(cells.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()[..2], ["0000", "0001"]);
+    }
+
+    #[test]
+    fn bad_specs_are_clear_errors() {
+        let e = spec("study = \"nope\"\nseeds = [0]\n[optimizers.sgd]\nlr = [1]\n").cells().unwrap_err().to_string();
+        assert!(e.contains("\"nope\" is not one of"), "{e}");
+        let e = spec("study = \"gpt\"\nseeds = [0]\n[[zip]]\na = [1, 2]\nb = [1]\n[optimizers.sgd]\nlr = [1]\n").cells().unwrap_err();
+        assert!(format!("{e:#}").contains("equal lengths"), "{e:#}");
+        let e = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = 0.1\n").cells().unwrap_err().to_string();
+        assert!(e.contains("must be a list"), "{e}");
+    }
+
+    #[test]
+    fn a_folder_keeps_its_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1, 0.2]\n");
+        settle_manifest(dir.path(), &s.cells().unwrap()).unwrap();
+        settle_manifest(dir.path(), &s.cells().unwrap()).unwrap();
+        let other = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1, 0.3]\n");
+        assert!(settle_manifest(dir.path(), &other.cells().unwrap()).unwrap_err().to_string().contains("other cells"));
+    }
+}
