@@ -253,6 +253,8 @@ impl StudyConfig for SplitMnistConfig {
         positive("batch_size", self.batch_size)?;
         positive("epochs_per_task", self.epochs_per_task)?;
         positive("eval_batch", self.eval_batch)?;
+        // The warmup is checked against the run's length once the data is loaded.
+        self.schedule.validate(None)?;
         if let Some(m) = self.max_train_per_task {
             positive("max_train_per_task", m)?;
         }

@@ -137,7 +137,7 @@ fn write_config(root: &Path, kind: &str, config: &toml::Table) -> Result<()> {
 /// Every key of `saved` whose value `new` changes (dotted paths, with both
 /// values), ignoring the keys that only extend a study and the hyperparameters
 /// of optimizer labels the saved study does not have.
-pub fn identity_differences(saved: &toml::Table, new: &toml::Table) -> Vec<String> {
+fn identity_differences(saved: &toml::Table, new: &toml::Table) -> Vec<String> {
     let saved_labels = labels(saved);
     let mut out = Vec::new();
     let keys: std::collections::BTreeSet<&String> = saved.keys().chain(new.keys()).collect();

@@ -97,7 +97,7 @@ impl StudyConfig for GptStudyConfig {
             "validation_fraction must be in (0, 1), got {}",
             self.validation_fraction
         );
-        self.schedule.validate(self.steps)?;
+        self.schedule.validate(Some(self.steps))?;
         ensure!(self.grad_clip.is_finite() && self.grad_clip >= 0.0, "grad_clip must be ≥ 0 (0: no clipping), got {}", self.grad_clip);
         self.model.validate("model")?;
         check_seeds(&self.seeds)?;

@@ -64,7 +64,7 @@ impl<'a> SplitStudy<'a> {
         let union_test = Dataset::concat(&tasks.iter().map(|t| &t.test).collect::<Vec<_>>());
         let study = Self { config, tasks, train, union_test };
         let total = (0..tasks.len()).map(|s| <Self as Protocol<crate::backend::Cpu>>::segment_steps(&study, s)).sum();
-        config.schedule.validate(total)?;
+        config.schedule.validate(Some(total))?;
         Ok(study)
     }
 }

@@ -52,14 +52,13 @@ impl Schedule {
         }
     }
 
-    /// A warmup shorter than the run, a final fraction in [0, 1].
-    pub fn validate(&self, total_steps: u64) -> Result<()> {
-        ensure!(
-            self.warmup_steps < total_steps,
-            "schedule.warmup_steps ({}) must be fewer than the run's {total_steps} steps",
-            self.warmup_steps
-        );
+    /// A final fraction in [0, 1] and, once the run's length is known, a warmup
+    /// shorter than the run.
+    pub fn validate(&self, total_steps: Option<u64>) -> Result<()> {
         ensure!((0.0..=1.0).contains(&self.final_fraction), "schedule.final_fraction must be in [0, 1], got {}", self.final_fraction);
+        if let Some(total) = total_steps {
+            ensure!(self.warmup_steps < total, "schedule.warmup_steps ({}) must be fewer than the run's {total} steps", self.warmup_steps);
+        }
         Ok(())
     }
 }
@@ -81,8 +80,9 @@ mod tests {
         assert!((linear.factor(25, 100) - 0.75).abs() < 1e-12);
         assert_eq!(linear.factor(100, 100), 0.0);
         assert_eq!(Schedule::default().factor(7, 100), 1.0);
-        assert!(Schedule { warmup_steps: 100, ..cosine }.validate(100).is_err());
-        assert!(Schedule { final_fraction: 1.5, ..cosine }.validate(1000).is_err());
-        cosine.validate(1000).unwrap();
+        assert!(Schedule { warmup_steps: 100, ..cosine }.validate(Some(100)).is_err());
+        Schedule { warmup_steps: 100, ..cosine }.validate(None).unwrap();
+        assert!(Schedule { final_fraction: 1.5, ..cosine }.validate(None).is_err());
+        cosine.validate(Some(1000)).unwrap();
     }
 }
