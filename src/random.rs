@@ -25,6 +25,8 @@ pub enum Stream {
     Evaluation = 4,
     /// Pixel permutations of permuted-MNIST (index 0).
     Permutation = 5,
+    /// The examples of each task held out for validation (index: the task).
+    Validation = 6,
 }
 
 /// The generator of `stream` at `index` for `seed`.

@@ -201,6 +201,12 @@ pub struct SplitMnistConfig {
     pub permutation_seed: u64,
     /// Learning-rate schedule over each run (all tasks), on every parameter group.
     pub schedule: Schedule,
+    /// Fraction of each task's training examples held out for validation (never
+    /// trained on; evaluated with the test sets; what sweeps select on). 0: none.
+    pub validation_fraction: f64,
+    /// Seed of which examples are held out (one choice per study, recorded in
+    /// its folder as `validation.toml`).
+    pub validation_seed: u64,
 }
 
 impl Default for SplitMnistConfig {
@@ -225,6 +231,8 @@ impl Default for SplitMnistConfig {
             eval_batch: 1000,
             permutation_seed: 0,
             schedule: Schedule::default(),
+            validation_fraction: 0.0,
+            validation_seed: 0,
         }
     }
 }
@@ -255,6 +263,11 @@ impl StudyConfig for SplitMnistConfig {
         positive("eval_batch", self.eval_batch)?;
         // The warmup is checked against the run's length once the data is loaded.
         self.schedule.validate(None)?;
+        ensure!(
+            (0.0..1.0).contains(&self.validation_fraction),
+            "validation_fraction must be in [0, 1) (0: no validation split), got {}",
+            self.validation_fraction
+        );
         if let Some(m) = self.max_train_per_task {
             positive("max_train_per_task", m)?;
         }

@@ -88,11 +88,12 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
 }
 
-pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, step: u64, correct: usize, examples: usize) -> Row {
+pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, split: &str, step: u64, correct: usize, examples: usize) -> Row {
     vec![
         ("run", run.into()),
         ("after_task", after_task.into()),
         ("eval_task", eval_task.into()),
+        ("split", split.into()),
         ("step", step.into()),
         ("accuracy", (correct as f64 / examples.max(1) as f64).into()),
         ("examples", examples.into()),

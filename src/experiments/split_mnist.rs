@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
+use rand::seq::SliceRandom;
 
 use super::config::{Protocol as TaskProtocol, SplitMnistConfig};
 use super::probes;
@@ -45,24 +46,44 @@ pub fn load_tasks(config: &SplitMnistConfig, data_dir: Option<&Path>) -> Result<
 pub struct SplitStudy<'a> {
     config: &'a SplitMnistConfig,
     tasks: &'a [Task],
-    /// Each task's training examples (capped by `max_train_per_task`).
+    /// Each task's training examples (less the held-out ones, capped by `max_train_per_task`).
     train: Vec<Dataset>,
     /// Every task's test set, concatenated in task order (one evaluation pass).
     union_test: Dataset,
+    /// Per task, the positions in its training set held out for validation (sorted).
+    held_out: Vec<Vec<usize>>,
+    /// Every task's held-out examples, in task order (empty without a validation split).
+    union_validation: Dataset,
 }
 
 impl<'a> SplitStudy<'a> {
-    /// Fails if the learning-rate schedule does not fit the run's steps.
+    /// Holds out `validation_fraction` of each task's training examples (chosen
+    /// by `validation_seed`); fails if a task is too small for that, or if the
+    /// learning-rate schedule does not fit the run's steps.
     pub fn new(config: &'a SplitMnistConfig, tasks: &'a [Task]) -> Result<Self> {
-        let train = tasks
-            .iter()
-            .map(|t| match config.max_train_per_task {
-                Some(m) if m < t.train.len() => t.train.subset(&(0..m).collect::<Vec<_>>()),
-                _ => t.train.clone(),
-            })
-            .collect();
+        let mut train = Vec::new();
+        let mut held_out = Vec::new();
+        for (k, t) in tasks.iter().enumerate() {
+            let n = t.train.len();
+            let held = (n as f64 * config.validation_fraction).round() as usize;
+            ensure!(
+                config.validation_fraction == 0.0 || (held > 0 && held < n),
+                "validation_fraction {} holds out {held} of task {k}'s {n} training examples; it must leave some on each side",
+                config.validation_fraction
+            );
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut random::rng(config.validation_seed, Stream::Validation, k as u64));
+            let (mut val, mut rest) = (order[..held].to_vec(), order[held..].to_vec());
+            val.sort_unstable();
+            rest.sort_unstable();
+            rest.truncate(config.max_train_per_task.unwrap_or(usize::MAX));
+            train.push(if held == 0 && rest.len() == n { t.train.clone() } else { t.train.subset(&rest) });
+            held_out.push(val);
+        }
         let union_test = Dataset::concat(&tasks.iter().map(|t| &t.test).collect::<Vec<_>>());
-        let study = Self { config, tasks, train, union_test };
+        let validation: Vec<Dataset> = tasks.iter().zip(&held_out).map(|(t, v)| t.train.subset(v)).collect();
+        let union_validation = Dataset::concat(&validation.iter().collect::<Vec<_>>());
+        let study = Self { config, tasks, train, union_test, held_out, union_validation };
         let total = (0..tasks.len()).map(|s| <Self as Protocol<crate::backend::Cpu>>::segment_steps(&study, s)).sum();
         config.schedule.validate(Some(total))?;
         Ok(study)
@@ -121,37 +142,39 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
     }
 
     /// The accuracy-matrix row after the task, the all-task accuracy, and the
-    /// representations: one pass over the union of the test sets gives all.
+    /// representations: one pass over the union of the test sets gives all;
+    /// then the same rows on the validation examples, when some are held out.
+    /// `scores` holds the test matrix, then the validation one.
     fn evaluate(&self, backend: &B, model: &mut Self::Model, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()> {
         let t = self.tasks.len();
         if scores.is_empty() {
-            *scores = AccuracyMatrix::new(t).entries().to_vec();
+            *scores = AccuracyMatrix::new(t).entries().repeat(if self.held_out.iter().any(|v| !v.is_empty()) { 2 } else { 1 });
         }
         let (hits, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch);
-        let mut start = 0;
-        for (j, task) in self.tasks.iter().enumerate() {
-            let n = task.test.len();
-            let c = hits[start..start + n].iter().filter(|&&h| h).count();
-            start += n;
-            scores[at.segment * t + j] = c as f64 / n as f64;
-            records.push(&schema::ACCURACY, probes::accuracy_row(at.run, at.segment, Some(j), at.step, c, n))?;
-        }
-        let correct = hits.iter().filter(|&&h| h).count();
-        records.push(&schema::ACCURACY, probes::accuracy_row(at.run, at.segment, None, at.step, correct, hits.len()))?;
+        let test_sizes: Vec<usize> = self.tasks.iter().map(|task| task.test.len()).collect();
+        self.accuracy_rows(&hits, &test_sizes, "test", at, &mut scores[..t * t], records)?;
         for row in probes::activation_rows(at.run, at.segment, &representations, &self.union_test.labels) {
             records.push(&schema::ACTIVATIONS, row)?;
+        }
+        if scores.len() > t * t {
+            let (hits, _) = probes::evaluate(model.as_mut(), backend, &self.union_validation, self.config.eval_batch);
+            let sizes: Vec<usize> = self.held_out.iter().map(Vec::len).collect();
+            self.accuracy_rows(&hits, &sizes, "validation", at, &mut scores[t * t..], records)?;
         }
         Ok(())
     }
 
     fn summary(&self, scores: &[f64]) -> Summary {
         let t = self.tasks.len();
-        let r = AccuracyMatrix::from_entries(t, scores.to_vec());
-        // Accuracy on the union of all test sets: R's last row weighted by test-set size.
-        let sizes: Vec<f64> = self.tasks.iter().map(|task| task.test.len() as f64).collect();
-        let all = sizes.iter().enumerate().map(|(j, n)| n * r.get(t - 1, j)).sum::<f64>() / sizes.iter().sum::<f64>();
+        let r = AccuracyMatrix::from_entries(t, scores[..t * t].to_vec());
+        let test_sizes: Vec<usize> = self.tasks.iter().map(|task| task.test.len()).collect();
+        let validation = (scores.len() > t * t).then(|| {
+            let sizes: Vec<usize> = self.held_out.iter().map(Vec::len).collect();
+            union_accuracy(&AccuracyMatrix::from_entries(t, scores[t * t..].to_vec()), &sizes)
+        });
         Summary {
-            final_all_accuracy: Some(all),
+            final_all_accuracy: Some(union_accuracy(&r, &test_sizes)),
+            final_validation_accuracy: validation,
             average_accuracy: Some(r.average_accuracy()),
             backward_transfer: Some(r.backward_transfer()),
             forgetting: Some(r.forgetting()),
@@ -162,6 +185,44 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
     fn settings(&self) -> Settings {
         Settings { grad_clip: 0.0, probe_every: self.config.probe_every, schedule: self.config.schedule, total_steps: 0 }
     }
+
+    /// `validation.toml`: per task, the positions in its training set (after
+    /// its classes are selected, in dataset order) held out for validation.
+    fn study_files(&self) -> Vec<(&'static str, String)> {
+        if self.held_out.iter().all(Vec::is_empty) {
+            return Vec::new();
+        }
+        let mut table = toml::Table::new();
+        table.insert("validation_fraction".into(), self.config.validation_fraction.into());
+        table.insert("validation_seed".into(), (self.config.validation_seed as i64).into());
+        let tasks: Vec<toml::Value> = self.held_out.iter().map(|v| v.iter().map(|&i| i as i64).collect::<Vec<_>>().into()).collect();
+        table.insert("held_out".into(), tasks.into());
+        vec![("validation.toml", toml::to_string(&table).expect("a table of numbers serialises"))]
+    }
+}
+
+impl SplitStudy<'_> {
+    /// One task's rows of the accuracy matrix (and the all-classes row) from the
+    /// hits of one pass over a union of per-task sets of `sizes`.
+    fn accuracy_rows(&self, hits: &[bool], sizes: &[usize], split: &str, at: Evaluation, matrix: &mut [f64], records: &mut Records) -> Result<()> {
+        let t = sizes.len();
+        let mut start = 0;
+        for (j, &n) in sizes.iter().enumerate() {
+            let c = hits[start..start + n].iter().filter(|&&h| h).count();
+            start += n;
+            matrix[at.segment * t + j] = c as f64 / n as f64;
+            records.push(&schema::ACCURACY, probes::accuracy_row(at.run, at.segment, Some(j), split, at.step, c, n))?;
+        }
+        let correct = hits.iter().filter(|&&h| h).count();
+        records.push(&schema::ACCURACY, probes::accuracy_row(at.run, at.segment, None, split, at.step, correct, hits.len()))
+    }
+}
+
+/// Accuracy on the union of every task's set: R's last row weighted by set size.
+fn union_accuracy(r: &AccuracyMatrix, sizes: &[usize]) -> f64 {
+    let last = sizes.len() - 1;
+    let total: usize = sizes.iter().sum();
+    sizes.iter().enumerate().map(|(j, &n)| n as f64 * r.get(last, j)).sum::<f64>() / total as f64
 }
 
 /// Copies a batch of images and labels out of a dataset.

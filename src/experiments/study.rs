@@ -56,6 +56,11 @@ pub trait Protocol<B: Backend> {
     /// Clipping, probing and the learning-rate schedule (`total_steps` is
     /// filled in by the driver).
     fn settings(&self) -> Settings;
+    /// Files that document the study's data (e.g. which examples were held
+    /// out), written into its folder: (name, contents).
+    fn study_files(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Where an evaluation happens.
@@ -70,6 +75,7 @@ pub struct Evaluation<'a> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Summary {
     pub final_all_accuracy: Option<f64>,
+    pub final_validation_accuracy: Option<f64>,
     pub average_accuracy: Option<f64>,
     pub backward_transfer: Option<f64>,
     pub forgetting: Option<f64>,
@@ -173,6 +179,11 @@ pub fn run_study<B: Backend, P: Protocol<B>, C: StudyConfig>(
     let table = config.resolved_table()?;
     let _folder = if resume { StudyFolder::resume(out, kind, &table)? } else { StudyFolder::create(out, kind, &table)? };
     provenance.write(out)?;
+    for (name, contents) in protocol.study_files() {
+        let (path, tmp) = (out.join(name), out.join(format!("{name}.tmp")));
+        std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
     let report = run_all(backend, protocol, out, &config.named_optimizers()?, config.seeds(), stop_after, provenance, progress)?;
     provenance.finish(out)?;
     Ok(report)
@@ -464,6 +475,7 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
             ("average_accuracy", s.average_accuracy.into()),
             ("backward_transfer", s.backward_transfer.into()),
             ("forgetting", s.forgetting.into()),
+            ("final_validation_accuracy", s.final_validation_accuracy.into()),
             ("final_validation_loss", s.final_validation_loss.into()),
             ("seconds", seconds.into()),
             ("session", self.provenance.session.as_str().into()),

@@ -167,8 +167,9 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     let acc = read_table(dir, &schema::ACCURACY)?;
     let (a_run, a_after, a_eval, a_acc) =
         (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
+    let a_split = strs(&acc, "split")?;
     let mut last_row = Latest::default();
-    for k in 0..a_run.len() {
+    for k in (0..a_run.len()).filter(|&k| a_split[k] == "test") {
         if let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) {
             last_row.add(&a_run[k], after, (eval, a));
         }

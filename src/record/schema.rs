@@ -123,6 +123,12 @@ pub const ACCURACY: Table = Table {
         RUN,
         col("after_task", Kind::I64, "i: the last task trained."),
         opt("eval_task", Kind::I64, "j: the task whose test set was evaluated; null for the union of every task's test set (all classes)."),
+        col(
+            "split",
+            Kind::Str,
+            "`test`, or `validation`: the examples of each task's training set held out by `validation_fraction` (never trained on; \
+             what a sweep selects hyperparameters on).",
+        ),
         STEP,
         col("accuracy", Kind::F64, "Fraction of that test set classified correctly (arg-max over all 10 classes)."),
         col("examples", Kind::I64, "Size of that test set."),
@@ -209,6 +215,11 @@ pub const RUNS: Table = Table {
         opt("average_accuracy", Kind::F64, "Mean of the last row of R (Chaudhry et al. 2018)."),
         opt("backward_transfer", Kind::F64, "BWT = mean over j < T−1 of R[T−1][j] − R[j][j] (Lopez-Paz & Ranzato 2017)."),
         opt("forgetting", Kind::F64, "Mean over j < T−1 of max_{l<T−1} R[l][j] − R[T−1][j] (Chaudhry et al. 2018)."),
+        opt(
+            "final_validation_accuracy",
+            Kind::F64,
+            "Like final_all_accuracy, on the examples held out by `validation_fraction` (null without one, or unless completed).",
+        ),
         opt(
             "final_validation_loss",
             Kind::F64,
