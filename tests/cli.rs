@@ -276,6 +276,47 @@ fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
     assert_clear_error(&exp(&args), "holds a sweep of other cells", "another spec");
 }
 
+#[test]
+fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
+    if let Err(e) = optlab::data::load(optlab::data::DatasetName::Mnist, None) {
+        assert!(std::env::var_os("OPTLAB_REQUIRE_REAL_DATA").is_none(), "real MNIST required but unavailable: {e:#}");
+        use std::io::Write;
+        let _ =
+            writeln!(std::io::stderr(), "SKIPPED a_sweep_selects_on_validation...: real MNIST unavailable ({e:#}); run `exp fetch mnist`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tune.toml");
+    std::fs::write(
+        &spec,
+        "study = \"split-mnist\"\nseeds = [0, 1]\n[set]\nhidden = [32]\nmax_train_per_task = 600\nprobe_every = 0\nvalidation_fraction = 0.1\n\
+         [optimizers.sgd]\nlr = [0.001, 0.1]\n[optimizers.adamw]\nlr = [1e-5, 1e-2]\n[select]\nseeds = [10, 11, 12, 13, 14]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("sweep");
+    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The choice is each optimizer's best mean validation accuracy, written down with every candidate.
+    let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
+    for label in ["sgd", "adamw"] {
+        let t = selection[label].as_table().unwrap();
+        let means = t["mean_validation_accuracy"].as_table().unwrap();
+        let best = means.iter().max_by(|a, b| a.1.as_float().partial_cmp(&b.1.as_float()).unwrap()).unwrap().0;
+        assert_eq!(t["chosen_cell"].as_str(), Some(best.as_str()), "{label}: {t:?}");
+        // The rerun used the fresh seeds, and its runs hold test numbers.
+        let runs = optlab::record::read_table(&out.join("final").join(label), &optlab::record::schema::RUNS).unwrap();
+        let seeds: Vec<i64> = runs.column("seed").unwrap().i64().unwrap().iter().flatten().collect();
+        assert_eq!(seeds.len(), 5);
+        assert!(seeds.iter().all(|s| (10..15).contains(s)), "{seeds:?}");
+    }
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("selected on validation") && table.contains("over 5 seeds"), "{table}");
+    // Too few fresh seeds, or seeds that also tuned, are refused before anything runs.
+    std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("[10, 11, 12, 13, 14]", "[1, 11, 12, 13, 14]")).unwrap();
+    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", dir.path().join("other").to_str().unwrap()]);
+    assert_clear_error(&o, "must be fresh", "reused seeds");
+}
+
 /// Every step's loss by (run, step): the record of a study, in a fixed order.
 fn losses(dir: &Path) -> Vec<(String, i64, f64)> {
     let df = optlab::record::read_table(dir, &optlab::record::schema::STEPS).unwrap();

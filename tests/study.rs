@@ -161,7 +161,12 @@ fn a_validation_split_is_held_out_recorded_and_evaluated() {
     run(&c, dir.path(), None);
     // 240 training examples per task: 60 held out, 180 trained on (12 batches of 16 → 12 steps).
     let saved: toml::Table = toml::from_str(&std::fs::read_to_string(dir.path().join("validation.toml")).unwrap()).unwrap();
-    let held: Vec<Vec<i64>> = saved["held_out"].as_array().unwrap().iter().map(|t| t.as_array().unwrap().iter().map(|i| i.as_integer().unwrap()).collect()).collect();
+    let held: Vec<Vec<i64>> = saved["held_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_array().unwrap().iter().map(|i| i.as_integer().unwrap()).collect())
+        .collect();
     assert_eq!(held.len(), 5);
     assert!(held.iter().all(|t| t.len() == 60 && t.windows(2).all(|w| w[0] < w[1]) && t[59] < 240), "sorted positions in each task");
     assert_eq!(read_table(dir.path(), &schema::STEPS).unwrap().height(), 5 * 12);
@@ -170,8 +175,13 @@ fn a_validation_split_is_held_out_recorded_and_evaluated() {
     assert_eq!(splits.iter().filter(|s| *s == "validation").count(), 5 * 6);
     assert_eq!(splits.iter().filter(|s| *s == "test").count(), 5 * 6);
     let acc = read_table(dir.path(), &schema::ACCURACY).unwrap();
-    let (after, eval, a) = (acc.column("after_task").unwrap().i64().unwrap(), acc.column("eval_task").unwrap().i64().unwrap(), acc.column("accuracy").unwrap().f64().unwrap());
-    let last_validation = (0..acc.height()).find(|&k| splits[k] == "validation" && after.get(k) == Some(4) && eval.get(k).is_none()).unwrap();
+    let (after, eval, a) = (
+        acc.column("after_task").unwrap().i64().unwrap(),
+        acc.column("eval_task").unwrap().i64().unwrap(),
+        acc.column("accuracy").unwrap().f64().unwrap(),
+    );
+    let last_validation =
+        (0..acc.height()).find(|&k| splits[k] == "validation" && after.get(k) == Some(4) && eval.get(k).is_none()).unwrap();
     assert_eq!(column_f64(dir.path(), &schema::RUNS, "final_validation_accuracy"), [a.get(last_validation)]);
     // Too small a task for the fraction is a clear error.
     let tiny = config(&["validation_fraction=0.001"]);

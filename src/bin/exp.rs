@@ -360,16 +360,18 @@ fn sweep(args: &SweepArgs) -> Result<()> {
         out.display()
     );
     let workers = Workers { exe: &exe, extra_args: &extra, jobs: jobs as usize, threads: args.threads as usize };
-    let results = sweep::run(&spec, &out, &workers)?;
-    print!("{}", sweep::render(&spec, &results, &out));
-    let failed: Vec<&str> = results.iter().filter(|(_, e)| matches!(e, CellEnd::Failed(_))).map(|(c, _)| c.name.as_str()).collect();
+    let result = sweep::run(&spec, &out, &workers)?;
+    print!("{}", sweep::render(&spec, &result, &out)?);
+    let ends = result.cells.iter().map(|(c, e)| (c, e)).chain(result.selected.iter().map(|s| (&s.choice.rerun, &s.end)));
+    let failed: Vec<&str> = ends.filter(|(_, e)| matches!(e, CellEnd::Failed(_))).map(|(c, _)| c.name.as_str()).collect();
+    let total = result.cells.len() + result.selected.len();
     if !failed.is_empty() {
+        let logs = out.join("logs");
         bail!(
-            "{} of {} cells failed ({}); their logs are in {}; rerun the same command to retry them",
+            "{} of {total} cells failed ({}); their logs are in {}; rerun the same command to retry them",
             failed.len(),
-            results.len(),
             failed.join(", "),
-            out.join("logs").display()
+            logs.display()
         );
     }
     Ok(())

@@ -88,7 +88,15 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
 }
 
-pub fn accuracy_row(run: &str, after_task: usize, eval_task: Option<usize>, split: &str, step: u64, correct: usize, examples: usize) -> Row {
+pub fn accuracy_row(
+    run: &str,
+    after_task: usize,
+    eval_task: Option<usize>,
+    split: &str,
+    step: u64,
+    correct: usize,
+    examples: usize,
+) -> Row {
     vec![
         ("run", run.into()),
         ("after_task", after_task.into()),

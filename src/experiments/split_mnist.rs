@@ -204,7 +204,15 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
 impl SplitStudy<'_> {
     /// One task's rows of the accuracy matrix (and the all-classes row) from the
     /// hits of one pass over a union of per-task sets of `sizes`.
-    fn accuracy_rows(&self, hits: &[bool], sizes: &[usize], split: &str, at: Evaluation, matrix: &mut [f64], records: &mut Records) -> Result<()> {
+    fn accuracy_rows(
+        &self,
+        hits: &[bool],
+        sizes: &[usize],
+        split: &str,
+        at: Evaluation,
+        matrix: &mut [f64],
+        records: &mut Records,
+    ) -> Result<()> {
         let t = sizes.len();
         let mut start = 0;
         for (j, &n) in sizes.iter().enumerate() {

@@ -52,6 +52,19 @@ pub struct SweepSpec {
     pub zip: Vec<toml::Table>,
     /// Per optimizer label: its own cartesian axes over its hyperparameters.
     pub optimizers: BTreeMap<String, toml::Table>,
+    /// Model selection: pick each optimizer's cell on validation, rerun it with fresh seeds.
+    #[serde(default)]
+    pub select: Option<Select>,
+}
+
+/// The honest way to tune: each optimizer's best cell by mean
+/// `final_validation_accuracy` over the tuning seeds (the examples held out by
+/// `validation_fraction`; the test sets play no part), rerun with `seeds` (at
+/// least 5, none of the tuning seeds) and reported on the test sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Select {
+    pub seeds: Vec<u64>,
 }
 
 /// One study of the sweep: an optimizer label and the overrides of its point.
@@ -82,6 +95,12 @@ impl SweepSpec {
         ensure!(STUDIES.contains(&self.study.as_str()), "sweep study {:?} is not one of {}", self.study, STUDIES.join(", "));
         ensure!(!self.seeds.is_empty(), "a sweep needs at least one seed");
         ensure!(!self.optimizers.is_empty(), "a sweep needs at least one [optimizers.LABEL] table");
+        if let Some(select) = &self.select {
+            ensure!(self.study != "gpt", "[select] needs a test set apart from validation; exp gpt has one held-out split only");
+            ensure!(select.seeds.len() >= 5, "[select] seeds: at least 5 fresh seeds, got {}", select.seeds.len());
+            let reused: Vec<&u64> = select.seeds.iter().filter(|s| self.seeds.contains(s)).collect();
+            ensure!(reused.is_empty(), "[select] seeds must be fresh, but {reused:?} also tuned");
+        }
         let fixed: Vec<String> = self.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut shared = cartesian(&self.grid, "")?;
         for (i, group) in self.zip.iter().enumerate() {
@@ -179,28 +198,117 @@ pub struct Workers<'a> {
     pub threads: usize,
 }
 
-/// Runs every cell not finished yet, `jobs` at a time, each in its own `exp`
-/// process (so one failing or crashing cell cannot take the others down), and
-/// reports how each ended. Logs go to `<root>/logs/<cell>.log`.
-pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<Vec<(Cell, CellEnd)>> {
+/// What a sweep did: every grid cell, and (with `[select]`) each optimizer's
+/// choice and its rerun with fresh seeds.
+pub struct SweepResult {
+    pub cells: Vec<(Cell, CellEnd)>,
+    pub selected: Vec<Selection>,
+}
+
+/// One optimizer's chosen cell and its rerun with fresh seeds.
+pub struct Choice {
+    pub optimizer: String,
+    pub chosen: String,
+    /// Mean final validation accuracy of every finished cell of this optimizer.
+    pub candidates: Vec<(String, f64)>,
+    pub rerun: Cell,
+}
+
+/// A choice and how its rerun ended.
+pub struct Selection {
+    pub choice: Choice,
+    pub end: CellEnd,
+}
+
+/// Runs every grid cell not finished yet, then (with `[select]`) each
+/// optimizer's best cell again with fresh seeds; writes `selection.toml`.
+pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResult> {
     let cells = spec.cells()?;
     settle_manifest(root, &cells)?;
+    let jobs: Vec<(Cell, PathBuf)> = cells.iter().map(|c| (c.clone(), cell_dir(root, c))).collect();
+    let ends = run_cells(spec, root, &jobs, &spec.seeds, workers)?;
+    let cells: Vec<(Cell, CellEnd)> = cells.into_iter().zip(ends).collect();
+    let Some(select) = &spec.select else { return Ok(SweepResult { cells, selected: Vec::new() }) };
+    let mut choices = Vec::new();
+    for label in spec.optimizers.keys() {
+        let mut candidates = Vec::new();
+        for (cell, _) in cells.iter().filter(|(c, _)| &c.optimizer == label) {
+            let values = column(&cell_dir(root, cell), "final_validation_accuracy");
+            if values.len() == spec.seeds.len() {
+                candidates.push((cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
+            } else if column(&cell_dir(root, cell), "final_all_accuracy").len() == spec.seeds.len() {
+                bail!("cell {} has no validation accuracy: [select] needs validation_fraction > 0 in [set]", cell.name);
+            }
+        }
+        // The first of the best: ties go to the earlier cell.
+        let Some((chosen, _)) = candidates.iter().fold(None::<&(String, f64)>, |best, c| match best {
+            Some(b) if b.1 >= c.1 => Some(b),
+            _ => Some(c),
+        }) else {
+            bail!("no cell of optimizer {label} finished with every seed: nothing to select");
+        };
+        let base = cells.iter().find(|(c, _)| &c.name == chosen).expect("a candidate is a cell").0.clone();
+        let seeds = format!("seeds={:?}", select.seeds);
+        let overrides = base.overrides.iter().map(|o| if o.starts_with("seeds=") { seeds.clone() } else { o.clone() }).collect();
+        let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
+        choices.push(Choice { optimizer: label.clone(), chosen: chosen.clone(), candidates, rerun });
+    }
+    write_selection(root, &choices)?;
+    let jobs: Vec<(Cell, PathBuf)> = choices.iter().map(|c| (c.rerun.clone(), root.join("final").join(&c.optimizer))).collect();
+    let ends = run_cells(spec, root, &jobs, &select.seeds, workers)?;
+    let selected = choices.into_iter().zip(ends).map(|(choice, end)| Selection { choice, end }).collect();
+    Ok(SweepResult { cells, selected })
+}
+
+/// `selection.toml`: the rule, and per optimizer the chosen cell, its values and
+/// every candidate's mean validation accuracy.
+fn write_selection(root: &Path, choices: &[Choice]) -> Result<()> {
+    let mut table = toml::Table::new();
+    table.insert(
+        "rule".into(),
+        "each optimizer's cell with the highest mean final_validation_accuracy over the tuning seeds (ties: the earlier cell), \
+         rerun with the fresh seeds of [select]; test numbers come from the reruns only"
+            .into(),
+    );
+    for c in choices {
+        let mut t = toml::Table::new();
+        t.insert("chosen_cell".into(), c.chosen.clone().into());
+        t.insert("overrides".into(), c.rerun.overrides.clone().into());
+        let means: toml::Table = c.candidates.iter().map(|(n, v)| (n.clone(), toml::Value::from(*v))).collect();
+        t.insert("mean_validation_accuracy".into(), means.into());
+        table.insert(c.optimizer.clone(), t.into());
+    }
+    let path = root.join("selection.toml");
+    std::fs::write(&path, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The values of a `runs` column in a cell's study (empty if none finished).
+fn column(dir: &Path, name: &str) -> Vec<f64> {
+    crate::record::read_table(dir, &crate::record::schema::RUNS)
+        .ok()
+        .and_then(|runs| Some(runs.column(name).ok()?.f64().ok()?.iter().flatten().collect()))
+        .unwrap_or_default()
+}
+
+/// Runs every (cell, folder) not finished yet, `jobs` at a time, each in its own
+/// `exp` process (so one failing or crashing cell cannot take the others down),
+/// and reports how each ended. Logs go to `<root>/logs/<cell>.log`.
+fn run_cells(spec: &SweepSpec, root: &Path, cells: &[(Cell, PathBuf)], seeds: &[u64], workers: &Workers) -> Result<Vec<CellEnd>> {
     std::fs::create_dir_all(root.join("logs"))?;
     let mut ends: Vec<Option<CellEnd>> = vec![None; cells.len()];
     let mut running: Vec<(usize, std::process::Child)> = Vec::new();
     let mut next = 0;
     while next < cells.len() || !running.is_empty() {
         while running.len() < workers.jobs.max(1) && next < cells.len() {
-            let (k, cell) = (next, &cells[next]);
+            let (k, (cell, dir)) = (next, &cells[next]);
             next += 1;
-            let dir = cell_dir(root, cell);
-            if finished(&dir, cell, &spec.seeds) {
+            if finished(dir, cell, seeds) {
                 ends[k] = Some(CellEnd::AlreadyDone);
                 continue;
             }
             let log = std::fs::File::create(log_path(root, cell))?;
             let mut cmd = std::process::Command::new(workers.exe);
-            cmd.arg(&spec.study).arg("--out").arg(&dir);
+            cmd.arg(&spec.study).arg("--out").arg(dir);
             if dir.join("config.toml").exists() {
                 cmd.arg("--resume");
             } else if let Some(preset) = &spec.preset {
@@ -220,7 +328,7 @@ pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<Vec<(Cell
                 None => still.push((k, child)),
                 Some(status) if status.success() => ends[k] = Some(CellEnd::Finished),
                 Some(status) => {
-                    let log = std::fs::read_to_string(log_path(root, &cells[k])).unwrap_or_default();
+                    let log = std::fs::read_to_string(log_path(root, &cells[k].0)).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
                     ends[k] = Some(CellEnd::Failed(format!("{status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))));
                 }
@@ -228,13 +336,14 @@ pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<Vec<(Cell
         }
         running = still;
     }
-    Ok(cells.into_iter().zip(ends.into_iter().map(|e| e.expect("every cell ends"))).collect())
+    Ok(ends.into_iter().map(|e| e.expect("every cell ends")).collect())
 }
 
 /// One line per cell: its optimizer, its own values, how it ended and its
 /// main number (final accuracy on all classes, or held-out loss for a language
 /// model) as mean ± 95% interval over the seeds.
-pub fn render(spec: &SweepSpec, results: &[(Cell, CellEnd)], root: &Path) -> String {
+pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<String> {
+    let results = &result.cells;
     use std::fmt::Write as _;
     let column = if spec.study == "gpt" { "final_validation_loss" } else { "final_all_accuracy" };
     let fixed = spec.set.len() + 2;
@@ -260,7 +369,21 @@ pub fn render(spec: &SweepSpec, results: &[(Cell, CellEnd)], root: &Path) -> Str
         let own = cell.overrides[fixed..].join(" ");
         writeln!(out, "{:<6} {:<10} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
     }
-    out
+    if result.selected.is_empty() {
+        return Ok(out);
+    }
+    writeln!(out, "\nselected on validation (selection.toml), rerun with fresh seeds, on the test sets:").unwrap();
+    let mut summaries = Vec::new();
+    for Selection { choice: c, end } in &result.selected {
+        writeln!(out, "  {}: cell {} ({})", c.optimizer, c.chosen, c.rerun.overrides[fixed..].join(" ")).unwrap();
+        if let CellEnd::Failed(why) = end {
+            writeln!(out, "    rerun FAILED ({why})").unwrap();
+        } else {
+            summaries.extend(super::summary::summarize(&root.join("final").join(&c.optimizer), std::slice::from_ref(&c.optimizer))?);
+        }
+    }
+    out += &super::summary::render(&summaries);
+    Ok(out)
 }
 
 pub fn cell_dir(root: &Path, cell: &Cell) -> PathBuf {
