@@ -11,13 +11,13 @@ use optlab::backend::{Backend, Cpu, kernels};
 use optlab::data::text::Corpus;
 use optlab::data::{self, DatasetName};
 use optlab::experiments::config::read_preset;
-use optlab::experiments::folder;
 use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
 use optlab::experiments::provenance::{self, Provenance};
 use optlab::experiments::split_mnist::{self, SplitStudy};
 use optlab::experiments::study::{self, Report};
 use optlab::experiments::sweep::{self, CellEnd, SweepSpec, Workers};
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
+use optlab::experiments::{figures, folder};
 use optlab::record::schema;
 
 #[derive(Parser)]
@@ -45,6 +45,8 @@ enum Command {
     /// Print the summary table of a study folder of any kind, finished or not,
     /// and which runs are missing.
     Report { dir: PathBuf },
+    /// Draw a study's figures (PNG and SVG) into DIR/figures/.
+    Plot { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
     Fetch {
         #[arg(default_value = "mnist")]
@@ -227,6 +229,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(args) => sweep(&args),
         Command::Report { dir } => {
             print!("{}", summary::report(&dir)?);
+            Ok(())
+        }
+        Command::Plot { dir } => {
+            folder::saved_config(&dir)?;
+            for f in figures::plot_study(&dir)? {
+                println!("{}", f.display());
+            }
             Ok(())
         }
         Command::Fetch { dataset, data_dir } => {

@@ -2,6 +2,7 @@
 //! trainer ([`trainer`]) under every study kind ([`split_mnist`], [`gpt`]).
 
 pub mod config;
+pub mod figures;
 pub mod folder;
 pub mod gpt;
 pub mod memory;

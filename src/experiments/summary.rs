@@ -167,7 +167,8 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     let acc = read_table(dir, &schema::ACCURACY)?;
     let (a_run, a_after, a_eval, a_acc) =
         (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
-    let a_split = strs(&acc, "split")?;
+    // Folders written before the column existed hold test rows only.
+    let a_split = if acc.column("split").is_ok() { strs(&acc, "split")? } else { vec!["test".into(); acc.height()] };
     let mut last_row = Latest::default();
     for k in (0..a_run.len()).filter(|&k| a_split[k] == "test") {
         if let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) {
