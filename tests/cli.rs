@@ -271,6 +271,13 @@ fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
     // Once done, a cell is not run again.
     let again = exp(&args);
     assert_eq!(String::from_utf8_lossy(&again.stdout).matches("done before").count(), 4, "{}", String::from_utf8_lossy(&again.stdout));
+    // exp report reads the sweep's folder: every cell, the invalid one not finished.
+    let report = exp(&["report", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success() && text.matches("done before").count() == 4 && text.contains("0004") && text.contains("not finished"),
+        "{text}"
+    );
     // Another spec in the same folder is refused.
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("3e-2", "5e-2")).unwrap();
     assert_clear_error(&exp(&args), "holds a sweep of other cells", "another spec");
@@ -311,6 +318,11 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
     }
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("selected on validation") && table.contains("over 5 seeds"), "{table}");
+    // Run again, every cell is done; exp report on the folder prints the same table.
+    let again = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 4);
+    let report = exp(&["report", out.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
     // Too few fresh seeds, or seeds that also tuned, are refused before anything runs.
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("[10, 11, 12, 13, 14]", "[1, 11, 12, 13, 14]")).unwrap();
     let o = exp(&["sweep", spec.to_str().unwrap(), "--out", dir.path().join("other").to_str().unwrap()]);

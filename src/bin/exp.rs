@@ -42,8 +42,8 @@ enum Command {
     /// cell an ordinary study folder, run by worker processes; run the same
     /// command again to resume a killed sweep (finished cells are not rerun).
     Sweep(SweepArgs),
-    /// Print the summary table of a study folder of any kind, finished or not,
-    /// and which runs are missing.
+    /// Print the summary table of a study folder of any kind, or of a sweep's
+    /// folder, finished or not, and what is still missing.
     Report { dir: PathBuf },
     /// Draw a study's figures (PNG and SVG) into DIR/figures/.
     Plot { dir: PathBuf },
@@ -228,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gpt(args) => gpt_study(&args),
         Command::Sweep(args) => sweep(&args),
         Command::Report { dir } => {
-            print!("{}", summary::report(&dir)?);
+            print!("{}", if sweep::is_sweep(&dir) { sweep::report(&dir)? } else { summary::report(&dir)? });
             Ok(())
         }
         Command::Plot { dir } => {

@@ -78,6 +78,46 @@ pub struct Cell {
 
 pub const STUDIES: [&str; 3] = ["split-mnist", "vit", "gpt"];
 
+/// The spec as the sweep's folder keeps it (what `exp report` reads back).
+const SPEC: &str = "sweep.toml";
+
+/// Whether `dir` is a sweep's folder.
+pub fn is_sweep(dir: &Path) -> bool {
+    dir.join(SPEC).is_file()
+}
+
+/// A sweep's table from its folder, finished or not, without running anything.
+pub fn report(root: &Path) -> Result<String> {
+    let spec = SweepSpec::read(&root.join(SPEC))?;
+    let cells = spec.cells()?;
+    let end = |cell: &Cell, dir: &Path, seeds: &[u64]| if finished(dir, cell, seeds) { CellEnd::AlreadyDone } else { CellEnd::Unfinished };
+    let cells: Vec<(Cell, CellEnd)> = cells
+        .into_iter()
+        .map(|c| {
+            let e = end(&c, &cell_dir(root, &c), &spec.seeds);
+            (c, e)
+        })
+        .collect();
+    let mut selected = Vec::new();
+    if let (Some(select), Ok(text)) = (&spec.select, std::fs::read_to_string(root.join("selection.toml"))) {
+        let table: toml::Table = toml::from_str(&text).context("selection.toml")?;
+        for (label, t) in table.iter().filter_map(|(k, v)| Some((k, v.as_table()?))) {
+            let overrides = t
+                .get("overrides")
+                .and_then(toml::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
+            let chosen = t.get("chosen_cell").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+            let e = end(&rerun, &root.join("final").join(label), &select.seeds);
+            selected.push(Selection { choice: Choice { optimizer: label.clone(), chosen, candidates: Vec::new(), rerun }, end: e });
+        }
+    }
+    render(&spec, &SweepResult { cells, selected }, root)
+}
+
 impl SweepSpec {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading sweep spec {}", path.display()))?;
@@ -187,6 +227,8 @@ pub enum CellEnd {
     Finished,
     /// `exp` exited with an error: the last lines of its log.
     Failed(String),
+    /// Not every run has finished (a report on a sweep in progress, or killed).
+    Unfinished,
 }
 
 /// Where the sweep runs its cells: the `exp` binary, the flags every cell
@@ -225,6 +267,10 @@ pub struct Selection {
 pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResult> {
     let cells = spec.cells()?;
     settle_manifest(root, &cells)?;
+    let saved = root.join(SPEC);
+    if !saved.exists() {
+        std::fs::write(&saved, toml::to_string_pretty(spec)?).with_context(|| format!("writing {}", saved.display()))?;
+    }
     let jobs: Vec<(Cell, PathBuf)> = cells.iter().map(|c| (c.clone(), cell_dir(root, c))).collect();
     let ends = run_cells(spec, root, &jobs, &spec.seeds, workers)?;
     let cells: Vec<(Cell, CellEnd)> = cells.into_iter().zip(ends).collect();
@@ -363,6 +409,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         };
         let status = match end {
             CellEnd::AlreadyDone => "done before".to_string(),
+            CellEnd::Unfinished => "not finished".to_string(),
             CellEnd::Finished => "finished".to_string(),
             CellEnd::Failed(why) => format!("FAILED ({why})"),
         };
@@ -378,6 +425,8 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         writeln!(out, "  {}: cell {} ({})", c.optimizer, c.chosen, c.rerun.overrides[fixed..].join(" ")).unwrap();
         if let CellEnd::Failed(why) = end {
             writeln!(out, "    rerun FAILED ({why})").unwrap();
+        } else if *end == CellEnd::Unfinished {
+            writeln!(out, "    rerun not finished").unwrap();
         } else {
             summaries.extend(super::summary::summarize(&root.join("final").join(&c.optimizer), std::slice::from_ref(&c.optimizer))?);
         }
