@@ -121,13 +121,7 @@ impl StudyArgs {
         let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(overrides).collect();
         if self.resume {
             let out = self.out.as_deref().context("--resume needs --out")?;
-            let (saved_kind, saved) = folder::saved_config(out)?;
-            if saved_kind != kind {
-                bail!(
-                    "{} holds a {saved_kind} study, not a {kind} study: resume it with `exp {saved_kind} --out … --resume`",
-                    out.display()
-                );
-            }
+            let saved = folder::saved_config_of(out, kind)?;
             // The saved values come first: the study's own defaults are already in them.
             C::resolve(Some(&saved), &overrides[defaults.len()..])
         } else {

@@ -53,10 +53,7 @@ impl StudyFolder {
         saved_config(root)?;
         let folder = Self { root: root.to_path_buf(), _lock: lock(root)? };
         // Read again under the lock: the holder may have extended it meanwhile.
-        let (saved_kind, saved) = saved_config(root)?;
-        if saved_kind != kind {
-            bail!("{} holds a {saved_kind} study, not a {kind} study: resume it with `exp {saved_kind} --out … --resume`", root.display());
-        }
+        let saved = saved_config_of(root, kind)?;
         let differences = identity_differences(&saved, config);
         if !differences.is_empty() {
             bail!(
@@ -68,6 +65,16 @@ impl StudyFolder {
         write_config(root, kind, &union(&saved, config))?;
         Ok(folder)
     }
+}
+
+/// The configuration saved in a study folder of `kind`; another kind is an error
+/// saying which command resumes it.
+pub fn saved_config_of(root: &Path, kind: &str) -> Result<toml::Table> {
+    let (saved_kind, saved) = saved_config(root)?;
+    if saved_kind != kind {
+        bail!("{} holds a {saved_kind} study, not a {kind} study: resume it with `exp {saved_kind} --out … --resume`", root.display());
+    }
+    Ok(saved)
 }
 
 /// The kind and configuration saved in a study folder.
