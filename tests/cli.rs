@@ -454,3 +454,78 @@ fn readme_shows_the_current_schema() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(readme.contains(optlab::record::schema::markdown().trim()), "README's schema is stale: paste `exp schema` into it");
 }
+
+/// A browser to check reports with, or why there is none (a failure when CI
+/// requires one).
+fn browser() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()));
+    if found.is_none() {
+        assert!(std::env::var_os("OPTLAB_REQUIRE_BROWSER").is_none(), "a headless browser is required but none is installed");
+        eprintln!("SKIPPED report rendering check: no chromium (CI installs Debian's chromium)");
+    }
+    found
+}
+
+/// How many of a page's images loaded and how many did not, as a real browser
+/// counts them once the page has loaded.
+fn images_in_browser(browser: &str, html: &Path) -> (usize, usize) {
+    let probe = html.with_extension("probe.html");
+    let script = "<script>window.addEventListener('load',()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;\
+                  document.body.setAttribute('data-images',ok+' '+(document.images.length-ok))})</script></body>";
+    std::fs::write(&probe, std::fs::read_to_string(html).unwrap().replace("</body>", script)).unwrap();
+    let dom = Command::new(browser).args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]).arg(&probe).output().unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let counts = dom.split("data-images=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or_else(|| panic!("no image count in {dom}"));
+    let (ok, broken) = counts.split_once(' ').unwrap();
+    (ok.parse().unwrap(), broken.parse().unwrap())
+}
+
+#[test]
+fn the_report_is_one_html_file_that_renders_every_figure_in_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let args =
+        with(&tiny_gpt(dir.path()), &["--optimizers", "adam,muon", "--steps", "40", "--set", "eval_every=20", "--set", "probe_every=10"]);
+    let o = exp_owned(&with(&args, &["--out", out.to_str().unwrap()]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = exp(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html_path = out.join("report.html");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    // Both say the same: the table, the configuration, the provenance, the figures.
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(markdown.contains(table.trim_end()), "{markdown}");
+    assert!(html.contains("muon") && html.contains("Configuration") && html.contains("git_commit"));
+    // Self-contained: every image is inlined, each figure once.
+    let images = html.matches("<img ").count();
+    assert_eq!(images, html.matches("<img alt=\"").count());
+    assert_eq!(images, html.matches("src=\"data:image/png;base64,").count());
+    for name in ["loss", "effective_rank"] {
+        assert!(html.contains(&format!("alt=\"{name}\"")) && markdown.contains(&format!("![{name}](figures/{name}.png)")), "{name}");
+    }
+    let Some(browser) = browser() else { return };
+    assert_eq!(images_in_browser(browser, &html_path), (images, 0), "every figure renders");
+    // The check sees a broken image (so it can fail): one figure's data cut short.
+    let broken = dir.path().join("broken.html");
+    std::fs::write(&broken, html.replacen("base64,iVBOR", "base64,AAAA", 1)).unwrap();
+    assert_eq!(images_in_browser(browser, &broken), (images - 1, 1));
+    // A screenshot of the page shows the figures: far from blank.
+    let shot = dir.path().join("shot.png");
+    let o = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1300,2400"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&html_path)
+        .output()
+        .unwrap();
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut reader = png::Decoder::new(std::fs::File::open(&shot).unwrap()).read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let inked = pixels[..info.buffer_size()].chunks(channels).filter(|p| p[..3].iter().any(|&c| c < 200)).count();
+    let share = inked as f64 / (info.width * info.height) as f64;
+    assert!((info.width, info.height) == (1300, 2400) && share > 0.02, "{}×{}, {:.3} of the pixels inked", info.width, info.height, share);
+}

@@ -13,11 +13,12 @@ use optlab::data::{self, DatasetName};
 use optlab::experiments::config::read_preset;
 use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
 use optlab::experiments::provenance::{self, Provenance};
+use optlab::experiments::slurm::{self, Cluster, Progress};
 use optlab::experiments::split_mnist::{self, SplitStudy};
 use optlab::experiments::study::{self, Report};
-use optlab::experiments::sweep::{self, CellEnd, SweepSpec, Workers};
+use optlab::experiments::sweep::{self, CellEnd, Phase, SweepSpec, Workers};
 use optlab::experiments::{SplitMnistConfig, StudyConfig, summary};
-use optlab::experiments::{figures, folder};
+use optlab::experiments::{figures, folder, report};
 use optlab::record::schema;
 
 #[derive(Parser)]
@@ -42,8 +43,23 @@ enum Command {
     /// cell an ordinary study folder, run by worker processes; run the same
     /// command again to resume a killed sweep (finished cells are not rerun).
     Sweep(SweepArgs),
+    /// One study of a sweep's phase, in the sweep's folder: what a Slurm array
+    /// task runs (`exp sweep --slurm` writes the scripts).
+    #[command(hide = true)]
+    SweepTask {
+        dir: PathBuf,
+        #[arg(value_enum)]
+        phase: Phase,
+        index: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
     /// Print the summary table of a study folder of any kind, or of a sweep's
-    /// folder, finished or not, and what is still missing.
+    /// folder, finished or not, and what is still missing; write it with the
+    /// figures, configuration and provenance to DIR/report.html (self-contained)
+    /// and DIR/report.md.
     Report { dir: PathBuf },
     /// Draw a study's figures (PNG and SVG) into DIR/figures/.
     Plot { dir: PathBuf },
@@ -138,7 +154,8 @@ struct SweepArgs {
     /// The sweep's folder (default: runs/sweep-<spec name>, so the same command resumes it).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Cells run at once (default: the cores divided by --threads).
+    /// Cells run at once (default: the cores divided by --threads; with
+    /// --slurm, array tasks at once, default unlimited).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     jobs: Option<u64>,
     /// CPU threads of each cell's process.
@@ -146,6 +163,17 @@ struct SweepArgs {
     threads: u64,
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    /// Submit the sweep to Slurm as job arrays (one task per study, --threads
+    /// CPUs each) and return; run the same command to see where it stands or
+    /// to resubmit what did not finish.
+    #[arg(long)]
+    slurm: bool,
+    /// An extra sbatch flag for every job, e.g. `--sbatch-arg=--partition=gpu`.
+    #[arg(long, value_name = "FLAG", requires = "slurm", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
+    /// The phase whose array just ended (the continuing job's call).
+    #[arg(long, hide = true, requires = "slurm", value_enum)]
+    after: Option<Phase>,
 }
 
 #[derive(clap::Args)]
@@ -220,15 +248,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::SplitMnist(args) => split_mnist_study(&args, "split-mnist", &[]),
         Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
         Command::Gpt(args) => gpt_study(&args),
+        Command::Sweep(args) if args.slurm => sweep_on_slurm(&args),
         Command::Sweep(args) => sweep(&args),
+        Command::SweepTask { dir, phase, index, threads, device } => {
+            let exe = std::env::current_exe().context("locating the exp binary")?;
+            let extra = ["--device".to_string(), format!("{device:?}").to_lowercase()];
+            let workers = Workers { exe: &exe, extra_args: &extra, jobs: 1, threads };
+            match sweep::run_task(&dir, phase, index, &workers)? {
+                CellEnd::Failed(why) => bail!("the study failed: {why}"),
+                _ => Ok(()),
+            }
+        }
         Command::Report { dir } => {
-            print!("{}", if sweep::is_sweep(&dir) { sweep::report(&dir)? } else { summary::report(&dir)? });
+            let written = report::write(&dir)?;
+            print!("{}", written.table);
+            eprintln!("report: {} and {}", written.html.display(), written.markdown.display());
             Ok(())
         }
         Command::Plot { dir } => {
             folder::saved_config(&dir)?;
             for f in figures::plot_study(&dir)? {
-                println!("{}", f.display());
+                println!("{}\n{}", f.png.display(), f.svg.display());
             }
             Ok(())
         }
@@ -346,10 +386,56 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
     finish("gpt", &out, &report)
 }
 
+/// A sweep's folder: --out, else runs/sweep-<spec name>, so the same command resumes it.
+fn sweep_folder(args: &SweepArgs) -> PathBuf {
+    let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+    args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("sweep-{stem}")))
+}
+
+fn sweep_on_slurm(args: &SweepArgs) -> Result<()> {
+    let spec = SweepSpec::read(&args.spec)?;
+    let out = sweep_folder(args);
+    let exe = std::env::current_exe().context("locating the exp binary")?;
+    let exp_args = ["--device".to_string(), format!("{:?}", args.device).to_lowercase()];
+    let cluster = Cluster {
+        exe: &exe,
+        exp_args: &exp_args,
+        sbatch_args: &args.sbatch_arg,
+        threads: args.threads as usize,
+        throttle: args.jobs.map(|n| n as usize),
+    };
+    let progress = slurm::advance(&spec, &out, &cluster, args.after);
+    print!("{}", sweep::report(&out)?);
+    match progress? {
+        Progress::InQueue(jobs) => {
+            println!("slurm: jobs {} of this sweep are queued or running; run the same command again later", jobs.join(", "))
+        }
+        Progress::Submitted { phase, studies, array, then } => println!(
+            "slurm: submitted the {} phase, {studies} studies, as job array {array} (output in {}); job {then} continues when it ends",
+            format!("{phase:?}").to_lowercase(),
+            out.join("logs").join(format!("slurm-{array}_*.out")).display()
+        ),
+        Progress::Done => {
+            let written = report::write(&out)?;
+            println!("slurm: nothing left to submit; the report is in {} and {}", written.html.display(), written.markdown.display());
+            let (_, state) = sweep::state(&out)?;
+            let unfinished = state.unfinished();
+            if !unfinished.is_empty() {
+                bail!(
+                    "{} studies did not finish ({}); their logs are in {}; run the same command without --after to resubmit them",
+                    unfinished.len(),
+                    unfinished.join(", "),
+                    out.join("logs").display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sweep(args: &SweepArgs) -> Result<()> {
     let spec = SweepSpec::read(&args.spec)?;
-    let stem = args.spec.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
-    let out = args.out.clone().unwrap_or_else(|| Path::new("runs").join(format!("sweep-{stem}")));
+    let out = sweep_folder(args);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let jobs = args.jobs.unwrap_or((cores / args.threads).max(1));
     let device = format!("{:?}", args.device).to_lowercase();
@@ -365,8 +451,7 @@ fn sweep(args: &SweepArgs) -> Result<()> {
     let workers = Workers { exe: &exe, extra_args: &extra, jobs: jobs as usize, threads: args.threads as usize };
     let result = sweep::run(&spec, &out, &workers)?;
     print!("{}", sweep::render(&spec, &result, &out)?);
-    let ends = result.cells.iter().map(|(c, e)| (c, e)).chain(result.selected.iter().map(|s| (&s.choice.rerun, &s.end)));
-    let failed: Vec<&str> = ends.filter(|(_, e)| matches!(e, CellEnd::Failed(_))).map(|(c, _)| c.name.as_str()).collect();
+    let failed = result.unfinished();
     let total = result.cells.len() + result.selected.len();
     if !failed.is_empty() {
         let logs = out.join("logs");

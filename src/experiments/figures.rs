@@ -32,31 +32,55 @@ fn register_font() -> Result<()> {
     result
 }
 
-/// Writes every figure of the study in `dir` into `dir/figures/`; returns the files.
-pub fn plot_study(dir: &Path) -> Result<Vec<PathBuf>> {
+/// A figure as written: its name, what it shows, and its files.
+pub struct Figure {
+    pub name: &'static str,
+    pub caption: &'static str,
+    pub png: PathBuf,
+    pub svg: PathBuf,
+}
+
+/// Writes every figure of the study in `dir` into `dir/figures/`.
+pub fn plot_study(dir: &Path) -> Result<Vec<Figure>> {
+    plot(&[dir.to_path_buf()], &dir.join("figures"))
+}
+
+/// Writes the figures of studies drawn together (their runs side by side, e.g.
+/// a sweep's reruns, one folder per optimizer) into `out`.
+pub fn plot(dirs: &[PathBuf], out: &Path) -> Result<Vec<Figure>> {
     register_font()?;
-    let out = dir.join("figures");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let data = StudyData::read(dir)?;
-    let mut files = Vec::new();
-    let mut both = |name: &str,
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let data = StudyData::read(dirs)?;
+    let mut figures = Vec::new();
+    let mut both = |name: &'static str,
+                    caption: &'static str,
                     draw: &dyn Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
                     svg: &dyn Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>|
      -> Result<()> {
         let (png, svg_path) = (out.join(format!("{name}.png")), out.join(format!("{name}.svg")));
         draw(BitMapBackend::new(&png, SIZE).into_drawing_area())?;
         svg(SVGBackend::new(&svg_path, SIZE).into_drawing_area())?;
-        files.extend([png, svg_path]);
+        figures.push(Figure { name, caption, png, svg: svg_path });
         Ok(())
     };
-    both("loss", &|a| data.loss(a), &|a| data.loss(a))?;
+    both("loss", "every run's training loss against step (log scale), task boundaries dashed", &|a| data.loss(a), &|a| data.loss(a))?;
     if !data.ranks.is_empty() {
-        both("effective_rank", &|a| data.effective_rank(a), &|a| data.effective_rank(a))?;
+        both(
+            "effective_rank",
+            "each weight matrix's effective rank against step: mean over seeds per optimizer, shaded 95% interval",
+            &|a| data.effective_rank(a),
+            &|a| data.effective_rank(a),
+        )?;
     }
     if !data.accuracy.is_empty() {
-        both("accuracy_matrix", &|a| data.accuracy_matrix(a), &|a| data.accuracy_matrix(a))?;
+        both(
+            "accuracy_matrix",
+            "R[i][j], test accuracy on task j after training task i, mean over seeds, per optimizer",
+            &|a| data.accuracy_matrix(a),
+            &|a| data.accuracy_matrix(a),
+        )?;
     }
-    Ok(files)
+    Ok(figures)
 }
 
 /// The optimizer label of a run id `<label>-s<seed>`.
@@ -76,7 +100,16 @@ struct StudyData {
 }
 
 impl StudyData {
-    fn read(dir: &Path) -> Result<Self> {
+    /// The runs of every folder in `dirs`, together.
+    fn read(dirs: &[PathBuf]) -> Result<Self> {
+        let mut data = Self { loss: BTreeMap::new(), boundaries: Vec::new(), ranks: BTreeMap::new(), accuracy: BTreeMap::new() };
+        for dir in dirs {
+            data.add(dir).with_context(|| format!("reading the tables of {}", dir.display()))?;
+        }
+        Ok(data)
+    }
+
+    fn add(&mut self, dir: &Path) -> Result<()> {
         let steps = read_table(dir, &schema::STEPS)?;
         let col_s = |df: &polars::prelude::DataFrame, c: &str| -> Result<Vec<String>> {
             Ok(df.column(c)?.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
@@ -84,7 +117,7 @@ impl StudyData {
         let col_i = |df: &polars::prelude::DataFrame, c: &str| -> Result<Vec<Option<i64>>> { Ok(df.column(c)?.i64()?.iter().collect()) };
         let col_f = |df: &polars::prelude::DataFrame, c: &str| -> Result<Vec<Option<f64>>> { Ok(df.column(c)?.f64()?.iter().collect()) };
         let (run, step, task, loss) = (col_s(&steps, "run")?, col_i(&steps, "step")?, col_i(&steps, "task")?, col_f(&steps, "loss")?);
-        let mut by_run: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+        let by_run = &mut self.loss;
         let mut first_step_of_task: BTreeMap<i64, i64> = BTreeMap::new();
         for k in 0..run.len() {
             if let (Some(s), Some(t), Some(l)) = (step[k], task[k], loss[k]) {
@@ -94,9 +127,10 @@ impl StudyData {
             }
         }
         by_run.values_mut().for_each(|v| v.sort_by_key(|p| p.0));
-        let boundaries = first_step_of_task.into_iter().filter(|(t, _)| *t > 0).map(|(_, s)| s - 1).collect();
+        // Studies drawn together share their protocol, so their boundaries agree.
+        self.boundaries = first_step_of_task.into_iter().filter(|(t, _)| *t > 0).map(|(_, s)| s - 1).collect();
 
-        let mut ranks: BTreeMap<(String, String), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+        let ranks = &mut self.ranks;
         if let Ok(sp) = read_table(dir, &schema::SPECTRA) {
             let (run, step, param, tensor, er) =
                 (col_s(&sp, "run")?, col_i(&sp, "step")?, col_s(&sp, "param")?, col_s(&sp, "tensor")?, col_f(&sp, "effective_rank")?);
@@ -106,7 +140,7 @@ impl StudyData {
                 }
             }
         }
-        let mut accuracy: BTreeMap<String, BTreeMap<(i64, i64), Vec<f64>>> = BTreeMap::new();
+        let accuracy = &mut self.accuracy;
         if let Ok(acc) = read_table(dir, &schema::ACCURACY) {
             let (run, after, eval, a) =
                 (col_s(&acc, "run")?, col_i(&acc, "after_task")?, col_i(&acc, "eval_task")?, col_f(&acc, "accuracy")?);
@@ -118,7 +152,7 @@ impl StudyData {
                 }
             }
         }
-        Ok(Self { loss: by_run, boundaries, ranks, accuracy })
+        Ok(())
     }
 
     /// Colour of an optimizer label: its place among the study's labels.
@@ -205,7 +239,15 @@ impl StudyData {
             }
             for (label, by_step) in lines {
                 let colour = self.colour(label);
-                let mean = by_step.iter().map(|(s, rs)| (*s, rs.iter().sum::<f64>() / rs.len() as f64));
+                let intervals: Vec<(i64, crate::metrics::Interval)> =
+                    by_step.iter().map(|(s, rs)| (*s, crate::metrics::Interval::of(rs))).collect();
+                if intervals.iter().all(|(_, i)| i.n > 1) {
+                    let upper = intervals.iter().map(|(s, i)| (*s, (i.mean + i.half_width).min(max_rank)));
+                    let band: Vec<(i64, f64)> =
+                        upper.chain(intervals.iter().rev().map(|(s, i)| (*s, (i.mean - i.half_width).max(0.0)))).collect();
+                    chart.draw_series([Polygon::new(band, colour.mix(0.2).filled())]).map_err(err)?;
+                }
+                let mean = intervals.iter().map(|(s, i)| (*s, i.mean));
                 chart
                     .draw_series(LineSeries::new(mean, colour.stroke_width(2)))
                     .map_err(err)?

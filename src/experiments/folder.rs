@@ -39,7 +39,7 @@ impl StudyFolder {
         }
         refuse_study_files(root)?;
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        let folder = Self { root: root.to_path_buf(), _lock: lock(root)? };
+        let folder = Self { root: root.to_path_buf(), _lock: lock(root, false)? };
         // Checked again under the lock: another process may have started in between.
         refuse_study_files(root)?;
         write_config(root, kind, config)?;
@@ -51,7 +51,7 @@ impl StudyFolder {
     /// The saved configuration becomes the union of both.
     pub fn resume(root: &Path, kind: &str, config: &toml::Table) -> Result<Self> {
         saved_config(root)?;
-        let folder = Self { root: root.to_path_buf(), _lock: lock(root)? };
+        let folder = Self { root: root.to_path_buf(), _lock: lock(root, false)? };
         // Read again under the lock: the holder may have extended it meanwhile.
         let saved = saved_config_of(root, kind)?;
         let differences = identity_differences(&saved, config);
@@ -96,10 +96,16 @@ pub fn saved_config(root: &Path) -> Result<(String, toml::Table)> {
     Ok((kind, table))
 }
 
-fn lock(root: &Path) -> Result<File> {
+/// Holds `root`'s lock for as long as the file lives; `wait` blocks until
+/// another process lets go, else that is an error.
+pub fn lock(root: &Path, wait: bool) -> Result<File> {
     let path = root.join(LOCK);
     let file =
         OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    if wait {
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+        return Ok(file);
+    }
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {

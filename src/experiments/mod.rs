@@ -9,6 +9,8 @@ pub mod memory;
 pub mod probes;
 pub mod provenance;
 pub mod records;
+pub mod report;
+pub mod slurm;
 pub mod split_mnist;
 pub mod study;
 pub mod summary;

@@ -79,7 +79,25 @@ pub struct Cell {
 pub const STUDIES: [&str; 3] = ["split-mnist", "vit", "gpt"];
 
 /// The spec as the sweep's folder keeps it (what `exp report` reads back).
-const SPEC: &str = "sweep.toml";
+pub const SPEC: &str = "sweep.toml";
+
+/// The selection rule's record: each optimizer's choice and its candidates.
+const SELECTION: &str = "selection.toml";
+
+/// A sweep runs in two phases: its grid, then (with `[select]`) each
+/// optimizer's chosen cell again with fresh seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Grid,
+    Final,
+}
+
+/// A study to run: its cell, and the folder it runs in.
+pub struct Job {
+    pub cell: Cell,
+    pub dir: PathBuf,
+}
 
 /// Whether `dir` is a sweep's folder.
 pub fn is_sweep(dir: &Path) -> bool {
@@ -88,34 +106,32 @@ pub fn is_sweep(dir: &Path) -> bool {
 
 /// A sweep's table from its folder, finished or not, without running anything.
 pub fn report(root: &Path) -> Result<String> {
+    let (spec, state) = state(root)?;
+    render(&spec, &state, root)
+}
+
+/// Where every study of a sweep stands, read from its folder: each either
+/// finished before or not finished.
+pub fn state(root: &Path) -> Result<(SweepSpec, SweepResult)> {
     let spec = SweepSpec::read(&root.join(SPEC))?;
-    let cells = spec.cells()?;
-    let end = |cell: &Cell, dir: &Path, seeds: &[u64]| if finished(dir, cell, seeds) { CellEnd::AlreadyDone } else { CellEnd::Unfinished };
-    let cells: Vec<(Cell, CellEnd)> = cells
-        .into_iter()
-        .map(|c| {
-            let e = end(&c, &cell_dir(root, &c), &spec.seeds);
-            (c, e)
-        })
-        .collect();
-    let mut selected = Vec::new();
-    if let (Some(select), Ok(text)) = (&spec.select, std::fs::read_to_string(root.join("selection.toml"))) {
-        let table: toml::Table = toml::from_str(&text).context("selection.toml")?;
-        for (label, t) in table.iter().filter_map(|(k, v)| Some((k, v.as_table()?))) {
-            let overrides = t
-                .get("overrides")
-                .and_then(toml::Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
-            let chosen = t.get("chosen_cell").and_then(toml::Value::as_str).unwrap_or_default().to_string();
-            let e = end(&rerun, &root.join("final").join(label), &select.seeds);
-            selected.push(Selection { choice: Choice { optimizer: label.clone(), chosen, candidates: Vec::new(), rerun }, end: e });
+    let state = |jobs: Vec<Job>, seeds: &[u64]| -> Vec<(Cell, CellEnd)> {
+        jobs.into_iter()
+            .map(|j| {
+                let end = if finished(&j.dir, &j.cell, seeds) { CellEnd::AlreadyDone } else { CellEnd::Unfinished };
+                (j.cell, end)
+            })
+            .collect()
+    };
+    let cells = state(grid_jobs(root, &spec.cells()?), &spec.seeds);
+    let selected = match &spec.select {
+        Some(select) if root.join(SELECTION).exists() => {
+            let choices = read_choices(root)?;
+            let ends = state(final_jobs(root, &choices), &select.seeds);
+            choices.into_iter().zip(ends).map(|(choice, (_, end))| Selection { choice, end }).collect()
         }
-    }
-    render(&spec, &SweepResult { cells, selected }, root)
+        _ => Vec::new(),
+    };
+    Ok((spec, SweepResult { cells, selected }))
 }
 
 impl SweepSpec {
@@ -124,7 +140,8 @@ impl SweepSpec {
         let mut spec: Self = toml::from_str(&text).with_context(|| format!("parsing sweep spec {}", path.display()))?;
         if let Some(preset) = &spec.preset {
             let base = path.parent().unwrap_or(Path::new("."));
-            spec.preset = Some(base.join(preset));
+            // Absolute, so the copy in the sweep's folder names the same file.
+            spec.preset = Some(std::path::absolute(base.join(preset))?);
         }
         Ok(spec)
     }
@@ -256,34 +273,82 @@ pub struct Choice {
     pub rerun: Cell,
 }
 
+impl SweepResult {
+    /// The studies that did not finish (failed, or not run to the end), by name.
+    pub fn unfinished(&self) -> Vec<&str> {
+        let ends = self.cells.iter().map(|(c, e)| (c, e)).chain(self.selected.iter().map(|s| (&s.choice.rerun, &s.end)));
+        ends.filter(|(_, e)| matches!(e, CellEnd::Failed(_) | CellEnd::Unfinished)).map(|(c, _)| c.name.as_str()).collect()
+    }
+}
+
 /// A choice and how its rerun ended.
 pub struct Selection {
     pub choice: Choice,
     pub end: CellEnd,
 }
 
-/// Runs every grid cell not finished yet, then (with `[select]`) each
-/// optimizer's best cell again with fresh seeds; writes `selection.toml`.
-pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResult> {
+/// Settles the sweep's folder for `spec` (its cells' manifest and a copy of the
+/// spec) and returns the cells.
+pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
     let cells = spec.cells()?;
     settle_manifest(root, &cells)?;
     let saved = root.join(SPEC);
     if !saved.exists() {
         std::fs::write(&saved, toml::to_string_pretty(spec)?).with_context(|| format!("writing {}", saved.display()))?;
     }
-    let jobs: Vec<(Cell, PathBuf)> = cells.iter().map(|c| (c.clone(), cell_dir(root, c))).collect();
-    let ends = run_cells(spec, root, &jobs, &spec.seeds, workers)?;
+    Ok(cells)
+}
+
+/// Runs every grid cell not finished yet, then (with `[select]`) each
+/// optimizer's best cell again with fresh seeds; writes `selection.toml`.
+pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResult> {
+    let cells = prepare(spec, root)?;
+    let ends = run_cells(spec, root, &grid_jobs(root, &cells), &spec.seeds, workers)?;
     let cells: Vec<(Cell, CellEnd)> = cells.into_iter().zip(ends).collect();
     let Some(select) = &spec.select else { return Ok(SweepResult { cells, selected: Vec::new() }) };
+    let choices = choose(spec, root)?;
+    let ends = run_cells(spec, root, &final_jobs(root, &choices), &select.seeds, workers)?;
+    let selected = choices.into_iter().zip(ends).map(|(choice, end)| Selection { choice, end }).collect();
+    Ok(SweepResult { cells, selected })
+}
+
+/// Runs one study of a phase (the grid's cell `index`, or the rerun of the
+/// `index`-th chosen optimizer): what a Slurm array task does.
+pub fn run_task(root: &Path, phase: Phase, index: usize, workers: &Workers) -> Result<CellEnd> {
+    let spec = SweepSpec::read(&root.join(SPEC))?;
+    let (jobs, seeds) = match (phase, &spec.select) {
+        (Phase::Grid, _) => (grid_jobs(root, &spec.cells()?), &spec.seeds),
+        (Phase::Final, Some(select)) => (final_jobs(root, &read_choices(root)?), &select.seeds),
+        (Phase::Final, None) => bail!("{} has no [select]: there is no final phase", root.join(SPEC).display()),
+    };
+    let job = jobs.into_iter().nth(index).with_context(|| format!("the {phase:?} phase has no study {index}"))?;
+    Ok(run_cells(&spec, root, &[job], seeds, workers)?.remove(0))
+}
+
+/// The grid's studies, one per cell.
+pub fn grid_jobs(root: &Path, cells: &[Cell]) -> Vec<Job> {
+    cells.iter().map(|c| Job { cell: c.clone(), dir: root.join("cells").join(&c.name) }).collect()
+}
+
+/// The reruns of the chosen cells, one per optimizer.
+pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
+    choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: root.join("final").join(&c.optimizer) }).collect()
+}
+
+/// Applies the selection rule to the finished grid cells and writes it down
+/// (`selection.toml`).
+pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
+    let select = spec.select.as_ref().context("the sweep has no [select]")?;
+    let cells = spec.cells()?;
     let mut choices = Vec::new();
     for label in spec.optimizers.keys() {
         let mut candidates = Vec::new();
-        for (cell, _) in cells.iter().filter(|(c, _)| &c.optimizer == label) {
-            let values = column(&cell_dir(root, cell), "final_validation_accuracy");
+        for job in grid_jobs(root, &cells).iter().filter(|j| &j.cell.optimizer == label) {
+            let values = column(&job.dir, "final_validation_accuracy");
             if values.len() == spec.seeds.len() {
-                candidates.push((cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
-            } else if column(&cell_dir(root, cell), "final_all_accuracy").len() == spec.seeds.len() {
-                bail!("cell {} has no validation accuracy: [select] needs validation_fraction > 0 in [set]", cell.name);
+                candidates.push((job.cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
+            } else if column(&job.dir, "final_all_accuracy").len() == spec.seeds.len() {
+                bail!("cell {} has no validation accuracy: [select] needs validation_fraction > 0 in [set]", job.cell.name);
             }
         }
         // The first of the best: ties go to the earlier cell.
@@ -293,17 +358,40 @@ pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResu
         }) else {
             bail!("no cell of optimizer {label} finished with every seed: nothing to select");
         };
-        let base = cells.iter().find(|(c, _)| &c.name == chosen).expect("a candidate is a cell").0.clone();
+        let base = cells.iter().find(|c| &c.name == chosen).expect("a candidate is a cell");
         let seeds = format!("seeds={:?}", select.seeds);
         let overrides = base.overrides.iter().map(|o| if o.starts_with("seeds=") { seeds.clone() } else { o.clone() }).collect();
         let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
         choices.push(Choice { optimizer: label.clone(), chosen: chosen.clone(), candidates, rerun });
     }
     write_selection(root, &choices)?;
-    let jobs: Vec<(Cell, PathBuf)> = choices.iter().map(|c| (c.rerun.clone(), root.join("final").join(&c.optimizer))).collect();
-    let ends = run_cells(spec, root, &jobs, &select.seeds, workers)?;
-    let selected = choices.into_iter().zip(ends).map(|(choice, end)| Selection { choice, end }).collect();
-    Ok(SweepResult { cells, selected })
+    Ok(choices)
+}
+
+/// The choices `selection.toml` records.
+pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
+    let path = root.join(SELECTION);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let strings = |v: Option<&toml::Value>| -> Vec<String> {
+        v.and_then(toml::Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+    };
+    Ok(table
+        .iter()
+        .filter_map(|(label, v)| Some((label, v.as_table()?)))
+        .map(|(label, t)| {
+            let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides: strings(t.get("overrides")) };
+            let chosen = t.get("chosen_cell").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+            let candidates = t
+                .get("mean_validation_accuracy")
+                .and_then(toml::Value::as_table)
+                .into_iter()
+                .flatten()
+                .filter_map(|(n, v)| Some((n.clone(), v.as_float()?)))
+                .collect();
+            Choice { optimizer: label.clone(), chosen, candidates, rerun }
+        })
+        .collect())
 }
 
 /// `selection.toml`: the rule, and per optimizer the chosen cell, its values and
@@ -324,8 +412,10 @@ fn write_selection(root: &Path, choices: &[Choice]) -> Result<()> {
         t.insert("mean_validation_accuracy".into(), means.into());
         table.insert(c.optimizer.clone(), t.into());
     }
-    let path = root.join("selection.toml");
-    std::fs::write(&path, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", path.display()))
+    let path = root.join(SELECTION);
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The values of a `runs` column in a cell's study (empty if none finished).
@@ -339,14 +429,14 @@ fn column(dir: &Path, name: &str) -> Vec<f64> {
 /// Runs every (cell, folder) not finished yet, `jobs` at a time, each in its own
 /// `exp` process (so one failing or crashing cell cannot take the others down),
 /// and reports how each ended. Logs go to `<root>/logs/<cell>.log`.
-fn run_cells(spec: &SweepSpec, root: &Path, cells: &[(Cell, PathBuf)], seeds: &[u64], workers: &Workers) -> Result<Vec<CellEnd>> {
+fn run_cells(spec: &SweepSpec, root: &Path, cells: &[Job], seeds: &[u64], workers: &Workers) -> Result<Vec<CellEnd>> {
     std::fs::create_dir_all(root.join("logs"))?;
     let mut ends: Vec<Option<CellEnd>> = vec![None; cells.len()];
     let mut running: Vec<(usize, std::process::Child)> = Vec::new();
     let mut next = 0;
     while next < cells.len() || !running.is_empty() {
         while running.len() < workers.jobs.max(1) && next < cells.len() {
-            let (k, (cell, dir)) = (next, &cells[next]);
+            let (k, Job { cell, dir }) = (next, &cells[next]);
             next += 1;
             if finished(dir, cell, seeds) {
                 ends[k] = Some(CellEnd::AlreadyDone);
@@ -374,7 +464,7 @@ fn run_cells(spec: &SweepSpec, root: &Path, cells: &[(Cell, PathBuf)], seeds: &[
                 None => still.push((k, child)),
                 Some(status) if status.success() => ends[k] = Some(CellEnd::Finished),
                 Some(status) => {
-                    let log = std::fs::read_to_string(log_path(root, &cells[k].0)).unwrap_or_default();
+                    let log = std::fs::read_to_string(log_path(root, &cells[k].cell)).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
                     ends[k] = Some(CellEnd::Failed(format!("{status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))));
                 }
@@ -395,10 +485,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
     let fixed = spec.set.len() + 2;
     let mut out = format!("{:<6} {:<10} {:<20} {:<44} {}\n", "cell", "optimizer", column, "values", "status");
     for (cell, end) in results {
-        let values = crate::record::read_table(&cell_dir(root, cell), &crate::record::schema::RUNS)
-            .ok()
-            .and_then(|runs| Some(runs.column(column).ok()?.f64().ok()?.iter().flatten().collect::<Vec<f64>>()))
-            .unwrap_or_default();
+        let values = self::column(&root.join("cells").join(&cell.name), column);
         let metric = match values.len() {
             0 => "—".to_string(),
             1 => format!("{:.4}", values[0]),
@@ -435,16 +522,12 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
     Ok(out)
 }
 
-pub fn cell_dir(root: &Path, cell: &Cell) -> PathBuf {
-    root.join("cells").join(&cell.name)
-}
-
 fn log_path(root: &Path, cell: &Cell) -> PathBuf {
     root.join("logs").join(format!("{}.log", cell.name))
 }
 
 /// Whether every (optimizer, seed) run of the cell has a completed or diverged row.
-fn finished(dir: &Path, cell: &Cell, seeds: &[u64]) -> bool {
+pub fn finished(dir: &Path, cell: &Cell, seeds: &[u64]) -> bool {
     let Ok(runs) = crate::record::read_table(dir, &crate::record::schema::RUNS) else { return false };
     let (Ok(ids), Ok(status)) = (runs.column("run").and_then(|c| c.str().cloned()), runs.column("status").and_then(|c| c.str().cloned()))
     else {
@@ -490,6 +573,24 @@ mod tests {
         assert!(format!("{e:#}").contains("equal lengths"), "{e:#}");
         let e = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = 0.1\n").cells().unwrap_err().to_string();
         assert!(e.contains("must be a list"), "{e}");
+    }
+
+    #[test]
+    fn every_sweep_in_experiments_resolves_every_cell() {
+        use crate::experiments::{SplitMnistConfig, StudyConfig, gpt::GptStudyConfig};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/sweeps");
+        let specs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(!specs.is_empty());
+        for path in specs {
+            let spec = SweepSpec::read(&path).unwrap();
+            for cell in spec.cells().unwrap() {
+                let checked = match spec.study.as_str() {
+                    "gpt" => GptStudyConfig::resolve(None, &cell.overrides).map(drop),
+                    _ => SplitMnistConfig::resolve(None, &cell.overrides).map(drop),
+                };
+                checked.unwrap_or_else(|e| panic!("{} cell {}: {e:#}", path.display(), cell.name));
+            }
+        }
     }
 
     #[test]
