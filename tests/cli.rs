@@ -278,6 +278,10 @@ fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
         report.status.success() && text.matches("done before").count() == 4 && text.contains("0004") && text.contains("not finished"),
         "{text}"
     );
+    // Each optimizer swept its lr: the report draws the tuning curves.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("alt=\"tuning\"") && out.join("figures/tuning.svg").exists(), "no tuning figure");
+    assert!(std::fs::read_to_string(out.join("figures/tuning.svg")).unwrap().contains("final_validation_loss against lr"));
     // Another spec in the same folder is refused.
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("3e-2", "5e-2")).unwrap();
     assert_clear_error(&exp(&args), "holds a sweep of other cells", "another spec");

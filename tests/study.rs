@@ -138,11 +138,13 @@ fn study_writes_every_table_and_shows_forgetting() {
 #[test]
 fn figures_are_drawn_from_the_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let c = config(&["optimizers=[\"sgd\", \"adamw\"]", "epochs_per_task=1"]);
+    let c = config(&["optimizers=[\"sgd\", \"adamw\"]", "epochs_per_task=1", "seeds=[0, 1]"]);
     run(&c, dir.path(), None);
     let files = optlab::experiments::figures::plot_study(dir.path()).unwrap();
     let names: Vec<&str> = files.iter().map(|f| f.name).collect();
-    for name in ["loss", "effective_rank", "accuracy_matrix"] {
+    let kinds = ["loss", "effective_rank", "direction_rank", "spectra", "sparsity", "accuracy_matrix", "class_cosine", "covariance"];
+    assert_eq!(names, kinds, "every kind of figure, for a study with everything");
+    for name in kinds {
         let png = std::fs::read(dir.path().join("figures").join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{name}.png: {} bytes", png.len());
         let svg = std::fs::read_to_string(dir.path().join("figures").join(format!("{name}.svg"))).unwrap();
@@ -150,8 +152,14 @@ fn figures_are_drawn_from_the_tables() {
         assert!(svg.contains("<svg") && svg.contains("sgd") && svg.contains("adamw"), "{name}.svg");
         assert!(names.contains(&name));
     }
-    let ranks = std::fs::read_to_string(dir.path().join("figures/effective_rank.svg")).unwrap();
-    assert!(ranks.contains("fc1") && ranks.contains("fc3"), "a panel per weight matrix");
+    let svg = |name: &str| std::fs::read_to_string(dir.path().join(format!("figures/{name}.svg"))).unwrap();
+    assert!(svg("effective_rank").contains("fc1") && svg("effective_rank").contains("fc3"), "a panel per weight matrix");
+    // Spectra at every stage: before training (if probed) and after each of the 5 tasks.
+    assert!((0..5).all(|t| svg("spectra").contains(&format!("after task {t}"))), "{}", svg("spectra"));
+    assert!(svg("direction_rank").contains("sgd: gradient") && svg("direction_rank").contains("adamw: update"));
+    assert!(svg("sparsity").contains("fc1: dead units") && svg("class_cosine").contains("fc2 after task 4"));
+    // Two seeds: the curves carry 95% bands (filled polygons) beside their lines.
+    assert!(svg("effective_rank").contains("<polygon"), "no interval band");
 }
 
 #[test]

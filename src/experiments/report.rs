@@ -62,10 +62,19 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
         .filter(|s| s.end == sweep::CellEnd::AlreadyDone)
         .map(|s| root.join("final").join(&s.choice.optimizer))
         .collect();
-    if !finals.is_empty() {
-        let note = "The reruns of the chosen cells, with the fresh seeds.";
-        figure_parts(&mut parts, Some(note), figures::plot(&finals, &root.join("figures")));
-    }
+    let out = root.join("figures");
+    let drawn = (|| -> Result<Vec<Figure>> {
+        let mut drawn = Vec::new();
+        if let Some(curves) = sweep::tuning_curves(&spec, root)? {
+            drawn.push(figures::plot_tuning(&out, &curves)?);
+        }
+        if !finals.is_empty() {
+            drawn.extend(figures::plot(&finals, &out)?);
+        }
+        Ok(drawn)
+    })();
+    let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds.";
+    figure_parts(&mut parts, Some(note), drawn);
     if root.join("selection.toml").exists() {
         parts.push(Part::Heading("Selection (selection.toml)".into()));
         parts.push(Part::Text(read(&root.join("selection.toml"))?));

@@ -6,21 +6,24 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use polars::prelude::DataFrame;
 
 use super::folder::saved_config;
 use super::study::{Status, run_id, saved_state};
 use crate::metrics::Interval;
+use crate::record::columns::{floats, ints, strings};
 use crate::record::{read_table, schema};
 
 /// The report of any study folder, finished or not: its summary table (from
 /// the runs that finished) and the runs still missing, with how far each got.
 pub fn report(dir: &Path) -> Result<String> {
     let (kind, config) = saved_config(dir)?;
-    let strings = |key: &str| -> Vec<String> {
-        config.get(key).and_then(toml::Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
-    };
-    let labels = strings("optimizers");
+    let labels: Vec<String> = config
+        .get("optimizers")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     let seeds: Vec<u64> = config
         .get("seeds")
         .and_then(toml::Value::as_array)
@@ -37,7 +40,7 @@ pub fn report(dir: &Path) -> Result<String> {
     } else {
         render(&summarize(dir, &labels)?)
     };
-    let finished: Vec<String> = if has_runs { strs(&read_table(dir, &schema::RUNS)?, "run")? } else { Vec::new() };
+    let finished: Vec<String> = if has_runs { strings(&read_table(dir, &schema::RUNS)?, "run")? } else { Vec::new() };
     let mut missing = Vec::new();
     for seed in &seeds {
         for label in &labels {
@@ -105,16 +108,6 @@ impl<'a, T> Latest<'a, T> {
     }
 }
 
-fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    Ok(df.column(name)?.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect())
-}
-fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
-    Ok(df.column(name)?.f64()?.iter().collect())
-}
-fn i64s(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
-    Ok(df.column(name)?.i64()?.iter().collect())
-}
-
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
@@ -159,16 +152,17 @@ fn paired_differences(metric: &str, values: &[(String, BTreeMap<u64, f64>)]) -> 
 /// Summaries in the order labels appear in `order` (then any others, sorted).
 pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> {
     let runs = read_table(dir, &schema::RUNS)?;
-    let (run_ids, labels, status) = (strs(&runs, "run")?, strs(&runs, "optimizer")?, strs(&runs, "status")?);
-    let seeds = i64s(&runs, "seed")?;
-    let (final_all, bwt, forgetting) = (f64s(&runs, "final_all_accuracy")?, f64s(&runs, "backward_transfer")?, f64s(&runs, "forgetting")?);
+    let (run_ids, labels, status) = (strings(&runs, "run")?, strings(&runs, "optimizer")?, strings(&runs, "status")?);
+    let seeds = ints(&runs, "seed")?;
+    let (final_all, bwt, forgetting) =
+        (floats(&runs, "final_all_accuracy")?, floats(&runs, "backward_transfer")?, floats(&runs, "forgetting")?);
 
     // Last row of R and last weight spectra, per run.
     let acc = read_table(dir, &schema::ACCURACY)?;
     let (a_run, a_after, a_eval, a_acc) =
-        (strs(&acc, "run")?, i64s(&acc, "after_task")?, i64s(&acc, "eval_task")?, f64s(&acc, "accuracy")?);
+        (strings(&acc, "run")?, ints(&acc, "after_task")?, ints(&acc, "eval_task")?, floats(&acc, "accuracy")?);
     // Folders written before the column existed hold test rows only.
-    let a_split = if acc.column("split").is_ok() { strs(&acc, "split")? } else { vec!["test".into(); acc.height()] };
+    let a_split = if acc.column("split").is_ok() { strings(&acc, "split")? } else { vec!["test".into(); acc.height()] };
     let mut last_row = Latest::default();
     for k in (0..a_run.len()).filter(|&k| a_split[k] == "test") {
         if let (Some(after), Some(eval), Some(a)) = (a_after[k], a_eval[k], a_acc[k]) {
@@ -177,11 +171,11 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     }
     let spectra = read_table(dir, &schema::SPECTRA)?;
     let (s_run, s_step, s_param, s_tensor, s_rank) = (
-        strs(&spectra, "run")?,
-        i64s(&spectra, "step")?,
-        strs(&spectra, "param")?,
-        strs(&spectra, "tensor")?,
-        f64s(&spectra, "effective_rank")?,
+        strings(&spectra, "run")?,
+        ints(&spectra, "step")?,
+        strings(&spectra, "param")?,
+        strings(&spectra, "tensor")?,
+        floats(&spectra, "effective_rank")?,
     );
     let mut last_ranks = Latest::default();
     for k in (0..s_run.len()).filter(|&k| s_tensor[k] == "weight") {
@@ -268,9 +262,9 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
 /// of gradients and updates by matrix kind, first probe → last.
 pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     let runs = read_table(dir, &schema::RUNS)?;
-    let (run_ids, labels) = (strs(&runs, "run")?, strs(&runs, "optimizer")?);
+    let (run_ids, labels) = (strings(&runs, "run")?, strings(&runs, "optimizer")?);
     let val = read_table(dir, &schema::VALIDATION)?;
-    let (v_run, v_step, v_bpb) = (strs(&val, "run")?, i64s(&val, "step")?, f64s(&val, "bits_per_byte")?);
+    let (v_run, v_step, v_bpb) = (strings(&val, "run")?, ints(&val, "step")?, floats(&val, "bits_per_byte")?);
     let mut last_val = Latest::default();
     for k in 0..v_run.len() {
         if let (Some(step), Some(bpb)) = (v_step[k], v_bpb[k]) {
@@ -279,7 +273,7 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     }
     let sp = read_table(dir, &schema::SPECTRA)?;
     let (s_run, s_step, s_param, s_tensor, s_rank) =
-        (strs(&sp, "run")?, i64s(&sp, "step")?, strs(&sp, "param")?, strs(&sp, "tensor")?, f64s(&sp, "effective_rank")?);
+        (strings(&sp, "run")?, ints(&sp, "step")?, strings(&sp, "param")?, strings(&sp, "tensor")?, floats(&sp, "effective_rank")?);
     const KINDS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc.", "mlp.fc2"];
     // (label, tensor, kind index) → per step → ranks.
     let mut ranks: BTreeMap<(String, String, usize), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();

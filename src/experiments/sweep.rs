@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+use super::figures::TuningCurves;
+
 /// A sweep as written by a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,6 +418,48 @@ fn write_selection(root: &Path, choices: &[Choice]) -> Result<()> {
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The grid's tuning curves, when every optimizer's cells sweep one numeric
+/// value of the same name (e.g. each its own `lr`): the metric the selection
+/// uses (validation accuracy with `[select]`, else final accuracy; held-out
+/// loss for `gpt`) of each finished cell's seeds.
+pub fn tuning_curves(spec: &SweepSpec, root: &Path) -> Result<Option<TuningCurves>> {
+    let cells = spec.cells()?;
+    let fixed = spec.set.len() + 2;
+    let metric = match (spec.study.as_str(), &spec.select) {
+        ("gpt", _) => "final_validation_loss",
+        (_, Some(_)) => "final_validation_accuracy",
+        _ => "final_all_accuracy",
+    };
+    let mut axis: Option<String> = None;
+    let mut lines = BTreeMap::new();
+    for label in spec.optimizers.keys() {
+        let own: Vec<&Cell> = cells.iter().filter(|c| &c.optimizer == label).collect();
+        let points: Vec<BTreeMap<&str, &str>> =
+            own.iter().map(|c| c.overrides[fixed..].iter().filter_map(|o| o.split_once('=')).collect()).collect();
+        let varying: Vec<&str> = points[0].keys().copied().filter(|k| points.iter().any(|p| p.get(k) != points[0].get(k))).collect();
+        let [key] = varying[..] else { return Ok(None) };
+        let name = key.strip_prefix(&format!("optimizer.{label}.")).unwrap_or(key);
+        if axis.get_or_insert_with(|| name.to_string()) != name {
+            return Ok(None);
+        }
+        let mut line = Vec::new();
+        for (cell, point) in own.iter().zip(&points) {
+            let Ok(value) = point[key].parse::<f64>() else { return Ok(None) };
+            let metric = column(&root.join("cells").join(&cell.name), metric);
+            if !metric.is_empty() {
+                line.push((value, metric));
+            }
+        }
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        lines.insert(label.clone(), line);
+    }
+    let Some(axis) = axis else { return Ok(None) };
+    let values: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
+    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let log_x = lo > 0.0 && hi / lo >= 10.0;
+    Ok((!values.is_empty()).then(|| TuningCurves { axis, metric: metric.to_string(), log_x, lines }))
 }
 
 /// The values of a `runs` column in a cell's study (empty if none finished).

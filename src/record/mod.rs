@@ -1,6 +1,7 @@
 //! What a run leaves on disk: Parquet tables (see [`schema`]) and checkpoints.
 
 pub mod checkpoint;
+pub mod columns;
 pub mod parquet;
 pub mod schema;
 

@@ -1,0 +1,188 @@
+//! What the figures draw, read from the Parquet tables of one or more study
+//! folders (runs of folders drawn together keep their own ids).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use polars::prelude::DataFrame;
+
+use crate::record::columns::{floats, ints, lists, strings};
+
+use crate::record::{read_table, schema};
+
+/// The optimizer label of a run id `<label>-s<seed>`.
+pub(super) fn label_of(run: &str) -> &str {
+    run.rsplit_once("-s").map_or(run, |(label, _)| label)
+}
+
+/// A probed layer: its place in the model and its name.
+pub(super) type Layer = (i64, String);
+/// A value at each step (or task), one per seed.
+pub(super) type BySeed<T> = BTreeMap<i64, Vec<T>>;
+/// A stage of training: (step, task).
+pub(super) type Stage = (i64, i64);
+/// Singular values at each stage, one list per seed.
+pub(super) type Spectra = BTreeMap<Stage, Vec<Vec<f64>>>;
+
+/// Class-mean cosine matrices after the last task, one per seed (row-major).
+pub(super) struct Cosines {
+    pub after: i64,
+    pub seeds: Vec<Vec<f64>>,
+}
+
+/// One seed's covariance of a layer's units after the last task (row-major).
+pub(super) struct Covariance {
+    pub after: i64,
+    pub seed: i64,
+    pub width: usize,
+    pub values: Vec<f64>,
+}
+
+#[derive(Default)]
+pub(super) struct StudyData {
+    /// Optimizer labels in the order their first run appears.
+    pub labels: Vec<String>,
+    /// Per run: (step, loss).
+    pub loss: BTreeMap<String, Vec<(i64, f64)>>,
+    /// Steps at which a new task begins.
+    pub boundaries: Vec<i64>,
+    /// (param, label) → step → effective ranks of the weight, one per seed.
+    pub ranks: BTreeMap<(String, String), BySeed<f64>>,
+    /// (param, label, tensor) → step → effective ranks of what moved the weight
+    /// (gradient, update, Muon's direction before and after Newton-Schulz…).
+    pub directions: BTreeMap<(String, String, String), BySeed<f64>>,
+    /// (param, label) → (step, task) of a stage (before training, the end of
+    /// each task) → the weight's singular values, one list per seed.
+    pub spectra: BTreeMap<(String, String), Spectra>,
+    /// label → (after, eval) → test accuracies, one per seed.
+    pub accuracy: BTreeMap<String, BTreeMap<(i64, i64), Vec<f64>>>,
+    /// (layer, label) → after task → [zero, near-zero, dead-unit] fractions, one per seed.
+    pub sparsity: BTreeMap<(Layer, String), BySeed<[f64; 3]>>,
+    pub cosine: BTreeMap<(Layer, String), Cosines>,
+    /// The lowest seed's: units of different seeds do not correspond.
+    pub covariance: BTreeMap<(Layer, String), Covariance>,
+}
+
+impl StudyData {
+    /// The runs of every folder in `dirs`, together.
+    pub fn read(dirs: &[PathBuf]) -> Result<Self> {
+        let mut data = Self::default();
+        for dir in dirs {
+            data.add(dir).with_context(|| format!("reading the tables of {}", dir.display()))?;
+        }
+        for run in data.loss.keys() {
+            let label = label_of(run).to_string();
+            if !data.labels.contains(&label) {
+                data.labels.push(label);
+            }
+        }
+        Ok(data)
+    }
+
+    fn add(&mut self, dir: &Path) -> Result<()> {
+        let steps = read_table(dir, &schema::STEPS)?;
+        let (run, step, task, loss) = (strings(&steps, "run")?, ints(&steps, "step")?, ints(&steps, "task")?, floats(&steps, "loss")?);
+        let mut first_step_of_task: BTreeMap<i64, i64> = BTreeMap::new();
+        for k in 0..run.len() {
+            if let (Some(s), Some(t), Some(l)) = (step[k], task[k], loss[k]) {
+                self.loss.entry(run[k].clone()).or_default().push((s, l));
+                let e = first_step_of_task.entry(t).or_insert(s);
+                *e = (*e).min(s);
+            }
+        }
+        self.loss.values_mut().for_each(|v| v.sort_by_key(|p| p.0));
+        // Studies drawn together share their protocol, so their boundaries agree.
+        self.boundaries = first_step_of_task.into_iter().filter(|(t, _)| *t > 0).map(|(_, s)| s - 1).collect();
+        if let Ok(spectra) = read_table(dir, &schema::SPECTRA) {
+            self.add_spectra(&spectra)?;
+        }
+        if let Ok(acc) = read_table(dir, &schema::ACCURACY) {
+            let (run, after, eval, a) =
+                (strings(&acc, "run")?, ints(&acc, "after_task")?, ints(&acc, "eval_task")?, floats(&acc, "accuracy")?);
+            // Folders written before the column existed hold test rows only.
+            let split = if acc.column("split").is_ok() { strings(&acc, "split")? } else { vec!["test".into(); acc.height()] };
+            for k in (0..run.len()).filter(|&k| split[k] == "test") {
+                if let (Some(i), Some(j), Some(v)) = (after[k], eval[k], a[k]) {
+                    self.accuracy.entry(label_of(&run[k]).to_string()).or_default().entry((i, j)).or_default().push(v);
+                }
+            }
+        }
+        if let Ok(act) = read_table(dir, &schema::ACTIVATIONS) {
+            self.add_activations(&act)?;
+        }
+        Ok(())
+    }
+
+    fn add_spectra(&mut self, sp: &DataFrame) -> Result<()> {
+        let (run, step, task, param, tensor) =
+            (strings(sp, "run")?, ints(sp, "step")?, ints(sp, "task")?, strings(sp, "param")?, strings(sp, "tensor")?);
+        let (rank, sigma) = (floats(sp, "effective_rank")?, lists(sp, "singular_values")?);
+        // A stage ends where a run's task does: its last probe of each task.
+        let mut last_of_task: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for k in 0..run.len() {
+            if let (Some(s), Some(t)) = (step[k], task[k]) {
+                let e = last_of_task.entry((run[k].as_str(), t)).or_insert(s);
+                *e = (*e).max(s);
+            }
+        }
+        for k in 0..run.len() {
+            let (Some(s), Some(t), Some(r)) = (step[k], task[k], rank[k]) else { continue };
+            let label = label_of(&run[k]).to_string();
+            if tensor[k] != "weight" {
+                let key = (param[k].clone(), label, tensor[k].clone());
+                self.directions.entry(key).or_default().entry(s).or_default().push(r);
+                continue;
+            }
+            self.ranks.entry((param[k].clone(), label.clone())).or_default().entry(s).or_default().push(r);
+            if s == 0 || last_of_task.get(&(run[k].as_str(), t)) == Some(&s) {
+                self.spectra.entry((param[k].clone(), label)).or_default().entry((s, t)).or_default().push(sigma[k].clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn add_activations(&mut self, act: &DataFrame) -> Result<()> {
+        let (run, after, layer, name) = (strings(act, "run")?, ints(act, "after_task")?, ints(act, "layer")?, strings(act, "name")?);
+        let (zero, near, dead) = (floats(act, "zero_fraction")?, floats(act, "near_zero_fraction")?, floats(act, "dead_unit_fraction")?);
+        let (cosine, width) = (lists(act, "class_cosine")?, ints(act, "width")?);
+        let covariance = lists(act, "covariance")?;
+        for k in 0..run.len() {
+            let (Some(after), Some(layer)) = (after[k], layer[k]) else { continue };
+            let key = ((layer, name[k].clone()), label_of(&run[k]).to_string());
+            let fractions = [zero[k].unwrap_or(f64::NAN), near[k].unwrap_or(f64::NAN), dead[k].unwrap_or(f64::NAN)];
+            self.sparsity.entry(key.clone()).or_default().entry(after).or_default().push(fractions);
+            let n = (cosine[k].len() as f64).sqrt() as usize;
+            if n > 0 && n * n == cosine[k].len() {
+                let entry = self.cosine.entry(key.clone()).or_insert(Cosines { after, seeds: Vec::new() });
+                if after > entry.after {
+                    *entry = Cosines { after, seeds: Vec::new() };
+                }
+                if after == entry.after {
+                    entry.seeds.push(cosine[k].clone());
+                }
+            }
+            let width = width[k].unwrap_or(0) as usize;
+            if width > 0 && covariance[k].len() == width * width {
+                let seed = run[k].rsplit_once("-s").and_then(|(_, s)| s.parse().ok()).unwrap_or(0);
+                let values = covariance[k].clone();
+                match self.covariance.get(&key) {
+                    Some(c) if (c.after, -c.seed) > (after, -seed) => {}
+                    _ => {
+                        self.covariance.insert(key, Covariance { after, seed, width, values });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_ids_give_their_label() {
+        assert_eq!(super::label_of("muon-all-s12"), "muon-all");
+        assert_eq!(super::label_of("sgd-s0"), "sgd");
+    }
+}
