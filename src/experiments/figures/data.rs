@@ -41,7 +41,7 @@ pub(super) struct Covariance {
 
 #[derive(Default)]
 pub(super) struct StudyData {
-    /// Optimizer labels in the order their first run appears.
+    /// Optimizer labels: as the studies list them, then any other run's.
     pub labels: Vec<String>,
     /// Per run: (step, loss).
     pub loss: BTreeMap<String, Vec<(i64, f64)>>,
@@ -81,6 +81,15 @@ impl StudyData {
     }
 
     fn add(&mut self, dir: &Path) -> Result<()> {
+        // Labels in the order the study lists its optimizers.
+        if let Ok((_, config)) = crate::experiments::folder::saved_config(dir) {
+            let listed = config.get("optimizers").and_then(toml::Value::as_array).into_iter().flatten().filter_map(toml::Value::as_str);
+            for label in listed {
+                if !self.labels.iter().any(|l| l == label) {
+                    self.labels.push(label.to_string());
+                }
+            }
+        }
         let steps = read_table(dir, &schema::STEPS)?;
         let (run, step, task, loss) = (strings(&steps, "run")?, ints(&steps, "step")?, ints(&steps, "task")?, floats(&steps, "loss")?);
         let mut first_step_of_task: BTreeMap<i64, i64> = BTreeMap::new();

@@ -129,7 +129,7 @@ pub(super) fn loss<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, 
 
 /// Panels of curves against step, one per group; each line is (legend, colour, step → values over seeds).
 fn step_panels<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shift>, groups: Vec<(String, Vec<Curve>)>) -> Result<()> {
-    for ((title, lines), panel) in groups.iter().zip(panels(area, groups.len())) {
+    for (k, ((title, lines), panel)) in groups.iter().zip(panels(area, groups.len())).enumerate() {
         let curves: Vec<Vec<(f64, Interval)>> = lines.iter().map(|(_, _, by)| intervals(by.iter().map(|(s, v)| (*s as f64, v)))).collect();
         let max_step = lines.iter().flat_map(|(_, _, by)| by.keys()).max().copied().unwrap_or(1).max(1) as f64;
         let y = up_to(&curves);
@@ -138,7 +138,10 @@ fn step_panels<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shif
         for ((label, colour, _), curve) in lines.iter().zip(&curves) {
             mean_line(&mut chart, curve, &y, *colour, label, false)?;
         }
-        legend(&mut chart)?;
+        // Every panel has the same lines: one legend is enough.
+        if k == 0 {
+            legend(&mut chart)?;
+        }
     }
     Ok(())
 }
@@ -161,6 +164,11 @@ pub(super) fn direction_rank<DB: DrawingBackend>(data: &StudyData, area: &Drawin
         groups.entry(param.replace(".weight", "")).or_default().push((name, RGBColor(c.0, c.1, c.2), by));
     }
     step_panels(data, area, groups.into_iter().collect())
+}
+
+/// How many matrices have a panel (one per distinct name).
+pub(super) fn matrices<'a>(names: impl Iterator<Item = &'a String>) -> usize {
+    names.collect::<BTreeSet<_>>().len()
 }
 
 /// The matrices with spectra at task boundaries, in order.

@@ -71,8 +71,9 @@ fn diverging(v: f64) -> RGBColor {
 }
 
 pub(super) fn accuracy_matrix<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shift>) -> Result<()> {
-    let panels = area.split_evenly((1, data.accuracy.len().max(1)));
-    for ((label, cells), panel) in data.accuracy.iter().zip(&panels) {
+    let matrices: Vec<(&String, _)> = data.labels.iter().filter_map(|l| Some((l, data.accuracy.get(l)?))).collect();
+    let panels = area.split_evenly((1, matrices.len().max(1)));
+    for ((label, cells), panel) in matrices.into_iter().zip(&panels) {
         let t = cells.keys().map(|(i, j)| i.max(j) + 1).max().unwrap_or(1) as usize;
         let value = |i: usize, j: usize| cells.get(&(i as i64, j as i64)).map(|v| v.iter().sum::<f64>() / v.len() as f64);
         heatmap(panel, &format!("{label}: R[after task i, row][task j, column]"), (t, t), &value, &sequential, true)?;

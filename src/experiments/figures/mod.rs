@@ -144,8 +144,8 @@ impl Kind {
         let some = |empty: bool, rows: usize, per_row: u32| (!empty).then(|| rows_height(rows, per_row));
         match self {
             Kind::Loss => Some(800),
-            Kind::EffectiveRank => some(data.ranks.is_empty(), 2, 400),
-            Kind::DirectionRank => some(data.directions.is_empty(), 2, 400),
+            Kind::EffectiveRank => some(data.ranks.is_empty(), grid(lines::matrices(data.ranks.keys().map(|k| &k.0))).0, 300),
+            Kind::DirectionRank => some(data.directions.is_empty(), grid(lines::matrices(data.directions.keys().map(|k| &k.0))).0, 300),
             Kind::Spectra => some(data.spectra.is_empty(), lines::spectra_params(data).len(), 280),
             Kind::Sparsity => some(data.sparsity.is_empty(), 2, 350),
             Kind::AccuracyMatrix => some(data.accuracy.is_empty(), 1, 800),
@@ -196,10 +196,15 @@ fn colour(data: &StudyData, label: &str) -> RGBColor {
     RGBColor(c.0, c.1, c.2)
 }
 
+/// The (rows, columns) of a near-square grid of `n` panels.
+fn grid(n: usize) -> (usize, usize) {
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    (n.div_ceil(cols).max(1), cols)
+}
+
 /// `n` panels in a near-square grid.
 fn panels<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, n: usize) -> Vec<DrawingArea<DB, Shift>> {
-    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
-    area.split_evenly((n.div_ceil(cols).max(1), cols))
+    area.split_evenly(grid(n))
 }
 
 /// The height of a figure of `rows` rows of panels.
