@@ -4,7 +4,7 @@
 //! OPTLAB_REQUIRE_GPU=1 turns a missing GPU into a failure (the GPU machine's run).
 
 use optlab::backend::cuda::{Cuda, FUNCTIONS};
-use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, Gemm};
+use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Gemm};
 use optlab::linalg::{Epsilon, NsCoefficients};
 use optlab::models::{Classifier, Gpt, GptConfig, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
@@ -195,9 +195,33 @@ fn fused_optimizer_steps_over_range_lists() {
         b.lion_step(&mut p3, &gb, &mut m3, &ranges, 1e-3, 0.9, 0.99, 0.1);
         let mut dir = poisoned(b, n);
         b.adam_direction(vm(b, &mut dir), v(b, &m), v(b, &vv), 0.3, 0.01, 1e-8);
-        [&p, &m, &vv, &p2, &buf, &p3, &m3, &dir].map(|x| b.download(v(b, x))).concat()
+        let mut out = [&p, &m, &vv, &p2, &buf, &p3, &m3, &dir].map(|x| b.download(v(b, x))).concat();
+        // Every per-coordinate rule, with each option on, from non-trivial state.
+        let rules = [
+            DiagonalRule::Adagrad { lr: 0.1, eps: 1e-10, weight_decay: 0.01 },
+            DiagonalRule::RmsProp { lr: 0.01, alpha: 0.99, eps: 1e-8, weight_decay: 0.01, momentum: 0.9, centered: true },
+            DiagonalRule::Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6, weight_decay: 0.01 },
+            DiagonalRule::Adam {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                amsgrad: true,
+                bias1: 0.27,
+                bias2: 0.003,
+            },
+        ];
+        for rule in rules {
+            let (mut p, mut s0, mut s1) = (b.upload(&p0), b.upload(&v0), b.upload(&v0));
+            // A centered RMSProp needs E[g]² < E[g²]: a small grad_avg.
+            let mut s2 = b.upload(&m0.iter().map(|x| 0.01 * x).collect::<Vec<_>>());
+            b.diagonal_step(&mut p, &gb, [&mut s0, &mut s1, &mut s2], &ranges, rule);
+            out.extend([&p, &s0, &s1, &s2].map(|x| b.download(v(b, x))).concat());
+        }
+        out
     });
-    assert_close("adamw/sgd/lion/adam_direction", &gpu, &cpu, 1e-5);
+    assert_close("adamw/sgd/lion/adam_direction/diagonal rules", &gpu, &cpu, 1e-5);
 }
 
 #[test]

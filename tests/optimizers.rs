@@ -3,7 +3,10 @@
 use optlab::backend::{Activation, Cpu};
 use optlab::linalg::{NsCoefficients, matmul, singular_values};
 use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
-use optlab::optim::{AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, SgdConfig, ShampooConfig, SoapConfig};
+use optlab::optim::{
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, RmsPropConfig, SgdConfig,
+    ShampooConfig, SoapConfig,
+};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -357,4 +360,158 @@ fn unknown_optimizer_names_the_known_ones() {
         assert!(err.contains(name), "{name} missing from {err}");
     }
     assert!(err.contains("adamm"), "{err}");
+}
+
+/// `torch.optim`'s per-coordinate optimizers transcribed line by line from
+/// PyTorch's single-tensor code paths, in f64: the trajectory of one coordinate
+/// from `p` under gradients `grads` (each step's gradient given the parameter).
+fn torch_reference(config: &OptimizerConfig, mut p: f64, grads: &[f64]) -> Vec<f64> {
+    let (mut s0, mut s1, mut s2) = (0.0f64, 0.0f64, 0.0f64);
+    if let OptimizerConfig::Adagrad(c) = config {
+        s0 = c.initial_accumulator_value as f64;
+    }
+    let mut out = Vec::new();
+    for (k, &g0) in grads.iter().enumerate() {
+        let t = (k + 1) as f64;
+        match config {
+            OptimizerConfig::Adagrad(c) => {
+                let g = g0 + c.weight_decay as f64 * p;
+                let clr = c.lr as f64 / (1.0 + (t - 1.0) * c.lr_decay as f64);
+                s0 += g * g;
+                let std = s0.sqrt() + c.eps as f64;
+                p -= clr * g / std;
+            }
+            OptimizerConfig::RmsProp(c) => {
+                let (alpha, eps) = (c.alpha as f64, c.eps as f64);
+                let g = g0 + c.weight_decay as f64 * p;
+                s0 = alpha * s0 + (1.0 - alpha) * g * g;
+                let avg = if c.centered {
+                    s2 = alpha * s2 + (1.0 - alpha) * g;
+                    (s0 - s2 * s2).sqrt() + eps
+                } else {
+                    s0.sqrt() + eps
+                };
+                if c.momentum > 0.0 {
+                    s1 = c.momentum as f64 * s1 + g / avg;
+                    p -= c.lr as f64 * s1;
+                } else {
+                    p -= c.lr as f64 * g / avg;
+                }
+            }
+            OptimizerConfig::Adadelta(c) => {
+                let (rho, eps) = (c.rho as f64, c.eps as f64);
+                let g = g0 + c.weight_decay as f64 * p;
+                s0 = rho * s0 + (1.0 - rho) * g * g;
+                let std = (s0 + eps).sqrt();
+                let delta = (s1 + eps).sqrt() / std * g;
+                s1 = rho * s1 + (1.0 - rho) * delta * delta;
+                p -= c.lr as f64 * delta;
+            }
+            OptimizerConfig::Adam(c) => {
+                let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                let g = g0 + c.weight_decay as f64 * p;
+                s0 = b1 * s0 + (1.0 - b1) * g;
+                s1 = b2 * s1 + (1.0 - b2) * g * g;
+                let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
+                let v = if c.amsgrad {
+                    s2 = s2.max(s1);
+                    s2
+                } else {
+                    s1
+                };
+                let denom = v.sqrt() / bc2.sqrt() + c.eps as f64;
+                p -= c.lr as f64 / bc1 * s0 / denom;
+            }
+            _ => unreachable!("not a per-coordinate optimizer"),
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn per_coordinate_optimizers_follow_pytorchs_algorithm() {
+    let configs = [
+        OptimizerConfig::Adagrad(AdagradConfig { lr: 0.1, lr_decay: 0.05, weight_decay: 0.01, initial_accumulator_value: 0.1, eps: 1e-10 }),
+        OptimizerConfig::RmsProp(RmsPropConfig::default()),
+        OptimizerConfig::RmsProp(RmsPropConfig { momentum: 0.9, centered: true, weight_decay: 0.01, ..RmsPropConfig::default() }),
+        OptimizerConfig::Adadelta(AdadeltaConfig { weight_decay: 0.01, ..AdadeltaConfig::default() }),
+        OptimizerConfig::Adam(AdamConfig { weight_decay: 0.1, ..AdamConfig::default() }),
+        OptimizerConfig::by_name("amsgrad").unwrap(),
+    ];
+    let mut rng = StdRng::seed_from_u64(11);
+    let (rows, cols) = (3, 5);
+    let start = random(rows * cols, &mut rng);
+    // Gradients that shrink, so AMSGrad's maximum differs from Adam's average.
+    let grads: Vec<Vec<f32>> = (0..8).map(|t| random(rows * cols, &mut rng).into_iter().map(|g| g / (1.0 + t as f32)).collect()).collect();
+    for config in &configs {
+        let ours = trajectory(config, (rows, cols), &start, &grads);
+        for k in 0..rows * cols {
+            let column: Vec<f64> = grads.iter().map(|g| g[k] as f64).collect();
+            let want = torch_reference(config, start[k] as f64, &column);
+            for (t, (got, want)) in ours.iter().map(|p| p[k] as f64).zip(want).enumerate() {
+                assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{config:?} coordinate {k} step {}: {got} vs {want}", t + 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn per_coordinate_optimizers_on_a_constant_gradient_in_closed_form() {
+    let g = 0.5f32;
+    let constant = vec![vec![g; 4]; 6];
+    let run =
+        |config: OptimizerConfig| trajectory(&config, (2, 2), &[1.0; 4], &constant).into_iter().map(|p| p[0] as f64).collect::<Vec<_>>();
+    // AdaGrad: Σg² = t·g², so step t is lr/√t whatever g.
+    let lr = 0.1;
+    let adagrad = run(OptimizerConfig::Adagrad(AdagradConfig { lr, ..Default::default() }));
+    let want: Vec<f64> = (1..=6)
+        .scan(1.0, |p, t| {
+            *p -= lr as f64 / (t as f64).sqrt();
+            Some(*p)
+        })
+        .collect();
+    assert!(adagrad.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{adagrad:?} vs {want:?}");
+    // RMSProp: E[g²] = (1 − αᵗ)·g², so step t is lr/√(1 − αᵗ).
+    let rms = run(OptimizerConfig::RmsProp(RmsPropConfig::default()));
+    let want: Vec<f64> = (1..=6)
+        .scan(1.0, |p, t| {
+            *p -= 0.01 / (1.0 - 0.99f64.powi(t)).sqrt();
+            Some(*p)
+        })
+        .collect();
+    assert!(rms.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5), "{rms:?} vs {want:?}");
+    // Adadelta's first step is √ε/√((1−ρ)g² + ε)·g: tiny, whatever the scale of g.
+    let ada = run(OptimizerConfig::Adadelta(AdadeltaConfig::default()));
+    let first = (1e-6f64).sqrt() / (0.1 * 0.25f64 + 1e-6).sqrt() * 0.5;
+    assert!((1.0 - ada[0] - first).abs() < 1e-7, "{} vs {first}", 1.0 - ada[0]);
+    // Adam's steps on a constant gradient are lr each (bias correction makes m̂ = g, v̂ = g²).
+    let adam = run(OptimizerConfig::Adam(AdamConfig::default()));
+    assert!(adam.iter().enumerate().all(|(t, p)| (p - (1.0 - 1e-3 * (t + 1) as f64)).abs() < 1e-6), "{adam:?}");
+}
+
+#[test]
+fn adams_coupled_l2_is_normalised_away_and_adamws_is_not() {
+    // Zero gradient, weight decay 0.1: Adam's first step is lr·sign(p) (the L2 term is
+    // normalised like a gradient), AdamW's is lr·wd·p (decoupled).
+    let values = [2.0, -0.5, 0.25, -4.0];
+    let mut store = one_matrix(2, 2, &values, &[0.0; 4]);
+    let adam = one_step(&OptimizerConfig::Adam(AdamConfig { weight_decay: 0.1, ..Default::default() }), &mut store);
+    let mut store = one_matrix(2, 2, &values, &[0.0; 4]);
+    let adamw = one_step(&OptimizerConfig::AdamW(AdamWConfig { weight_decay: 0.1, ..Default::default() }), &mut store);
+    for k in 0..4 {
+        assert!((adam[k] + 1e-3 * values[k].signum()).abs() < 1e-7, "Adam Δ = {}", adam[k]);
+        // (Within f32 round-off of p·(1 − lr·wd) for |p| up to 4.)
+        assert!((adamw[k] + 1e-3 * 0.1 * values[k]).abs() < 1e-6, "AdamW Δ = {}", adamw[k]);
+    }
+}
+
+#[test]
+fn adam_without_weight_decay_is_adamw_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let start = random(12, &mut rng);
+    let grads: Vec<Vec<f32>> = (0..5).map(|_| random(12, &mut rng)).collect();
+    let adam = trajectory(&OptimizerConfig::by_name("adam").unwrap(), (3, 4), &start, &grads);
+    let adamw = trajectory(&OptimizerConfig::by_name("adamw").unwrap(), (3, 4), &start, &grads);
+    assert_eq!(adam, adamw);
 }

@@ -103,6 +103,26 @@ pub struct AdamParams {
     pub step: u64,
 }
 
+/// One step of a per-coordinate optimizer of `torch.optim`, with its
+/// hyperparameters, over up to three state buffers `s0, s1, s2` (PyTorch's
+/// names in each variant). Weight decay is PyTorch's: coupled L2 (`g + wd·p`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DiagonalRule {
+    /// `s0 += g²; p −= lr·g/(√s0 + eps)` (`lr` already decayed by `lr_decay`); s0 = `sum`.
+    Adagrad { lr: f32, eps: f32, weight_decay: f32 },
+    /// `s0 = α·s0 + (1−α)·g²`; centered: `s2 = α·s2 + (1−α)·g`, `d = √(s0 − s2²) + eps`,
+    /// else `d = √s0 + eps`; momentum: `s1 = μ·s1 + g/d`, `p −= lr·s1`, else `p −= lr·g/d`.
+    /// s0 = `square_avg`, s1 = `momentum_buffer`, s2 = `grad_avg`.
+    RmsProp { lr: f32, alpha: f32, eps: f32, weight_decay: f32, momentum: f32, centered: bool },
+    /// `s0 = ρ·s0 + (1−ρ)·g²`, `Δ = √(s1 + eps)/√(s0 + eps)·g`, `s1 = ρ·s1 + (1−ρ)·Δ²`,
+    /// `p −= lr·Δ`. s0 = `square_avg`, s1 = `acc_delta`.
+    Adadelta { lr: f32, rho: f32, eps: f32, weight_decay: f32 },
+    /// Adam with coupled L2: `s0 = β1·s0 + (1−β1)·g`, `s1 = β2·s1 + (1−β2)·g²`,
+    /// AMSGrad: `s2 = max(s2, s1)` in place of s1; `p −= lr·(s0/bias1)/(√(v/bias2) + eps)`
+    /// with `bias_i = 1 − β_iᵗ`. s0 = `exp_avg`, s1 = `exp_avg_sq`, s2 = `max_exp_avg_sq`.
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, amsgrad: bool, bias1: f32, bias2: f32 },
+}
+
 /// The op set. `View`/`ViewMut` are borrowed sub-ranges of `Buf`.
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send;
@@ -247,6 +267,16 @@ pub trait Backend: Send + Sync + 'static {
         beta1: f32,
         beta2: f32,
         weight_decay: f32,
+    );
+    /// One step of a per-coordinate `torch.optim` optimizer (see [`DiagonalRule`]);
+    /// every state buffer is store-sized.
+    fn diagonal_step(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        state: [&mut Self::Buf; 3],
+        ranges: &[Range<usize>],
+        rule: DiagonalRule,
     );
     /// Adam's direction `out = (m/bias1) / (sqrt(v/bias2) + eps)` (bias_i = 1−β_iᵗ),
     /// used for grafting.

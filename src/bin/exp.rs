@@ -94,7 +94,8 @@ struct StudyArgs {
     /// Any config key, TOML-valued: `--set optimizer.muon.lr=0.01 --set hidden=[100]`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Optimizer labels, comma-separated (sgd, adamw, lion, muon, shampoo, soap, or preset keys).
+    /// Optimizer labels, comma-separated: names from the README's optimizer table
+    /// (sgd, adamw, muon…; an unknown one lists them all) or preset keys.
     #[arg(long, value_delimiter = ',')]
     optimizers: Vec<String>,
     /// Seeds, comma-separated.

@@ -7,6 +7,7 @@
 //! Configs are small typed structs with defaults (serde: TOML presets and CLI).
 
 pub mod adamw;
+pub mod diagonal;
 pub mod lion;
 pub mod muon;
 pub mod schedule;
@@ -21,6 +22,7 @@ use crate::backend::{Backend, Gemm};
 use crate::models::{ParamStore, Role};
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use diagonal::{AdadeltaConfig, AdagradConfig, AdamConfig, Diagonal, DiagonalConfig, RmsPropConfig};
 pub use lion::{Lion, LionConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
 pub use schedule::{Decay, Schedule};
@@ -92,17 +94,28 @@ pub enum OptimizerConfig {
     Muon(MuonConfig),
     Shampoo(ShampooConfig),
     Soap(SoapConfig),
+    Adagrad(AdagradConfig),
+    #[serde(rename = "rmsprop")]
+    RmsProp(RmsPropConfig),
+    Adadelta(AdadeltaConfig),
+    Adam(AdamConfig),
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 6] = ["sgd", "adamw", "lion", "muon", "shampoo", "soap"];
+pub const OPTIMIZER_NAMES: [&str; 11] =
+    ["sgd", "adamw", "lion", "muon", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad"];
 
 impl OptimizerConfig {
     /// The default configuration of a named optimizer.
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
             "sgd" => Self::Sgd(SgdConfig::default()),
-            "adamw" | "adam" => Self::AdamW(AdamWConfig::default()),
+            "adamw" => Self::AdamW(AdamWConfig::default()),
+            "adagrad" => Self::Adagrad(AdagradConfig::default()),
+            "rmsprop" => Self::RmsProp(RmsPropConfig::default()),
+            "adadelta" => Self::Adadelta(AdadeltaConfig::default()),
+            "adam" => Self::Adam(AdamConfig::default()),
+            "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
@@ -171,6 +184,33 @@ impl OptimizerConfig {
                 at_least_one("max_preconditioner_dim", c.max_preconditioner_dim as u64)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }
+            Self::Adagrad(c) => {
+                positive("lr", c.lr)?;
+                non_negative("lr_decay", c.lr_decay)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                non_negative("initial_accumulator_value", c.initial_accumulator_value)?;
+                positive("eps", c.eps)?;
+            }
+            Self::RmsProp(c) => {
+                positive("lr", c.lr)?;
+                unit("alpha", c.alpha)?;
+                positive("eps", c.eps)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                unit("momentum", c.momentum)?;
+            }
+            Self::Adadelta(c) => {
+                positive("lr", c.lr)?;
+                unit("rho", c.rho)?;
+                positive("eps", c.eps)?;
+                non_negative("weight_decay", c.weight_decay)?;
+            }
+            Self::Adam(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                unit("beta2", c.beta2)?;
+                positive("eps", c.eps)?;
+                non_negative("weight_decay", c.weight_decay)?;
+            }
         }
         Ok(())
     }
@@ -183,6 +223,10 @@ impl OptimizerConfig {
             Self::Muon(_) => "muon",
             Self::Shampoo(_) => "shampoo",
             Self::Soap(_) => "soap",
+            Self::Adagrad(_) => "adagrad",
+            Self::RmsProp(_) => "rmsprop",
+            Self::Adadelta(_) => "adadelta",
+            Self::Adam(_) => "adam",
         }
     }
 
@@ -217,6 +261,10 @@ impl OptimizerConfig {
                 push("soap", matrices.clone(), c.lr, Box::new(Soap::new(backend, store, &matrices, *c)));
                 push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
             }
+            Self::Adagrad(c) => push("adagrad", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adagrad(*c)))),
+            Self::RmsProp(c) => push("rmsprop", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::RmsProp(*c)))),
+            Self::Adadelta(c) => push("adadelta", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adadelta(*c)))),
+            Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
         }
         Optimizer { name: self.name().into(), groups, steps: 0 }
     }

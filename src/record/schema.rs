@@ -52,7 +52,7 @@ const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
 
 const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
 const OPTIMIZER: Column =
-    col("optimizer", Kind::Str, "Optimizer label: a name (sgd, adamw, lion, muon, shampoo, soap) or a preset's key such as `muon-all`.");
+    col("optimizer", Kind::Str, "Optimizer label: an optimizer's name (the README's optimizer table) or a preset's key such as `muon-all`.");
 const SEED: Column =
     col("seed", Kind::I64, "Seed of initialization, batch order and sampling (separate ChaCha12 streams: `src/random.rs`).");
 const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
@@ -199,7 +199,7 @@ pub const RUNS: Table = Table {
     columns: &[
         RUN,
         OPTIMIZER,
-        col("kind", Kind::Str, "The optimizer behind the label (sgd, adamw, lion, muon, shampoo, soap)."),
+        col("kind", Kind::Str, "The optimizer behind the label (`amsgrad` is `adam` with amsgrad = true)."),
         SEED,
         col(
             "status",

@@ -9,7 +9,7 @@ mod transformer;
 
 use rayon::prelude::*;
 
-use super::{Activation, AdamParams, Attention, Backend, Gemm, LossOut};
+use super::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,6 +68,53 @@ fn par_times_derivative(dx: &mut [f32], dy: &[f32], x: &[f32], df: impl Fn(f32) 
 /// The slices of a parameter-store range, cut into matching parallel chunks.
 fn par_range<'a>(buf: &'a mut [f32], r: &Range<usize>) -> rayon::slice::ChunksMut<'a, f32> {
     buf[r.clone()].par_chunks_mut(PAR_CHUNK)
+}
+
+/// One coordinate of [`DiagonalRule`], in PyTorch's order of operations.
+#[inline(always)]
+fn diagonal(rule: DiagonalRule, p: &mut f32, g: f32, s0: &mut f32, s1: &mut f32, s2: &mut f32) {
+    match rule {
+        DiagonalRule::Adagrad { lr, eps, weight_decay } => {
+            let g = g + weight_decay * *p;
+            *s0 += g * g;
+            *p -= lr * g / (s0.sqrt() + eps);
+        }
+        DiagonalRule::RmsProp { lr, alpha, eps, weight_decay, momentum, centered } => {
+            let g = g + weight_decay * *p;
+            *s0 = alpha * *s0 + (1.0 - alpha) * g * g;
+            let d = if centered {
+                *s2 = alpha * *s2 + (1.0 - alpha) * g;
+                (*s0 - *s2 * *s2).sqrt() + eps
+            } else {
+                s0.sqrt() + eps
+            };
+            if momentum > 0.0 {
+                *s1 = momentum * *s1 + g / d;
+                *p -= lr * *s1;
+            } else {
+                *p -= lr * g / d;
+            }
+        }
+        DiagonalRule::Adadelta { lr, rho, eps, weight_decay } => {
+            let g = g + weight_decay * *p;
+            *s0 = rho * *s0 + (1.0 - rho) * g * g;
+            let delta = (*s1 + eps).sqrt() / (*s0 + eps).sqrt() * g;
+            *s1 = rho * *s1 + (1.0 - rho) * delta * delta;
+            *p -= lr * delta;
+        }
+        DiagonalRule::Adam { lr, beta1, beta2, eps, weight_decay, amsgrad, bias1, bias2 } => {
+            let g = g + weight_decay * *p;
+            *s0 = beta1 * *s0 + (1.0 - beta1) * g;
+            *s1 = beta2 * *s1 + (1.0 - beta2) * g * g;
+            let v = if amsgrad {
+                *s2 = s2.max(*s1);
+                *s2
+            } else {
+                *s1
+            };
+            *p -= lr * ((*s0 / bias1) / ((v / bias2).sqrt() + eps));
+        }
+    }
 }
 
 impl Backend for Cpu {
@@ -319,6 +366,30 @@ impl Backend for Cpu {
                             let g = g + weight_decay * *p;
                             *b = momentum * *b + g;
                             *p -= lr * if nesterov { g + momentum * *b } else { *b };
+                        }
+                    },
+                )
+            });
+        }
+    }
+
+    fn diagonal_step(
+        &self,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        state: [&mut Vec<f32>; 3],
+        ranges: &[Range<usize>],
+        rule: DiagonalRule,
+    ) {
+        let [s0, s1, s2] = state;
+        for r in ranges {
+            let chunks = par_range(params, r).zip(grads[r.clone()].par_chunks(PAR_CHUNK)).zip(par_range(s0, r)).zip(par_range(s1, r));
+            chunks.zip(par_range(s2, r)).for_each(|((((p, g), s0), s1), s2)| {
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((((p, &g), s0), s1), s2) in p.iter_mut().zip(g).zip(s0).zip(s1).zip(s2) {
+                            diagonal(rule, p, g, s0, s1, s2);
                         }
                     },
                 )

@@ -24,7 +24,7 @@ use super::kernels::{KERNELS, KernelSource};
 
 /// Every kernel entry point, by module (a test checks this against the sources).
 pub const FUNCTIONS: &[(&str, &[&str])] = &[
-    ("adamw", &["adamw_step", "sgd_step", "lion_step"]),
+    ("adamw", &["adamw_step", "sgd_step", "lion_step", "adagrad_step", "rmsprop_step", "adadelta_step", "adam_l2_step"]),
     (
         "attention",
         &[

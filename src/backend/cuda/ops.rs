@@ -12,7 +12,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
 use super::{Cuda, DView, DViewMut, RangeTable, base_ptr, elementwise, offset};
-use crate::backend::{Activation, AdamParams, Attention, Backend, Gemm, LossOut};
+use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
 /// One kernel argument; launch keeps them alive until the launch is queued.
@@ -486,6 +486,39 @@ impl Backend for Cuda {
     ) {
         let scalars = vec![lr.into(), beta1.into(), beta2.into(), weight_decay.into()];
         self.multi_tensor("lion_step", vec![ptr_of(p), ptr_of(g), ptr_of(m)], ranges, scalars);
+    }
+    fn diagonal_step(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        [s0, s1, s2]: [&mut CudaSlice<f32>; 3],
+        ranges: &[Range<usize>],
+        rule: DiagonalRule,
+    ) {
+        let (kernel, scalars): (&str, Vec<Arg>) = match rule {
+            DiagonalRule::Adagrad { lr, eps, weight_decay } => ("adagrad_step", vec![lr.into(), eps.into(), weight_decay.into()]),
+            DiagonalRule::RmsProp { lr, alpha, eps, weight_decay, momentum, centered } => (
+                "rmsprop_step",
+                vec![lr.into(), alpha.into(), eps.into(), weight_decay.into(), momentum.into(), i32::from(centered).into()],
+            ),
+            DiagonalRule::Adadelta { lr, rho, eps, weight_decay } => {
+                ("adadelta_step", vec![lr.into(), rho.into(), eps.into(), weight_decay.into()])
+            }
+            DiagonalRule::Adam { lr, beta1, beta2, eps, weight_decay, amsgrad, bias1, bias2 } => (
+                "adam_l2_step",
+                vec![
+                    lr.into(),
+                    beta1.into(),
+                    beta2.into(),
+                    eps.into(),
+                    weight_decay.into(),
+                    i32::from(amsgrad).into(),
+                    bias1.into(),
+                    bias2.into(),
+                ],
+            ),
+        };
+        self.multi_tensor(kernel, vec![ptr_of(p), ptr_of(g), ptr_of(s0), ptr_of(s1), ptr_of(s2)], ranges, scalars);
     }
     fn adam_direction(&self, out: DViewMut<'_>, m: DView<'_>, v: DView<'_>, bias1: f32, bias2: f32, eps: f32) {
         assert!(out.len == m.len && m.len == v.len);
