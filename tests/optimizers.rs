@@ -340,6 +340,8 @@ fn every_optimizer_fits_a_small_problem() {
         let config = match OptimizerConfig::by_name(name).unwrap() {
             // Lion's default lr (1e-4) suits long runs; 150 steps need a larger one.
             OptimizerConfig::Lion(c) => OptimizerConfig::Lion(LionConfig { lr: 1e-3, ..c }),
+            // muon-fast's lr (0.002) is document 001's for its ViT; Muon's suits 150 steps.
+            OptimizerConfig::Muon(c) if name == "muon-fast" => OptimizerConfig::Muon(MuonConfig { lr: 0.02, ..c }),
             c => c,
         };
         let mut opt = config.build(&Cpu, &model.store);
@@ -514,4 +516,29 @@ fn adam_without_weight_decay_is_adamw_bit_for_bit() {
     let adam = trajectory(&OptimizerConfig::by_name("adam").unwrap(), (3, 4), &start, &grads);
     let adamw = trajectory(&OptimizerConfig::by_name("adamw").unwrap(), (3, 4), &start, &grads);
     assert_eq!(adam, adamw);
+}
+
+#[test]
+fn muon_fast_scales_by_the_spectral_condition_and_its_penalty() {
+    // A 64×16 matrix: spectral scaling √(64/16) = 2; the penalty (16/256)² = 1/256.
+    let (rows, cols) = (64, 16);
+    let mut rng = StdRng::seed_from_u64(9);
+    let g = random(rows * cols, &mut rng);
+    let step = |c: MuonConfig| one_step(&OptimizerConfig::Muon(c), &mut one_matrix(rows, cols, &vec![0.0; rows * cols], &g));
+    let plain = step(MuonConfig { lr: 1.0, scaling: optlab::optim::MuonScaling::None, ..Default::default() });
+    let fast = MuonConfig { lr: 1.0, ..MuonConfig::muon_fast() };
+    let spectral = step(fast);
+    let extra = step(MuonConfig { scale_extra: 0.5, ..fast });
+    let penalised = step(MuonConfig { small_matrix_penalty: 2.0, ..fast });
+    for k in 0..rows * cols {
+        assert!((spectral[k] - 2.0 * plain[k]).abs() < 1e-5, "spectral");
+        assert!((extra[k] - plain[k]).abs() < 1e-5, "scale_extra");
+        assert!((penalised[k] - 2.0 / 256.0 * plain[k]).abs() < 1e-7, "penalty");
+    }
+    // A side of 256 or more is not penalised.
+    assert_eq!(MuonConfig { small_matrix_penalty: 2.0, ..fast }.step_scale(256, 256), 1.0);
+    // muon-fast orthogonalizes every matrix, the head and the first layer included.
+    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![5], classes: 3, activation: Activation::Relu }, 0);
+    let opt = OptimizerConfig::by_name("muon-fast").unwrap().build(&Cpu, &model.store);
+    assert_eq!(opt.groups[0].params.len(), 2, "fc1 and fc2 weights");
 }

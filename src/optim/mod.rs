@@ -102,8 +102,8 @@ pub enum OptimizerConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 11] =
-    ["sgd", "adamw", "lion", "muon", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad"];
+pub const OPTIMIZER_NAMES: [&str; 12] =
+    ["sgd", "adamw", "lion", "muon", "muon-fast", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad"];
 
 impl OptimizerConfig {
     /// The default configuration of a named optimizer.
@@ -118,6 +118,7 @@ impl OptimizerConfig {
             "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
+            "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
             "soap" => Self::Soap(SoapConfig::default()),
             _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
@@ -155,6 +156,9 @@ impl OptimizerConfig {
                 positive("lr", c.lr)?;
                 unit("momentum", c.momentum)?;
                 at_least_one("ns_steps", c.ns_steps as u64)?;
+                positive("scale_extra", c.scale_extra)?;
+                non_negative("small_matrix_penalty", c.small_matrix_penalty)?;
+                at_least_one("penalty_below", c.penalty_below as u64)?;
                 non_negative("weight_decay", c.weight_decay)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }

@@ -1,7 +1,10 @@
 //! Muon (Keller Jordan et al. 2024): momentum, then the nearest semi-orthogonal
 //! matrix by Newton-Schulz, so every singular direction of the update moves alike.
 //! Follows the reference implementation: `m ← β·m + (1−β)·g`; Nesterov direction
-//! `(1−β)·g + β·m`; NS on it; `p ← p·(1−lr·wd) − lr·scale·NS(d)`.
+//! `(1−β)·g + β·m`; NS on it; `p ← p·(1−lr·wd) − lr·scale·NS(d)`. The knobs of
+//! background document 001's MuonFast (spectral scaling, `scale_extra`, the
+//! small-matrix penalty) are options of the same rule; `muon-fast` names its
+//! first configuration.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +24,9 @@ pub enum MuonScaling {
     /// `0.2·sqrt(max(rows, cols))`: matches AdamW's update RMS so AdamW learning
     /// rates and weight decay transfer (Liu et al. 2025, "Muon is Scalable for LLM Training").
     MatchAdamRms,
+    /// `sqrt(rows/cols)` = √(fan_out/fan_in): the spectral condition for feature
+    /// learning (Yang, Simon & Bernstein 2023), MuonFast's `scale_mode = "spectral"`.
+    Spectral,
     None,
 }
 
@@ -29,6 +35,7 @@ impl MuonScaling {
         match self {
             Self::Keller => (rows as f32 / cols as f32).max(1.0).sqrt(),
             Self::MatchAdamRms => 0.2 * (rows.max(cols) as f32).sqrt(),
+            Self::Spectral => (rows as f32 / cols as f32).sqrt(),
             Self::None => 1.0,
         }
     }
@@ -43,12 +50,40 @@ pub struct MuonConfig {
     pub ns_steps: usize,
     pub coefficients: NsCoefficients,
     pub scaling: MuonScaling,
+    /// A further factor on every matrix's step (MuonFast's `scale_extra`).
+    pub scale_extra: f32,
+    /// MuonFast's dimension-aware penalty: a matrix whose shorter side k is below
+    /// `penalty_below` steps `(k/penalty_below)^small_matrix_penalty` times as far
+    /// (0: off; MuonFast's fix uses 2 below 256).
+    pub small_matrix_penalty: f32,
+    pub penalty_below: usize,
     pub weight_decay: f32,
     /// Also orthogonalize the input and output matrices (by default they go to
     /// the auxiliary AdamW, as in the reference implementation).
     pub all_matrices: bool,
     /// Optimizer of every parameter Muon does not take.
     pub aux_adamw: AdamWConfig,
+}
+
+impl MuonConfig {
+    /// The step of a rows×cols matrix per unit of learning rate: the scaling,
+    /// `scale_extra` and the small-matrix penalty.
+    pub fn step_scale(&self, rows: usize, cols: usize) -> f32 {
+        let short = rows.min(cols);
+        let penalty = if self.small_matrix_penalty > 0.0 && short < self.penalty_below {
+            (short as f32 / self.penalty_below as f32).powf(self.small_matrix_penalty)
+        } else {
+            1.0
+        };
+        self.scaling.factor(rows, cols) * self.scale_extra * penalty
+    }
+
+    /// MuonFast as background document 001 first ran it on its ViT: spectral
+    /// scaling, `scale_extra` 1, lr 0.002, every matrix orthogonalized (its
+    /// routing of some parameters to AdamW came with the later fixes).
+    pub fn muon_fast() -> Self {
+        Self { lr: 0.002, scaling: MuonScaling::Spectral, all_matrices: true, ..Self::default() }
+    }
 }
 
 impl Default for MuonConfig {
@@ -60,6 +95,9 @@ impl Default for MuonConfig {
             ns_steps: 5,
             coefficients: NsCoefficients::Keller,
             scaling: MuonScaling::Keller,
+            scale_extra: 1.0,
+            small_matrix_penalty: 0.0,
+            penalty_below: 256,
             weight_decay: 0.0,
             all_matrices: false,
             aux_adamw: AdamWConfig::default(),
@@ -113,7 +151,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                 }
             }
             backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, &ranges, rows, cols, c.ns_steps, c.coefficients);
-            let step = lr * c.scaling.factor(rows, cols);
+            let step = lr * c.step_scale(rows, cols);
             for (&i, r) in params.iter().zip(&ranges) {
                 if let Some(caps) = captures.as_deref_mut() {
                     caps.push(Capture {

@@ -51,8 +51,11 @@ const fn opt(name: &'static str, kind: Kind, doc: &'static str) -> Column {
 }
 
 const RUN: Column = col("run", Kind::Str, "Run id: `<optimizer>-s<seed>` (unique within an output directory).");
-const OPTIMIZER: Column =
-    col("optimizer", Kind::Str, "Optimizer label: an optimizer's name (the README's optimizer table) or a preset's key such as `muon-all`.");
+const OPTIMIZER: Column = col(
+    "optimizer",
+    Kind::Str,
+    "Optimizer label: an optimizer's name (the README's optimizer table) or a preset's key such as `muon-all`.",
+);
 const SEED: Column =
     col("seed", Kind::I64, "Seed of initialization, batch order and sampling (separate ChaCha12 streams: `src/random.rs`).");
 const STEP: Column = col("step", Kind::I64, "Optimizer steps taken so far in this run (0 = before training).");
