@@ -542,3 +542,52 @@ fn muon_fast_scales_by_the_spectral_condition_and_its_penalty() {
     let opt = OptimizerConfig::by_name("muon-fast").unwrap().build(&Cpu, &model.store);
     assert_eq!(opt.groups[0].params.len(), 2, "fc1 and fc2 weights");
 }
+
+#[test]
+fn ns_tol_stops_each_matrix_at_the_first_settled_step() {
+    use optlab::linalg::newton_schulz;
+    // Polar Express converges (Keller's quintic oscillates by design, so its iterates
+    // never settle). Two matrices of one shape (one batched call): one well conditioned, one not,
+    // so they settle at different steps.
+    let (rows, cols) = (12, 8);
+    let mut rng = StdRng::seed_from_u64(3);
+    let (easy, _) = with_known_svd(rows, cols, &[1.0; 8], &mut rng);
+    let (hard, _) = with_known_svd(rows, cols, &[1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003], &mut rng);
+    let tol = 0.05f32;
+    // The reference: each matrix's iterates by the plain function, stopped by the same rule.
+    let settled = |g: &[f32]| -> (usize, Vec<f32>) {
+        let mut previous = newton_schulz(g, rows, cols, 1, NsCoefficients::PolarExpress);
+        for k in 2..=10 {
+            let next = newton_schulz(g, rows, cols, k, NsCoefficients::PolarExpress);
+            let change: f32 = next.iter().zip(&previous).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+            let norm: f32 = previous.iter().map(|a| a * a).sum::<f32>().sqrt();
+            if change < tol * norm {
+                return (k, next);
+            }
+            previous = next;
+        }
+        (10, previous)
+    };
+    let ((k_easy, want_easy), (k_hard, want_hard)) = (settled(&easy), settled(&hard));
+    assert!(k_easy < k_hard && k_hard < 10, "the test needs different early stops: {k_easy}, {k_hard}");
+    let specs = [("a".to_string(), rows, cols, Role::HiddenMatrix), ("b".to_string(), rows, cols, Role::HiddenMatrix)];
+    let mut store = ParamStore::new(&Cpu, &specs, &vec![0.0; 2 * rows * cols]);
+    store.grads.copy_from_slice(&[easy, hard].concat());
+    let config = MuonConfig {
+        lr: 1.0,
+        momentum: 0.0,
+        nesterov: false,
+        ns_steps: 10,
+        ns_tol: tol,
+        coefficients: NsCoefficients::PolarExpress,
+        scaling: optlab::optim::MuonScaling::None,
+        ..Default::default()
+    };
+    let mut opt = OptimizerConfig::Muon(config).build(&Cpu, &store);
+    opt.step(&Cpu, &mut store, 1.0, None);
+    let got: Vec<f32> = store.values.iter().map(|v| -v).collect();
+    let errors = (relative_error(&got[..rows * cols], &want_easy), relative_error(&got[rows * cols..], &want_hard));
+    assert!(errors.0 < 1e-6 && errors.1 < 1e-6, "stopped at {k_easy} and {k_hard}: errors {errors:?}");
+    let stops = opt.groups[0].rule.diagnostics();
+    assert_eq!(stops, [("muon_ns_early_stops", 2.0)], "both stopped before 10 steps");
+}

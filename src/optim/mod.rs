@@ -157,6 +157,7 @@ impl OptimizerConfig {
                 unit("momentum", c.momentum)?;
                 at_least_one("ns_steps", c.ns_steps as u64)?;
                 positive("scale_extra", c.scale_extra)?;
+                non_negative("ns_tol", c.ns_tol)?;
                 non_negative("small_matrix_penalty", c.small_matrix_penalty)?;
                 at_least_one("penalty_below", c.penalty_below as u64)?;
                 non_negative("weight_decay", c.weight_decay)?;

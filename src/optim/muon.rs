@@ -48,6 +48,12 @@ pub struct MuonConfig {
     pub momentum: f32,
     pub nesterov: bool,
     pub ns_steps: usize,
+    /// MuonFast's early stop: a matrix's Newton-Schulz ends at the first step k
+    /// (k ≥ 2) with ‖X_k − X_{k−1}‖_F < ns_tol·‖X_{k−1}‖_F, at most `ns_steps`
+    /// (0: off). Costs up to `ns_steps`(`ns_steps`+1)/2 iterations, so it is for study, not speed.
+    /// Keller's quintic deliberately oscillates around 1 (its iterates move by 30–50%
+    /// per step), so only Polar Express's coefficients settle under a small tolerance.
+    pub ns_tol: f32,
     pub coefficients: NsCoefficients,
     pub scaling: MuonScaling,
     /// A further factor on every matrix's step (MuonFast's `scale_extra`).
@@ -93,6 +99,7 @@ impl Default for MuonConfig {
             momentum: 0.95,
             nesterov: true,
             ns_steps: 5,
+            ns_tol: 0.0,
             coefficients: NsCoefficients::Keller,
             scaling: MuonScaling::Keller,
             scale_extra: 1.0,
@@ -113,6 +120,9 @@ pub struct Muon<B: Backend> {
     orthogonal: B::Buf,
     /// Parameter indices grouped by shape: one batched NS call per shape.
     by_shape: BTreeMap<(usize, usize), Vec<usize>>,
+    /// With `ns_tol`: the next iterate, and how many matrices stopped early.
+    candidate: Option<B::Buf>,
+    early_stops: u64,
 }
 
 impl<B: Backend> Muon<B> {
@@ -124,7 +134,48 @@ impl<B: Backend> Muon<B> {
             by_shape.entry((s.rows, s.cols)).or_default().push(i);
         }
         let n = store.len();
-        Self { config, momentum: backend.zeros(n), direction: backend.zeros(n), orthogonal: backend.zeros(n), by_shape }
+        let candidate = (config.ns_tol > 0.0).then(|| backend.zeros(n));
+        Self {
+            config,
+            momentum: backend.zeros(n),
+            direction: backend.zeros(n),
+            orthogonal: backend.zeros(n),
+            by_shape,
+            candidate,
+            early_stops: 0,
+        }
+    }
+
+    /// Newton-Schulz of every matrix at `ranges` (`direction` → `orthogonal`),
+    /// each stopped by `ns_tol` (see [`MuonConfig::ns_tol`]). The k-step result
+    /// is the k-step prefix of the iteration, so step k is rerun from the start
+    /// for the matrices still going rather than carried in the backend.
+    fn orthogonalize(&mut self, backend: &B, ranges: &[std::ops::Range<usize>], (rows, cols): (usize, usize)) {
+        let c = self.config;
+        let Some(candidate) = self.candidate.as_mut() else {
+            backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, ranges, rows, cols, c.ns_steps, c.coefficients);
+            return;
+        };
+        let mut going: Vec<std::ops::Range<usize>> = ranges.to_vec();
+        for k in 1..=c.ns_steps {
+            backend.newton_schulz_batched(candidate, &self.direction, &going, rows, cols, k, c.coefficients);
+            let mut still = Vec::new();
+            for r in going {
+                let (next, previous) = (B::view(candidate, r.clone()), B::view(&self.orthogonal, r.clone()));
+                let settled = k > 1
+                    && backend.sum_squared_difference(next, previous).sqrt() < f64::from(c.ns_tol) * backend.sum_squares(previous).sqrt();
+                backend.copy(B::view_mut(&mut self.orthogonal, r.clone()), next);
+                if !settled {
+                    still.push(r);
+                } else if k < c.ns_steps {
+                    self.early_stops += 1;
+                }
+            }
+            going = still;
+            if going.is_empty() {
+                break;
+            }
+        }
     }
 }
 
@@ -140,7 +191,9 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
     ) {
         let c = self.config;
         let beta = c.momentum;
-        for (&(rows, cols), params) in &self.by_shape {
+        // Taken out for the step, so `orthogonalize` may borrow the rest of self.
+        let by_shape = std::mem::take(&mut self.by_shape);
+        for (&(rows, cols), params) in &by_shape {
             let ranges: Vec<_> = params.iter().map(|&i| store.specs[i].range()).collect();
             for r in &ranges {
                 let g = B::view(&store.grads, r.clone());
@@ -150,7 +203,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                     backend.axpby(B::view_mut(&mut self.direction, r.clone()), beta, B::view(&self.momentum, r.clone()), 1.0 - beta);
                 }
             }
-            backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, &ranges, rows, cols, c.ns_steps, c.coefficients);
+            self.orthogonalize(backend, &ranges, (rows, cols));
             let step = lr * c.step_scale(rows, cols);
             for (&i, r) in params.iter().zip(&ranges) {
                 if let Some(caps) = captures.as_deref_mut() {
@@ -173,9 +226,14 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                 );
             }
         }
+        self.by_shape = by_shape;
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
         vec![("momentum".into(), &mut self.momentum)]
+    }
+
+    fn diagnostics(&self) -> Vec<(&'static str, f64)> {
+        if self.candidate.is_some() { vec![("muon_ns_early_stops", self.early_stops as f64)] } else { Vec::new() }
     }
 }

@@ -190,7 +190,8 @@ pub const COUNTERS: Table = Table {
             Kind::Str,
             "`shampoo_root_failures` (roots whose eigendecomposition failed; the previous root was kept), `shampoo_roots_computed`, \
              `soap_basis_failures` (eigenbases whose decomposition failed; the previous basis was kept), `soap_bases_computed`, \
-             `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64).",
+             `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64), \
+             `muon_ns_early_stops` (with `ns_tol`: matrices whose Newton-Schulz stopped before `ns_steps`).",
         ),
         col("value", Kind::F64, "The count so far in this run, carried across resumed sessions."),
     ],
