@@ -108,6 +108,13 @@ extern "C" __global__ void sum_squared_difference(double* out, const float* a, c
     if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+extern "C" __global__ void dot(double* out, const float* a, const float* b, long long n) {
+    double s = 0.0;
+    GRID_STRIDE(i, n) s += (double)a[i] * (double)b[i];
+    s = block_sum_d(s);
+    if (threadIdx.x == 0) atomicAdd(out, s);
+}
+
 // count += number of NaN/Inf entries.
 extern "C" __global__ void count_non_finite(unsigned int* count, const float* x, long long n) {
     unsigned int local = 0;

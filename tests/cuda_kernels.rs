@@ -164,10 +164,12 @@ fn softmax_cross_entropy_and_reductions() {
         let (a, bv) = (random(n, &mut rng), random(n, &mut rng));
         let (cpu, gpu) = on_both!(&g, |b| {
             let (ab, bb) = (b.upload(&a), b.upload(&bv));
-            (b.sum_squares(v(b, &ab)), b.sum_squared_difference(v(b, &ab), v(b, &bb)), b.all_finite(v(b, &ab)))
+            let sums = (b.sum_squares(v(b, &ab)), b.sum_squared_difference(v(b, &ab), v(b, &bb)), b.all_finite(v(b, &ab)));
+            (sums.0, sums.1, sums.2, b.dot(v(b, &ab), v(b, &bb)))
         });
         assert!((cpu.0 - gpu.0).abs() <= 1e-9 * cpu.0, "sum_squares n={n}");
         assert!((cpu.1 - gpu.1).abs() <= 1e-9 * cpu.1, "sum_squared_difference n={n}");
+        assert!((cpu.3 - gpu.3).abs() <= 1e-9 * cpu.0, "dot n={n}");
         assert!(cpu.2 && gpu.2);
         let mut bad = a.clone();
         bad[n / 2] = f32::INFINITY;

@@ -226,6 +226,8 @@ pub trait Backend: Send + Sync + 'static {
     fn sum_squares(&self, x: Self::View<'_>) -> f64;
     /// Σ (a − b)², accumulated in f64 (update norms without a temporary).
     fn sum_squared_difference(&self, a: Self::View<'_>, b: Self::View<'_>) -> f64;
+    /// Σ a·b, accumulated in f64 (least-squares systems of Anderson mixing).
+    fn dot(&self, a: Self::View<'_>, b: Self::View<'_>) -> f64;
     fn all_finite(&self, x: Self::View<'_>) -> bool;
 
     // ---- optimizer steps (multi-tensor: one call per parameter group) ----

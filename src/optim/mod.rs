@@ -7,6 +7,7 @@
 //! Configs are small typed structs with defaults (serde: TOML presets and CLI).
 
 pub mod adamw;
+pub mod anderson;
 pub mod diagonal;
 pub mod lion;
 pub mod muon;
@@ -22,6 +23,7 @@ use crate::backend::{Backend, Gemm};
 use crate::models::{ParamStore, Role};
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use anderson::{AndersonGda, AndersonGdaConfig};
 pub use diagonal::{AdadeltaConfig, AdagradConfig, AdamConfig, Diagonal, DiagonalConfig, RmsPropConfig};
 pub use lion::{Lion, LionConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
@@ -99,11 +101,12 @@ pub enum OptimizerConfig {
     RmsProp(RmsPropConfig),
     Adadelta(AdadeltaConfig),
     Adam(AdamConfig),
+    AndersonGda(AndersonGdaConfig),
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 12] =
-    ["sgd", "adamw", "lion", "muon", "muon-fast", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad"];
+pub const OPTIMIZER_NAMES: [&str; 13] =
+    ["sgd", "adamw", "lion", "muon", "muon-fast", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad", "anderson-gda"];
 
 impl OptimizerConfig {
     /// The default configuration of a named optimizer.
@@ -116,6 +119,7 @@ impl OptimizerConfig {
             "adadelta" => Self::Adadelta(AdadeltaConfig::default()),
             "adam" => Self::Adam(AdamConfig::default()),
             "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
+            "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -216,6 +220,12 @@ impl OptimizerConfig {
                 positive("eps", c.eps)?;
                 non_negative("weight_decay", c.weight_decay)?;
             }
+            Self::AndersonGda(c) => {
+                positive("lr", c.lr)?;
+                at_least_one("memory", c.memory as u64)?;
+                non_negative("beta", c.beta)?;
+                non_negative("regularization", c.regularization as f32)?;
+            }
         }
         Ok(())
     }
@@ -232,6 +242,7 @@ impl OptimizerConfig {
             Self::RmsProp(_) => "rmsprop",
             Self::Adadelta(_) => "adadelta",
             Self::Adam(_) => "adam",
+            Self::AndersonGda(_) => "anderson-gda",
         }
     }
 
@@ -270,6 +281,7 @@ impl OptimizerConfig {
             Self::RmsProp(c) => push("rmsprop", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::RmsProp(*c)))),
             Self::Adadelta(c) => push("adadelta", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adadelta(*c)))),
             Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
+            Self::AndersonGda(c) => push("anderson-gda", all.clone(), c.lr, Box::new(AndersonGda::new(backend, store, *c))),
         }
         Optimizer { name: self.name().into(), groups, steps: 0 }
     }

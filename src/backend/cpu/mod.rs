@@ -299,6 +299,10 @@ impl Backend for Cpu {
         assert_eq!(a.len(), b.len());
         a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum()
     }
+    fn dot(&self, a: &[f32], b: &[f32]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+    }
     fn all_finite(&self, x: &[f32]) -> bool {
         x.iter().all(|v| v.is_finite())
     }

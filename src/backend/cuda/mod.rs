@@ -54,6 +54,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
             "softmax_cross_entropy",
             "sum_squares",
             "sum_squared_difference",
+            "dot",
             "count_non_finite",
             "ema_square",
             "adam_direction",

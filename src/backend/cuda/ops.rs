@@ -431,6 +431,10 @@ impl Backend for Cuda {
         assert_eq!(a.len, b.len);
         self.reduce_f64("sum_squared_difference", vec![a.into(), b.into()], a.len)
     }
+    fn dot(&self, a: DView<'_>, b: DView<'_>) -> f64 {
+        assert_eq!(a.len, b.len);
+        self.reduce_f64("dot", vec![a.into(), b.into()], a.len)
+    }
     fn all_finite(&self, x: DView<'_>) -> bool {
         let count = self.alloc::<u32>(1);
         self.launch("count_non_finite", elementwise(x.len), &[ptr_of(&count), x.into(), x.len.into()]);
