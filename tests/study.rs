@@ -142,7 +142,8 @@ fn figures_are_drawn_from_the_tables() {
     run(&c, dir.path(), None);
     let files = optlab::experiments::figures::plot_study(dir.path()).unwrap();
     let names: Vec<&str> = files.iter().map(|f| f.name).collect();
-    let kinds = ["loss", "effective_rank", "direction_rank", "spectra", "sparsity", "accuracy_matrix", "class_cosine", "covariance"];
+    let kinds =
+        ["loss", "effective_rank", "stable_rank", "direction_rank", "spectra", "sparsity", "accuracy_matrix", "class_cosine", "covariance"];
     assert_eq!(names, kinds, "every kind of figure, for a study with everything");
     for name in kinds {
         let png = std::fs::read(dir.path().join("figures").join(format!("{name}.png"))).unwrap();

@@ -49,6 +49,8 @@ pub(super) struct StudyData {
     pub boundaries: Vec<i64>,
     /// (param, label) → step → effective ranks of the weight, one per seed.
     pub ranks: BTreeMap<(String, String), BySeed<f64>>,
+    /// The same for stable ranks ‖W‖_F²/‖W‖₂².
+    pub stable_ranks: BTreeMap<(String, String), BySeed<f64>>,
     /// (param, label, tensor) → step → effective ranks of what moved the weight
     /// (gradient, update, Muon's direction before and after Newton-Schulz…).
     pub directions: BTreeMap<(String, String, String), BySeed<f64>>,
@@ -127,6 +129,7 @@ impl StudyData {
         let (run, step, task, param, tensor) =
             (strings(sp, "run")?, ints(sp, "step")?, ints(sp, "task")?, strings(sp, "param")?, strings(sp, "tensor")?);
         let (rank, sigma) = (floats(sp, "effective_rank")?, lists(sp, "singular_values")?);
+        let stable = floats(sp, "stable_rank")?;
         // A stage ends where a run's task does: its last probe of each task.
         let mut last_of_task: BTreeMap<(&str, i64), i64> = BTreeMap::new();
         for k in 0..run.len() {
@@ -144,6 +147,9 @@ impl StudyData {
                 continue;
             }
             self.ranks.entry((param[k].clone(), label.clone())).or_default().entry(s).or_default().push(r);
+            if let Some(sr) = stable[k] {
+                self.stable_ranks.entry((param[k].clone(), label.clone())).or_default().entry(s).or_default().push(sr);
+            }
             if s == 0 || last_of_task.get(&(run[k].as_str(), t)) == Some(&s) {
                 self.spectra.entry((param[k].clone(), label)).or_default().entry((s, t)).or_default().push(sigma[k].clone());
             }

@@ -146,9 +146,14 @@ fn step_panels<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shif
     Ok(())
 }
 
-pub(super) fn effective_rank<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shift>) -> Result<()> {
+/// A rank of every weight matrix against step (`ranks`: effective or stable), a panel per matrix.
+pub(super) fn rank<DB: DrawingBackend>(
+    data: &StudyData,
+    ranks: &BTreeMap<(String, String), BySeed<f64>>,
+    area: &DrawingArea<DB, Shift>,
+) -> Result<()> {
     let mut groups: BTreeMap<String, Vec<Curve>> = BTreeMap::new();
-    for ((param, label), by) in &data.ranks {
+    for ((param, label), by) in ranks {
         groups.entry(param.replace(".weight", "")).or_default().push((label.clone(), colour(data, label), by));
     }
     step_panels(data, area, groups.into_iter().collect())

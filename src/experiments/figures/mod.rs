@@ -4,7 +4,7 @@
 //! means over seeds with a shaded 95% interval (Student t) where there are
 //! several seeds.
 //!
-//! - `lines`: the loss, effective ranks, the ranks of what moved each matrix
+//! - `lines`: the loss, effective and stable ranks, the ranks of what moved each matrix
 //!   (Muon before and after Newton-Schulz), singular-value spectra at task
 //!   boundaries, dead units and sparsity, and a sweep's tuning curves;
 //! - `maps`: heatmaps of the accuracy matrix, class-mean cosines and
@@ -78,6 +78,7 @@ pub fn plot_tuning(out: &Path, curves: &TuningCurves) -> Result<Figure> {
 enum Kind {
     Loss,
     EffectiveRank,
+    StableRank,
     DirectionRank,
     Spectra,
     Sparsity,
@@ -87,9 +88,10 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Loss,
         Kind::EffectiveRank,
+        Kind::StableRank,
         Kind::DirectionRank,
         Kind::Spectra,
         Kind::Sparsity,
@@ -102,6 +104,7 @@ impl Kind {
         match self {
             Kind::Loss => "loss",
             Kind::EffectiveRank => "effective_rank",
+            Kind::StableRank => "stable_rank",
             Kind::DirectionRank => "direction_rank",
             Kind::Spectra => "spectra",
             Kind::Sparsity => "sparsity",
@@ -115,6 +118,9 @@ impl Kind {
         match self {
             Kind::Loss => "every run's training loss against step (log scale), task boundaries dashed",
             Kind::EffectiveRank => "each weight matrix's effective rank against step: mean over seeds per optimizer, shaded 95% interval",
+            Kind::StableRank => {
+                "each weight matrix's stable rank ‖W‖_F²/‖W‖₂² against step: mean over seeds per optimizer, shaded 95% interval"
+            }
             Kind::DirectionRank => {
                 "effective rank of what moved each matrix (the gradient, the applied update, Muon's direction before and after \
                  Newton-Schulz…) against step, mean over seeds"
@@ -145,6 +151,7 @@ impl Kind {
         match self {
             Kind::Loss => Some(800),
             Kind::EffectiveRank => some(data.ranks.is_empty(), grid(lines::matrices(data.ranks.keys().map(|k| &k.0))).0, 300),
+            Kind::StableRank => some(data.stable_ranks.is_empty(), grid(lines::matrices(data.stable_ranks.keys().map(|k| &k.0))).0, 300),
             Kind::DirectionRank => some(data.directions.is_empty(), grid(lines::matrices(data.directions.keys().map(|k| &k.0))).0, 300),
             Kind::Spectra => some(data.spectra.is_empty(), lines::spectra_params(data).len(), 280),
             Kind::Sparsity => some(data.sparsity.is_empty(), 2, 350),
@@ -158,7 +165,8 @@ impl Kind {
         area.fill(&WHITE).map_err(err)?;
         match self {
             Kind::Loss => lines::loss(data, &area)?,
-            Kind::EffectiveRank => lines::effective_rank(data, &area)?,
+            Kind::EffectiveRank => lines::rank(data, &data.ranks, &area)?,
+            Kind::StableRank => lines::rank(data, &data.stable_ranks, &area)?,
             Kind::DirectionRank => lines::direction_rank(data, &area)?,
             Kind::Spectra => lines::spectra(data, &area)?,
             Kind::Sparsity => lines::sparsity(data, &area)?,
