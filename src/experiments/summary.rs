@@ -238,13 +238,15 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
     let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
     let params: Vec<String> =
         summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
-    let mut out = format!("{:<12} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
+    // Long preset labels widen the first column rather than shift the rest.
+    let w = summaries.iter().map(|s| s.label.len()).max().unwrap_or(0).max(12);
+    let mut out = format!("{:<w$} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
     write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
     params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
     out.push('\n');
     for s in summaries {
-        write!(out, "{:<12} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
+        write!(out, "{:<w$} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
         (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
         write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
         s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
@@ -292,7 +294,8 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     };
     let mut ordered: Vec<String> = order.iter().filter(|l| labels.contains(l)).cloned().collect();
     ordered.extend(labels.iter().filter(|l| !order.contains(l)).cloned().collect::<std::collections::BTreeSet<_>>());
-    let mut out = format!("{:<10} {:>4} {:>19}", "optimizer", "runs", "val bits/byte");
+    let w = ordered.iter().map(String::len).max().unwrap_or(0).max(10);
+    let mut out = format!("{:<w$} {:>4} {:>19}", "optimizer", "runs", "val bits/byte");
     for k in ["qkv", "proj", "fc", "fc2"] {
         write!(out, " {:>12}", format!("grad:{k}")).unwrap();
     }
@@ -300,7 +303,7 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     for label in ordered {
         let ids: Vec<&String> = run_ids.iter().zip(&labels).filter(|(_, l)| **l == label).map(|(r, _)| r).collect();
         let bpb: Vec<f64> = ids.iter().filter_map(|r| last_val.get(r).first().copied()).collect();
-        write!(out, "{:<10} {:>4} {:>19}", label, ids.len(), interval(Interval::of(&bpb), 3)).unwrap();
+        write!(out, "{:<w$} {:>4} {:>19}", label, ids.len(), interval(Interval::of(&bpb), 3)).unwrap();
         for kind in 0..4 {
             write!(out, " {:>12}", first_last(&label, "gradient", kind)).unwrap();
         }
