@@ -467,21 +467,20 @@ fn per_coordinate_optimizers_on_a_constant_gradient_in_closed_form() {
     // AdaGrad: Σg² = t·g², so step t is lr/√t whatever g.
     let lr = 0.1;
     let adagrad = run(OptimizerConfig::Adagrad(AdagradConfig { lr, ..Default::default() }));
-    let want: Vec<f64> = (1..=6)
-        .scan(1.0, |p, t| {
-            *p -= lr as f64 / (t as f64).sqrt();
-            Some(*p)
-        })
-        .collect();
+    // The parameter after each of 6 steps of the given lengths, from 1.
+    let walk = |step: &dyn Fn(i32) -> f64| -> Vec<f64> {
+        (1..=6)
+            .scan(1.0, |p, t| {
+                *p -= step(t);
+                Some(*p)
+            })
+            .collect()
+    };
+    let want = walk(&|t| lr as f64 / f64::from(t).sqrt());
     assert!(adagrad.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{adagrad:?} vs {want:?}");
     // RMSProp: E[g²] = (1 − αᵗ)·g², so step t is lr/√(1 − αᵗ).
     let rms = run(OptimizerConfig::RmsProp(RmsPropConfig::default()));
-    let want: Vec<f64> = (1..=6)
-        .scan(1.0, |p, t| {
-            *p -= 0.01 / (1.0 - 0.99f64.powi(t)).sqrt();
-            Some(*p)
-        })
-        .collect();
+    let want = walk(&|t| 0.01 / (1.0 - 0.99f64.powi(t)).sqrt());
     assert!(rms.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5), "{rms:?} vs {want:?}");
     // Adadelta's first step is √ε/√((1−ρ)g² + ε)·g: tiny, whatever the scale of g.
     let ada = run(OptimizerConfig::Adadelta(AdadeltaConfig::default()));

@@ -557,3 +557,30 @@ fn gpt_overrides_merge_into_the_default_optimizer_tables() {
     assert_eq!(muon["aux_adamw"]["lr"].as_float().map(|x| x as f32), Some(3e-4));
     assert_eq!(named.len(), 2);
 }
+
+#[test]
+fn optimizers_report_their_own_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["optimizers=[\"muon\", \"anderson-gda\"]", "epochs_per_task=1"]);
+    run(&c, dir.path(), None);
+    let df = optlab::record::read_table(dir.path(), &optlab::record::schema::OPTIMIZER_STEPS).unwrap();
+    let col = |n: &str| optlab::record::columns::strings(&df, n).unwrap();
+    let (run_ids, params, names) = (col("run"), col("param"), col("name"));
+    let (steps, values) = (optlab::record::columns::ints(&df, "step").unwrap(), optlab::record::columns::floats(&df, "value").unwrap());
+    let rows = |run: &str, param: &str, name: &str| -> Vec<(i64, f64)> {
+        (0..df.height())
+            .filter(|&k| run_ids[k] == run && params[k] == param && names[k] == name)
+            .map(|k| (steps[k].unwrap(), values[k].unwrap()))
+            .collect()
+    };
+    // Muon's hidden 32×32 matrix: Keller's scale max(1, 32/32)^½ = 1 and 5 iterations, every step.
+    let scale = rows("muon-s0", "fc2.weight", "muon_step_scale");
+    let total = optlab::record::read_table(dir.path(), &optlab::record::schema::STEPS).unwrap().height() as i64 / 2;
+    assert_eq!(scale.len() as i64, total, "one row per step");
+    assert!(scale.iter().all(|&(_, v)| v == 1.0) && rows("muon-s0", "fc2.weight", "muon_ns_steps").iter().all(|&(_, v)| v == 5.0));
+    assert!(rows("muon-s0", "fc1.weight", "muon_step_scale").is_empty(), "fc1 goes to the auxiliary AdamW");
+    // AndersonGDA mixes 0, then 1, then 2 = memory differences.
+    let memory: Vec<f64> = rows("anderson-gda-s0", "fc1.weight", "anderson_memory_used").into_iter().map(|(_, v)| v).take(4).collect();
+    assert_eq!(memory, [0.0, 1.0, 2.0, 2.0]);
+    assert!(rows("anderson-gda-s0", "fc1.weight", "anderson_mixing_norm").iter().skip(1).any(|&(_, v)| v > 0.0));
+}

@@ -110,6 +110,18 @@ impl<B: Backend> Trainer<B> {
                 ],
             )?;
         }
+        for report in self.optimizer.groups.iter().flat_map(|g| g.rule.last_step()) {
+            records.push(
+                &schema::OPTIMIZER_STEPS,
+                vec![
+                    ("run", at.run.into()),
+                    ("step", step.into()),
+                    ("param", store.specs[report.param].name.as_str().into()),
+                    ("name", report.name.into()),
+                    ("value", report.value.into()),
+                ],
+            )?;
+        }
         records.push(
             &schema::STEPS,
             vec![

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Capture, UpdateRule};
+use super::{Capture, StepReport, UpdateRule};
 use crate::backend::Backend;
 use crate::models::ParamStore;
 
@@ -52,6 +52,8 @@ pub struct AndersonGda<B: Backend> {
     previous_g: B::Buf,
     /// This step's residual.
     r: B::Buf,
+    /// The last step's memory used and ‖γ‖₂ per parameter.
+    last: Vec<StepReport>,
 }
 
 impl<B: Backend> AndersonGda<B> {
@@ -66,6 +68,7 @@ impl<B: Backend> AndersonGda<B> {
             previous_r: backend.zeros(n),
             previous_g: backend.zeros(n),
             r: backend.zeros(n),
+            last: Vec::new(),
         }
     }
 }
@@ -97,6 +100,7 @@ impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
         let first = t == 1;
         let slot = (t.saturating_sub(2) % c.memory as u64) as usize;
         let held = (t.saturating_sub(1) as usize).min(c.memory);
+        self.last.clear();
         for &i in params {
             let range = store.specs[i].range();
             // r = −lr·(g + β·(g − g_prev)).
@@ -127,12 +131,18 @@ impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
                 .collect();
             // x ← x + r − Σ γ_a·(ΔX_a + ΔR_a); a singular system (all differences zero) mixes nothing.
             let gamma = if held > 0 { solve(&damped, &rhs).unwrap_or_else(|| vec![0.0; held]) } else { Vec::new() };
+            self.last.push(StepReport { param: i, name: "anderson_memory_used", value: held as f64 });
+            self.last.push(StepReport { param: i, name: "anderson_mixing_norm", value: gamma.iter().map(|g| g * g).sum::<f64>().sqrt() });
             backend.axpby(part_mut::<B>(&mut store.values, &range), 1.0, part::<B>(&self.r, &range), 1.0);
             for (a, &g) in gamma.iter().enumerate() {
                 backend.axpby(part_mut::<B>(&mut store.values, &range), -g as f32, part::<B>(&self.dx[a], &range), 1.0);
                 backend.axpby(part_mut::<B>(&mut store.values, &range), -g as f32, part::<B>(&self.dr[a], &range), 1.0);
             }
         }
+    }
+
+    fn last_step(&self) -> Vec<StepReport> {
+        self.last.clone()
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -53,6 +53,20 @@ pub trait UpdateRule<B: Backend>: Send {
     fn diagnostics(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+
+    /// What the last step did per parameter (e.g. Muon's scale of each matrix),
+    /// for the `optimizer_steps` table.
+    fn last_step(&self) -> Vec<StepReport> {
+        Vec::new()
+    }
+}
+
+/// One value an update rule reports about its last step on one parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub param: usize,
+    pub name: &'static str,
+    pub value: f64,
 }
 
 pub struct ParamGroup<B: Backend> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdamWConfig, Capture, UpdateRule};
+use super::{AdamWConfig, Capture, StepReport, UpdateRule};
 use crate::backend::Backend;
 use crate::linalg::NsCoefficients;
 use crate::models::ParamStore;
@@ -123,6 +123,8 @@ pub struct Muon<B: Backend> {
     /// With `ns_tol`: the next iterate, and how many matrices stopped early.
     candidate: Option<B::Buf>,
     early_stops: u64,
+    /// The last step's scale and Newton-Schulz iterations per matrix.
+    last: Vec<StepReport>,
 }
 
 impl<B: Backend> Muon<B> {
@@ -143,6 +145,7 @@ impl<B: Backend> Muon<B> {
             by_shape,
             candidate,
             early_stops: 0,
+            last: Vec::new(),
         }
     }
 
@@ -150,12 +153,14 @@ impl<B: Backend> Muon<B> {
     /// each stopped by `ns_tol` (see [`MuonConfig::ns_tol`]). The k-step result
     /// is the k-step prefix of the iteration, so step k is rerun from the start
     /// for the matrices still going rather than carried in the backend.
-    fn orthogonalize(&mut self, backend: &B, ranges: &[std::ops::Range<usize>], (rows, cols): (usize, usize)) {
+    /// Returns the iterations each matrix took.
+    fn orthogonalize(&mut self, backend: &B, ranges: &[std::ops::Range<usize>], (rows, cols): (usize, usize)) -> Vec<usize> {
         let c = self.config;
         let Some(candidate) = self.candidate.as_mut() else {
             backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, ranges, rows, cols, c.ns_steps, c.coefficients);
-            return;
+            return vec![c.ns_steps; ranges.len()];
         };
+        let mut taken = vec![c.ns_steps; ranges.len()];
         let mut going: Vec<std::ops::Range<usize>> = ranges.to_vec();
         for k in 1..=c.ns_steps {
             backend.newton_schulz_batched(candidate, &self.direction, &going, rows, cols, k, c.coefficients);
@@ -167,8 +172,11 @@ impl<B: Backend> Muon<B> {
                 backend.copy(B::view_mut(&mut self.orthogonal, r.clone()), next);
                 if !settled {
                     still.push(r);
-                } else if k < c.ns_steps {
-                    self.early_stops += 1;
+                } else {
+                    taken[ranges.iter().position(|x| *x == r).expect("a range of the batch")] = k;
+                    if k < c.ns_steps {
+                        self.early_stops += 1;
+                    }
                 }
             }
             going = still;
@@ -176,6 +184,7 @@ impl<B: Backend> Muon<B> {
                 break;
             }
         }
+        taken
     }
 }
 
@@ -193,6 +202,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
         let beta = c.momentum;
         // Taken out for the step, so `orthogonalize` may borrow the rest of self.
         let by_shape = std::mem::take(&mut self.by_shape);
+        self.last.clear();
         for (&(rows, cols), params) in &by_shape {
             let ranges: Vec<_> = params.iter().map(|&i| store.specs[i].range()).collect();
             for r in &ranges {
@@ -203,7 +213,11 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                     backend.axpby(B::view_mut(&mut self.direction, r.clone()), beta, B::view(&self.momentum, r.clone()), 1.0 - beta);
                 }
             }
-            self.orthogonalize(backend, &ranges, (rows, cols));
+            let taken = self.orthogonalize(backend, &ranges, (rows, cols));
+            for (&param, k) in params.iter().zip(taken) {
+                self.last.push(StepReport { param, name: "muon_step_scale", value: f64::from(c.step_scale(rows, cols)) });
+                self.last.push(StepReport { param, name: "muon_ns_steps", value: k as f64 });
+            }
             let step = lr * c.step_scale(rows, cols);
             for (&i, r) in params.iter().zip(&ranges) {
                 if let Some(caps) = captures.as_deref_mut() {
@@ -235,5 +249,9 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
 
     fn diagnostics(&self) -> Vec<(&'static str, f64)> {
         if self.candidate.is_some() { vec![("muon_ns_early_stops", self.early_stops as f64)] } else { Vec::new() }
+    }
+
+    fn last_step(&self) -> Vec<StepReport> {
+        self.last.clone()
     }
 }

@@ -93,6 +93,25 @@ pub const PARAM_STEPS: Table = Table {
     ],
 };
 
+pub const OPTIMIZER_STEPS: Table = Table {
+    name: "optimizer_steps",
+    doc: "What an optimizer reports about its own step, per step and parameter, for the optimizers that have something to say.",
+    columns: &[
+        RUN,
+        STEP,
+        PARAM,
+        col(
+            "name",
+            Kind::Str,
+            "`muon_step_scale` (the factor on lr of this matrix's orthogonalized step: scaling × scale_extra × small-matrix penalty), \
+             `muon_ns_steps` (Newton-Schulz iterations taken, fewer than ns_steps when ns_tol stopped it), \
+             `anderson_memory_used` (differences in AndersonGDA's mixing), `anderson_mixing_norm` (‖γ‖₂ of its mixing coefficients; \
+             0 when the system was singular and the plain gradient step was taken).",
+        ),
+        col("value", Kind::F64, "The value at this step."),
+    ],
+};
+
 pub const SPECTRA: Table = Table {
     name: "spectra",
     doc: "Singular spectra of every weight matrix and of what moved it, every `probe_every` steps and at each task boundary.",
@@ -239,7 +258,7 @@ pub const RUNS: Table = Table {
     ],
 };
 
-pub const ALL: [&Table; 8] = [&STEPS, &PARAM_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &VALIDATION, &COUNTERS, &RUNS];
+pub const ALL: [&Table; 9] = [&STEPS, &PARAM_STEPS, &OPTIMIZER_STEPS, &SPECTRA, &ACCURACY, &ACTIVATIONS, &VALIDATION, &COUNTERS, &RUNS];
 
 /// The schema as Markdown (README, `exp schema`).
 pub fn markdown() -> String {
