@@ -621,3 +621,47 @@ fn anderson_gda_with_full_memory_solves_a_quadratic_like_gmres() {
         on_a_quadratic(&OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.0, ..Default::default() }), curvature, 1)
     );
 }
+
+#[test]
+fn normuon_follows_the_authors_update() {
+    use optlab::linalg::newton_schulz;
+    let (rows, cols) = (6, 10);
+    let mut rng = StdRng::seed_from_u64(21);
+    let (g1, g2) = (random(rows * cols, &mut rng), random(rows * cols, &mut rng));
+    let config = MuonConfig { lr: 1.0, ..MuonConfig::normuon() };
+    let steps = trajectory(&OptimizerConfig::Muon(config), (rows, cols), &vec![0.0; rows * cols], &[g1.clone(), g2.clone()]);
+    // The authors' normuon_update in f64 from the same Newton-Schulz output (f32, as ours).
+    let (beta, beta2) = (0.95f32, 0.95f64);
+    let mut momentum = vec![0.0f32; rows * cols];
+    let mut v = vec![0.0f64; rows];
+    let mut p = vec![0.0f64; rows * cols];
+    let mut want = Vec::new();
+    for g in [&g1, &g2] {
+        momentum.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + (1.0 - beta) * g);
+        let nesterov: Vec<f32> = g.iter().zip(&momentum).map(|(&g, &m)| (1.0 - beta) * g + beta * m).collect();
+        let o: Vec<f64> = newton_schulz(&nesterov, rows, cols, 5, NsCoefficients::Keller).into_iter().map(f64::from).collect();
+        let norm = o.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for (r, v) in v.iter_mut().enumerate() {
+            let mean = o[r * cols..(r + 1) * cols].iter().map(|x| x * x).sum::<f64>() / cols as f64;
+            *v = beta2 * *v + (1.0 - beta2) * mean;
+        }
+        let scaled: Vec<f64> = o.iter().enumerate().map(|(k, x)| x / (v[k / cols].sqrt() + 1e-10)).collect();
+        let new_norm = scaled.iter().map(|x| x * x).sum::<f64>().sqrt();
+        // Keller's scale max(1, 6/10)^½ = 1.
+        p.iter_mut().zip(&scaled).for_each(|(p, s)| *p -= s * norm / (new_norm + 1e-10));
+        want.push(p.clone());
+    }
+    for (got, want) in steps.iter().zip(&want) {
+        let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+        assert!(relative_error(got, &want) < 1e-5, "{}", relative_error(got, &want));
+    }
+    // The first step: every row (output neuron) moves by the same amount, and the
+    // step keeps Muon's Frobenius norm.
+    let first = &steps[0];
+    let row_norms: Vec<f32> = first.chunks(cols).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+    assert!(row_norms.iter().all(|n| (n - row_norms[0]).abs() < 1e-4 * row_norms[0]), "{row_norms:?}");
+    let muon =
+        trajectory(&OptimizerConfig::Muon(MuonConfig { lr: 1.0, ..Default::default() }), (rows, cols), &vec![0.0; rows * cols], &[g1]);
+    let norm = |x: &[f32]| x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm(first) - norm(&muon[0])).abs() < 1e-4 * norm(&muon[0]));
+}

@@ -119,8 +119,22 @@ pub enum OptimizerConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 13] =
-    ["sgd", "adamw", "lion", "muon", "muon-fast", "shampoo", "soap", "adagrad", "rmsprop", "adadelta", "adam", "amsgrad", "anderson-gda"];
+pub const OPTIMIZER_NAMES: [&str; 14] = [
+    "sgd",
+    "adamw",
+    "lion",
+    "muon",
+    "muon-fast",
+    "normuon",
+    "shampoo",
+    "soap",
+    "adagrad",
+    "rmsprop",
+    "adadelta",
+    "adam",
+    "amsgrad",
+    "anderson-gda",
+];
 
 impl OptimizerConfig {
     /// The default configuration of a named optimizer.
@@ -137,6 +151,7 @@ impl OptimizerConfig {
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
+            "normuon" => Self::Muon(MuonConfig::normuon()),
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
             "soap" => Self::Soap(SoapConfig::default()),
             _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
@@ -176,6 +191,7 @@ impl OptimizerConfig {
                 at_least_one("ns_steps", c.ns_steps as u64)?;
                 positive("scale_extra", c.scale_extra)?;
                 non_negative("ns_tol", c.ns_tol)?;
+                unit("beta2", c.beta2)?;
                 non_negative("small_matrix_penalty", c.small_matrix_penalty)?;
                 at_least_one("penalty_below", c.penalty_below as u64)?;
                 non_negative("weight_decay", c.weight_decay)?;

@@ -64,6 +64,11 @@ pub struct MuonConfig {
     pub small_matrix_penalty: f32,
     pub penalty_below: usize,
     pub weight_decay: f32,
+    /// NorMuon (Li et al. 2025, arXiv 2510.05491, the authors' normuon.py): after
+    /// Newton-Schulz, divide each row (output neuron) by the root of an EMA
+    /// (`beta2`) of its mean squared entry, then restore the update's Frobenius norm.
+    pub neuron_normalization: bool,
+    pub beta2: f32,
     /// Also orthogonalize the input and output matrices (by default they go to
     /// the auxiliary AdamW, as in the reference implementation).
     pub all_matrices: bool,
@@ -82,6 +87,11 @@ impl MuonConfig {
             1.0
         };
         self.scaling.factor(rows, cols) * self.scale_extra * penalty
+    }
+
+    /// NorMuon with the authors' defaults (lr 0.02, momentum 0.95, β2 0.95, Keller's scaling).
+    pub fn normuon() -> Self {
+        Self { neuron_normalization: true, ..Self::default() }
     }
 
     /// MuonFast as background document 001 first ran it on its ViT: spectral
@@ -106,6 +116,8 @@ impl Default for MuonConfig {
             small_matrix_penalty: 0.0,
             penalty_below: 256,
             weight_decay: 0.0,
+            neuron_normalization: false,
+            beta2: 0.95,
             all_matrices: false,
             aux_adamw: AdamWConfig::default(),
         }
@@ -125,6 +137,9 @@ pub struct Muon<B: Backend> {
     early_stops: u64,
     /// The last step's scale and Newton-Schulz iterations per matrix.
     last: Vec<StepReport>,
+    /// NorMuon's per-row second moments: a rows×cols matrix's at the first
+    /// `rows` entries of its range in a store-sized buffer.
+    second_moment: Option<B::Buf>,
 }
 
 impl<B: Backend> Muon<B> {
@@ -146,6 +161,7 @@ impl<B: Backend> Muon<B> {
             candidate,
             early_stops: 0,
             last: Vec::new(),
+            second_moment: config.neuron_normalization.then(|| backend.zeros(n)),
         }
     }
 
@@ -232,6 +248,31 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                         values: backend.download(B::view(&self.orthogonal, r.clone())),
                     });
                 }
+                if let Some(v) = self.second_moment.as_mut() {
+                    let norm = backend.sum_squares(B::view(&self.orthogonal, r.clone())).sqrt();
+                    let rows_v = r.start..r.start + rows;
+                    backend.ema_square_sums(
+                        B::view_mut(v, rows_v.clone()),
+                        B::view(&self.orthogonal, r.clone()),
+                        rows,
+                        cols,
+                        true,
+                        c.beta2,
+                        (1.0 - c.beta2) / cols as f32,
+                    );
+                    // (v + 1e-20)^(-1/2): the authors' 1/(√v + 1e-10) up to where v ≈ 0.
+                    backend.scale_by_diagonal_root(
+                        B::view_mut(&mut self.orthogonal, r.clone()),
+                        B::view(v, rows_v),
+                        rows,
+                        cols,
+                        true,
+                        2,
+                        1e-20,
+                    );
+                    let normalized = backend.sum_squares(B::view(&self.orthogonal, r.clone())).sqrt();
+                    backend.scale(B::view_mut(&mut self.orthogonal, r.clone()), (norm / (normalized + 1e-10)) as f32);
+                }
                 backend.axpby(
                     B::view_mut(&mut store.values, r.clone()),
                     -step,
@@ -244,7 +285,9 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {
-        vec![("momentum".into(), &mut self.momentum)]
+        let mut state = vec![("momentum".to_string(), &mut self.momentum)];
+        state.extend(self.second_moment.as_mut().map(|v| ("second_moment".to_string(), v)));
+        state
     }
 
     fn diagnostics(&self) -> Vec<(&'static str, f64)> {
