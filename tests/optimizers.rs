@@ -665,3 +665,70 @@ fn normuon_follows_the_authors_update() {
     let norm = |x: &[f32]| x.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm(first) - norm(&muon[0])).abs() < 1e-4 * norm(&muon[0]));
 }
+
+/// A row-major a×b times b×c product in f64.
+fn product(x: &[f64], y: &[f64], a: usize, b: usize, c: usize) -> Vec<f64> {
+    let mut out = vec![0.0; a * c];
+    for i in 0..a {
+        for k in 0..b {
+            for j in 0..c {
+                out[i * c + j] += x[i * b + k] * y[k * c + j];
+            }
+        }
+    }
+    out
+}
+
+fn transpose(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..rows * cols).map(|k| x[(k % rows) * cols + k / rows]).collect()
+}
+
+#[test]
+fn dion_follows_the_reference_update_and_feeds_back_the_error() {
+    use optlab::optim::{DionConfig, UpdateRule};
+    // A wide 5×8 matrix at rank 3: the reference transposes it (B = Mᵀ, 8×5).
+    let (rows, cols, rank) = (5, 8, 3);
+    let mut rng = StdRng::seed_from_u64(2);
+    let g = random(rows * cols, &mut rng);
+    let config = DionConfig { lr: 0.1, rank_fraction: 0.6, weight_decay: 0.0, ..Default::default() };
+    let mut store = one_matrix(rows, cols, &vec![0.0; rows * cols], &g);
+    let mut dion = optlab::optim::Dion::new(&Cpu, &store, &[0], config);
+    let q0: Vec<f64> = dion.state_mut().into_iter().find(|(n, _)| n == "q.0").unwrap().1.iter().map(|&v| f64::from(v)).collect();
+    dion.step(&Cpu, &mut store, &[0], 0.1, 1, None);
+    // The reference in f64: B = Mᵀ (8×5), P = orth(B·Q) by Gram-Schmidt, R = Bᵀ·P, Q' = colnorm(R), ΔW = −lr·√(5/8)·(Q'·Pᵀ).
+    let b = transpose(&g.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), rows, cols);
+    let mut p = product(&b, &q0, cols, rows, rank);
+    for j in 0..rank {
+        for k in 0..j {
+            let d: f64 = (0..cols).map(|i| p[i * rank + j] * p[i * rank + k]).sum();
+            (0..cols).for_each(|i| p[i * rank + j] -= d * p[i * rank + k]);
+        }
+        let n = (0..cols).map(|i| p[i * rank + j].powi(2)).sum::<f64>().sqrt();
+        (0..cols).for_each(|i| p[i * rank + j] /= n);
+    }
+    let r = product(&transpose(&b, cols, rows), &p, rows, cols, rank);
+    let mut q = r.clone();
+    for j in 0..rank {
+        let n = (0..rows).map(|i| r[i * rank + j].powi(2)).sum::<f64>().sqrt();
+        (0..rows).for_each(|i| q[i * rank + j] = r[i * rank + j] / (n + 1e-8));
+    }
+    let want: Vec<f32> =
+        product(&q, &transpose(&p, cols, rank), rows, rank, cols).iter().map(|v| (-0.1 * (5.0f64 / 8.0).sqrt() * v) as f32).collect();
+    assert!(relative_error(&store.values, &want) < 1e-5, "{}", relative_error(&store.values, &want));
+    // The step has rank 3; the momentum keeps the rest: M = G − (1−μ)·R·Pᵀ.
+    let sv = singular_values(&store.values, rows, cols).unwrap();
+    assert!(sv[rank] < 1e-5 * sv[0], "{sv:?}");
+    let feedback: Vec<f32> = product(&r, &transpose(&p, cols, rank), rows, rank, cols)
+        .iter()
+        .zip(&g)
+        .map(|(rp, &g)| (f64::from(g) - 0.05 * rp) as f32)
+        .collect();
+    let momentum = dion.state_mut().into_iter().find(|(n, _)| n == "momentum").unwrap().1.clone();
+    assert!(relative_error(&momentum, &feedback) < 1e-5);
+    // At full rank the captured part is all of B, so the momentum decays by μ.
+    let mut store = one_matrix(rows, cols, &vec![0.0; rows * cols], &g);
+    let mut full = optlab::optim::Dion::new(&Cpu, &store, &[0], DionConfig { rank_fraction: 1.0, ..config });
+    full.step(&Cpu, &mut store, &[0], 0.1, 1, None);
+    let decayed: Vec<f32> = g.iter().map(|v| 0.95 * v).collect();
+    assert!(relative_error(&full.state_mut()[0].1.clone(), &decayed) < 1e-5);
+}

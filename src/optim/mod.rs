@@ -9,6 +9,7 @@
 pub mod adamw;
 pub mod anderson;
 pub mod diagonal;
+pub mod dion;
 pub mod lion;
 pub mod muon;
 pub mod schedule;
@@ -25,6 +26,7 @@ use crate::models::{ParamStore, Role};
 pub use adamw::{AdamW, AdamWConfig};
 pub use anderson::{AndersonGda, AndersonGdaConfig};
 pub use diagonal::{AdadeltaConfig, AdagradConfig, AdamConfig, Diagonal, DiagonalConfig, RmsPropConfig};
+pub use dion::{Dion, DionConfig};
 pub use lion::{Lion, LionConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
 pub use schedule::{Decay, Schedule};
@@ -116,10 +118,11 @@ pub enum OptimizerConfig {
     Adadelta(AdadeltaConfig),
     Adam(AdamConfig),
     AndersonGda(AndersonGdaConfig),
+    Dion(DionConfig),
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 14] = [
+pub const OPTIMIZER_NAMES: [&str; 15] = [
     "sgd",
     "adamw",
     "lion",
@@ -134,6 +137,7 @@ pub const OPTIMIZER_NAMES: [&str; 14] = [
     "adam",
     "amsgrad",
     "anderson-gda",
+    "dion",
 ];
 
 impl OptimizerConfig {
@@ -148,6 +152,7 @@ impl OptimizerConfig {
             "adam" => Self::Adam(AdamConfig::default()),
             "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
             "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
+            "dion" => Self::Dion(DionConfig::default()),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -250,6 +255,16 @@ impl OptimizerConfig {
                 positive("eps", c.eps)?;
                 non_negative("weight_decay", c.weight_decay)?;
             }
+            Self::Dion(c) => {
+                positive("lr", c.lr)?;
+                unit("momentum", c.momentum)?;
+                if !(c.rank_fraction > 0.0 && c.rank_fraction <= 1.0) {
+                    bail!("rank_fraction must be in (0, 1], got {}", c.rank_fraction);
+                }
+                non_negative("weight_decay", c.weight_decay)?;
+                positive("epsilon", c.epsilon)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
             Self::AndersonGda(c) => {
                 positive("lr", c.lr)?;
                 at_least_one("memory", c.memory as u64)?;
@@ -273,6 +288,7 @@ impl OptimizerConfig {
             Self::Adadelta(_) => "adadelta",
             Self::Adam(_) => "adam",
             Self::AndersonGda(_) => "anderson-gda",
+            Self::Dion(_) => "dion",
         }
     }
 
@@ -312,6 +328,11 @@ impl OptimizerConfig {
             Self::Adadelta(c) => push("adadelta", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adadelta(*c)))),
             Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
             Self::AndersonGda(c) => push("anderson-gda", all.clone(), c.lr, Box::new(AndersonGda::new(backend, store, *c))),
+            Self::Dion(c) => {
+                let (hidden, rest) = (with_role(&|r| r == Role::HiddenMatrix), with_role(&|r| r != Role::HiddenMatrix));
+                push("dion", hidden.clone(), c.lr, Box::new(Dion::new(backend, store, &hidden, *c)));
+                push("adamw-aux", rest, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
         }
         Optimizer { name: self.name().into(), groups, steps: 0 }
     }
