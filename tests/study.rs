@@ -584,3 +584,25 @@ fn optimizers_report_their_own_steps() {
     assert_eq!(memory, [0.0, 1.0, 2.0, 2.0]);
     assert!(rows("anderson-gda-s0", "fc1.weight", "anderson_mixing_norm").iter().skip(1).any(|&(_, v)| v > 0.0));
 }
+
+#[test]
+fn every_new_optimizers_state_survives_a_stop() {
+    // Checkpoints must hold all of each rule's state: Dion's right factors,
+    // Anderson's history, NorMuon's second moments, AMSGrad's maximum, centered
+    // RMSProp's three buffers, Muon's ns_tol iterates.
+    let c = config(&[
+        "optimizers=[\"dion\", \"anderson-gda\", \"normuon\", \"amsgrad\", \"adadelta\", \"rms\", \"tol\"]",
+        "optimizer.rms={ kind = \"rmsprop\", momentum = 0.9, centered = true }",
+        "optimizer.tol={ kind = \"muon\", ns_tol = 0.05, coefficients = \"polar-express\", ns_steps = 8 }",
+    ]);
+    let whole = tempfile::tempdir().unwrap();
+    run(&c, whole.path(), None);
+    let pieces = tempfile::tempdir().unwrap();
+    run(&c, pieces.path(), Some(2));
+    run(&c, pieces.path(), None);
+    for (table, col) in [(&schema::STEPS, "loss"), (&schema::OPTIMIZER_STEPS, "value"), (&schema::ACCURACY, "accuracy")] {
+        let (a, b) = (column_f64(whole.path(), table, col), column_f64(pieces.path(), table, col));
+        assert!(!a.is_empty(), "{} is empty", table.name);
+        assert_eq!(a, b, "{}.{col} differs after stop/resume", table.name);
+    }
+}
