@@ -278,6 +278,9 @@ fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
         report.status.success() && text.matches("done before").count() == 4 && text.contains("0004") && text.contains("not finished"),
         "{text}"
     );
+    // exp plot on the sweep's folder draws its figures.
+    let plot = exp(&["plot", out.to_str().unwrap()]);
+    assert!(plot.status.success() && String::from_utf8_lossy(&plot.stdout).contains("tuning.png"), "{}", stderr(&plot));
     // Each optimizer swept its lr: the report draws the tuning curves.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("alt=\"tuning\"") && out.join("figures/tuning.svg").exists(), "no tuning figure");

@@ -61,7 +61,7 @@ enum Command {
     /// figures, configuration and provenance to DIR/report.html (self-contained)
     /// and DIR/report.md.
     Report { dir: PathBuf },
-    /// Draw a study's figures (PNG and SVG) into DIR/figures/.
+    /// Draw a study's or a sweep's figures (PNG and SVG) into DIR/figures/.
     Plot { dir: PathBuf },
     /// Fetch and verify a dataset into the cache (or --data-dir).
     Fetch {
@@ -267,8 +267,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plot { dir } => {
-            folder::saved_config(&dir)?;
-            for f in figures::plot_study(&dir)? {
+            let drawn = if sweep::is_sweep(&dir) {
+                sweep::plot(&dir)?
+            } else {
+                folder::saved_config(&dir)?;
+                figures::plot_study(&dir)?
+            };
+            for f in drawn {
                 println!("{}\n{}", f.png.display(), f.svg.display());
             }
             Ok(())

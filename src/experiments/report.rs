@@ -56,25 +56,9 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     let (spec, state) = sweep::state(root)?;
     let table = sweep::render(&spec, &state, root)?;
     let mut parts = vec![Part::Heading("Results".into()), Part::Text(table.clone())];
-    let finals: Vec<PathBuf> = state
-        .selected
-        .iter()
-        .filter(|s| s.end == sweep::CellEnd::AlreadyDone)
-        .map(|s| root.join("final").join(&s.choice.optimizer))
-        .collect();
-    let out = root.join("figures");
-    let drawn = (|| -> Result<Vec<Figure>> {
-        let mut drawn = Vec::new();
-        if let Some(curves) = sweep::tuning_curves(&spec, root)? {
-            drawn.push(figures::plot_tuning(&out, &curves)?);
-        }
-        if !finals.is_empty() {
-            drawn.extend(figures::plot(&finals, &out)?);
-        }
-        Ok(drawn)
-    })();
+    let finals = sweep::finished_reruns(root, &state);
     let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds.";
-    figure_parts(&mut parts, Some(note), drawn);
+    figure_parts(&mut parts, Some(note), sweep::plot(root));
     if root.join("selection.toml").exists() {
         parts.push(Part::Heading("Selection (selection.toml)".into()));
         parts.push(Part::Text(read(&root.join("selection.toml"))?));

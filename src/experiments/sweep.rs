@@ -420,6 +420,27 @@ fn write_selection(root: &Path, choices: &[Choice]) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The study folders of the reruns that finished.
+pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
+    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| root.join("final").join(&s.choice.optimizer)).collect()
+}
+
+/// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
+/// has them) and the finished reruns' figures, side by side.
+pub fn plot(root: &Path) -> Result<Vec<super::figures::Figure>> {
+    let (spec, state) = state(root)?;
+    let out = root.join("figures");
+    let mut drawn = Vec::new();
+    if let Some(curves) = tuning_curves(&spec, root)? {
+        drawn.push(super::figures::plot_tuning(&out, &curves)?);
+    }
+    let finals = finished_reruns(root, &state);
+    if !finals.is_empty() {
+        drawn.extend(super::figures::plot(&finals, &out)?);
+    }
+    Ok(drawn)
+}
+
 /// The grid's tuning curves, when every optimizer's cells sweep one numeric
 /// value of the same name (e.g. each its own `lr`): the metric the selection
 /// uses (validation accuracy with `[select]`, else final accuracy; held-out
