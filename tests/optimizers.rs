@@ -732,3 +732,49 @@ fn dion_follows_the_reference_update_and_feeds_back_the_error() {
     let decayed: Vec<f32> = g.iter().map(|v| 0.95 * v).collect();
     assert!(relative_error(&full.state_mut()[0].1.clone(), &decayed) < 1e-5);
 }
+
+#[test]
+fn oblique_keeps_unit_columns_for_a_thousand_steps_on_any_base() {
+    use optlab::optim::ObliqueConfig;
+    let mut rng = StdRng::seed_from_u64(13);
+    for base in [OptimizerConfig::by_name("adamw").unwrap(), OptimizerConfig::Muon(MuonConfig { all_matrices: true, ..Default::default() })]
+    {
+        let config = OptimizerConfig::Oblique(ObliqueConfig { base: Box::new(base.clone()) });
+        let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 5], classes: 3, activation: Activation::Relu }, 0);
+        let mut store = model.store;
+        let mut opt = config.build(&Cpu, &store);
+        let mut worst = 0.0f64;
+        for _ in 0..1000 {
+            let g = random(store.len(), &mut rng);
+            store.grads.copy_from_slice(&g);
+            opt.step(&Cpu, &mut store, 1.0, None);
+            for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "oblique_drift") {
+                worst = worst.max(report.value);
+            }
+        }
+        // fc2 is the one hidden matrix (5×7): every column has unit norm, at round-off.
+        let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
+        let w = store.value(i);
+        let (rows, cols) = (store.specs[i].rows, store.specs[i].cols);
+        for c in 0..cols {
+            let norm = (0..rows).map(|r| f64::from(w[r * cols + c]).powi(2)).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-6, "{base:?}: column {c} has norm {norm}");
+        }
+        assert!(worst < 1e-6, "recorded drift {worst}");
+    }
+}
+
+#[test]
+fn oblique_removes_the_radial_part_of_a_step() {
+    use optlab::optim::oblique::project_and_retract;
+    // W with unit columns; a step along each column itself changes nothing…
+    let w = [0.6f32, 0.0, 0.8, 1.0];
+    let radial: Vec<f32> = w.iter().map(|x| x * 1.3).collect();
+    let (kept, drift) = project_and_retract(&w, &radial, 2, 2);
+    assert!(kept.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-7) && drift < 1e-7, "{kept:?}");
+    // …and a tangent step of length θ ≪ 1 turns a column by about θ.
+    let tangent = [0.6 - 0.8 * 0.01, 0.0, 0.8 + 0.6 * 0.01, 1.0];
+    let (kept, _) = project_and_retract(&w, &tangent, 2, 2);
+    let cos = 0.6 * kept[0] + 0.8 * kept[2];
+    assert!((f64::from(cos).acos() - 0.01).abs() < 1e-4, "{kept:?}");
+}

@@ -12,6 +12,7 @@ pub mod diagonal;
 pub mod dion;
 pub mod lion;
 pub mod muon;
+pub mod oblique;
 pub mod schedule;
 pub mod sgd;
 pub mod shampoo;
@@ -119,10 +120,26 @@ pub enum OptimizerConfig {
     Adam(AdamConfig),
     AndersonGda(AndersonGdaConfig),
     Dion(DionConfig),
+    Oblique(ObliqueConfig),
+}
+
+/// A base optimizer whose hidden matrices are kept on the oblique manifold
+/// (unit-norm columns; see [`oblique`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObliqueConfig {
+    /// The optimizer whose steps are projected and retracted (AdamW by default).
+    pub base: Box<OptimizerConfig>,
+}
+
+impl Default for ObliqueConfig {
+    fn default() -> Self {
+        Self { base: Box::new(OptimizerConfig::AdamW(AdamWConfig::default())) }
+    }
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 15] = [
+pub const OPTIMIZER_NAMES: [&str; 16] = [
     "sgd",
     "adamw",
     "lion",
@@ -138,6 +155,7 @@ pub const OPTIMIZER_NAMES: [&str; 15] = [
     "amsgrad",
     "anderson-gda",
     "dion",
+    "oblique",
 ];
 
 impl OptimizerConfig {
@@ -153,6 +171,7 @@ impl OptimizerConfig {
             "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
             "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
             "dion" => Self::Dion(DionConfig::default()),
+            "oblique" => Self::Oblique(ObliqueConfig::default()),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -255,6 +274,12 @@ impl OptimizerConfig {
                 positive("eps", c.eps)?;
                 non_negative("weight_decay", c.weight_decay)?;
             }
+            Self::Oblique(c) => {
+                if matches!(*c.base, Self::Oblique(_)) {
+                    bail!("base: an oblique optimizer cannot be the base of another");
+                }
+                c.base.validate().map_err(|e| anyhow::anyhow!("base.{e}"))?;
+            }
             Self::Dion(c) => {
                 positive("lr", c.lr)?;
                 unit("momentum", c.momentum)?;
@@ -289,6 +314,7 @@ impl OptimizerConfig {
             Self::Adam(_) => "adam",
             Self::AndersonGda(_) => "anderson-gda",
             Self::Dion(_) => "dion",
+            Self::Oblique(_) => "oblique",
         }
     }
 
@@ -306,6 +332,12 @@ impl OptimizerConfig {
             }
         };
         match self {
+            Self::Oblique(c) => {
+                for g in c.base.build(backend, store).groups {
+                    let rule = Box::new(oblique::OnOblique::new(g.rule, store, &g.params));
+                    push(&g.name, g.params, g.lr, rule);
+                }
+            }
             Self::Sgd(c) => push("sgd", all.clone(), c.lr, Box::new(Sgd::new(backend, store, *c))),
             Self::AdamW(c) => push("adamw", all.clone(), c.lr, Box::new(AdamW::new(backend, store, *c))),
             Self::Lion(c) => push("lion", all.clone(), c.lr, Box::new(Lion::new(backend, store, *c))),

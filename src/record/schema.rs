@@ -106,7 +106,8 @@ pub const OPTIMIZER_STEPS: Table = Table {
             "`muon_step_scale` (the factor on lr of this matrix's orthogonalized step: scaling × scale_extra × small-matrix penalty), \
              `muon_ns_steps` (Newton-Schulz iterations taken, fewer than ns_steps when ns_tol stopped it), \
              `anderson_memory_used` (differences in AndersonGDA's mixing), `anderson_mixing_norm` (‖γ‖₂ of its mixing coefficients; \
-             0 when the system was singular and the plain gradient step was taken).",
+             0 when the system was singular and the plain gradient step was taken), \
+             `oblique_drift` (largest |‖column‖ − 1| of a matrix kept on the oblique manifold, after its retraction).",
         ),
         col("value", Kind::F64, "The value at this step."),
     ],
