@@ -76,7 +76,7 @@ pub(super) fn accuracy_matrix<DB: DrawingBackend>(data: &StudyData, area: &Drawi
     for ((label, cells), panel) in matrices.into_iter().zip(&panels) {
         let t = cells.keys().map(|(i, j)| i.max(j) + 1).max().unwrap_or(1) as usize;
         let value = |i: usize, j: usize| cells.get(&(i as i64, j as i64)).map(|v| v.iter().sum::<f64>() / v.len() as f64);
-        heatmap(panel, &format!("{label}: R[after task i, row][task j, column]"), (t, t), &value, &sequential, true)?;
+        heatmap(panel, label, (t, t), &value, &sequential, true)?;
     }
     Ok(())
 }

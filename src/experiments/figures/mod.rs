@@ -133,7 +133,9 @@ impl Kind {
                 "after each task, per probed layer: the fraction of dead units (0 on every test example; top) and of activations \
                  that are 0, or |a| < 0.01 for GELU (bottom), mean over seeds with 95% intervals"
             }
-            Kind::AccuracyMatrix => "R[i][j], test accuracy on task j after training task i, mean over seeds, per optimizer",
+            Kind::AccuracyMatrix => {
+                "R[i][j], test accuracy on task j (column) after training task i (row, first at the top), mean over seeds, a panel per optimizer"
+            }
             Kind::ClassCosine => {
                 "cosine similarity of the class-mean representations after the last task, per probed layer (rows) and \
                  optimizer (columns), mean over seeds; white 0 to blue 1, or red 1 and blue −1 where any is negative"
