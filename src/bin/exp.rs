@@ -268,7 +268,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plot { dir } => {
             let drawn = if sweep::is_sweep(&dir) {
-                sweep::plot(&dir)?
+                let (spec, state) = sweep::state(&dir)?;
+                sweep::plot(&dir, &spec, &state)?
             } else {
                 folder::saved_config(&dir)?;
                 figures::plot_study(&dir)?

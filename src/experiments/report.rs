@@ -58,7 +58,7 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     let mut parts = vec![Part::Heading("Results".into()), Part::Text(table.clone())];
     let finals = sweep::finished_reruns(root, &state);
     let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds.";
-    figure_parts(&mut parts, Some(note), sweep::plot(root));
+    figure_parts(&mut parts, Some(note), sweep::plot(root, &spec, &state));
     if root.join("selection.toml").exists() {
         parts.push(Part::Heading("Selection (selection.toml)".into()));
         parts.push(Part::Text(read(&root.join("selection.toml"))?));

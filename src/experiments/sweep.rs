@@ -427,14 +427,13 @@ pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
 /// has them) and the finished reruns' figures, side by side.
-pub fn plot(root: &Path) -> Result<Vec<super::figures::Figure>> {
-    let (spec, state) = state(root)?;
+pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<super::figures::Figure>> {
     let out = root.join("figures");
     let mut drawn = Vec::new();
-    if let Some(curves) = tuning_curves(&spec, root)? {
+    if let Some(curves) = tuning_curves(spec, root)? {
         drawn.push(super::figures::plot_tuning(&out, &curves)?);
     }
-    let finals = finished_reruns(root, &state);
+    let finals = finished_reruns(root, state);
     if !finals.is_empty() {
         drawn.extend(super::figures::plot(&finals, &out)?);
     }

@@ -108,7 +108,10 @@ impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
             if c.beta > 0.0 && !first {
                 backend.axpby(part_mut::<B>(&mut self.r, &range), -c.beta, part::<B>(&self.previous_g, &range), 1.0 + c.beta);
             }
-            backend.copy(part_mut::<B>(&mut self.previous_g, &range), part::<B>(&store.grads, &range));
+            // Only the gradient-difference term reads the previous gradient.
+            if c.beta > 0.0 {
+                backend.copy(part_mut::<B>(&mut self.previous_g, &range), part::<B>(&store.grads, &range));
+            }
             backend.scale(part_mut::<B>(&mut self.r, &range), -lr);
             if !first {
                 // The newest differences overwrite the oldest slot.
