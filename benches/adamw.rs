@@ -27,7 +27,7 @@ fn adamw(c: &mut Criterion) {
     optlab::backend::cpu::join_thread_pool();
     adamw_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
-        adamw_on(c, &g, || g.synchronize());
+        adamw_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
     }
 }
 

@@ -22,8 +22,8 @@ fn step_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
         };
         c.bench_function(&id, |bench| {
             bench.iter(|| {
-                model.loss_and_gradients(b, &x, &labels);
-                opt.step(b, &mut model.store, 1.0, None);
+                model.loss_and_gradients(b, &x, &labels).unwrap();
+                opt.step(b, &mut model.store, 1.0, None).unwrap();
                 sync();
             })
         });
@@ -34,7 +34,7 @@ fn mlp_step(c: &mut Criterion) {
     optlab::backend::cpu::join_thread_pool();
     step_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
-        step_on(c, &g, || g.synchronize());
+        step_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
     }
 }
 

@@ -35,7 +35,7 @@ fn newton_schulz(c: &mut Criterion) {
     optlab::backend::cpu::join_thread_pool();
     ns_on(c, &Cpu, &[(2, 256, 256), (1, 256, 1024)], || ());
     if let Some(g) = common::gpu() {
-        ns_on(c, &g, &[(16, 64, 256), (24, 256, 1024), (4, 1024, 4096)], || g.synchronize());
+        ns_on(c, &g, &[(16, 64, 256), (24, 256, 1024), (4, 1024, 4096)], || g.synchronize().expect("the CUDA work of a benchmark failed"));
     }
 }
 

@@ -29,7 +29,7 @@ fn shampoo(c: &mut Criterion) {
     optlab::backend::cpu::join_thread_pool();
     roots_on(c, &Cpu, &[256], || ());
     if let Some(g) = common::gpu() {
-        roots_on(c, &g, &[256, 1024], || g.synchronize());
+        roots_on(c, &g, &[256, 1024], || g.synchronize().expect("the CUDA work of a benchmark failed"));
     }
 }
 

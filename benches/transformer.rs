@@ -27,8 +27,8 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     let mut opt = adamw.build(b, &vit.store);
     c.bench_function(&format!("vit_step{suffix}/adamw/d64-l4-p7/b128"), |bench| {
         bench.iter(|| {
-            vit.loss_and_gradients(b, &x, &labels);
-            opt.step(b, &mut vit.store, 1.0, None);
+            vit.loss_and_gradients(b, &x, &labels).unwrap();
+            opt.step(b, &mut vit.store, 1.0, None).unwrap();
             sync();
         })
     });
@@ -43,8 +43,8 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     group.sample_size(10);
     group.bench_function("adamw/d256-l4-s256/b8", |bench| {
         bench.iter(|| {
-            gpt.loss_and_gradients(b, &ids, &targets, 8);
-            opt.step(b, &mut gpt.store, 1.0, None);
+            gpt.loss_and_gradients(b, &ids, &targets, 8).unwrap();
+            opt.step(b, &mut gpt.store, 1.0, None).unwrap();
             sync();
         })
     });
@@ -85,8 +85,8 @@ fn transformer_steps(c: &mut Criterion) {
     steps_on(c, &Cpu, || ());
     attention_on(c, &Cpu, || ());
     if let Some(g) = common::gpu() {
-        steps_on(c, &g, || g.synchronize());
-        attention_on(c, &g, || g.synchronize());
+        steps_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
+        attention_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
     }
 }
 

@@ -89,7 +89,7 @@ fn matmul_all_transposes_and_odd_shapes() {
                     let (a, bm) = (b.upload(&a), b.upload(&bm));
                     let mut c = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
                     b.matmul(vm(b, &mut c), v(b, &a), v(b, &bm), Gemm { m, k, n, trans_a: ta, trans_b: tb }, alpha, beta);
-                    b.download(v(b, &c))
+                    b.download(v(b, &c)).unwrap()
                 });
                 assert_close(&format!("matmul {m}x{k}x{n} ta={ta} tb={tb} beta={beta}"), &gpu, &cpu, 1e-5);
             }
@@ -110,7 +110,7 @@ fn elementwise_and_bias_ops() {
                 let (mut y, mut dx) = (poisoned(b, n), poisoned(b, n));
                 b.activation_forward(kind, vm(b, &mut y), v(b, &xb));
                 b.activation_backward(kind, vm(b, &mut dx), v(b, &dy), v(b, &xb));
-                [b.download(v(b, &y)), b.download(v(b, &dx))].concat()
+                [b.download(v(b, &y)).unwrap(), b.download(v(b, &dx)).unwrap()].concat()
             });
             assert_close(&format!("activation {kind:?} {rows}x{cols}"), &gpu, &cpu, 1e-5);
         }
@@ -130,12 +130,12 @@ fn elementwise_and_bias_ops() {
             let mut e = b.upload(&y0);
             b.ema_square(vm(b, &mut e), v(b, &xb), 0.9);
             [
-                b.download(v(b, &y)),
-                b.download(v(b, &sums)),
-                b.download(v(b, &z)),
-                b.download(v(b, &f)),
-                b.download(v(b, &c)),
-                b.download(v(b, &e)),
+                b.download(v(b, &y)).unwrap(),
+                b.download(v(b, &sums)).unwrap(),
+                b.download(v(b, &z)).unwrap(),
+                b.download(v(b, &f)).unwrap(),
+                b.download(v(b, &c)).unwrap(),
+                b.download(v(b, &e)).unwrap(),
             ]
             .concat()
         });
@@ -153,8 +153,8 @@ fn softmax_cross_entropy_and_reductions() {
         let (cpu, gpu) = on_both!(&g, |b| {
             let z = b.upload(&logits);
             let mut d = poisoned(b, rows * classes);
-            let out = b.softmax_cross_entropy(vm(b, &mut d), v(b, &z), &labels, classes);
-            (out.loss, out.correct, b.download(v(b, &d)))
+            let out = b.softmax_cross_entropy(vm(b, &mut d), v(b, &z), &labels, classes).unwrap();
+            (out.loss, out.correct, b.download(v(b, &d)).unwrap())
         });
         assert!((cpu.0 - gpu.0).abs() <= 1e-5 * cpu.0.abs().max(1.0), "loss {} vs {}", gpu.0, cpu.0);
         assert_eq!(cpu.1, gpu.1, "correct count");
@@ -164,8 +164,12 @@ fn softmax_cross_entropy_and_reductions() {
         let (a, bv) = (random(n, &mut rng), random(n, &mut rng));
         let (cpu, gpu) = on_both!(&g, |b| {
             let (ab, bb) = (b.upload(&a), b.upload(&bv));
-            let sums = (b.sum_squares(v(b, &ab)), b.sum_squared_difference(v(b, &ab), v(b, &bb)), b.all_finite(v(b, &ab)));
-            (sums.0, sums.1, sums.2, b.dot(v(b, &ab), v(b, &bb)))
+            let sums = (
+                b.sum_squares(v(b, &ab)).unwrap(),
+                b.sum_squared_difference(v(b, &ab), v(b, &bb)).unwrap(),
+                b.all_finite(v(b, &ab)).unwrap(),
+            );
+            (sums.0, sums.1, sums.2, b.dot(v(b, &ab), v(b, &bb)).unwrap())
         });
         assert!((cpu.0 - gpu.0).abs() <= 1e-9 * cpu.0, "sum_squares n={n}");
         assert!((cpu.1 - gpu.1).abs() <= 1e-9 * cpu.1, "sum_squared_difference n={n}");
@@ -173,7 +177,7 @@ fn softmax_cross_entropy_and_reductions() {
         assert!(cpu.2 && gpu.2);
         let mut bad = a.clone();
         bad[n / 2] = f32::INFINITY;
-        assert!(!g.all_finite(v(&g, &g.upload(&bad))), "all_finite misses an Inf (n={n})");
+        assert!(!g.all_finite(v(&g, &g.upload(&bad))).unwrap(), "all_finite misses an Inf (n={n})");
     }
 }
 
@@ -197,7 +201,7 @@ fn fused_optimizer_steps_over_range_lists() {
         b.lion_step(&mut p3, &gb, &mut m3, &ranges, 1e-3, 0.9, 0.99, 0.1);
         let mut dir = poisoned(b, n);
         b.adam_direction(vm(b, &mut dir), v(b, &m), v(b, &vv), 0.3, 0.01, 1e-8);
-        let mut out = [&p, &m, &vv, &p2, &buf, &p3, &m3, &dir].map(|x| b.download(v(b, x))).concat();
+        let mut out = [&p, &m, &vv, &p2, &buf, &p3, &m3, &dir].map(|x| b.download(v(b, x)).unwrap()).concat();
         // Every per-coordinate rule, with each option on, from non-trivial state.
         let rules = [
             DiagonalRule::Adagrad { lr: 0.1, eps: 1e-10, weight_decay: 0.01 },
@@ -219,7 +223,7 @@ fn fused_optimizer_steps_over_range_lists() {
             // A centered RMSProp needs E[g]² < E[g²]: a small grad_avg.
             let mut s2 = b.upload(&m0.iter().map(|x| 0.01 * x).collect::<Vec<_>>());
             b.diagonal_step(&mut p, &gb, [&mut s0, &mut s1, &mut s2], &ranges, rule);
-            out.extend([&p, &s0, &s1, &s2].map(|x| b.download(v(b, x))).concat());
+            out.extend([&p, &s0, &s1, &s2].map(|x| b.download(v(b, x)).unwrap()).concat());
         }
         out
     });
@@ -269,7 +273,7 @@ fn batched_newton_schulz() {
                     let inp = b.upload(&input);
                     let mut out = poisoned(b, input.len());
                     b.newton_schulz_batched(&mut out, &inp, &ranges, rows, cols, steps, coeffs);
-                    b.download(v(b, &out))
+                    b.download(v(b, &out)).unwrap()
                 });
                 let what = format!("newton_schulz {batch}x{rows}x{cols} ({path}) {coeffs:?} {steps} steps");
                 let untouched = (0..input.len()).filter(|i| !ranges.iter().any(|r| r.contains(i))).all(|i| gpu[i].is_nan());
@@ -296,8 +300,8 @@ fn inverse_roots_and_diagonal_statistics() {
         let (cpu, gpu) = on_both!(&g, |b| {
             let ab = b.upload(&a);
             let mut out = poisoned(b, n * n);
-            b.inverse_root(vm(b, &mut out), v(b, &ab), n, 4, eps).unwrap();
-            b.download(v(b, &out))
+            assert!(b.inverse_root(vm(b, &mut out), v(b, &ab), n, 4, eps).unwrap(), "a root of an SPD statistic");
+            b.download(v(b, &out)).unwrap()
         });
         assert_close(&format!("inverse 4th root n={n}"), &gpu, &cpu, 1e-3);
     }
@@ -312,7 +316,7 @@ fn inverse_roots_and_diagonal_statistics() {
             let mut y = b.upload(&x);
             b.scale_by_diagonal_root(vm(b, &mut y), v(b, &rs), rows, cols, true, 4, 1e-12);
             b.scale_by_diagonal_root(vm(b, &mut y), v(b, &cs), rows, cols, false, 4, 1e-12);
-            [b.download(v(b, &rs)), b.download(v(b, &cs)), b.download(v(b, &y))].concat()
+            [b.download(v(b, &rs)).unwrap(), b.download(v(b, &cs)).unwrap(), b.download(v(b, &y)).unwrap()].concat()
         });
         assert_close(&format!("diagonal statistics {rows}x{cols}"), &gpu, &cpu, 1e-5);
     }
@@ -330,16 +334,16 @@ fn eigenbases_and_kept_bases_on_failure() {
         let (cpu, gpu) = on_both!(&g, |b| {
             let ab = b.upload(&a);
             let mut out = poisoned(b, n * n);
-            b.sym_eigenvectors(vm(b, &mut out), v(b, &ab), n).unwrap();
-            b.download(v(b, &out))
+            assert!(b.sym_eigenvectors(vm(b, &mut out), v(b, &ab), n).unwrap());
+            b.download(v(b, &out)).unwrap()
         });
         assert_close(&format!("eigenbasis n={n}"), &gpu, &cpu, 1e-6);
     }
     let (cpu, gpu) = on_both!(&g, |b| {
         let bad = b.upload(&[1.0, f32::NAN, 0.0, 1.0]);
         let mut out = b.upload(&[0.5; 4]);
-        assert!(b.sym_eigenvectors(vm(b, &mut out), v(b, &bad), 2).is_err());
-        b.download(v(b, &out))
+        assert!(!b.sym_eigenvectors(vm(b, &mut out), v(b, &bad), 2).unwrap(), "no basis of a non-finite statistic");
+        b.download(v(b, &out)).unwrap()
     });
     assert_eq!((cpu, gpu), (vec![0.5; 4], vec![0.5; 4]), "a failed decomposition must leave the old basis");
 }
@@ -362,10 +366,10 @@ fn mlp_training_steps_agree_across_backends() {
             let mut o = opt.build(b, &model.store);
             let mut losses = Vec::new();
             for _ in 0..5 {
-                losses.push(model.loss_and_gradients(b, &x, &labels).loss);
-                o.step(b, &mut model.store, 1.0, None);
+                losses.push(model.loss_and_gradients(b, &x, &labels).unwrap().loss);
+                o.step(b, &mut model.store, 1.0, None).unwrap();
             }
-            (losses, b.download(v(b, &model.store.values)))
+            (losses, b.download(v(b, &model.store.values)).unwrap())
         });
         // Muon's Newton-Schulz multiplies in bf16 on the GPU: a CPU emulation of that
         // moved these parameters by 1.9e-2 of max |p| from the f32 run (losses: 4e-6).
@@ -399,12 +403,12 @@ fn transformer_training_steps_agree_across_backends() {
             let (mut v_opt, mut g_opt) = (opt.build(b, &v_model.store), opt.build(b, &g_model.store));
             let mut losses = Vec::new();
             for _ in 0..3 {
-                losses.push(v_model.loss_and_gradients(b, &x, &labels).loss);
-                v_opt.step(b, &mut v_model.store, 1.0, None);
-                losses.push(g_model.loss_and_gradients(b, &ids, &targets, 3).loss);
-                g_opt.step(b, &mut g_model.store, 1.0, None);
+                losses.push(v_model.loss_and_gradients(b, &x, &labels).unwrap().loss);
+                v_opt.step(b, &mut v_model.store, 1.0, None).unwrap();
+                losses.push(g_model.loss_and_gradients(b, &ids, &targets, 3).unwrap().loss);
+                g_opt.step(b, &mut g_model.store, 1.0, None).unwrap();
             }
-            (losses, b.download(v(b, &v_model.store.values)), b.download(v(b, &g_model.store.values)))
+            (losses, b.download(v(b, &v_model.store.values)).unwrap(), b.download(v(b, &g_model.store.values)).unwrap())
         });
         assert_close(&format!("{} ViT and GPT losses", opt.name()), &gpu.0, &cpu.0, 1e-3);
         assert_close(&format!("{} ViT parameters after 3 steps", opt.name()), &gpu.1, &cpu.1, bound);
@@ -438,7 +442,7 @@ fn layernorm_forward_and_backward() {
                 v(b, &rstd),
                 v(b, &gb),
             );
-            [&y, &mean, &rstd, &dx, &dgamma, &dbeta].map(|t| b.download(v(b, t)))
+            [&y, &mean, &rstd, &dx, &dgamma, &dbeta].map(|t| b.download(v(b, t)).unwrap())
         });
         for (k, (what, bound)) in
             [("y", 1e-5), ("mean", 1e-6), ("rstd", 1e-6), ("dx", 1e-4), ("dgamma", 1e-4), ("dbeta", 1e-4)].into_iter().enumerate()
@@ -462,7 +466,7 @@ fn embedding_gather_and_scatter_add() {
             b.embedding_forward(vm(b, &mut out), v(b, &tb), &ids, dim);
             let mut dtable = b.upload(&table);
             b.embedding_backward(vm(b, &mut dtable), v(b, &db), &ids, dim);
-            (b.download(v(b, &out)), b.download(v(b, &dtable)))
+            (b.download(v(b, &out)).unwrap(), b.download(v(b, &dtable)).unwrap())
         });
         assert_close(&format!("embedding forward {vocab}x{dim}, {count} ids"), &gpu.0, &cpu.0, 0.0);
         assert_close(&format!("embedding backward {vocab}x{dim}, {count} ids"), &gpu.1, &cpu.1, 1e-5);
@@ -512,7 +516,7 @@ fn fused_attention_forward_and_backward() {
                 b.attention_forward(vm(b, &mut out), vm(b, &mut lse), v(b, &qb), s);
                 let mut dqkv = poisoned(b, rows * s.qkv_width());
                 b.attention_backward(vm(b, &mut dqkv), v(b, &db), v(b, &qb), v(b, &out), v(b, &lse), s);
-                (b.download(v(b, &out)), b.download(v(b, &lse)), b.download(v(b, &dqkv)))
+                (b.download(v(b, &out)).unwrap(), b.download(v(b, &lse)).unwrap(), b.download(v(b, &dqkv)).unwrap())
             });
             let what = format!("batch {batch} seq {seq} heads {heads} head_dim {head_dim} causal {causal}");
             assert_close(&format!("attention out, {what}"), &gpu.0, &cpu.0, 1e-4);
@@ -542,4 +546,27 @@ fn fused_attention_forward_and_backward() {
     .expect_err("head_dim 48 must be refused");
     let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
     assert!(msg.contains("16, 32, 64, 128"), "unhelpful message for head_dim 48: {msg:?}");
+}
+
+#[test]
+fn device_failures_are_errors_naming_the_op_and_the_backend_recovers() {
+    let Some(g) = gpu("device failures") else { return };
+    // Out of memory: 2⁴⁰ floats (4 TiB) cannot be allocated on any GPU made today.
+    let huge = g.zeros(1 << 40);
+    let small = g.upload(&[1.0, 2.0]);
+    let e = g.sum_squares(Cuda::all(&small)).unwrap_err().to_string();
+    assert!(e.contains("allocation of 1099511627776 floats"), "{e}");
+    drop(huge);
+    assert_eq!(g.download(Cuda::all(&small)).unwrap(), [1.0, 2.0], "the error is handed out once; the backend works on");
+    // An attention shape without a compiled kernel is an error naming the shape, not a panic.
+    let s = Attention { batch: 1, seq: 3, heads: 1, head_dim: 48, causal: false };
+    let (qkv, mut out, mut lse) = (g.upload(&vec![0.1; 3 * s.qkv_width()]), g.zeros(3 * s.width()), g.zeros(3));
+    g.attention_forward(Cuda::all_mut(&mut out), Cuda::all_mut(&mut lse), Cuda::all(&qkv), s);
+    let e = g.download(Cuda::all(&out)).unwrap_err().to_string();
+    assert!(e.contains("head_dim 16, 32, 64, 128 only, not 48"), "{e}");
+    // Zero-size work launches nothing and fails nothing.
+    let mut empty = g.zeros(0);
+    g.fill(Cuda::all_mut(&mut empty), 1.0);
+    assert!(g.download(Cuda::all(&empty)).unwrap().is_empty());
+    assert_eq!(g.sum_squares(Cuda::all(&empty)).unwrap(), 0.0);
 }

@@ -74,10 +74,10 @@ fn softmax_cross_entropy() {
     let logits: Vec<f32> = random(batch * classes, &mut rng).into_iter().map(|v| 3.0 * v).collect();
     let labels: Vec<u8> = (0..batch).map(|i| (i * 3 % classes) as u8).collect();
     let mut d = vec![f32::NAN; batch * classes];
-    let out = Cpu.softmax_cross_entropy(&mut d, &logits, &labels, classes);
+    let out = Cpu.softmax_cross_entropy(&mut d, &logits, &labels, classes).unwrap();
     let numeric = finite_differences(&logits, |z| {
         let mut scratch = vec![0.0; z.len()];
-        f64::from(Cpu.softmax_cross_entropy(&mut scratch, z, &labels, classes).loss)
+        f64::from(Cpu.softmax_cross_entropy(&mut scratch, z, &labels, classes).unwrap().loss)
     });
     assert_close("softmax cross-entropy", &d, &numeric);
     // The loss itself against a direct evaluation.
@@ -125,18 +125,18 @@ fn whole_mlp_every_activation() {
         let labels = [0u8, 3, 1];
         let theta: Vec<f32> = config.init(9).into_iter().map(|v| 3.0 * v).collect();
         let mut model = Mlp::from_values(&Cpu, config.clone(), &theta);
-        model.loss_and_gradients(&Cpu, &x, &labels);
+        model.loss_and_gradients(&Cpu, &x, &labels).unwrap();
         let analytic = model.store.grads.clone();
         let numeric = finite_differences(&theta, |t| {
             let mut m = Mlp::from_values(&Cpu, config.clone(), t);
-            f64::from(m.loss_and_gradients(&Cpu, &x, &labels).loss)
+            f64::from(m.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss)
         });
         // ReLU: a difference whose ±h perturbation flips a unit on or off crosses a
         // kink and is meaningless there; skip exactly those coordinates.
         let active_set = |t: &[f32]| {
             let mut m = Mlp::from_values(&Cpu, config.clone(), t);
             m.forward(&Cpu, &x, batch);
-            m.hidden_activations(&Cpu).concat().iter().map(|&a| a > 0.0).collect::<Vec<_>>()
+            m.hidden_activations(&Cpu).unwrap().concat().iter().map(|&a| a > 0.0).collect::<Vec<_>>()
         };
         let base = active_set(&theta);
         let smooth = |i: usize| {
@@ -253,10 +253,11 @@ fn whole_vit_every_parameter() {
         t
     };
     let mut model = Vit::from_values(&Cpu, config.clone(), &theta);
-    model.loss_and_gradients(&Cpu, &x, &labels);
+    model.loss_and_gradients(&Cpu, &x, &labels).unwrap();
     let analytic = model.store.grads.clone();
-    let numeric =
-        finite_differences(&theta, |t| f64::from(Vit::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &x, &labels).loss));
+    let numeric = finite_differences(&theta, |t| {
+        f64::from(Vit::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &x, &labels).unwrap().loss)
+    });
     assert_close("ViT", &analytic, &numeric);
     // Every named parameter gets a gradient (nothing silently detached).
     for s in &model.store.specs {
@@ -278,9 +279,9 @@ fn whole_gpt_every_parameter() {
         }
         t
     };
-    let loss = |t: &[f32]| f64::from(Gpt::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &ids, &targets, 2).loss);
+    let loss = |t: &[f32]| f64::from(Gpt::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap().loss);
     let mut model = Gpt::from_values(&Cpu, config.clone(), &theta);
-    model.loss_and_gradients(&Cpu, &ids, &targets, 2);
+    model.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap();
     assert_close("GPT", &model.store.grads, &finite_differences(&theta, loss));
     // Causality: changing the last token of a sequence cannot change earlier logits.
     let mut m = Gpt::from_values(&Cpu, config.clone(), &theta);

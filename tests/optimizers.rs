@@ -23,7 +23,7 @@ fn one_matrix(rows: usize, cols: usize, values: &[f32], grad: &[f32]) -> ParamSt
 /// Applies one step of `config` and returns Δθ.
 fn one_step(config: &OptimizerConfig, store: &mut ParamStore<Cpu>) -> Vec<f32> {
     let before = store.values.clone();
-    config.build(&Cpu, store).step(&Cpu, store, 1.0, None);
+    config.build(&Cpu, store).step(&Cpu, store, 1.0, None).unwrap();
     store.values.iter().zip(&before).map(|(a, b)| a - b).collect()
 }
 
@@ -79,8 +79,8 @@ fn sgd_momentum_and_nesterov_by_hand() {
         let c = SgdConfig { lr: 0.1, momentum: 0.9, nesterov, weight_decay: 0.0 };
         let mut store = one_matrix(1, 2, &[1.0, -1.0], &[0.5, 2.0]);
         let mut opt = OptimizerConfig::Sgd(c).build(&Cpu, &store);
-        opt.step(&Cpu, &mut store, 1.0, None);
-        opt.step(&Cpu, &mut store, 1.0, None);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
         // Same gradient twice: buffers g then 1.9g; Nesterov steps along g + 0.9·buf.
         let total = if nesterov { 1.9 + (1.0 + 0.9 * 1.9) } else { 1.0 + 1.9 };
         let want = [1.0 - 0.1 * total * 0.5, -1.0 - 0.1 * total * 2.0];
@@ -186,9 +186,9 @@ fn shampoo_statistics_sum_over_steps() {
     let (g1, g2) = (random(6, &mut rng), random(6, &mut rng));
     let mut store = one_matrix(2, 3, &[0.0; 6], &g1);
     let mut opt = OptimizerConfig::Shampoo(ShampooConfig::default()).build(&Cpu, &store);
-    opt.step(&Cpu, &mut store, 1.0, None);
+    opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     store.grads.copy_from_slice(&g2);
-    opt.step(&Cpu, &mut store, 1.0, None);
+    opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     let state = opt.groups[0].rule.state_mut();
     let left = state.into_iter().find(|(n, _)| n == "p0.left.stat").unwrap().1;
     for i in 0..2 {
@@ -207,7 +207,7 @@ fn trajectory(config: &OptimizerConfig, (rows, cols): (usize, usize), values: &[
         .iter()
         .map(|g| {
             store.grads.copy_from_slice(g);
-            opt.step(&Cpu, &mut store, 1.0, None);
+            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
             store.values.clone()
         })
         .collect()
@@ -280,7 +280,7 @@ fn soap_resumed_from_its_state_continues_exactly() {
     let mut first = config.build(&Cpu, &store);
     for g in &grads[..4] {
         store.grads.copy_from_slice(g);
-        first.step(&Cpu, &mut store, 1.0, None);
+        first.step(&Cpu, &mut store, 1.0, None).unwrap();
     }
     let mut resumed_store = ParamStore::new(&Cpu, &layout, &store.values);
     let mut resumed = config.build(&Cpu, &resumed_store);
@@ -300,8 +300,8 @@ fn soap_resumed_from_its_state_continues_exactly() {
     for g in &grads[4..] {
         store.grads.copy_from_slice(g);
         resumed_store.grads.copy_from_slice(g);
-        first.step(&Cpu, &mut store, 1.0, None);
-        resumed.step(&Cpu, &mut resumed_store, 1.0, None);
+        first.step(&Cpu, &mut store, 1.0, None).unwrap();
+        resumed.step(&Cpu, &mut resumed_store, 1.0, None).unwrap();
         assert_eq!(store.values, resumed_store.values, "step {}", first.steps);
     }
 }
@@ -313,11 +313,11 @@ fn soap_captures_the_direction_it_steps_along() {
     let c = SoapConfig { lr: 0.01, weight_decay: 0.0, ..Default::default() };
     let mut opt = OptimizerConfig::Soap(c).build(&Cpu, &store);
     let mut captures = Vec::new();
-    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures));
+    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures)).unwrap();
     assert!(captures.is_empty(), "the first call only gathers statistics");
     store.grads = random(15, &mut rng);
     let before = store.values.clone();
-    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures));
+    opt.step(&Cpu, &mut store, 1.0, Some(&mut captures)).unwrap();
     assert_eq!(captures.iter().map(|c| (c.param, c.kind)).collect::<Vec<_>>(), [(0, "soap_direction")]);
     for ((after, before), d) in store.values.iter().zip(&before).zip(&captures[0].values) {
         assert!((after - before + 0.01 * d).abs() < 1e-6, "Δθ = {} but −lr·D = {}", after - before, -0.01 * d);
@@ -345,11 +345,11 @@ fn every_optimizer_fits_a_small_problem() {
             c => c,
         };
         let mut opt = config.build(&Cpu, &model.store);
-        let first = model.loss_and_gradients(&Cpu, &x, &labels).loss;
+        let first = model.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss;
         let mut last = first;
         for _ in 0..150 {
-            last = model.loss_and_gradients(&Cpu, &x, &labels).loss;
-            opt.step(&Cpu, &mut model.store, 1.0, None);
+            last = model.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss;
+            opt.step(&Cpu, &mut model.store, 1.0, None).unwrap();
         }
         assert!(last < 0.3 * first, "{name}: loss {first} → {last}");
     }
@@ -583,7 +583,7 @@ fn ns_tol_stops_each_matrix_at_the_first_settled_step() {
         ..Default::default()
     };
     let mut opt = OptimizerConfig::Muon(config).build(&Cpu, &store);
-    opt.step(&Cpu, &mut store, 1.0, None);
+    opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     let got: Vec<f32> = store.values.iter().map(|v| -v).collect();
     let errors = (relative_error(&got[..rows * cols], &want_easy), relative_error(&got[rows * cols..], &want_hard));
     assert!(errors.0 < 1e-6 && errors.1 < 1e-6, "stopped at {k_easy} and {k_hard}: errors {errors:?}");
@@ -598,7 +598,7 @@ fn on_a_quadratic(config: &OptimizerConfig, curvature: [f32; 4], steps: usize) -
     for _ in 0..steps {
         let g: Vec<f32> = store.values.iter().zip(curvature).map(|(x, a)| a * x).collect();
         store.grads.copy_from_slice(&g);
-        opt.step(&Cpu, &mut store, 1.0, None);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     }
     store.values.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
@@ -694,7 +694,7 @@ fn dion_follows_the_reference_update_and_feeds_back_the_error() {
     let mut store = one_matrix(rows, cols, &vec![0.0; rows * cols], &g);
     let mut dion = optlab::optim::Dion::new(&Cpu, &store, &[0], config);
     let q0: Vec<f64> = dion.state_mut().into_iter().find(|(n, _)| n == "q.0").unwrap().1.iter().map(|&v| f64::from(v)).collect();
-    dion.step(&Cpu, &mut store, &[0], 0.1, 1, None);
+    dion.step(&Cpu, &mut store, &[0], 0.1, 1, None).unwrap();
     // The reference in f64: B = Mᵀ (8×5), P = orth(B·Q) by Gram-Schmidt, R = Bᵀ·P, Q' = colnorm(R), ΔW = −lr·√(5/8)·(Q'·Pᵀ).
     let b = transpose(&g.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), rows, cols);
     let mut p = product(&b, &q0, cols, rows, rank);
@@ -728,7 +728,7 @@ fn dion_follows_the_reference_update_and_feeds_back_the_error() {
     // At full rank the captured part is all of B, so the momentum decays by μ.
     let mut store = one_matrix(rows, cols, &vec![0.0; rows * cols], &g);
     let mut full = optlab::optim::Dion::new(&Cpu, &store, &[0], DionConfig { rank_fraction: 1.0, ..config });
-    full.step(&Cpu, &mut store, &[0], 0.1, 1, None);
+    full.step(&Cpu, &mut store, &[0], 0.1, 1, None).unwrap();
     let decayed: Vec<f32> = g.iter().map(|v| 0.95 * v).collect();
     assert!(relative_error(&full.state_mut()[0].1.clone(), &decayed) < 1e-5);
 }
@@ -747,7 +747,7 @@ fn oblique_keeps_unit_columns_for_a_thousand_steps_on_any_base() {
         for _ in 0..1000 {
             let g = random(store.len(), &mut rng);
             store.grads.copy_from_slice(&g);
-            opt.step(&Cpu, &mut store, 1.0, None);
+            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
             for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "oblique_drift") {
                 worst = worst.max(report.value);
             }

@@ -124,6 +124,14 @@ pub enum DiagonalRule {
 }
 
 /// The op set. `View`/`ViewMut` are borrowed sub-ranges of `Buf`.
+///
+/// Failures are values, in the way a GPU reports them: an op that only queues
+/// work returns nothing (a device reports a kernel's failure later, at a
+/// synchronization), and every op that brings a value to the host (a download,
+/// a reduction, a loss, a root) returns a `Result` that carries the first
+/// failure of the work queued before it, naming the op and its shapes. So no
+/// number computed after a failure reaches the host. Shape mismatches between
+/// views are caller bugs and stay assertions.
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send;
     type View<'a>: Copy
@@ -146,7 +154,7 @@ pub trait Backend: Send + Sync + 'static {
     // ---- memory ----
     fn zeros(&self, len: usize) -> Self::Buf;
     fn upload(&self, host: &[f32]) -> Self::Buf;
-    fn download(&self, view: Self::View<'_>) -> Vec<f32>;
+    fn download(&self, view: Self::View<'_>) -> anyhow::Result<Vec<f32>>;
     fn len(buf: &Self::Buf) -> usize;
     fn view(buf: &Self::Buf, range: Range<usize>) -> Self::View<'_>;
     fn view_mut(buf: &mut Self::Buf, range: Range<usize>) -> Self::ViewMut<'_>;
@@ -174,7 +182,13 @@ pub trait Backend: Send + Sync + 'static {
     fn activation_backward(&self, kind: Activation, dx: Self::ViewMut<'_>, dy: Self::View<'_>, x: Self::View<'_>);
     /// Mean softmax cross-entropy of rows×classes logits; writes `dlogits`
     /// (the gradient of the mean loss) and counts arg-max hits.
-    fn softmax_cross_entropy(&self, dlogits: Self::ViewMut<'_>, logits: Self::View<'_>, labels: &[u8], classes: usize) -> LossOut;
+    fn softmax_cross_entropy(
+        &self,
+        dlogits: Self::ViewMut<'_>,
+        logits: Self::View<'_>,
+        labels: &[u8],
+        classes: usize,
+    ) -> anyhow::Result<LossOut>;
 
     // ---- transformer layers ----
     /// LayerNorm over rows of length `gamma.len()`: `y = (x − μ)·rstd·γ + β` with
@@ -223,12 +237,12 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- reductions ----
     /// Σ x², accumulated in f64.
-    fn sum_squares(&self, x: Self::View<'_>) -> f64;
+    fn sum_squares(&self, x: Self::View<'_>) -> anyhow::Result<f64>;
     /// Σ (a − b)², accumulated in f64 (update norms without a temporary).
-    fn sum_squared_difference(&self, a: Self::View<'_>, b: Self::View<'_>) -> f64;
+    fn sum_squared_difference(&self, a: Self::View<'_>, b: Self::View<'_>) -> anyhow::Result<f64>;
     /// Σ a·b, accumulated in f64 (least-squares systems of Anderson mixing).
-    fn dot(&self, a: Self::View<'_>, b: Self::View<'_>) -> f64;
-    fn all_finite(&self, x: Self::View<'_>) -> bool;
+    fn dot(&self, a: Self::View<'_>, b: Self::View<'_>) -> anyhow::Result<f64>;
+    fn all_finite(&self, x: Self::View<'_>) -> anyhow::Result<bool>;
 
     // ---- optimizer steps (multi-tensor: one call per parameter group) ----
     /// `y = alpha·x + beta·y`.
@@ -303,12 +317,21 @@ pub trait Backend: Send + Sync + 'static {
         steps: usize,
         coeffs: crate::linalg::NsCoefficients,
     );
-    /// `(A + εI)^{-1/p}` of a symmetric PSD n×n matrix; `Err` leaves the caller's previous root in use.
-    fn inverse_root(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize, p: u32, eps: crate::linalg::Epsilon) -> anyhow::Result<()>;
+    /// `(A + εI)^{-1/p}` of a symmetric PSD n×n matrix. `Ok(false)` when the
+    /// statistic has none (non-finite entries, a failed decomposition): `out` is
+    /// untouched, so the caller's previous root stays in use. `Err` is a backend failure.
+    fn inverse_root(
+        &self,
+        out: Self::ViewMut<'_>,
+        a: Self::View<'_>,
+        n: usize,
+        p: u32,
+        eps: crate::linalg::Epsilon,
+    ) -> anyhow::Result<bool>;
     /// Eigenvectors of the symmetric n×n `a` as the columns of `out`, by descending
-    /// eigenvalue (see `linalg::sym_eigenvectors`): SOAP's rotation basis. `Err`
-    /// leaves `out` untouched, so the caller's previous basis stays in use.
-    fn sym_eigenvectors(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize) -> anyhow::Result<()>;
+    /// eigenvalue (see `linalg::sym_eigenvectors`): SOAP's rotation basis.
+    /// `Ok(false)` leaves `out` untouched, as for [`Backend::inverse_root`].
+    fn sym_eigenvectors(&self, out: Self::ViewMut<'_>, a: Self::View<'_>, n: usize) -> anyhow::Result<bool>;
     /// Scales the rows (or columns) of a rows×cols matrix `x` by `(d + eps)^{-1/p}`:
     /// Shampoo's diagonal fallback for a side too large to precondition fully.
     fn scale_by_diagonal_root(&self, x: Self::ViewMut<'_>, d: Self::View<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32);

@@ -188,13 +188,14 @@ impl<B: Backend> Protocol<B> for GptStudy<'_> {
     }
 
     fn loss_and_gradients(&self, backend: &B, model: &mut Gpt<B>, (ids, targets): &Self::Batch) -> Result<BatchLoss> {
-        let out = model.loss_and_gradients(backend, ids, targets, self.config.batch_size);
+        let out = model.loss_and_gradients(backend, ids, targets, self.config.batch_size)?;
         Ok(BatchLoss { loss: out.loss, correct: out.correct, predictions: targets.len() })
     }
 
     fn evaluate(&self, backend: &B, model: &mut Gpt<B>, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()> {
         let b = self.config.batch_size;
-        let mean = self.eval.iter().map(|(i, t)| f64::from(model.loss(backend, i, t, b).loss)).sum::<f64>() / self.eval.len() as f64;
+        let losses = self.eval.iter().map(|(i, t)| Ok(f64::from(model.loss(backend, i, t, b)?.loss))).collect::<Result<Vec<f64>>>()?;
+        let mean = losses.iter().sum::<f64>() / self.eval.len() as f64;
         *scores = vec![mean];
         records.push(
             &schema::VALIDATION,

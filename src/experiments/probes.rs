@@ -21,9 +21,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take<B: Backend>(backend: &B, store: &ParamStore<B>, previous: &B::Buf) -> Self {
+    pub fn take<B: Backend>(backend: &B, store: &ParamStore<B>, previous: &B::Buf) -> Result<Self> {
         let host = |buf| backend.download(B::all(buf));
-        Self { values: host(&store.values), previous: host(previous), gradients: host(&store.grads) }
+        Ok(Self { values: host(&store.values)?, previous: host(previous)?, gradients: host(&store.grads)? })
     }
 }
 
@@ -66,22 +66,27 @@ pub fn spectra(specs: &[ParamSpec], run: &str, step: u64, task: usize, snap: &Sn
 
 /// Whether each example of `data` is classified correctly (arg-max), and the
 /// model's representations of all of it (examples × width, per probed layer).
-pub fn evaluate<B: Backend>(model: &mut dyn Classifier<B>, backend: &B, data: &Dataset, batch: usize) -> (Vec<bool>, Vec<Representation>) {
+pub fn evaluate<B: Backend>(
+    model: &mut dyn Classifier<B>,
+    backend: &B,
+    data: &Dataset,
+    batch: usize,
+) -> Result<(Vec<bool>, Vec<Representation>)> {
     let classes = model.classes();
     let mut kept: Vec<Representation> = Vec::new();
     let mut hits = Vec::with_capacity(data.len());
     for start in (0..data.len()).step_by(batch) {
         let end = (start + batch).min(data.len());
         let x = &data.images[start * data.pixels..end * data.pixels];
-        let logits = backend.download(B::all(model.forward(backend, x, end - start)));
+        let logits = backend.download(B::all(model.forward(backend, x, end - start)))?;
         hits.extend(logits.chunks_exact(classes).zip(&data.labels[start..end]).map(|(row, &label)| argmax(row) == usize::from(label)));
-        let reps = model.representations(backend);
+        let reps = model.representations(backend)?;
         if kept.is_empty() {
             kept = reps.iter().map(|r| Representation { values: Vec::new(), name: r.name.clone(), ..*r }).collect();
         }
         kept.iter_mut().zip(reps).for_each(|(k, r)| k.values.extend(r.values));
     }
-    (hits, kept)
+    Ok((hits, kept))
 }
 
 fn argmax(row: &[f32]) -> usize {

@@ -137,7 +137,7 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
 
     fn loss_and_gradients(&self, backend: &B, model: &mut Self::Model, (task, batch): &Self::Batch) -> Result<BatchLoss> {
         let (x, labels) = gather(&self.train[*task], batch);
-        let out = model.loss_and_gradients(backend, &x, &labels);
+        let out = model.loss_and_gradients(backend, &x, &labels)?;
         Ok(BatchLoss { loss: out.loss, correct: out.correct, predictions: labels.len() })
     }
 
@@ -150,14 +150,14 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
         if scores.is_empty() {
             *scores = AccuracyMatrix::new(t).entries().repeat(if self.held_out.iter().any(|v| !v.is_empty()) { 2 } else { 1 });
         }
-        let (hits, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch);
+        let (hits, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch)?;
         let test_sizes: Vec<usize> = self.tasks.iter().map(|task| task.test.len()).collect();
         self.accuracy_rows(&hits, &test_sizes, "test", at, &mut scores[..t * t], records)?;
         for row in probes::activation_rows(at.run, at.segment, &representations, &self.union_test.labels) {
             records.push(&schema::ACTIVATIONS, row)?;
         }
         if scores.len() > t * t {
-            let (hits, _) = probes::evaluate(model.as_mut(), backend, &self.union_validation, self.config.eval_batch);
+            let (hits, _) = probes::evaluate(model.as_mut(), backend, &self.union_validation, self.config.eval_batch)?;
             let sizes: Vec<usize> = self.held_out.iter().map(Vec::len).collect();
             self.accuracy_rows(&hits, &sizes, "validation", at, &mut scores[t * t..], records)?;
         }

@@ -485,10 +485,10 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
 
     fn save(&self, state: &RunState, trainer: &mut Trainer<B>, model: &P::Model, b: &B) -> Result<()> {
         let mut ck = Checkpoint::default();
-        ck.tensors.push(("params".into(), b.download(B::all(&P::store(model).values))));
+        ck.tensors.push(("params".into(), b.download(B::all(&P::store(model).values))?));
         for g in &mut trainer.optimizer.groups {
             for (name, buf) in g.rule.state_mut() {
-                ck.tensors.push((format!("optimizer.{}.{name}", g.name), b.download(B::all(buf))));
+                ck.tensors.push((format!("optimizer.{}.{name}", g.name), b.download(B::all(buf))?));
             }
         }
         ck.metadata.insert(STATE_KEY.into(), toml::to_string(state)?);

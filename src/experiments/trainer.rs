@@ -75,7 +75,7 @@ impl<B: Backend> Trainer<B> {
     /// loss, the gradient or the new parameters are not finite (the run diverged).
     pub fn step(&mut self, b: &B, store: &mut ParamStore<B>, loss: BatchLoss, at: Position, records: &mut Records) -> Result<Option<u64>> {
         let step = self.optimizer.steps + 1;
-        let grad_sq: Vec<f64> = (0..store.specs.len()).map(|i| b.sum_squares(store.grad(i))).collect();
+        let grad_sq: Vec<f64> = (0..store.specs.len()).map(|i| b.sum_squares(store.grad(i))).collect::<Result<_>>()?;
         let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
         if !loss.loss.is_finite() || !grad_norm.is_finite() {
             return Ok(Some(step));
@@ -87,14 +87,14 @@ impl<B: Backend> Trainer<B> {
         let probe = self.probe_every > 0 && (step == 1 || step.is_multiple_of(self.probe_every));
         let mut captures: Option<Vec<Capture>> = probe.then(Vec::new);
         let factor = self.schedule.factor(step, self.total_steps) as f32;
-        self.optimizer.step(b, store, factor, captures.as_mut());
-        if !b.all_finite(B::all(&store.values)) {
+        self.optimizer.step(b, store, factor, captures.as_mut())?;
+        if !b.all_finite(B::all(&store.values))? {
             return Ok(Some(step));
         }
         let mut update_total = 0.0;
         for (i, spec) in store.specs.iter().enumerate() {
-            let update_sq = b.sum_squared_difference(store.value(i), B::view(&self.previous, spec.range()));
-            let param_norm = b.sum_squares(store.value(i)).sqrt();
+            let update_sq = b.sum_squared_difference(store.value(i), B::view(&self.previous, spec.range()))?;
+            let param_norm = b.sum_squares(store.value(i))?.sqrt();
             update_total += update_sq;
             records.push(
                 &schema::PARAM_STEPS,
@@ -154,7 +154,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn spectra(&self, b: &B, store: &ParamStore<B>, at: Position, records: &mut Records, captures: &[Capture]) -> Result<()> {
-        let snap = Snapshot::take(b, store, &self.previous);
+        let snap = Snapshot::take(b, store, &self.previous)?;
         let rows = probes::spectra(&store.specs, at.run, self.optimizer.steps, at.task, &snap, captures)?;
         rows.into_iter().try_for_each(|row| records.push(&schema::SPECTRA, row))
     }

@@ -99,7 +99,7 @@ impl<B: Backend> Gpt<B> {
 
     /// Mean next-token cross-entropy over every position (`targets[i]` follows
     /// `ids[i]`), forward only: held-out evaluation needs no gradients.
-    pub fn loss(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
+    pub fn loss(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> anyhow::Result<LossOut> {
         assert_eq!(ids.len(), targets.len(), "one target per position");
         self.forward(backend, ids, batch);
         let w = self.work.as_mut().expect("forward made it");
@@ -107,8 +107,8 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// [`Gpt::loss`], then zeroes the gradients and leaves ∂loss/∂θ in the store.
-    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> LossOut {
-        let out = self.loss(backend, ids, targets, batch);
+    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> anyhow::Result<LossOut> {
+        let out = self.loss(backend, ids, targets, batch)?;
         self.store.zero_grads(backend);
         let d = self.config.body.dim;
         let Self { store, tokens, positions, head, body, work, .. } = self;
@@ -119,6 +119,6 @@ impl<B: Backend> Gpt<B> {
         backend.embedding_backward(B::view_mut(&mut store.grads, store.specs[*tokens].range()), B::all(d_x0), &w.ids, d);
         let pos = store.specs[*positions].offset;
         backend.accumulate_column_sums(B::view_mut(&mut store.grads, pos..pos + seq * d), B::all(d_x0));
-        out
+        Ok(out)
     }
 }

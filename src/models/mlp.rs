@@ -98,8 +98,8 @@ impl<B: Backend> Mlp<B> {
 
     /// Post-activation outputs of every hidden layer from the last forward call,
     /// each batch×width (probes read sparsity and class structure from these).
-    pub fn hidden_activations(&self, backend: &B) -> Vec<Vec<f32>> {
-        self.work.as_ref().map_or_else(Vec::new, |w| w.inputs[1..].iter().map(|a| backend.download(B::all(a))).collect())
+    pub fn hidden_activations(&self, backend: &B) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.work.as_ref().map_or_else(|| Ok(Vec::new()), |w| w.inputs[1..].iter().map(|a| backend.download(B::all(a))).collect())
     }
 }
 
@@ -132,14 +132,14 @@ impl<B: Backend> Classifier<B> for Mlp<B> {
     }
     /// Zeroes the gradients, runs forward and backward on one batch, and leaves
     /// ∂(mean loss)/∂θ in `store.grads`.
-    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut {
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> anyhow::Result<LossOut> {
         let batch = labels.len();
         self.forward(backend, x, batch);
         self.store.zero_grads(backend);
         let Self { config, store, layers, work } = self;
         let work = work.as_mut().expect("forward made the workspace");
         let last = layers.len() - 1;
-        let out = backend.softmax_cross_entropy(B::all_mut(&mut work.d_pre[last]), B::all(&work.pre[last]), labels, config.classes);
+        let out = backend.softmax_cross_entropy(B::all_mut(&mut work.d_pre[last]), B::all(&work.pre[last]), labels, config.classes)?;
         for (i, layer) in layers.iter().enumerate().rev() {
             let dx = (i > 0).then(|| &mut work.d_inputs[i]);
             layer.backward(backend, store, dx, &work.d_pre[i], &work.inputs[i], batch);
@@ -148,14 +148,15 @@ impl<B: Backend> Classifier<B> for Mlp<B> {
                 backend.activation_backward(config.activation, B::all_mut(d_pre), B::all(d_in), B::all(&work.pre[i - 1]));
             }
         }
-        out
+        Ok(out)
     }
-    fn representations(&self, backend: &B) -> Vec<Representation> {
-        self.hidden_activations(backend)
+    fn representations(&self, backend: &B) -> anyhow::Result<Vec<Representation>> {
+        Ok(self
+            .hidden_activations(backend)?
             .into_iter()
             .zip(&self.config.hidden)
             .enumerate()
             .map(|(i, (values, &width))| Representation { name: format!("fc{}", i + 1), width, rows_per_example: 1, values })
-            .collect()
+            .collect())
     }
 }

@@ -27,10 +27,10 @@ pub trait Classifier<B: Backend> {
     /// Logits (batch×classes) of `batch` examples.
     fn forward(&mut self, backend: &B, x: &[f32], batch: usize) -> &B::Buf;
     /// Zeroes the gradients, runs forward and backward, leaves ∂(mean loss)/∂θ in the store.
-    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut;
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> anyhow::Result<LossOut>;
     /// Representations of the last forward, one (batch × width) matrix per probed
     /// layer: the MLP's hidden layers after their activation; the ViT's final class token.
-    fn representations(&self, backend: &B) -> Vec<Representation>;
+    fn representations(&self, backend: &B) -> anyhow::Result<Vec<Representation>>;
 }
 
 /// One probed layer's activations for the last batch.

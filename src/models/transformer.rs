@@ -312,7 +312,7 @@ impl<B: Backend> Body<B> {
     }
 
     /// GELU outputs of each block's MLP from the last forward (rows × hidden).
-    pub fn mlp_activations(&self, backend: &B) -> Vec<Vec<f32>> {
-        self.work.as_ref().map_or_else(Vec::new, |w| w.blocks.iter().map(|c| backend.download(B::all(&c.act))).collect())
+    pub fn mlp_activations(&self, backend: &B) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.work.as_ref().map_or_else(|| Ok(Vec::new()), |w| w.blocks.iter().map(|c| backend.download(B::all(&c.act))).collect())
     }
 }

@@ -152,14 +152,14 @@ impl<B: Backend> Classifier<B> for Vit<B> {
         &w.logits
     }
     /// Zeroes the gradients, runs forward and backward on one batch.
-    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> LossOut {
+    fn loss_and_gradients(&mut self, backend: &B, x: &[f32], labels: &[u8]) -> anyhow::Result<LossOut> {
         let batch = labels.len();
         self.forward(backend, x, batch);
         self.store.zero_grads(backend);
         let (d, np, seq) = (self.config.body.dim, self.config.patches(), self.config.seq());
         let Self { store, embed, cls, pos, head, body, work, config, .. } = self;
         let w = work.as_mut().expect("forward made it");
-        let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), labels, config.classes);
+        let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), labels, config.classes)?;
         head.backward(backend, store, Some(&mut w.d_cls_out), &w.d_logits, &w.cls_out, batch);
         // Only the class tokens reach the head.
         let d_normed = body.output_gradient();
@@ -175,17 +175,17 @@ impl<B: Backend> Classifier<B> for Vit<B> {
             backend.copy(B::view_mut(&mut w.d_embedded, b * np * d..(b + 1) * np * d), B::view(d_x0, (b * seq + 1) * d..(b + 1) * seq * d));
         }
         embed.backward(backend, store, None, &w.d_embedded, &w.patches, batch * np);
-        out
+        Ok(out)
     }
 
     /// Every block's GELU outputs (all tokens), then the class token after the
     /// final LayerNorm: what the head classifies.
-    fn representations(&self, backend: &B) -> Vec<Representation> {
-        let Some(w) = &self.work else { return Vec::new() };
+    fn representations(&self, backend: &B) -> anyhow::Result<Vec<Representation>> {
+        let Some(w) = &self.work else { return Ok(Vec::new()) };
         let (body, seq) = (self.config.body, self.config.seq());
         let mut reps: Vec<Representation> = self
             .body
-            .mlp_activations(backend)
+            .mlp_activations(backend)?
             .into_iter()
             .enumerate()
             .map(|(i, values)| Representation {
@@ -199,9 +199,9 @@ impl<B: Backend> Classifier<B> for Vit<B> {
             name: "cls".into(),
             width: body.dim,
             rows_per_example: 1,
-            values: backend.download(B::all(&w.cls_out)),
+            values: backend.download(B::all(&w.cls_out))?,
         });
-        reps
+        Ok(reps)
     }
 }
 

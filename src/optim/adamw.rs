@@ -1,6 +1,7 @@
 //! Adam with decoupled weight decay (Loshchilov & Hutter 2019), bias-corrected,
 //! one fused multi-tensor call per step.
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, UpdateRule, ranges};
@@ -38,11 +39,20 @@ impl<B: Backend> AdamW<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for AdamW<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let c = self.config;
         let hp = AdamParams { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: t };
         let ranges = ranges(store, params);
         backend.adamw_step(&mut store.values, &store.grads, &mut self.m, &mut self.v, &ranges, hp);
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

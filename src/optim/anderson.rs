@@ -16,6 +16,7 @@
 //! whatever it does to the loss. With m at least the dimension, on a quadratic
 //! this is GMRES, which the tests check.
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, StepReport, UpdateRule};
@@ -94,7 +95,15 @@ fn solve(a: &[Vec<f64>], b: &[f64]) -> Option<Vec<f64>> {
 }
 
 impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let c = self.config;
         // Step t (1-based, restored with checkpoints) holds the differences of steps 2..=t.
         let first = t == 1;
@@ -124,8 +133,9 @@ impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
             backend.copy(part_mut::<B>(&mut self.previous_r, &range), part::<B>(&self.r, &range));
             let gram: Vec<Vec<f64>> = (0..held)
                 .map(|a| (0..held).map(|b| backend.dot(part::<B>(&self.dr[a], &range), part::<B>(&self.dr[b], &range))).collect())
-                .collect();
-            let rhs: Vec<f64> = (0..held).map(|a| backend.dot(part::<B>(&self.dr[a], &range), part::<B>(&self.r, &range))).collect();
+                .collect::<Result<_>>()?;
+            let rhs: Vec<f64> =
+                (0..held).map(|a| backend.dot(part::<B>(&self.dr[a], &range), part::<B>(&self.r, &range))).collect::<Result<_>>()?;
             let trace = (0..held).map(|a| gram[a][a]).sum::<f64>() / held.max(1) as f64;
             let damped: Vec<Vec<f64>> = gram
                 .iter()
@@ -142,6 +152,7 @@ impl<B: Backend> UpdateRule<B> for AndersonGda<B> {
                 backend.axpby(part_mut::<B>(&mut store.values, &range), -g as f32, part::<B>(&self.dr[a], &range), 1.0);
             }
         }
+        Ok(())
     }
 
     fn last_step(&self) -> Vec<StepReport> {

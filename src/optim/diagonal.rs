@@ -5,6 +5,7 @@
 //! (weight decay added to the gradient, as `torch.optim` does for these), one
 //! fused multi-tensor call per step ([`DiagonalRule`]).
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, UpdateRule, ranges};
@@ -156,10 +157,19 @@ impl<B: Backend> Diagonal<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for Diagonal<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let ranges = ranges(store, params);
         let [s0, s1, s2] = &mut self.state;
         backend.diagonal_step(&mut store.values, &store.grads, [s0, s1, s2], &ranges, self.config.rule(lr, t));
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

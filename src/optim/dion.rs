@@ -11,6 +11,7 @@
 //! The QR and column norms of the small factors run on the host in f64 (on
 //! CUDA that is a download and an upload per matrix, as SOAP's eigenbases).
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, UpdateRule};
@@ -107,7 +108,15 @@ fn normalize_columns(x: &mut [f32], r: usize, epsilon: f32) {
 }
 
 impl<B: Backend> UpdateRule<B> for Dion<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, _params: &[usize], lr: f32, _t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        _params: &[usize],
+        lr: f32,
+        _t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let c = self.config;
         for f in &mut self.factors {
             let range = store.specs[f.param].range();
@@ -116,7 +125,7 @@ impl<B: Backend> UpdateRule<B> for Dion<B> {
             let (long, short) = (rows.max(cols), rows.min(cols));
             backend.axpby(B::view_mut(&mut self.momentum, range.clone()), 1.0, B::view(&store.grads, range.clone()), 1.0);
             let m = B::view(&self.momentum, range.clone());
-            if backend.sum_squares(m) == 0.0 {
+            if backend.sum_squares(m)? == 0.0 {
                 continue;
             }
             // P = B·Q (B = M when tall, Mᵀ when wide), then orthonormal.
@@ -128,7 +137,7 @@ impl<B: Backend> UpdateRule<B> for Dion<B> {
                 1.0,
                 0.0,
             );
-            let p = orthonormal_columns(&backend.download(B::all(&f.p)), long, r);
+            let p = orthonormal_columns(&backend.download(B::all(&f.p))?, long, r);
             f.p = backend.upload(&p);
             // R = Bᵀ·P.
             backend.matmul(
@@ -143,7 +152,7 @@ impl<B: Backend> UpdateRule<B> for Dion<B> {
             let (a, b) = if tall { (&f.p, &f.r) } else { (&f.r, &f.p) };
             let shape = Gemm { m: rows, k: r, n: cols, trans_a: false, trans_b: true };
             backend.matmul(B::view_mut(&mut self.momentum, range.clone()), B::all(a), B::all(b), shape, -(1.0 - c.momentum), 1.0);
-            let mut q = backend.download(B::all(&f.r));
+            let mut q = backend.download(B::all(&f.r))?;
             normalize_columns(&mut q, r, c.epsilon);
             f.q = backend.upload(&q);
             // W ← W·(1 − lr·wd) − lr·√(fan_out/fan_in)·P·Qᵀ (or Q·Pᵀ).
@@ -152,6 +161,7 @@ impl<B: Backend> UpdateRule<B> for Dion<B> {
             let scale = (rows as f32 / cols as f32).sqrt();
             backend.matmul(B::view_mut(&mut store.values, range.clone()), B::all(a), B::all(b), shape, -lr * scale, 1.0);
         }
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -1,6 +1,7 @@
 //! Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the
 //! sign of an interpolated momentum, so every coordinate moves by exactly lr.
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, UpdateRule, ranges};
@@ -35,10 +36,19 @@ impl<B: Backend> Lion<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for Lion<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, _t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        _t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let c = self.config;
         let ranges = ranges(store, params);
         backend.lion_step(&mut store.values, &store.grads, &mut self.m, &ranges, lr, c.beta1, c.beta2, c.weight_decay);
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -47,7 +47,16 @@ pub struct Capture {
 pub trait UpdateRule<B: Backend>: Send {
     /// Applies step `t` (1-based) with learning rate `lr` to `params` (store indices).
     /// With `captures`, pushes the intermediate tensors probes want to see.
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, captures: Option<&mut Vec<Capture>>);
+    /// Errors are the backend's (see [`Backend`]) and the rule's own.
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        t: u64,
+        captures: Option<&mut Vec<Capture>>,
+    ) -> anyhow::Result<()>;
 
     /// Every state buffer by a stable name, for checkpoints.
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)>;
@@ -89,11 +98,20 @@ pub struct Optimizer<B: Backend> {
 
 impl<B: Backend> Optimizer<B> {
     /// One step of every group; `lr_scale` multiplies each group's learning rate (schedules).
-    pub fn step(&mut self, backend: &B, store: &mut ParamStore<B>, lr_scale: f32, mut captures: Option<&mut Vec<Capture>>) {
+    pub fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        lr_scale: f32,
+        mut captures: Option<&mut Vec<Capture>>,
+    ) -> anyhow::Result<()> {
         self.steps += 1;
         for g in &mut self.groups {
-            g.rule.step(backend, store, &g.params, g.lr * lr_scale, self.steps, captures.as_deref_mut());
+            g.rule
+                .step(backend, store, &g.params, g.lr * lr_scale, self.steps, captures.as_deref_mut())
+                .map_err(|e| e.context(format!("optimizer group {}", g.name)))?;
         }
+        Ok(())
     }
 
     /// Which group updates parameter `i`.

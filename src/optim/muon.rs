@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, StepReport, UpdateRule};
@@ -170,11 +171,11 @@ impl<B: Backend> Muon<B> {
     /// is the k-step prefix of the iteration, so step k is rerun from the start
     /// for the matrices still going rather than carried in the backend.
     /// Returns the iterations each matrix took.
-    fn orthogonalize(&mut self, backend: &B, ranges: &[std::ops::Range<usize>], (rows, cols): (usize, usize)) -> Vec<usize> {
+    fn orthogonalize(&mut self, backend: &B, ranges: &[std::ops::Range<usize>], (rows, cols): (usize, usize)) -> Result<Vec<usize>> {
         let c = self.config;
         let Some(candidate) = self.candidate.as_mut() else {
             backend.newton_schulz_batched(&mut self.orthogonal, &self.direction, ranges, rows, cols, c.ns_steps, c.coefficients);
-            return vec![c.ns_steps; ranges.len()];
+            return Ok(vec![c.ns_steps; ranges.len()]);
         };
         let mut taken = vec![c.ns_steps; ranges.len()];
         let mut going: Vec<std::ops::Range<usize>> = ranges.to_vec();
@@ -184,7 +185,7 @@ impl<B: Backend> Muon<B> {
             for r in going {
                 let (next, previous) = (B::view(candidate, r.clone()), B::view(&self.orthogonal, r.clone()));
                 let settled = k > 1
-                    && backend.sum_squared_difference(next, previous).sqrt() < f64::from(c.ns_tol) * backend.sum_squares(previous).sqrt();
+                    && backend.sum_squared_difference(next, previous)?.sqrt() < f64::from(c.ns_tol) * backend.sum_squares(previous)?.sqrt();
                 backend.copy(B::view_mut(&mut self.orthogonal, r.clone()), next);
                 if !settled {
                     still.push(r);
@@ -200,7 +201,7 @@ impl<B: Backend> Muon<B> {
                 break;
             }
         }
-        taken
+        Ok(taken)
     }
 }
 
@@ -213,7 +214,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
         lr: f32,
         _t: u64,
         mut captures: Option<&mut Vec<Capture>>,
-    ) {
+    ) -> Result<()> {
         let c = self.config;
         let beta = c.momentum;
         // Taken out for the step, so `orthogonalize` may borrow the rest of self.
@@ -229,7 +230,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                     backend.axpby(B::view_mut(&mut self.direction, r.clone()), beta, B::view(&self.momentum, r.clone()), 1.0 - beta);
                 }
             }
-            let taken = self.orthogonalize(backend, &ranges, (rows, cols));
+            let taken = self.orthogonalize(backend, &ranges, (rows, cols))?;
             for (&param, k) in params.iter().zip(taken) {
                 self.last.push(StepReport { param, name: "muon_step_scale", value: f64::from(c.step_scale(rows, cols)) });
                 self.last.push(StepReport { param, name: "muon_ns_steps", value: k as f64 });
@@ -240,16 +241,16 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                     caps.push(Capture {
                         param: i,
                         kind: "muon_pre_orthogonalization",
-                        values: backend.download(B::view(&self.direction, r.clone())),
+                        values: backend.download(B::view(&self.direction, r.clone()))?,
                     });
                     caps.push(Capture {
                         param: i,
                         kind: "muon_post_orthogonalization",
-                        values: backend.download(B::view(&self.orthogonal, r.clone())),
+                        values: backend.download(B::view(&self.orthogonal, r.clone()))?,
                     });
                 }
                 if let Some(v) = self.second_moment.as_mut() {
-                    let norm = backend.sum_squares(B::view(&self.orthogonal, r.clone())).sqrt();
+                    let norm = backend.sum_squares(B::view(&self.orthogonal, r.clone()))?.sqrt();
                     let rows_v = r.start..r.start + rows;
                     backend.ema_square_sums(
                         B::view_mut(v, rows_v.clone()),
@@ -270,7 +271,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
                         2,
                         1e-20,
                     );
-                    let normalized = backend.sum_squares(B::view(&self.orthogonal, r.clone())).sqrt();
+                    let normalized = backend.sum_squares(B::view(&self.orthogonal, r.clone()))?.sqrt();
                     backend.scale(B::view_mut(&mut self.orthogonal, r.clone()), (norm / (normalized + 1e-10)) as f32);
                 }
                 backend.axpby(
@@ -282,6 +283,7 @@ impl<B: Backend> UpdateRule<B> for Muon<B> {
             }
         }
         self.by_shape = by_shape;
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

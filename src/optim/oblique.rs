@@ -11,6 +11,8 @@
 //! speed path. Each step records, per matrix, the largest deviation of a
 //! column norm from 1 after the retraction (`optimizer_steps`, `oblique_drift`).
 
+use anyhow::Result;
+
 use super::{Capture, StepReport, UpdateRule};
 use crate::backend::Backend;
 use crate::models::ParamStore;
@@ -62,15 +64,24 @@ pub fn project_and_retract(before: &[f32], after: &[f32], rows: usize, cols: usi
 }
 
 impl<B: Backend> UpdateRule<B> for OnOblique<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, t: u64, captures: Option<&mut Vec<Capture>>) {
-        let before: Vec<Vec<f32>> = self.constrained.iter().map(|&(i, _, _)| backend.download(store.value(i))).collect();
-        self.inner.step(backend, store, params, lr, t, captures);
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        t: u64,
+        captures: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
+        let before: Vec<Vec<f32>> = self.constrained.iter().map(|&(i, _, _)| backend.download(store.value(i))).collect::<Result<_>>()?;
+        self.inner.step(backend, store, params, lr, t, captures)?;
         self.drift.clear();
         for (&(i, rows, cols), before) in self.constrained.iter().zip(&before) {
-            let (kept, drift) = project_and_retract(before, &backend.download(store.value(i)), rows, cols);
+            let (kept, drift) = project_and_retract(before, &backend.download(store.value(i))?, rows, cols);
             backend.copy(B::view_mut(&mut store.values, store.specs[i].range()), B::all(&backend.upload(&kept)));
             self.drift.push(StepReport { param: i, name: "oblique_drift", value: drift });
         }
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

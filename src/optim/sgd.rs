@@ -1,6 +1,7 @@
 //! SGD with momentum and optional Nesterov, with `torch.optim.SGD` semantics
 //! (coupled L2 weight decay, no dampening).
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{Capture, UpdateRule, ranges};
@@ -34,10 +35,19 @@ impl<B: Backend> Sgd<B> {
 }
 
 impl<B: Backend> UpdateRule<B> for Sgd<B> {
-    fn step(&mut self, backend: &B, store: &mut ParamStore<B>, params: &[usize], lr: f32, _t: u64, _: Option<&mut Vec<Capture>>) {
+    fn step(
+        &mut self,
+        backend: &B,
+        store: &mut ParamStore<B>,
+        params: &[usize],
+        lr: f32,
+        _t: u64,
+        _: Option<&mut Vec<Capture>>,
+    ) -> Result<()> {
         let c = self.config;
         let ranges = ranges(store, params);
         backend.sgd_step(&mut store.values, &store.grads, &mut self.momentum, &ranges, lr, c.momentum, c.nesterov, c.weight_decay);
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, TwoSided, UpdateRule, accumulate_gram, identity, two_sided};
@@ -144,7 +145,7 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
         lr: f32,
         t: u64,
         mut captures: Option<&mut Vec<Capture>>,
-    ) {
+    ) -> Result<()> {
         let c = self.config;
         let stat_weight = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
         let refresh = (t - 1).is_multiple_of(c.precondition_frequency.max(1));
@@ -160,9 +161,10 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
                 if let (true, Side::Full { stat, root }) = (refresh, side) {
                     let dim = if over_rows { m } else { n };
                     // On failure the previous root stays: a stale preconditioner beats a NaN.
-                    match backend.inverse_root(B::all_mut(root), B::all(stat), dim, ROOT, c.epsilon) {
-                        Ok(()) => self.roots_computed += 1,
-                        Err(_) => self.root_failures += 1,
+                    if backend.inverse_root(B::all_mut(root), B::all(stat), dim, ROOT, c.epsilon)? {
+                        self.roots_computed += 1;
+                    } else {
+                        self.root_failures += 1;
                     }
                 }
             }
@@ -175,7 +177,7 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
             // Grafting: the step takes the norm of the grafted optimizer's direction.
             let graft_norm = match c.grafting {
                 Grafting::None => None,
-                Grafting::Sgd => Some(backend.sum_squares(mom).sqrt()),
+                Grafting::Sgd => Some(backend.sum_squares(mom)?.sqrt()),
                 Grafting::Adam => {
                     backend.ema_square(B::view_mut(&mut self.graft_v, r.clone()), g, c.graft_beta2);
                     let bias1 = if c.beta1 > 0.0 { 1.0 - c.beta1.powi(t as i32) } else { 1.0 };
@@ -189,10 +191,10 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
                         bias2,
                         c.graft_eps,
                     );
-                    Some(backend.sum_squares(B::view(&self.half, r.clone())).sqrt())
+                    Some(backend.sum_squares(B::view(&self.half, r.clone()))?.sqrt())
                 }
             };
-            let shampoo_norm = backend.sum_squares(B::view(&self.full, r.clone())).sqrt();
+            let shampoo_norm = backend.sum_squares(B::view(&self.full, r.clone()))?.sqrt();
             let scale = match graft_norm {
                 Some(gn) if shampoo_norm > 0.0 => (gn / shampoo_norm) as f32,
                 _ => 1.0,
@@ -201,11 +203,12 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
                 caps.push(Capture {
                     param: p.param,
                     kind: "shampoo_preconditioned",
-                    values: backend.download(B::view(&self.full, r.clone())),
+                    values: backend.download(B::view(&self.full, r.clone()))?,
                 });
             }
             backend.axpby(B::view_mut(&mut store.values, r.clone()), -lr * scale, B::view(&self.full, r), 1.0 - lr * c.weight_decay);
         }
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -23,6 +23,7 @@
 
 use std::ops::Range;
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, TwoSided, UpdateRule, accumulate_gram, identity, two_sided};
@@ -141,7 +142,7 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
         lr: f32,
         t: u64,
         mut captures: Option<&mut Vec<Capture>>,
-    ) {
+    ) -> Result<()> {
         let c = self.config;
         // Adam's steps: the first call only starts the statistics.
         let adam_steps = t - 1;
@@ -163,7 +164,7 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
                 backend.adam_direction(B::view_mut(&mut self.tmp, r.clone()), rotated, v, bias1, bias2, c.eps);
                 p.rotate(backend, &mut self.tmp, &mut self.rotated, r.clone(), false);
                 if let Some(caps) = captures.as_deref_mut() {
-                    caps.push(Capture { param: p.param, kind: "soap_direction", values: backend.download(B::view(&self.tmp, r.clone())) });
+                    caps.push(Capture { param: p.param, kind: "soap_direction", values: backend.download(B::view(&self.tmp, r.clone()))? });
                 }
                 let decay = 1.0 - lr * c.weight_decay;
                 backend.axpby(B::view_mut(&mut store.values, r.clone()), -lr, B::view(&self.tmp, r.clone()), decay);
@@ -175,13 +176,15 @@ impl<B: Backend> UpdateRule<B> for Soap<B> {
                 accumulate_gram(backend, stat, g, (m, n), over_rows, 1.0 - c.shampoo_beta, c.shampoo_beta);
                 if refresh {
                     // On failure the previous basis stays: a stale rotation beats a NaN.
-                    match backend.sym_eigenvectors(B::all_mut(basis), B::all(stat), if over_rows { m } else { n }) {
-                        Ok(()) => self.bases_computed += 1,
-                        Err(_) => self.basis_failures += 1,
+                    if backend.sym_eigenvectors(B::all_mut(basis), B::all(stat), if over_rows { m } else { n })? {
+                        self.bases_computed += 1;
+                    } else {
+                        self.basis_failures += 1;
                     }
                 }
             }
         }
+        Ok(())
     }
 
     fn state_mut(&mut self) -> Vec<(String, &mut B::Buf)> {

@@ -7,6 +7,7 @@ mod fast_math;
 pub mod simd;
 mod transformer;
 
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
@@ -143,8 +144,8 @@ impl Backend for Cpu {
     fn upload(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
     }
-    fn download(&self, view: &[f32]) -> Vec<f32> {
-        view.to_vec()
+    fn download(&self, view: &[f32]) -> Result<Vec<f32>> {
+        Ok(view.to_vec())
     }
     fn len(buf: &Vec<f32>) -> usize {
         buf.len()
@@ -226,7 +227,7 @@ impl Backend for Cpu {
         }
     }
 
-    fn softmax_cross_entropy(&self, dlogits: &mut [f32], logits: &[f32], labels: &[u8], classes: usize) -> LossOut {
+    fn softmax_cross_entropy(&self, dlogits: &mut [f32], logits: &[f32], labels: &[u8], classes: usize) -> Result<LossOut> {
         assert_eq!(logits.len(), labels.len() * classes, "logits must be batch×classes");
         assert_eq!(dlogits.len(), logits.len());
         let inv_batch = 1.0 / labels.len() as f32;
@@ -257,7 +258,7 @@ impl Backend for Cpu {
             })
             .collect();
         let (loss, correct) = partials.into_iter().fold((0.0, 0), |(l, c), (pl, pc)| (l + pl, c + pc));
-        LossOut { loss: (loss / labels.len() as f64) as f32, correct }
+        Ok(LossOut { loss: (loss / labels.len() as f64) as f32, correct })
     }
 
     fn layernorm_forward(&self, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
@@ -289,22 +290,22 @@ impl Backend for Cpu {
         transformer::embedding_backward(dtable, dout, ids, dim);
     }
 
-    fn sum_squares(&self, x: &[f32]) -> f64 {
-        simd::vectorized(
+    fn sum_squares(&self, x: &[f32]) -> Result<f64> {
+        Ok(simd::vectorized(
             #[inline(always)]
             || simd::sum_map(x, |v| f64::from(v) * f64::from(v)),
-        )
+        ))
     }
-    fn sum_squared_difference(&self, a: &[f32], b: &[f32]) -> f64 {
+    fn sum_squared_difference(&self, a: &[f32], b: &[f32]) -> Result<f64> {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum()
+        Ok(a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum())
     }
-    fn dot(&self, a: &[f32], b: &[f32]) -> f64 {
+    fn dot(&self, a: &[f32], b: &[f32]) -> Result<f64> {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+        Ok(a.iter().zip(b).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum())
     }
-    fn all_finite(&self, x: &[f32]) -> bool {
-        x.iter().all(|v| v.is_finite())
+    fn all_finite(&self, x: &[f32]) -> Result<bool> {
+        Ok(x.iter().all(|v| v.is_finite()))
     }
 
     fn axpby(&self, y: &mut [f32], alpha: f32, x: &[f32], beta: f32) {
@@ -473,14 +474,12 @@ impl Backend for Cpu {
         }
     }
 
-    fn inverse_root(&self, out: &mut [f32], a: &[f32], n: usize, p: u32, eps: Epsilon) -> anyhow::Result<()> {
-        out.copy_from_slice(&linalg::sym_inverse_root(a, n, p, eps)?);
-        Ok(())
+    fn inverse_root(&self, out: &mut [f32], a: &[f32], n: usize, p: u32, eps: Epsilon) -> Result<bool> {
+        Ok(linalg::sym_inverse_root(a, n, p, eps).map(|root| out.copy_from_slice(&root)).is_ok())
     }
 
-    fn sym_eigenvectors(&self, out: &mut [f32], a: &[f32], n: usize) -> anyhow::Result<()> {
-        out.copy_from_slice(&linalg::sym_eigenvectors(a, n)?);
-        Ok(())
+    fn sym_eigenvectors(&self, out: &mut [f32], a: &[f32], n: usize) -> Result<bool> {
+        Ok(linalg::sym_eigenvectors(a, n).map(|basis| out.copy_from_slice(&basis)).is_ok())
     }
 
     fn scale_by_diagonal_root(&self, x: &mut [f32], d: &[f32], rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {

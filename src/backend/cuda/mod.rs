@@ -4,8 +4,10 @@
 //!
 //! Everything runs on one stream, so stream order is the only synchronization
 //! needed: views are plain (device pointer, length) pairs, as in llm.c, and
-//! kernels and cuBLAS take raw pointers.
+//! kernels and cuBLAS take raw pointers. Failures are values: see [`fault`].
 
+mod fault;
+mod launch;
 mod newton_schulz;
 mod ops;
 mod transformer;
@@ -108,6 +110,19 @@ pub struct DViewMut<'a> {
     _borrow: PhantomData<&'a mut CudaSlice<f32>>,
 }
 
+/// A buffer of `len` floats on the device; without memory when its allocation
+/// failed (the failure is pending, so nothing is launched on it).
+pub struct DeviceBuf {
+    memory: Option<CudaSlice<f32>>,
+    len: usize,
+}
+
+impl DeviceBuf {
+    fn ptr(&self) -> sys::CUdeviceptr {
+        self.memory.as_ref().map_or(0, base_ptr)
+    }
+}
+
 fn base_ptr<T>(buf: &CudaSlice<T>) -> sys::CUdeviceptr {
     let (ptr, _sync) = buf.device_ptr(buf.stream());
     ptr
@@ -138,6 +153,10 @@ pub struct Cuda {
     root_fallbacks: AtomicU64,
     /// Dynamic shared memory per block the one-launch Newton-Schulz kernel may use.
     one_launch_shared_memory: usize,
+    /// The first failure of queued work, until a host read reports it.
+    pending: fault::PendingError,
+    /// The last kernel queued, named when an asynchronous failure surfaces.
+    last_launch: Mutex<Option<(&'static str, LaunchConfig)>>,
 }
 
 impl Cuda {
@@ -178,6 +197,8 @@ impl Cuda {
             range_tables: Mutex::new(HashMap::new()),
             root_fallbacks: AtomicU64::new(0),
             one_launch_shared_memory,
+            pending: fault::PendingError::default(),
+            last_launch: Mutex::new(None),
         })
     }
 
@@ -205,13 +226,23 @@ impl Cuda {
         self.root_fallbacks.load(Ordering::Relaxed)
     }
 
-    fn function(&self, name: &str) -> &CudaFunction {
-        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} not loaded"))
+    fn function(&self, name: &str) -> Result<(&'static str, &CudaFunction)> {
+        self.functions.get_key_value(name).map(|(k, f)| (*k, f)).with_context(|| format!("kernel {name} is not in kernels/*.cu"))
     }
 
-    /// Blocks until every queued operation finished, surfacing asynchronous errors.
-    pub fn synchronize(&self) {
-        self.stream.synchronize().expect("CUDA stream failed");
+    /// Blocks until every queued operation finished; the first failure of queued
+    /// work, if any, is the error (naming the last kernel queued when the driver
+    /// reports it only now).
+    pub fn synchronize(&self) -> Result<()> {
+        self.pending.take()?;
+        self.stream.synchronize().map_err(|e| {
+            let last = self.last_launch.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let culprit = last.map_or_else(
+                || "no kernel was queued".to_string(),
+                |(name, cfg)| format!("the last kernel queued was {}", launch::describe(name, &cfg, &[])),
+            );
+            anyhow!("CUDA reported {e:?} while synchronizing; {culprit} (CUDA_LAUNCH_BLOCKING=1 names the failing one)")
+        })
     }
 }
 
@@ -221,8 +252,9 @@ fn compile_at_run_time(source: &KernelSource) -> Result<Ptx> {
         .map_err(|e| anyhow!("NVRTC could not compile kernels/{}.cu: {e:?}", source.name))
 }
 
-/// A 1-D launch covering `n` elements with grid-stride loops.
+/// A 1-D launch covering `n` elements with grid-stride loops (an empty grid,
+/// which is not launched, when `n` is 0).
 fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+    let blocks = n.div_ceil(256).min(4096) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }

@@ -7,10 +7,11 @@
 use std::ops::Range;
 
 use anyhow::{Result, anyhow};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, DriverError, LaunchConfig, sys};
+use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchConfig, sys};
 
-use super::ops::{Arg, GemmPrecision, ptr_of};
-use super::{Cuda, base_ptr, elementwise, offset};
+use super::launch::Arg;
+use super::ops::{GemmPrecision, ptr_of};
+use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
 use crate::backend::Gemm;
 use crate::linalg::{self, NsCoefficients};
 
@@ -64,8 +65,8 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn newton_schulz_batched_impl(
         &self,
-        out: &mut CudaSlice<f32>,
-        input: &CudaSlice<f32>,
+        out: &mut DeviceBuf,
+        input: &DeviceBuf,
         ranges: &[Range<usize>],
         rows: usize,
         cols: usize,
@@ -74,12 +75,8 @@ impl Cuda {
     ) {
         let len = rows * cols;
         assert!(ranges.iter().all(|r| r.len() == len), "every matrix of a batch must be {rows}×{cols}");
-        assert!(ranges.iter().all(|r| r.end <= input.len() && r.end <= out.len()), "newton_schulz ranges past the end of a buffer");
-        assert!(
-            i32::try_from(rows.max(cols).max(steps)).is_ok(),
-            "newton_schulz: {rows}×{cols}, {steps} steps exceed the kernels' 32-bit sizes"
-        );
-        if ranges.is_empty() || len == 0 {
+        assert!(ranges.iter().all(|r| r.end <= input.len && r.end <= out.len), "newton_schulz ranges past the end of a buffer");
+        if ranges.is_empty() || len == 0 || self.pending.is_set() {
             return;
         }
         if self.newton_schulz_in_one_launch(rows, cols) {
@@ -94,30 +91,31 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn newton_schulz_one_launch(
         &self,
-        out: &mut CudaSlice<f32>,
-        input: &CudaSlice<f32>,
+        out: &mut DeviceBuf,
+        input: &DeviceBuf,
         ranges: &[Range<usize>],
         rows: usize,
         cols: usize,
         steps: usize,
         coeffs: NsCoefficients,
     ) {
-        let (table, _) = self.range_table(ranges);
+        let Some((table, _)) = self.pending.keep(self.range_table(ranges)) else { return };
         // (a, b, c) of each step; at least one triple, so that the buffer is never empty.
         let schedule: Vec<f32> = (0..steps.max(1)).flat_map(|k| <[f32; 3]>::from(coeffs.at(k))).collect();
-        let schedule = self.stream.clone_htod(&schedule).expect("upload the Newton-Schulz schedule");
+        let uploaded = self.stream.clone_htod(&schedule).map_err(|e| anyhow!("CUDA upload of the Newton-Schulz schedule failed: {e:?}"));
+        let Some(schedule) = self.pending.keep(uploaded) else { return };
         let cfg = LaunchConfig {
             grid_dim: (ranges.len() as u32, 1, 1),
             block_dim: (ONE_LAUNCH_THREADS, 1, 1),
             shared_mem_bytes: one_launch_shared_bytes(rows.min(cols), rows.max(cols)) as u32,
         };
         let args = [
-            ptr_of(out),
-            ptr_of(input),
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(input.ptr()),
             ptr_of(&table.offsets),
-            (rows as i32).into(),
-            (cols as i32).into(),
-            (steps as i32).into(),
+            Arg::Index(rows),
+            Arg::Index(cols),
+            Arg::Index(steps),
             ptr_of(&schedule),
             coeffs.norm_factor().into(),
             linalg::NS_NORM_EPS.into(),
@@ -132,8 +130,8 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn newton_schulz_cublas(
         &self,
-        out: &mut CudaSlice<f32>,
-        input: &CudaSlice<f32>,
+        out: &mut DeviceBuf,
+        input: &DeviceBuf,
         ranges: &[Range<usize>],
         rows: usize,
         cols: usize,
@@ -145,12 +143,16 @@ impl Cuda {
         let ss = short * short;
         // Scratch, freed in stream order when dropped: X, (P − βI)·X, A, P and β per
         // matrix in f32; X and P − βI in bf16.
-        let f32_scratch = [batch * len, batch * len, batch * ss, batch * ss, batch].map(|n| self.alloc::<f32>(n));
-        let [x, product, gram, poly, shift] = f32_scratch.each_ref().map(base_ptr);
-        let bf16_scratch = [batch * len, batch * ss].map(|n| self.alloc::<u16>(n));
-        let [x_bf16, poly_bf16] = bf16_scratch.each_ref().map(base_ptr);
+        let scratch = || -> Result<_> {
+            let f32s = [batch * len, batch * len, batch * ss, batch * ss, batch].map(|n| self.alloc::<f32>(n));
+            let bf16s = [batch * len, batch * ss].map(|n| self.alloc::<u16>(n));
+            Ok((f32s.into_iter().collect::<Result<Vec<_>>>()?, bf16s.into_iter().collect::<Result<Vec<_>>>()?))
+        };
+        let Some((f32_scratch, bf16_scratch)) = self.pending.keep(scratch()) else { return };
+        let [x, product, gram, poly, shift] = [0, 1, 2, 3, 4].map(|i| base_ptr(&f32_scratch[i]));
+        let [x_bf16, poly_bf16] = [0, 1].map(|i| base_ptr(&bf16_scratch[i]));
 
-        let (src, dst) = (base_ptr(input), base_ptr(out));
+        let (src, dst) = (input.ptr(), out.ptr());
         for (b, r) in ranges.iter().enumerate() {
             self.copy_raw(offset(x, b * len), offset(src, r.start), len);
         }
@@ -170,7 +172,7 @@ impl Cuda {
             self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], GemmPrecision::Bf16);
             self.copy_raw(poly, gram, batch * ss);
             self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], GemmPrecision::Tf32);
-            let shift_args = [Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), (short as i32).into()];
+            let shift_args = [Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), Arg::Index(short)];
             self.launch("shifted_polynomial_to_bf16", per_matrix, &shift_args);
             self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, GemmPrecision::Bf16);
             let update_args =

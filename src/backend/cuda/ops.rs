@@ -6,22 +6,15 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow};
 use cudarc::cublas::result as blas;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
-use super::{Cuda, DView, DViewMut, RangeTable, base_ptr, elementwise, offset};
+use super::launch::{self, Arg};
+use super::{Cuda, DView, DViewMut, DeviceBuf, RangeTable, base_ptr, elementwise, offset};
 use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
-
-/// One kernel argument; launch keeps them alive until the launch is queued.
-pub(super) enum Arg {
-    Ptr(sys::CUdeviceptr),
-    F32(f32),
-    I32(i32),
-    I64(i64),
-}
 
 impl From<DView<'_>> for Arg {
     fn from(v: DView<'_>) -> Self {
@@ -33,25 +26,8 @@ impl From<&DViewMut<'_>> for Arg {
         Arg::Ptr(v.ptr)
     }
 }
-impl From<f32> for Arg {
-    fn from(x: f32) -> Self {
-        Arg::F32(x)
-    }
-}
-impl From<i32> for Arg {
-    fn from(x: i32) -> Self {
-        Arg::I32(x)
-    }
-}
-impl From<usize> for Arg {
-    fn from(x: usize) -> Self {
-        Arg::I64(x as i64)
-    }
-}
-
 pub(super) fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
-    use cudarc::driver::DevicePtr;
-    Arg::Ptr(buf.device_ptr(buf.stream()).0)
+    Arg::Ptr(base_ptr(buf))
 }
 
 /// Operand type of a cuBLAS product; C, alpha, beta and the accumulation are f32.
@@ -85,25 +61,37 @@ fn activation_code(kind: Activation) -> i32 {
 }
 
 impl Cuda {
+    /// Queues kernel `name`, unless a failure is pending or its grid is empty;
+    /// a failure to launch becomes the pending error.
     pub(super) fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
-        let mut builder = self.stream.launch_builder(self.function(name));
-        for a in args {
+        if !self.pending.is_set() {
+            let launched = self.try_launch(name, cfg, args);
+            self.pending.keep(launched);
+        }
+    }
+
+    fn try_launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        if !launch::check(name, &cfg, args)? {
+            return Ok(());
+        }
+        let (name, function) = self.function(name)?;
+        // Sizes were checked to fit: they travel as the kernels' 32-bit ints.
+        let args: Vec<Arg> = args.iter().map(|&a| if let Arg::Index(n) = a { Arg::I32(n as i32) } else { a }).collect();
+        let mut builder = self.stream.launch_builder(function);
+        for a in &args {
             match a {
                 Arg::Ptr(p) => builder.arg(p),
                 Arg::F32(x) => builder.arg(x),
                 Arg::I32(x) => builder.arg(x),
                 Arg::I64(x) => builder.arg(x),
+                Arg::Index(_) => unreachable!("converted above"),
             };
         }
+        *self.last_launch.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, cfg));
         // SAFETY: every call site passes the argument list of the kernel's
         // signature in kernels/*.cu, with views of the lengths the kernel reads
         // (checked by the asserts of each op and the CPU-comparison tests).
-        unsafe { builder.launch(cfg) }.unwrap_or_else(|e| {
-            panic!(
-                "launching kernel {name} (grid {:?}, block {:?}, {} B shared) failed: {e:?}",
-                cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes
-            )
-        });
+        unsafe { builder.launch(cfg) }.map(drop).map_err(|e| anyhow!("{} failed to launch: {e:?}", launch::describe(name, &cfg, &args)))
     }
 
     /// Row-major `C = alpha·op(A)·op(B) + beta·C` for `batch` matrices at the given
@@ -122,6 +110,13 @@ impl Cuda {
         strides: [usize; 3],
         precision: GemmPrecision,
     ) {
+        if self.pending.is_set() {
+            return;
+        }
+        let fits = [s.m, s.n, s.k, batch].iter().all(|&x| i32::try_from(x).is_ok());
+        if !fits {
+            return self.pending.record(anyhow!("cuBLAS GEMM {s:?} × {batch}: a size exceeds cuBLAS's 32-bit int"));
+        }
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (m, n, k) = (s.m as i32, s.n as i32, s.k as i32);
         let lda = if s.trans_b { k } else { n };
@@ -156,65 +151,72 @@ impl Cuda {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .unwrap_or_else(|e| panic!("cuBLAS {precision:?} GEMM {s:?} × {batch} failed: {e:?}"));
+        .unwrap_or_else(|e| self.pending.record(anyhow!("cuBLAS {precision:?} GEMM {s:?} × {batch} failed: {e:?}")));
     }
 
     /// The (offsets, cumulative counts) tables of a multi-tensor range list and the total count.
-    pub(super) fn range_table(&self, ranges: &[Range<usize>]) -> (Arc<RangeTable>, usize) {
+    pub(super) fn range_table(&self, ranges: &[Range<usize>]) -> Result<(Arc<RangeTable>, usize)> {
         let key: Vec<(usize, usize)> = ranges.iter().map(|r| (r.start, r.len())).collect();
         let total = key.iter().map(|k| k.1).sum();
-        let mut tables = self.range_tables.lock().expect("range table lock");
-        let table = tables
-            .entry(key)
-            .or_insert_with_key(|key| {
-                let offsets: Vec<i64> = key.iter().map(|k| k.0 as i64).collect();
-                let cum: Vec<i64> =
-                    std::iter::once(0).chain(key.iter().scan(0i64, |acc, k| Some(*acc + k.1 as i64).inspect(|v| *acc = *v))).collect();
-                Arc::new(RangeTable {
-                    offsets: self.stream.clone_htod(&offsets).expect("upload offsets"),
-                    cumulative: self.stream.clone_htod(&cum).expect("upload cum"),
-                })
-            })
-            .clone();
-        (table, total)
+        let mut tables = self.range_tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(table) = tables.get(&key) {
+            return Ok((table.clone(), total));
+        }
+        let offsets: Vec<i64> = key.iter().map(|k| k.0 as i64).collect();
+        let cum: Vec<i64> =
+            std::iter::once(0).chain(key.iter().scan(0i64, |acc, k| Some(*acc + k.1 as i64).inspect(|v| *acc = *v))).collect();
+        let upload = |v: &[i64]| {
+            self.stream.clone_htod(v).map_err(|e| anyhow!("CUDA upload of a {}-tensor range table failed: {e:?}", ranges.len()))
+        };
+        let table = Arc::new(RangeTable { offsets: upload(&offsets)?, cumulative: upload(&cum)? });
+        tables.insert(key, table.clone());
+        Ok((table, total))
     }
 
-    pub(super) fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> CudaSlice<T> {
-        self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| panic!("CUDA allocation of {len} elements failed: {e:?}"))
+    pub(super) fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| anyhow!("CUDA allocation of {len} × {} B failed: {e:?}", std::mem::size_of::<T>()))
     }
 
-    fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Vec<T> {
-        self.stream.clone_dtoh(buf).unwrap_or_else(|e| panic!("CUDA download failed: {e:?}"))
+    /// A buffer's contents on the host, after all queued work (the pending failure, if any, is the error).
+    fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.pending.take()?;
+        self.stream.clone_dtoh(buf).map_err(|e| anyhow!("CUDA download of {} elements failed: {e:?}", buf.len()))
     }
 
     pub(super) fn copy_raw(&self, dst: sys::CUdeviceptr, src: sys::CUdeviceptr, elements: usize) {
+        if self.pending.is_set() || elements == 0 {
+            return;
+        }
         // SAFETY: both ranges lie inside live buffers (callers check lengths).
         unsafe { driver::memcpy_dtod_async(dst, src, elements * std::mem::size_of::<f32>(), self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA copy failed: {e:?}"));
+            .unwrap_or_else(|e| self.pending.record(anyhow!("CUDA copy of {elements} floats failed: {e:?}")));
     }
 
     /// Copies `host` into the device view `out`, waiting so `host` may be dropped.
-    fn write_from_host(&self, out: DViewMut<'_>, host: &[f32]) {
+    fn write_from_host(&self, out: DViewMut<'_>, host: &[f32]) -> Result<()> {
         assert_eq!(out.len, host.len(), "write_from_host: lengths differ");
+        self.pending.take()?;
         // SAFETY: `out` is a live view of `host.len()` floats; synchronize before `host` can be dropped.
         unsafe { driver::memcpy_htod_async(out.ptr, host, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"));
-        self.synchronize();
+            .map_err(|e| anyhow!("CUDA upload of {} floats failed: {e:?}", host.len()))?;
+        self.synchronize()
     }
 
-    fn reduce_f64(&self, kernel: &str, args: Vec<Arg>, n: usize) -> f64 {
-        let out = self.alloc::<f64>(1);
+    fn reduce_f64(&self, kernel: &str, args: Vec<Arg>, n: usize) -> Result<f64> {
+        let out = self.alloc::<f64>(1)?;
         let mut all = vec![ptr_of(&out)];
         all.extend(args);
         all.push(n.into());
         self.launch(kernel, elementwise(n), &all);
-        self.host(&out)[0]
+        Ok(self.host(&out)?[0])
     }
 
     fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
-        let (table, total) = self.range_table(ranges);
+        let Some((table, total)) = self.pending.keep(self.range_table(ranges)) else { return };
         let mut args = state;
-        args.extend([ptr_of(&table.offsets), ptr_of(&table.cumulative), (ranges.len() as i32).into(), total.into()]);
+        args.extend([ptr_of(&table.offsets), ptr_of(&table.cumulative), Arg::Index(ranges.len()), total.into()]);
         args.extend(scalars);
         self.launch(kernel, elementwise(total), &args);
     }
@@ -223,32 +225,33 @@ impl Cuda {
     /// `X₀ = z^{1/p}·I`, `M₀ = z·A`, `T = ((p+1)I − M)/p`, `X ← X·T`, `M ← Tᵖ·M`,
     /// until `M ≈ I`. Returns the final `max|M − I|`. ε's relative part scales
     /// ‖A‖_F here (an upper bound of λ_max; the CPU path uses λ_max itself).
-    fn coupled_newton_root(&self, out: sys::CUdeviceptr, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> f32 {
+    fn coupled_newton_root(&self, out: sys::CUdeviceptr, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<f32> {
         const MAX_ITERS: usize = 60;
         let nn = n * n;
         let pf = p as f32;
         // Scratch: damped A, M, T, Tᵖ, and two product targets (kept alive to the end).
-        let bufs: [CudaSlice<f32>; 6] = std::array::from_fn(|_| self.alloc::<f32>(nn));
+        let bufs: [CudaSlice<f32>; 6] =
+            [self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?];
         let [damped, mut m, t, tp, mut spare, mut x_spare] = bufs.each_ref().map(base_ptr);
-        let e = (eps.absolute + eps.relative * self.sum_squares(a).sqrt()) as f32;
-        self.launch("identity_plus", elementwise(nn), &[Arg::Ptr(damped), a.into(), e.into(), 1.0f32.into(), (n as i32).into()]);
-        let z = (1.0 + f64::from(p)) / (2.0 * self.sum_squares(DView { ptr: damped, len: nn, _borrow: std::marker::PhantomData }).sqrt());
+        let e = (eps.absolute + eps.relative * self.sum_squares(a)?.sqrt()) as f32;
+        self.launch("identity_plus", elementwise(nn), &[Arg::Ptr(damped), a.into(), e.into(), 1.0f32.into(), Arg::Index(n)]);
+        let z = (1.0 + f64::from(p)) / (2.0 * self.sum_squares(DView { ptr: damped, len: nn, _borrow: std::marker::PhantomData })?.sqrt());
         let mut x = out;
         self.launch(
             "identity_plus",
             elementwise(nn),
-            &[Arg::Ptr(x), Arg::Ptr(0), (z.powf(1.0 / f64::from(p)) as f32).into(), 0.0f32.into(), (n as i32).into()],
+            &[Arg::Ptr(x), Arg::Ptr(0), (z.powf(1.0 / f64::from(p)) as f32).into(), 0.0f32.into(), Arg::Index(n)],
         );
         self.copy_raw(m, damped, nn);
         self.launch("scale", elementwise(nn), &[Arg::Ptr(m), (z as f32).into(), nn.into()]);
         let square = Gemm { m: n, k: n, n, trans_a: false, trans_b: false };
-        let residual = self.alloc::<u32>(1);
+        let residual = self.alloc::<u32>(1)?;
         let mut err = f32::INFINITY;
         for _ in 0..MAX_ITERS {
             self.launch(
                 "identity_plus",
                 elementwise(nn),
-                &[Arg::Ptr(t), Arg::Ptr(m), ((pf + 1.0) / pf).into(), (-1.0 / pf).into(), (n as i32).into()],
+                &[Arg::Ptr(t), Arg::Ptr(m), ((pf + 1.0) / pf).into(), (-1.0 / pf).into(), Arg::Index(n)],
             );
             self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut x, &mut x_spare);
@@ -260,8 +263,8 @@ impl Cuda {
             self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut m, &mut spare);
             self.launch("fill", elementwise(1), &[ptr_of(&residual), 0.0f32.into(), 1usize.into()]);
-            self.launch("max_abs_from_identity", elementwise(nn), &[ptr_of(&residual), Arg::Ptr(m), (n as i32).into()]);
-            let next = f32::from_bits(self.host(&residual)[0]);
+            self.launch("max_abs_from_identity", elementwise(nn), &[ptr_of(&residual), Arg::Ptr(m), Arg::Index(n)]);
+            let next = f32::from_bits(self.host(&residual)?[0]);
             // Stop once converged, or when f32 round-off stops the progress.
             let stalled = next > 0.5 * err && next < 1e-3;
             err = next;
@@ -273,14 +276,14 @@ impl Cuda {
             self.copy_raw(out, x, nn);
         }
         // The scratch buffers must outlive the queued work that uses them.
-        self.synchronize();
+        self.synchronize()?;
         drop(bufs);
-        err
+        Ok(err)
     }
 }
 
 impl Backend for Cuda {
-    type Buf = CudaSlice<f32>;
+    type Buf = DeviceBuf;
     type View<'a> = DView<'a>;
     type ViewMut<'a> = DViewMut<'a>;
 
@@ -296,35 +299,50 @@ impl Backend for Cuda {
         vec![("cuda_inverse_root_cpu_fallbacks", self.root_fallbacks() as f64)]
     }
 
-    fn zeros(&self, len: usize) -> CudaSlice<f32> {
-        self.stream.alloc_zeros::<f32>(len).unwrap_or_else(|e| panic!("CUDA allocation of {len} floats failed: {e:?}"))
+    /// A failed allocation leaves a buffer without memory and the failure pending.
+    fn zeros(&self, len: usize) -> DeviceBuf {
+        let memory = if self.pending.is_set() {
+            None
+        } else {
+            self.pending
+                .keep(self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| anyhow!("CUDA allocation of {len} floats failed: {e:?}")))
+        };
+        DeviceBuf { memory, len }
     }
-    fn upload(&self, host: &[f32]) -> CudaSlice<f32> {
-        self.stream.clone_htod(host).unwrap_or_else(|e| panic!("CUDA upload failed: {e:?}"))
+    fn upload(&self, host: &[f32]) -> DeviceBuf {
+        let memory = if self.pending.is_set() || host.is_empty() {
+            None
+        } else {
+            self.pending.keep(self.stream.clone_htod(host).map_err(|e| anyhow!("CUDA upload of {} floats failed: {e:?}", host.len())))
+        };
+        DeviceBuf { memory, len: host.len() }
     }
-    fn download(&self, view: DView<'_>) -> Vec<f32> {
+    fn download(&self, view: DView<'_>) -> Result<Vec<f32>> {
+        self.pending.take()?;
         let mut out = vec![0.0f32; view.len];
-        // SAFETY: the view lies inside a live buffer; synchronize before reading.
-        unsafe { driver::memcpy_dtoh_async(&mut out, view.ptr, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("CUDA download failed: {e:?}"));
-        self.synchronize();
-        out
+        if view.len > 0 {
+            // SAFETY: the view lies inside a live buffer; synchronize before reading.
+            unsafe { driver::memcpy_dtoh_async(&mut out, view.ptr, self.stream.cu_stream()) }
+                .map_err(|e| anyhow!("CUDA download of {} floats failed: {e:?}", view.len))?;
+        }
+        self.synchronize()?;
+        Ok(out)
     }
-    fn len(buf: &CudaSlice<f32>) -> usize {
-        buf.len()
+    fn len(buf: &DeviceBuf) -> usize {
+        buf.len
     }
-    fn view(buf: &CudaSlice<f32>, range: Range<usize>) -> DView<'_> {
-        assert!(range.start <= range.end && range.end <= buf.len(), "view {range:?} out of a buffer of {}", buf.len());
-        DView { ptr: offset(base_ptr(buf), range.start), len: range.len(), _borrow: std::marker::PhantomData }
+    fn view(buf: &DeviceBuf, range: Range<usize>) -> DView<'_> {
+        assert!(range.start <= range.end && range.end <= buf.len, "view {range:?} out of a buffer of {}", buf.len);
+        DView { ptr: offset(buf.ptr(), range.start), len: range.len(), _borrow: std::marker::PhantomData }
     }
-    fn view_mut(buf: &mut CudaSlice<f32>, range: Range<usize>) -> DViewMut<'_> {
-        assert!(range.start <= range.end && range.end <= buf.len(), "view {range:?} out of a buffer of {}", buf.len());
-        DViewMut { ptr: offset(base_ptr(buf), range.start), len: range.len(), _borrow: std::marker::PhantomData }
+    fn view_mut(buf: &mut DeviceBuf, range: Range<usize>) -> DViewMut<'_> {
+        assert!(range.start <= range.end && range.end <= buf.len, "view {range:?} out of a buffer of {}", buf.len);
+        DViewMut { ptr: offset(buf.ptr(), range.start), len: range.len(), _borrow: std::marker::PhantomData }
     }
-    fn view_mut_pair(buf: &mut CudaSlice<f32>, a: Range<usize>, b: Range<usize>) -> (DViewMut<'_>, DViewMut<'_>) {
+    fn view_mut_pair(buf: &mut DeviceBuf, a: Range<usize>, b: Range<usize>) -> (DViewMut<'_>, DViewMut<'_>) {
         assert!(a.end <= b.start || b.end <= a.start, "view_mut_pair: ranges {a:?} and {b:?} overlap");
-        assert!(a.end.max(b.end) <= buf.len(), "view_mut_pair: ranges out of a buffer of {}", buf.len());
-        let base = base_ptr(buf);
+        assert!(a.end.max(b.end) <= buf.len, "view_mut_pair: ranges out of a buffer of {}", buf.len);
+        let base = buf.ptr();
         let view = |r: Range<usize>| DViewMut { ptr: offset(base, r.start), len: r.len(), _borrow: std::marker::PhantomData };
         (view(a), view(b))
     }
@@ -342,12 +360,12 @@ impl Backend for Cuda {
     }
     fn add_bias_rows(&self, y: DViewMut<'_>, bias: DView<'_>) {
         assert_eq!(y.len % bias.len, 0, "bias length must divide the matrix");
-        self.launch("add_bias_rows", elementwise(y.len), &[(&y).into(), bias.into(), (bias.len as i32).into(), y.len.into()]);
+        self.launch("add_bias_rows", elementwise(y.len), &[(&y).into(), bias.into(), Arg::Index(bias.len), y.len.into()]);
     }
     fn accumulate_column_sums(&self, out: DViewMut<'_>, x: DView<'_>) {
         assert_eq!(x.len % out.len, 0, "column count must divide the matrix");
-        let rows = (x.len / out.len) as i32;
-        self.launch("accumulate_column_sums", elementwise(out.len), &[(&out).into(), x.into(), rows.into(), (out.len as i32).into()]);
+        let rows = x.len / out.len;
+        self.launch("accumulate_column_sums", elementwise(out.len), &[(&out).into(), x.into(), Arg::Index(rows), Arg::Index(out.len)]);
     }
     fn activation_forward(&self, kind: Activation, y: DViewMut<'_>, x: DView<'_>) {
         assert_eq!(y.len, x.len);
@@ -361,29 +379,23 @@ impl Backend for Cuda {
             &[activation_code(kind).into(), (&dx).into(), dy.into(), x.into(), x.len.into()],
         );
     }
-    fn softmax_cross_entropy(&self, dlogits: DViewMut<'_>, logits: DView<'_>, labels: &[u8], classes: usize) -> LossOut {
+    fn softmax_cross_entropy(&self, dlogits: DViewMut<'_>, logits: DView<'_>, labels: &[u8], classes: usize) -> Result<LossOut> {
         let rows = labels.len();
         assert_eq!(logits.len, rows * classes, "logits must be batch×classes");
         assert_eq!(dlogits.len, logits.len);
         assert!(labels.iter().all(|&l| (l as usize) < classes), "label out of range for {classes} classes");
         let labels: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
-        let labels = self.stream.clone_htod(&labels).expect("upload labels");
-        let (loss, correct) = (self.alloc::<f32>(rows), self.alloc::<i32>(rows));
+        self.pending.take()?;
+        let labels = self.stream.clone_htod(&labels).map_err(|e| anyhow!("CUDA upload of {rows} labels failed: {e:?}"))?;
+        let (loss, correct) = (self.alloc::<f32>(rows)?, self.alloc::<i32>(rows)?);
         // One warp per row, 8 rows per block.
         let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let args = [
-            (&dlogits).into(),
-            ptr_of(&loss),
-            ptr_of(&correct),
-            logits.into(),
-            ptr_of(&labels),
-            (rows as i32).into(),
-            (classes as i32).into(),
-        ];
+        let args =
+            [(&dlogits).into(), ptr_of(&loss), ptr_of(&correct), logits.into(), ptr_of(&labels), Arg::Index(rows), Arg::Index(classes)];
         self.launch("softmax_cross_entropy", cfg, &args);
-        let loss: f64 = self.host(&loss).iter().map(|&l| f64::from(l)).sum();
-        let correct = self.host(&correct).iter().filter(|&&c| c != 0).count();
-        LossOut { loss: (loss / rows as f64) as f32, correct }
+        let loss: f64 = self.host(&loss)?.iter().map(|&l| f64::from(l)).sum();
+        let correct = self.host(&correct)?.iter().filter(|&&c| c != 0).count();
+        Ok(LossOut { loss: (loss / rows as f64) as f32, correct })
     }
 
     fn layernorm_forward(
@@ -424,21 +436,21 @@ impl Backend for Cuda {
         self.embedding_backward_impl(dtable, dout, ids, dim);
     }
 
-    fn sum_squares(&self, x: DView<'_>) -> f64 {
+    fn sum_squares(&self, x: DView<'_>) -> Result<f64> {
         self.reduce_f64("sum_squares", vec![x.into()], x.len)
     }
-    fn sum_squared_difference(&self, a: DView<'_>, b: DView<'_>) -> f64 {
+    fn sum_squared_difference(&self, a: DView<'_>, b: DView<'_>) -> Result<f64> {
         assert_eq!(a.len, b.len);
         self.reduce_f64("sum_squared_difference", vec![a.into(), b.into()], a.len)
     }
-    fn dot(&self, a: DView<'_>, b: DView<'_>) -> f64 {
+    fn dot(&self, a: DView<'_>, b: DView<'_>) -> Result<f64> {
         assert_eq!(a.len, b.len);
         self.reduce_f64("dot", vec![a.into(), b.into()], a.len)
     }
-    fn all_finite(&self, x: DView<'_>) -> bool {
-        let count = self.alloc::<u32>(1);
+    fn all_finite(&self, x: DView<'_>) -> Result<bool> {
+        let count = self.alloc::<u32>(1)?;
         self.launch("count_non_finite", elementwise(x.len), &[ptr_of(&count), x.into(), x.len.into()]);
-        self.host(&count)[0] == 0
+        Ok(self.host(&count)?[0] == 0)
     }
 
     fn axpby(&self, y: DViewMut<'_>, alpha: f32, x: DView<'_>, beta: f32) {
@@ -448,26 +460,18 @@ impl Backend for Cuda {
     fn scale(&self, x: DViewMut<'_>, alpha: f32) {
         self.launch("scale", elementwise(x.len), &[(&x).into(), alpha.into(), x.len.into()]);
     }
-    fn adamw_step(
-        &self,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-        ranges: &[Range<usize>],
-        hp: AdamParams,
-    ) {
+    fn adamw_step(&self, p: &mut DeviceBuf, g: &DeviceBuf, m: &mut DeviceBuf, v: &mut DeviceBuf, ranges: &[Range<usize>], hp: AdamParams) {
         let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
         let scalars =
             vec![hp.lr.into(), hp.beta1.into(), hp.beta2.into(), hp.eps.into(), hp.weight_decay.into(), bias1.into(), bias2.into()];
-        self.multi_tensor("adamw_step", vec![ptr_of(p), ptr_of(g), ptr_of(m), ptr_of(v)], ranges, scalars);
+        self.multi_tensor("adamw_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr()), Arg::Ptr(v.ptr())], ranges, scalars);
     }
     fn sgd_step(
         &self,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        buf: &mut CudaSlice<f32>,
+        p: &mut DeviceBuf,
+        g: &DeviceBuf,
+        buf: &mut DeviceBuf,
         ranges: &[Range<usize>],
         lr: f32,
         momentum: f32,
@@ -475,13 +479,13 @@ impl Backend for Cuda {
         weight_decay: f32,
     ) {
         let scalars = vec![lr.into(), momentum.into(), i32::from(nesterov).into(), weight_decay.into()];
-        self.multi_tensor("sgd_step", vec![ptr_of(p), ptr_of(g), ptr_of(buf)], ranges, scalars);
+        self.multi_tensor("sgd_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(buf.ptr())], ranges, scalars);
     }
     fn lion_step(
         &self,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
+        p: &mut DeviceBuf,
+        g: &DeviceBuf,
+        m: &mut DeviceBuf,
         ranges: &[Range<usize>],
         lr: f32,
         beta1: f32,
@@ -489,13 +493,13 @@ impl Backend for Cuda {
         weight_decay: f32,
     ) {
         let scalars = vec![lr.into(), beta1.into(), beta2.into(), weight_decay.into()];
-        self.multi_tensor("lion_step", vec![ptr_of(p), ptr_of(g), ptr_of(m)], ranges, scalars);
+        self.multi_tensor("lion_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr())], ranges, scalars);
     }
     fn diagonal_step(
         &self,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        [s0, s1, s2]: [&mut CudaSlice<f32>; 3],
+        p: &mut DeviceBuf,
+        g: &DeviceBuf,
+        [s0, s1, s2]: [&mut DeviceBuf; 3],
         ranges: &[Range<usize>],
         rule: DiagonalRule,
     ) {
@@ -522,7 +526,12 @@ impl Backend for Cuda {
                 ],
             ),
         };
-        self.multi_tensor(kernel, vec![ptr_of(p), ptr_of(g), ptr_of(s0), ptr_of(s1), ptr_of(s2)], ranges, scalars);
+        self.multi_tensor(
+            kernel,
+            vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(s0.ptr()), Arg::Ptr(s1.ptr()), Arg::Ptr(s2.ptr())],
+            ranges,
+            scalars,
+        );
     }
     fn adam_direction(&self, out: DViewMut<'_>, m: DView<'_>, v: DView<'_>, bias1: f32, bias2: f32, eps: f32) {
         assert!(out.len == m.len && m.len == v.len);
@@ -539,8 +548,8 @@ impl Backend for Cuda {
 
     fn newton_schulz_batched(
         &self,
-        out: &mut CudaSlice<f32>,
-        input: &CudaSlice<f32>,
+        out: &mut DeviceBuf,
+        input: &DeviceBuf,
         ranges: &[Range<usize>],
         rows: usize,
         cols: usize,
@@ -550,46 +559,41 @@ impl Backend for Cuda {
         self.newton_schulz_batched_impl(out, input, ranges, rows, cols, steps, coeffs);
     }
 
-    fn inverse_root(&self, out: DViewMut<'_>, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<()> {
+    fn inverse_root(&self, out: DViewMut<'_>, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<bool> {
         assert!(out.len == n * n && a.len == n * n, "inverse_root: matrices must be {n}×{n}");
-        if !self.all_finite(a) {
-            bail!("statistic has non-finite entries");
+        if !self.all_finite(a)? {
+            return Ok(false);
         }
         // Work in scratch: on failure `out` keeps the caller's previous root.
-        let scratch = self.alloc::<f32>(n * n);
-        let residual = self.coupled_newton_root(base_ptr(&scratch), a, n, p, eps);
+        let scratch = self.alloc::<f32>(n * n)?;
+        let residual = self.coupled_newton_root(base_ptr(&scratch), a, n, p, eps)?;
         if residual.is_finite() && residual < 1e-3 {
             self.copy_raw(out.ptr, base_ptr(&scratch), n * n);
-            self.synchronize();
-            return Ok(());
+            return self.synchronize().map(|()| true);
         }
         // The f32 iteration did not converge (ill-conditioned statistic): the CPU's
         // f64 eigendecomposition decides, and the fallback is counted.
         self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
-        let root = linalg::sym_inverse_root(&self.download(a), n, p, eps)?;
-        self.write_from_host(out, &root);
-        Ok(())
+        let Ok(root) = linalg::sym_inverse_root(&self.download(a)?, n, p, eps) else { return Ok(false) };
+        self.write_from_host(out, &root).map(|()| true)
     }
     /// On the host in f64 (download, `linalg::sym_eigenvectors`, upload): SOAP calls
     /// it once per side every `precondition_frequency` steps, not every step.
-    fn sym_eigenvectors(&self, out: DViewMut<'_>, a: DView<'_>, n: usize) -> Result<()> {
+    fn sym_eigenvectors(&self, out: DViewMut<'_>, a: DView<'_>, n: usize) -> Result<bool> {
         assert!(out.len == n * n && a.len == n * n, "sym_eigenvectors: matrices must be {n}×{n}");
-        let basis = linalg::sym_eigenvectors(&self.download(a), n)?;
-        self.write_from_host(out, &basis);
-        Ok(())
+        let Ok(basis) = linalg::sym_eigenvectors(&self.download(a)?, n) else { return Ok(false) };
+        self.write_from_host(out, &basis).map(|()| true)
     }
     fn scale_by_diagonal_root(&self, x: DViewMut<'_>, d: DView<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
         assert_eq!(x.len, rows * cols);
         assert_eq!(d.len, if over_rows { rows } else { cols });
-        let args =
-            [(&x).into(), d.into(), (rows as i32).into(), (cols as i32).into(), i32::from(over_rows).into(), (p as i32).into(), eps.into()];
+        let args = [(&x).into(), d.into(), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), (p as i32).into(), eps.into()];
         self.launch("scale_by_diagonal_root", elementwise(x.len), &args);
     }
     fn ema_square_sums(&self, out: DViewMut<'_>, g: DView<'_>, rows: usize, cols: usize, over_rows: bool, beta: f32, weight: f32) {
         assert_eq!(g.len, rows * cols);
         assert_eq!(out.len, if over_rows { rows } else { cols });
-        let args =
-            [(&out).into(), g.into(), (rows as i32).into(), (cols as i32).into(), i32::from(over_rows).into(), beta.into(), weight.into()];
+        let args = [(&out).into(), g.into(), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), beta.into(), weight.into()];
         self.launch("ema_square_sums", elementwise(out.len), &args);
     }
 }

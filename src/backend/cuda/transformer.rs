@@ -7,9 +7,11 @@
 //! backend's single stream (or synchronizes first), so the free is ordered after
 //! the kernels that use it.
 
+use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::LaunchConfig;
 
-use super::ops::{Arg, ptr_of};
+use super::launch::{Arg, blocks};
+use super::ops::ptr_of;
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
 use crate::backend::Attention;
 
@@ -29,27 +31,19 @@ const MAX_CHUNKS: usize = 1024;
 
 /// One warp per row, 8 rows per 256-thread block (the kernels grid-stride over rows).
 fn warp_per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(8).clamp(1, 65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig { grid_dim: (blocks(rows.div_ceil(8).min(65_535)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn as_i32(x: usize, what: &str) -> i32 {
-    i32::try_from(x).unwrap_or_else(|_| panic!("{what} = {x} does not fit the kernels' 32-bit index"))
-}
-
-/// The backward key tile of a supported head dim; panics naming the supported ones.
-fn backward_key_tile(s: &Attention) -> usize {
-    ATTENTION_HEAD_DIMS.iter().find(|(d, _)| *d == s.head_dim).map(|&(_, bk)| bk).unwrap_or_else(|| {
+/// The backward key tile of a supported head dim, or an error naming the
+/// supported ones or a row too wide for the kernels' 32-bit offsets.
+fn backward_key_tile(s: &Attention) -> Result<usize> {
+    if i32::try_from(s.qkv_width()).is_err() {
+        bail!("CUDA attention: {s:?} has rows of {} values, past the kernels' 32-bit index", s.qkv_width());
+    }
+    ATTENTION_HEAD_DIMS.iter().find(|(d, _)| *d == s.head_dim).map(|&(_, bk)| bk).with_context(|| {
         let dims: Vec<String> = ATTENTION_HEAD_DIMS.iter().map(|(d, _)| d.to_string()).collect();
-        panic!("CUDA attention supports head_dim {} only, not {} ({s:?})", dims.join(", "), s.head_dim)
+        format!("CUDA attention has kernels for head_dim {} only, not {} ({s:?})", dims.join(", "), s.head_dim)
     })
-}
-
-/// The shape check every backend makes, plus the kernels' index limits.
-fn check_attention(s: &Attention, qkv: usize, out: usize, lse: usize) {
-    s.assert_lengths(qkv, out, lse);
-    as_i32(s.seq, "attention seq");
-    as_i32(s.batch * s.heads, "attention batch·heads");
-    as_i32(s.width(), "attention heads·head_dim");
 }
 
 impl Cuda {
@@ -79,8 +73,8 @@ impl Cuda {
             gamma.into(),
             beta.into(),
             eps.into(),
-            as_i32(rows, "layernorm rows").into(),
-            as_i32(dim, "layernorm dim").into(),
+            Arg::Index(rows),
+            Arg::Index(dim),
         ];
         self.launch("layernorm_forward", warp_per_row(rows), &args);
     }
@@ -107,55 +101,38 @@ impl Cuda {
         if rows == 0 {
             return;
         }
-        let (rows_i, dim_i) = (as_i32(rows, "layernorm rows"), as_i32(dim, "layernorm dim"));
-        let args = [(&dx).into(), dy.into(), x.into(), mean.into(), rstd.into(), gamma.into(), rows_i.into(), dim_i.into()];
+        let (rows_i, dim_i) = (Arg::Index(rows), Arg::Index(dim));
+        let args = [(&dx).into(), dy.into(), x.into(), mean.into(), rstd.into(), gamma.into(), rows_i, dim_i];
         self.launch("layernorm_backward_dx", warp_per_row(rows), &args);
 
         // dgamma/dbeta: per-chunk column sums into scratch, then summed over chunks.
         let per_chunk = rows.div_ceil(rows.div_ceil(ROWS_PER_CHUNK).min(MAX_CHUNKS));
         let chunks = rows.div_ceil(per_chunk);
-        let partial = self.alloc::<f32>(2 * chunks * dim);
+        let Some(partial) = self.pending.keep(self.alloc::<f32>(2 * chunks * dim)) else { return };
         let (pg, pb) = (base_ptr(&partial), offset(base_ptr(&partial), chunks * dim));
-        let cfg = LaunchConfig { grid_dim: (dim.div_ceil(32) as u32, chunks as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let args = [
-            Arg::Ptr(pg),
-            Arg::Ptr(pb),
-            dy.into(),
-            x.into(),
-            mean.into(),
-            rstd.into(),
-            rows_i.into(),
-            dim_i.into(),
-            as_i32(per_chunk, "layernorm rows per chunk").into(),
-        ];
+        let cfg = LaunchConfig { grid_dim: (blocks(dim.div_ceil(32)), blocks(chunks), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let args = [Arg::Ptr(pg), Arg::Ptr(pb), dy.into(), x.into(), mean.into(), rstd.into(), rows_i, dim_i, Arg::Index(per_chunk)];
         self.launch("layernorm_backward_params", cfg, &args);
         for (out, part) in [(&dgamma, pg), (&dbeta, pb)] {
-            let args = [out.into(), Arg::Ptr(part), (chunks as i32).into(), dim_i.into()];
+            let args = [out.into(), Arg::Ptr(part), Arg::Index(chunks), dim_i];
             self.launch("accumulate_column_sums", elementwise(dim), &args);
         }
     }
 
     pub(super) fn attention_forward_impl(&self, out: DViewMut<'_>, lse: DViewMut<'_>, qkv: DView<'_>, s: Attention) {
-        check_attention(&s, qkv.len, out.len, lse.len);
-        backward_key_tile(&s); // rejects unsupported head dims
-        if s.batch * s.heads * s.seq == 0 {
+        s.assert_lengths(qkv.len, out.len, lse.len);
+        // Checked here too: the forward pass has no tile of its own to look up.
+        if self.pending.keep(backward_key_tile(&s)).is_none() {
             return;
         }
         let cfg = LaunchConfig {
-            grid_dim: ((s.batch * s.heads) as u32, s.seq.div_ceil(FORWARD_QUERY_TILE).min(MAX_GRID_Y) as u32, 1),
+            grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(FORWARD_QUERY_TILE).min(MAX_GRID_Y)), 1),
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let scale = s.score_scale();
-        let args = [
-            (&out).into(),
-            (&lse).into(),
-            qkv.into(),
-            (s.seq as i32).into(),
-            (s.heads as i32).into(),
-            i32::from(s.causal).into(),
-            scale.into(),
-        ];
+        let args =
+            [(&out).into(), (&lse).into(), qkv.into(), Arg::Index(s.seq), Arg::Index(s.heads), i32::from(s.causal).into(), scale.into()];
         self.launch(&format!("attention_forward_{}", s.head_dim), cfg, &args);
     }
 
@@ -168,22 +145,22 @@ impl Cuda {
         lse: DView<'_>,
         s: Attention,
     ) {
-        check_attention(&s, qkv.len, out.len, lse.len);
+        s.assert_lengths(qkv.len, out.len, lse.len);
         assert!(dqkv.len == qkv.len && dout.len == out.len, "attention gradient shapes");
-        let key_tile = backward_key_tile(&s);
-        if s.batch * s.heads * s.seq == 0 {
+        let Some(key_tile) = self.pending.keep(backward_key_tile(&s)) else { return };
+        let rows = s.batch * s.heads * s.seq;
+        if rows == 0 || self.pending.is_set() {
             return;
         }
-        let (seq, heads, width) = (s.seq as i32, s.heads as i32, s.width());
-        let rows = s.batch * s.heads * s.seq;
+        let (seq, heads, width) = (Arg::Index(s.seq), Arg::Index(s.heads), s.width());
+        let scratch = || Ok((self.alloc::<f32>(rows)?, self.alloc::<f32>(s.batch * s.seq * width)?));
+        let Some((delta, dq)) = self.pending.keep(scratch()) else { return };
         // delta_i = rowsum(dO_i ∘ O_i), one warp per (batch, head, query).
-        let delta = self.alloc::<f32>(rows);
-        let args = [ptr_of(&delta), dout.into(), out.into(), (s.batch as i32).into(), seq.into(), heads.into(), (s.head_dim as i32).into()];
+        let args = [ptr_of(&delta), dout.into(), out.into(), Arg::Index(s.batch), seq, heads, Arg::Index(s.head_dim)];
         self.launch("attention_backward_delta", warp_per_row(rows), &args);
         // dK, dV into dqkv; unscaled dQ accumulated (atomics) into a zeroed buffer.
-        let dq = self.alloc::<f32>(s.batch * s.seq * width);
         let cfg = LaunchConfig {
-            grid_dim: ((s.batch * s.heads) as u32, s.seq.div_ceil(key_tile).min(MAX_GRID_Y) as u32, 1),
+            grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(key_tile).min(MAX_GRID_Y)), 1),
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -195,15 +172,15 @@ impl Cuda {
             qkv.into(),
             lse.into(),
             ptr_of(&delta),
-            seq.into(),
-            heads.into(),
+            seq,
+            heads,
             i32::from(s.causal).into(),
             scale.into(),
         ];
         self.launch(&format!("attention_backward_{}", s.head_dim), cfg, &args);
         // dQ = scale·dq into the q columns of dqkv.
         let n = s.batch * s.seq * width;
-        self.launch("attention_backward_dq", elementwise(n), &[(&dqkv).into(), ptr_of(&dq), scale.into(), (width as i32).into(), n.into()]);
+        self.launch("attention_backward_dq", elementwise(n), &[(&dqkv).into(), ptr_of(&dq), scale.into(), Arg::Index(width), n.into()]);
     }
 
     pub(super) fn embedding_forward_impl(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {
@@ -223,12 +200,13 @@ impl Cuda {
         for &id in ids {
             assert!((id as usize + 1) * dim <= table_len, "token id {id} outside a table of {} rows", table_len / dim);
         }
-        if ids.is_empty() {
+        if ids.is_empty() || self.pending.is_set() {
             return;
         }
-        let ids_dev = self.stream.clone_htod(ids).unwrap_or_else(|e| panic!("CUDA upload of token ids failed: {e:?}"));
+        let uploaded = self.stream.clone_htod(ids).map_err(|e| anyhow!("CUDA upload of {} token ids failed: {e:?}", ids.len()));
+        let Some(ids_dev) = self.pending.keep(uploaded) else { return };
         let n = ids.len() * dim;
         let [a, b] = views;
-        self.launch(kernel, elementwise(n), &[a, b, ptr_of(&ids_dev), as_i32(dim, "embedding dim").into(), n.into()]);
+        self.launch(kernel, elementwise(n), &[a, b, ptr_of(&ids_dev), Arg::Index(dim), n.into()]);
     }
 }
