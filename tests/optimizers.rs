@@ -4,8 +4,8 @@ use optlab::backend::{Activation, Cpu};
 use optlab::linalg::{NsCoefficients, matmul, singular_values};
 use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
 use optlab::optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Grafting, LionConfig, MuonConfig, OptimizerConfig, RmsPropConfig, SgdConfig,
-    ShampooConfig, SoapConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Grafting, LionConfig, Manifold, ManifoldMuonConfig, MuonConfig,
+    OptimizerConfig, RmsPropConfig, SgdConfig, ShampooConfig, SoapConfig,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -777,4 +777,124 @@ fn oblique_removes_the_radial_part_of_a_step() {
     let (kept, _) = project_and_retract(&w, &tangent, 2, 2);
     let cos = 0.6 * kept[0] + 0.8 * kept[2];
     assert!((f64::from(cos).acos() - 0.01).abs() < 1e-4, "{kept:?}");
+}
+
+/// A row-major rows×cols matrix as a faer matrix.
+fn mat(x: &[f32], rows: usize, cols: usize) -> faer::Mat<f64> {
+    faer::Mat::from_fn(rows, cols, |i, j| f64::from(x[i * cols + j]))
+}
+
+/// Σσ of a faer matrix (the nuclear norm).
+fn nuclear(m: &faer::Mat<f64>) -> f64 {
+    let x: Vec<f32> = (0..m.nrows() * m.ncols()).map(|k| m[(k / m.ncols(), k % m.ncols())] as f32).collect();
+    singular_values(&x, m.nrows(), m.ncols()).unwrap().iter().map(|&s| f64::from(s)).sum()
+}
+
+fn inner(a: &faer::Mat<f64>, b: &faer::Mat<f64>) -> f64 {
+    (0..a.nrows()).flat_map(|i| (0..a.ncols()).map(move |j| (i, j))).map(|(i, j)| a[(i, j)] * b[(i, j)]).sum()
+}
+
+#[test]
+fn stiefel_step_on_a_square_matrix_is_the_closed_form() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(21);
+    let n = 6;
+    let (w, g) = (mat(&orthonormal(n, n, &mut rng), n, n), mat(&random(n * n, &mut rng), n, n));
+    let step = manifold_step(w.as_ref(), g.as_ref(), &ManifoldMuonConfig::default()).unwrap();
+    // On the orthogonal group the best step is W·msign(skew(WᵀG)), worth ‖skew(WᵀG)‖_*:
+    // the dual ascent's start is already optimal.
+    let wtg = w.transpose() * &g;
+    let skew = (&wtg - wtg.transpose()) * faer::Scale(0.5);
+    assert_eq!(step.dual_steps, 1);
+    assert!((inner(&g, &step.direction) - nuclear(&skew)).abs() < 1e-5, "{} vs {}", inner(&g, &step.direction), nuclear(&skew));
+    // W is orthogonal to f32 round-off only.
+    assert!(step.tangent_residual < 1e-6, "{}", step.tangent_residual);
+    let sigma = nuclear(&step.direction) / n as f64;
+    assert!((sigma - 1.0).abs() < 1e-6, "a full-rank step has all singular values 1: mean {sigma}");
+}
+
+#[test]
+fn stiefel_dual_ascent_reaches_the_tangent_space_of_a_tall_matrix() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(22);
+    let (n, p) = (9, 4);
+    let (w, unit) = (mat(&random(n * p, &mut rng), n, p).qr().compute_thin_Q(), mat(&random(n * p, &mut rng), n, p));
+    // The reference's α = 0.01 is an absolute step, suited to gradients of entries
+    // near 1e-2 (its CIFAR MLP at batch 1024). Subgradient ascent is slow: K = 100
+    // iterations take the residual down by 10⁴; given more, it stops at the tolerance.
+    let g = &unit * faer::Scale(0.01);
+    let config = ManifoldMuonConfig::default();
+    let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+    let longer = ManifoldMuonConfig { dual_steps: 1000, ..config };
+    let converged = manifold_step(w.as_ref(), g.as_ref(), &longer).unwrap();
+    assert!(
+        converged.dual_steps < 1000 && converged.tangent_residual < 1e-6,
+        "{} steps, {}",
+        converged.dual_steps,
+        converged.tangent_residual
+    );
+    // On gradients 100× larger the same α is too small for K steps, and the
+    // residual (recorded in `optimizer_steps`) says so; it still falls.
+    let large = manifold_step(w.as_ref(), unit.as_ref(), &config).unwrap();
+    let start = {
+        let wtg = w.transpose() * &unit;
+        let lambda = (&wtg + wtg.transpose()) * faer::Scale(-0.25);
+        let z = &unit + &w * &lambda * faer::Scale(2.0);
+        let svd = z.thin_svd().unwrap();
+        let a = svd.U() * svd.V().transpose();
+        let h = w.transpose() * &a;
+        (&h + h.transpose()).norm_l2() / p as f64
+    };
+    assert!(step.tangent_residual < start * 1e-4, "{start} → {}", step.tangent_residual);
+    assert!(large.dual_steps == config.dual_steps && large.tangent_residual < start / 2.0, "{start} → {}", large.tangent_residual);
+    assert!(inner(&g, &step.direction) > 0.0, "the step ascends ⟨G, A⟩ (W moves along −A)");
+    assert!((nuclear(&step.direction) / p as f64 - 1.0).abs() < 1e-6, "‖A‖₂ = 1 with all singular values 1");
+}
+
+#[test]
+fn grassmann_step_is_the_projected_msign_and_square_matrices_take_the_stiefel_step() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(23);
+    let grassmann = ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() };
+    let (n, p) = (8, 3);
+    let (w, g) = (mat(&orthonormal(n, p, &mut rng), n, p), mat(&random(n * p, &mut rng), n, p));
+    let step = manifold_step(w.as_ref(), g.as_ref(), &grassmann).unwrap();
+    // Horizontal (WᵀA = 0), and worth ‖(I − WWᵀ)G‖_*, the most any unit step is.
+    let horizontal = (w.transpose() * &step.direction).norm_l2();
+    assert!(horizontal < 1e-6, "WᵀA = {horizontal} (W is orthonormal to f32 round-off)");
+    let projected = &g - &w * (w.transpose() * &g);
+    assert!((inner(&g, &step.direction) - nuclear(&projected)).abs() < 1e-5);
+    let square = (mat(&orthonormal(5, 5, &mut rng), 5, 5), mat(&random(25, &mut rng), 5, 5));
+    let on_grassmann = manifold_step(square.0.as_ref(), square.1.as_ref(), &grassmann).unwrap();
+    let on_stiefel = manifold_step(square.0.as_ref(), square.1.as_ref(), &ManifoldMuonConfig::default()).unwrap();
+    assert!((&on_grassmann.w - &on_stiefel.w).norm_l2() < 1e-12);
+}
+
+#[test]
+fn manifold_muon_keeps_orthonormal_frames_for_a_thousand_steps() {
+    for name in ["stiefel", "grassmann"] {
+        let mut rng = StdRng::seed_from_u64(24);
+        let config = OptimizerConfig::by_name(name).unwrap();
+        let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 5], classes: 3, activation: Activation::Relu }, 0);
+        let mut store = model.store;
+        let mut opt = config.build(&Cpu, &store);
+        let mut worst = 0.0f64;
+        for _ in 0..1000 {
+            let g = random(store.len(), &mut rng);
+            store.grads.copy_from_slice(&g);
+            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+            for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
+                worst = worst.max(report.value);
+            }
+        }
+        // fc2 (5×7, wide: its rows are orthonormal) is the one hidden matrix.
+        let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
+        let w = mat(store.value(i), 5, 7);
+        let gram = &w * w.transpose();
+        let err = (0..5)
+            .flat_map(|a| (0..5).map(move |b| (a, b)))
+            .map(|(a, b)| (gram[(a, b)] - f64::from(u8::from(a == b))).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-6 && worst < 1e-6, "{name}: |WWᵀ − I| = {err}, recorded drift {worst}");
+    }
 }

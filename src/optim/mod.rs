@@ -11,6 +11,7 @@ pub mod anderson;
 pub mod diagonal;
 pub mod dion;
 pub mod lion;
+pub mod manifold_muon;
 pub mod muon;
 pub mod oblique;
 pub mod schedule;
@@ -29,6 +30,7 @@ pub use anderson::{AndersonGda, AndersonGdaConfig};
 pub use diagonal::{AdadeltaConfig, AdagradConfig, AdamConfig, Diagonal, DiagonalConfig, RmsPropConfig};
 pub use dion::{Dion, DionConfig};
 pub use lion::{Lion, LionConfig};
+pub use manifold_muon::{Manifold, ManifoldMuon, ManifoldMuonConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
 pub use schedule::{Decay, Schedule};
 pub use sgd::{Sgd, SgdConfig};
@@ -139,6 +141,7 @@ pub enum OptimizerConfig {
     AndersonGda(AndersonGdaConfig),
     Dion(DionConfig),
     Oblique(ObliqueConfig),
+    ManifoldMuon(ManifoldMuonConfig),
 }
 
 /// A base optimizer whose hidden matrices are kept on the oblique manifold
@@ -157,7 +160,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 16] = [
+pub const OPTIMIZER_NAMES: [&str; 18] = [
     "sgd",
     "adamw",
     "lion",
@@ -174,6 +177,8 @@ pub const OPTIMIZER_NAMES: [&str; 16] = [
     "anderson-gda",
     "dion",
     "oblique",
+    "stiefel",
+    "grassmann",
 ];
 
 impl OptimizerConfig {
@@ -190,6 +195,8 @@ impl OptimizerConfig {
             "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
             "dion" => Self::Dion(DionConfig::default()),
             "oblique" => Self::Oblique(ObliqueConfig::default()),
+            "stiefel" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
+            "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -308,6 +315,13 @@ impl OptimizerConfig {
                 positive("epsilon", c.epsilon)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }
+            Self::ManifoldMuon(c) => {
+                positive("lr", c.lr)?;
+                positive("dual_lr", c.dual_lr)?;
+                at_least_one("dual_steps", c.dual_steps as u64)?;
+                non_negative("dual_tol", c.dual_tol)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
             Self::AndersonGda(c) => {
                 positive("lr", c.lr)?;
                 at_least_one("memory", c.memory as u64)?;
@@ -333,6 +347,10 @@ impl OptimizerConfig {
             Self::AndersonGda(_) => "anderson-gda",
             Self::Dion(_) => "dion",
             Self::Oblique(_) => "oblique",
+            Self::ManifoldMuon(c) => match c.manifold {
+                Manifold::Stiefel => "stiefel",
+                Manifold::Grassmann => "grassmann",
+            },
         }
     }
 
@@ -378,6 +396,11 @@ impl OptimizerConfig {
             Self::Adadelta(c) => push("adadelta", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adadelta(*c)))),
             Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
             Self::AndersonGda(c) => push("anderson-gda", all.clone(), c.lr, Box::new(AndersonGda::new(backend, store, *c))),
+            Self::ManifoldMuon(c) => {
+                let (hidden, rest) = (with_role(&|r| r == Role::HiddenMatrix), with_role(&|r| r != Role::HiddenMatrix));
+                push(self.name(), hidden.clone(), c.lr, Box::new(ManifoldMuon::new(store, &hidden, *c)));
+                push("adamw-aux", rest, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
             Self::Dion(c) => {
                 let (hidden, rest) = (with_role(&|r| r == Role::HiddenMatrix), with_role(&|r| r != Role::HiddenMatrix));
                 push("dion", hidden.clone(), c.lr, Box::new(Dion::new(backend, store, &hidden, *c)));
