@@ -76,6 +76,9 @@ fn main() {
     let (nvcc, looked) = find_nvcc(&root);
     let release = nvcc.as_deref().map(nvcc_release);
     println!("cargo:rustc-env=OPTLAB_NVCC_VERSION={}", release.as_deref().unwrap_or("none"));
+    // The ptxas beside nvcc, for the register budgets of tests/cuda_kernels.rs.
+    let ptxas = nvcc.as_deref().and_then(Path::parent).map(|bin| bin.join("ptxas")).filter(|p| p.is_file());
+    println!("cargo:rustc-env=OPTLAB_PTXAS={}", ptxas.map(|p| p.display().to_string()).unwrap_or_default());
     match &nvcc {
         Some(nvcc) => println!("cargo:rerun-if-changed={}", nvcc.display()),
         None if env::var("OPTLAB_REQUIRE_NVCC").is_ok_and(|v| v == "1") => fail(&format!(

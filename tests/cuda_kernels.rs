@@ -77,6 +77,92 @@ fn every_kernel_in_the_sources_is_loaded() {
     assert_eq!(in_sources, listed);
 }
 
+/// Prints why a check that needs a CUDA tool did not run, or fails when CI
+/// (`$require` = 1) demands the tool.
+fn skip_unless_required(test: &str, require: &str, why: &str) {
+    assert!(std::env::var(require).as_deref() != Ok("1"), "{test}: {require}=1 but {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+#[test]
+fn nvrtc_compiles_every_module() {
+    // The run-time path of a binary built without nvcc: NVRTC needs no GPU.
+    // SAFETY: only checks whether libnvrtc can be loaded.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return skip_unless_required("nvrtc", "OPTLAB_REQUIRE_NVRTC", "no libnvrtc on the library path");
+    }
+    for k in optlab::backend::kernels::KERNELS {
+        let ptx = optlab::backend::cuda::compile_at_run_time(k).unwrap_or_else(|e| panic!("{e:#}")).to_src();
+        let (_, names) = FUNCTIONS.iter().find(|(m, _)| *m == k.name).unwrap();
+        for name in *names {
+            assert!(ptx.contains(&format!(".entry {name}(")), "NVRTC's PTX of kernels/{}.cu has no entry {name}", k.name);
+        }
+    }
+}
+
+/// `ptxas -arch=sm_90 -v` on one module's PTX: per entry function, (registers,
+/// static shared bytes, spill bytes stored + loaded).
+fn ptxas_resources(ptxas: &str, module: &str, ptx: &str) -> Vec<(String, u64, u64, u64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{module}.ptx"));
+    std::fs::write(&path, ptx).unwrap();
+    let out = std::process::Command::new(ptxas).args(["-arch=sm_90", "-v", "-o", "/dev/null"]).arg(&path).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ptxas failed on kernels/{module}.cu:\n{log}");
+    let number_before = |line: &str, unit: &str| -> u64 {
+        line.split(',')
+            .find_map(|part| part.trim().strip_suffix(unit).map(|n| n.trim().rsplit(' ').next().unwrap().parse().unwrap()))
+            .unwrap_or(0)
+    };
+    let (mut found, mut current, mut spills) = (Vec::new(), None, 0);
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = Some(rest.split('\'').next().unwrap().to_string());
+        } else if line.contains("spill stores") {
+            spills = number_before(line, "bytes spill stores") + number_before(line, "bytes spill loads");
+        } else if let (Some(name), true) = (&current, line.contains(" registers")) {
+            let registers = line.split("Used ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+            found.push((name.clone(), registers, number_before(line, "bytes smem"), spills));
+            current = None;
+        }
+    }
+    found
+}
+
+#[test]
+fn kernels_fit_their_register_and_shared_memory_budgets() {
+    let kernels = optlab::backend::kernels::KERNELS;
+    if kernels.iter().all(|k| k.ptx.is_none()) {
+        return skip_unless_required("ptxas budgets", "OPTLAB_REQUIRE_NVCC", "built without nvcc, so there is no PTX to check");
+    }
+    let ptxas = env!("OPTLAB_PTXAS");
+    assert!(!ptxas.is_empty(), "PTX was built, but no ptxas was found beside that nvcc");
+    let budgets: toml::Table =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/budgets.toml")).unwrap().parse().unwrap();
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    for k in kernels {
+        for (name, registers, shared, spills) in ptxas_resources(ptxas, k.name, k.ptx.unwrap()) {
+            let budget = |key: &str| budgets.get(&name).and_then(|b| b.get(key)).and_then(|v| v.as_integer()).map(|v| v as u64);
+            match budget("registers") {
+                None => problems.push(format!("{name}: no budget in kernels/budgets.toml ({registers} registers, {shared} B shared)")),
+                Some(max) if registers > max => problems.push(format!("{name}: {registers} registers > budget {max}")),
+                Some(_) => {}
+            }
+            if shared > budget("shared_bytes").unwrap_or(0) {
+                problems.push(format!("{name}: {shared} B static shared memory > budget {}", budget("shared_bytes").unwrap_or(0)));
+            }
+            if spills > 0 {
+                problems.push(format!("{name}: {spills} bytes of register spills"));
+            }
+            seen.push(name);
+        }
+    }
+    problems.extend(budgets.keys().filter(|k| !seen.contains(k)).map(|k| format!("{k}: a budget for a kernel that does not exist")));
+    assert!(problems.is_empty(), "sm_90 resource budgets:\n  {}", problems.join("\n  "));
+}
+
 #[test]
 fn matmul_all_transposes_and_odd_shapes() {
     let Some(g) = gpu("matmul") else { return };

@@ -246,7 +246,10 @@ impl Cuda {
     }
 }
 
-fn compile_at_run_time(source: &KernelSource) -> Result<Ptx> {
+/// PTX of a kernel module compiled by NVRTC: the path taken when the binary was
+/// built without nvcc. Needs libnvrtc, but no GPU.
+pub fn compile_at_run_time(source: &KernelSource) -> Result<Ptx> {
+    // The kernels include no toolkit header, so NVRTC needs no include path.
     let opts = CompileOptions { arch: Some("compute_80"), options: vec!["-std=c++17".into()], ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(source.cuda, opts)
         .map_err(|e| anyhow!("NVRTC could not compile kernels/{}.cu: {e:?}", source.name))
