@@ -898,3 +898,89 @@ fn manifold_muon_keeps_orthonormal_frames_for_a_thousand_steps() {
         assert!(err < 1e-6 && worst < 1e-6, "{name}: |WWᵀ − I| = {err}, recorded drift {worst}");
     }
 }
+
+#[test]
+fn sl_muon_at_the_identity_steps_along_signs_about_the_median() {
+    use optlab::optim::manifold_muon::manifold_step;
+    // At W = I the tangent space is the traceless matrices; for G = diag(g) the best
+    // unit step is diag(sign(g − median g)), worth Σ|g − median|.
+    let g = [0.3, -1.2, 0.8, 2.0, -0.1];
+    let (w, gm) = (faer::Mat::<f64>::identity(5, 5), faer::Mat::from_fn(5, 5, |i, j| if i == j { g[i] } else { 0.0 }));
+    let config = ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() };
+    let step = manifold_step(w.as_ref(), gm.as_ref(), &config).unwrap();
+    let expected = [0.0, -1.0, 1.0, 1.0, -1.0];
+    for i in 0..5 {
+        for j in 0..5 {
+            let want = if i == j { expected[i] } else { 0.0 };
+            assert!((step.direction[(i, j)] - want).abs() < 1e-6, "A[{i},{j}] = {} ≠ {want}", step.direction[(i, j)]);
+        }
+    }
+    assert!((inner(&gm, &step.direction) - 4.1).abs() < 1e-6 && step.tangent_residual < 1e-9);
+}
+
+/// A random n×n matrix scaled (and its first row negated if need be) to det 1.
+fn unit_determinant(n: usize, rng: &mut StdRng) -> faer::Mat<f64> {
+    let w = mat(&random(n * n, rng), n, n) + faer::Mat::<f64>::identity(n, n) * faer::Scale(2.0);
+    let det = w.determinant();
+    let scale = det.abs().powf(-1.0 / n as f64);
+    faer::Mat::from_fn(n, n, |i, j| w[(i, j)] * scale * if i == 0 { det.signum() } else { 1.0 })
+}
+
+#[test]
+fn sl_muon_step_is_tangent_unit_and_beats_the_projected_gradient() {
+    use faer::linalg::solvers::Solve;
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(31);
+    let config = ManifoldMuonConfig { manifold: Manifold::SpecialLinear, lr: 0.05, ..Default::default() };
+    let spectral = |x: &faer::Mat<f64>| x.singular_values().unwrap().into_iter().fold(0.0, f64::max);
+    for n in [2, 6, 17] {
+        let w = unit_determinant(n, &mut rng);
+        let g = mat(&random(n * n, &mut rng), n, n);
+        let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+        // Ω = W⁻¹A: traceless (tangent), of unit spectral norm (the left-invariant norm).
+        let omega = w.partial_piv_lu().solve(&step.direction);
+        let trace = omega.diagonal().column_vector().sum();
+        assert!(trace.abs() < 1e-8, "n={n}: tr(W⁻¹A) = {trace}");
+        assert!(spectral(&omega) < 1.0 + 1e-9, "n={n}: ‖W⁻¹A‖₂ = {}", spectral(&omega));
+        // S = WᵀG with its trace removed, scaled to unit spectral norm, is feasible
+        // too, and worth no more.
+        let s = w.transpose() * &g;
+        let shifted = &s - faer::Mat::<f64>::identity(n, n) * faer::Scale(s.diagonal().column_vector().sum() / n as f64);
+        assert!(inner(&g, &step.direction) >= inner(&s, &shifted) / spectral(&shifted) - 1e-9, "n={n}: not the steepest");
+        assert!((step.w.determinant() - 1.0).abs() < 1e-9, "n={n}: det after the retraction {}", step.w.determinant());
+        // The retraction W·exp(−lr·Ω) moves W by lr·Ω relative to itself, up to
+        // exp's second-order term ‖(lr·Ω)²‖_F/2 ≤ lr²·n/2.
+        let lr = f64::from(0.05f32);
+        let relative = w.partial_piv_lu().solve(&(&w - &step.w));
+        let second_order = (&relative - &omega * faer::Scale(lr)).norm_l2();
+        assert!(second_order <= lr * lr * n as f64 / 2.0 && second_order > 0.0, "n={n}: {second_order}");
+    }
+    // A non-square matrix takes W − lr·msign(G).
+    let (w, g) = (mat(&random(12, &mut rng), 4, 3), mat(&random(12, &mut rng), 4, 3));
+    let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+    let svd = g.thin_svd().unwrap();
+    let msign = svd.U() * svd.V().transpose();
+    let gap = (&step.w - (&w - &msign * faer::Scale(f64::from(0.05f32)))).norm_l2();
+    assert!(gap < 1e-12, "{gap}");
+}
+
+#[test]
+fn sl_muon_keeps_unit_determinant_for_a_thousand_steps() {
+    let mut rng = StdRng::seed_from_u64(32);
+    let config = OptimizerConfig::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, lr: 0.01, ..Default::default() });
+    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 7], classes: 3, activation: Activation::Relu }, 0);
+    let mut store = model.store;
+    let mut opt = config.build(&Cpu, &store);
+    let mut worst = 0.0f64;
+    for _ in 0..1000 {
+        let g = random(store.len(), &mut rng);
+        store.grads.copy_from_slice(&g);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
+            worst = worst.max(report.value);
+        }
+    }
+    let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
+    let det = mat(store.value(i), 7, 7).determinant();
+    assert!((det - 1.0).abs() < 1e-5 && worst < 1e-5, "det {det}, recorded drift {worst}");
+}

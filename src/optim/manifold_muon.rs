@@ -1,7 +1,8 @@
 //! Manifold Muon: steepest descent under the spectral norm on a matrix manifold,
 //! then a retraction (Bernstein, "Modular Manifolds", Thinking Machines 2025;
 //! reference code `thinky-manifolds/src/manifold_muon.py`, the dual-ascent
-//! version of October 2025): document 003's Stiefel and Grassmannian members.
+//! version of October 2025): document 003's Stiefel, Grassmannian and SL-Muon
+//! members.
 //!
 //! Every hidden matrix W is taken as tall (n×p, transposed when wide).
 //! - **Stiefel** (WᵀW = I). The tangent space at W is {A : WᵀA + AᵀW = 0}; the
@@ -16,7 +17,28 @@
 //!   of the Grassmannian with nothing to learn: it takes the Stiefel step.
 //!
 //! Then W ← polar(W − lr·A), the retraction. As the reference does at
-//! initialisation, W is replaced by its polar factor at the first step. Unlike
+//! initialisation, W is replaced by its polar factor at the first step.
+//! - **SL-Muon** (det W = 1, square W: the special linear group, volume
+//!   preserving). The tangent space at W is {A : tr(W⁻¹A) = 0} = W·sl(n), with
+//!   sl(n) the traceless matrices. The norm is the left-invariant spectral norm
+//!   ‖W⁻¹A‖₂, so a step changes W by at most lr relative to itself in every
+//!   direction, as Muon's steps do (the ambient ‖A‖₂ would let a step of lr cross
+//!   det = 0 wherever W's smallest singular value is below lr, which at a random
+//!   256×256 initialization scaled to det 1 is about 5e-4). With S = WᵀG (then
+//!   ⟨G, WΩ⟩ = ⟨S, Ω⟩) the step is A = WΩ, Ω = argmax ⟨S, Ω⟩ over ‖Ω‖₂ ≤ 1,
+//!   tr Ω = 0. One linear constraint, so the dual is one number λ:
+//!   Ω(λ) = msign(S − λI), and ψ(λ) = tr Ω(λ)/√n is nonincreasing (−ψ·√n is the
+//!   derivative of the convex ‖S − λI‖_*). λ is bracketed from tr S/n and found
+//!   by Illinois regula falsi within `dual_steps` evaluations, stopping once
+//!   |ψ| < tol; otherwise Ω is the traceless mix of the bracket ends' directions
+//!   (both are optimal at a kink of the dual, where ψ jumps). The retraction is
+//!   the group's own, W ← W·exp(−lr·Ω) (det exp(X) = e^{tr X} = 1), then scaled to
+//!   det 1 at round-off. At the first step W is scaled to |det W| = 1 (its first
+//!   row negated if det W < 0). A non-square matrix has no determinant: it takes
+//!   the unconstrained steepest step under the spectral norm, W − lr·msign(G)
+//!   (Muon without momentum), and reports no drift.
+//!
+//! Unlike
 //! the reference, which approximates msign and the polar factor by ten Polar
 //! Express steps in bf16, both are exact here (an f64 SVD on the host; a
 //! download and an upload per matrix on CUDA: a study tool, not a speed path),
@@ -24,8 +46,8 @@
 //! round-off. No momentum, as the reference. Every parameter that is not a
 //! hidden matrix goes to an auxiliary AdamW. Reported per matrix and step
 //! (`optimizer_steps`): `manifold_dual_steps`, `manifold_tangent_residual`
-//! (‖WᵀA + AᵀW‖_F/p of the step taken) and `manifold_drift` (max |WᵀW − I| of
-//! the stored matrix).
+//! (‖WᵀA + AᵀW‖_F/p of the step taken; |tr(W⁻¹A)|/√n for SL) and
+//! `manifold_drift` (max |WᵀW − I|, or |det W − 1|, of the stored matrix).
 
 use anyhow::Result;
 use faer::{Mat, MatRef, Scale};
@@ -41,6 +63,7 @@ use crate::models::ParamStore;
 pub enum Manifold {
     Stiefel,
     Grassmann,
+    SpecialLinear,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,7 +97,7 @@ pub struct ManifoldStep {
     /// The step direction A (‖A‖₂ = 1 unless the gradient is rank-deficient).
     pub direction: Mat<f64>,
     pub dual_steps: usize,
-    /// ‖WᵀA + AᵀW‖_F/p.
+    /// ‖WᵀA + AᵀW‖_F/p (Stiefel, Grassmannian), |tr(W⁻¹A)|/√n (SL).
     pub tangent_residual: f64,
 }
 
@@ -101,6 +124,9 @@ fn tangent_residual(w: MatRef<'_, f64>, a: MatRef<'_, f64>) -> f64 {
 /// The manifold Muon step of a tall `w` (n×p, WᵀW = I) with gradient `g`.
 pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     assert!(w.nrows() >= w.ncols() && g.nrows() == w.nrows() && g.ncols() == w.ncols(), "manifold_step: W must be tall, G its shape");
+    if config.manifold == Manifold::SpecialLinear {
+        return special_linear_step(w, g, config);
+    }
     let (direction, dual_steps) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
         let projected = g - w * (w.transpose() * g);
         (orthogonal_factor(projected.as_ref(), true)?, 0)
@@ -128,6 +154,112 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
     })
 }
 
+/// sign(det W) and log |det W| of a square W from its SVD (det U·det V is ±1,
+/// where det W itself under- or overflows for large n).
+fn sign_and_log_det(w: MatRef<'_, f64>) -> Result<(f64, f64)> {
+    let svd = w.thin_svd().map_err(|e| anyhow::anyhow!("SVD of a {}×{} matrix failed: {e:?}", w.nrows(), w.ncols()))?;
+    let sigma = svd.S().column_vector();
+    let log_det = (0..sigma.nrows()).map(|k| sigma[k].ln()).sum::<f64>();
+    Ok(((svd.U().determinant() * svd.V().determinant()).signum(), log_det))
+}
+
+/// W with its first row negated if det W < 0, scaled to det W = 1.
+fn onto_special_linear(w: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    let (sign, log_det) = sign_and_log_det(w)?;
+    anyhow::ensure!(log_det.is_finite(), "a singular {}×{} matrix has no scaling to det 1", w.nrows(), w.ncols());
+    let scale = (-log_det / w.nrows() as f64).exp();
+    Ok(Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)] * scale * if i == 0 { sign } else { 1.0 }))
+}
+
+/// exp(X) by scaling and squaring with a degree-12 Taylor polynomial (‖X/2ˢ‖_F ≤ 1/2):
+/// f64 round-off for the small X of an optimizer step.
+fn expm(x: MatRef<'_, f64>) -> Mat<f64> {
+    let n = x.nrows();
+    let squarings = (x.norm_l2() / 0.5).log2().ceil().max(0.0) as i32;
+    let y = x * Scale(0.5f64.powi(squarings));
+    let (mut sum, mut term) = (Mat::<f64>::identity(n, n), Mat::<f64>::identity(n, n));
+    for k in 1..=12 {
+        term = &term * &y * Scale(1.0 / f64::from(k));
+        sum += &term;
+    }
+    for _ in 0..squarings {
+        sum = &sum * &sum;
+    }
+    sum
+}
+
+/// SL-Muon's step (see the module documentation).
+fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
+    let (n, lr) = (w.nrows(), f64::from(config.lr));
+    if w.ncols() != n {
+        let direction = orthogonal_factor(g, true)?;
+        return Ok(ManifoldStep { w: w - &direction * Scale(lr), direction, dual_steps: 0, tangent_residual: 0.0 });
+    }
+    let s = w.transpose() * g;
+    let identity = Mat::<f64>::identity(n, n);
+    let psi = |omega: &Mat<f64>| omega.diagonal().column_vector().sum() / (n as f64).sqrt();
+    let tol = f64::from(config.dual_tol);
+    // One point of the dual: λ, ψ(λ) and Ω(λ).
+    let at = |lambda: f64| -> Result<(f64, f64, Mat<f64>)> {
+        let omega = orthogonal_factor((&s - &identity * Scale(lambda)).as_ref(), true)?;
+        Ok((lambda, psi(&omega), omega))
+    };
+    let mut evaluations = 1;
+    let first = at(s.diagonal().column_vector().sum() / n as f64)?;
+    let omega = if first.1.abs() < tol {
+        first.2
+    } else {
+        // Bracket the root: ψ > 0 below it, < 0 above it, stepping away from the
+        // start by doubling widths.
+        let mut width = (s.norm_l2() / (n as f64).sqrt()).max(f64::MIN_POSITIVE);
+        let towards = first.1.signum();
+        let mut near = first;
+        let mut far = loop {
+            let next = at(near.0 + towards * width)?;
+            evaluations += 1;
+            if next.1.signum() != towards || next.1.abs() < tol {
+                break next;
+            }
+            anyhow::ensure!(evaluations < config.dual_steps, "SL-Muon's dual did not bracket its root in {} steps", config.dual_steps);
+            (near, width) = (next, width * 2.0);
+        };
+        // Illinois: regula falsi, halving the weight of an end kept twice running.
+        let (mut near_weight, mut far_weight) = (near.1, far.1);
+        let mut replaced_near_last = None;
+        loop {
+            if far.1.abs() < tol {
+                break far.2;
+            }
+            if evaluations >= config.dual_steps {
+                // A kink of the dual: both ends are optimal there, and this mix is traceless.
+                let theta = far.1 / (far.1 - near.1);
+                break &near.2 * Scale(theta) + &far.2 * Scale(1.0 - theta);
+            }
+            let next = at((near.0 * far_weight - far.0 * near_weight) / (far_weight - near_weight))?;
+            evaluations += 1;
+            let weight = next.1;
+            if next.1.abs() >= tol && next.1.signum() == near.1.signum() {
+                (near, near_weight) = (next, weight);
+                if replaced_near_last == Some(true) {
+                    far_weight /= 2.0;
+                }
+                replaced_near_last = Some(true);
+            } else {
+                (far, far_weight) = (next, weight);
+                if replaced_near_last == Some(false) {
+                    near_weight /= 2.0;
+                }
+                replaced_near_last = Some(false);
+            }
+        }
+    };
+    let tangent_residual = psi(&omega).abs();
+    let moved = w * expm((&omega * Scale(-lr)).as_ref());
+    let (sign, log_det) = sign_and_log_det(moved.as_ref())?;
+    anyhow::ensure!(sign > 0.0 && log_det.is_finite(), "SL-Muon: W·exp(−lr·Ω) has det {sign}·e^{log_det}, not ≈ 1");
+    Ok(ManifoldStep { w: moved * Scale((-log_det / n as f64).exp()), direction: w * &omega, dual_steps: evaluations, tangent_residual })
+}
+
 /// A row-major rows×cols matrix as a tall f64 matrix (transposed when wide).
 fn tall(x: &[f32], rows: usize, cols: usize) -> Mat<f64> {
     if rows >= cols {
@@ -148,6 +280,12 @@ pub fn stiefel_drift(x: &[f32], rows: usize, cols: usize) -> f64 {
     let gram = w.transpose() * &w;
     let p = w.ncols();
     (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max)
+}
+
+/// |det W − 1| of a row-major square matrix.
+pub fn special_linear_drift(x: &[f32], n: usize) -> Result<f64> {
+    let (sign, log_det) = sign_and_log_det(tall(x, n, n).as_ref())?;
+    Ok((sign * log_det.exp() - 1.0).abs())
 }
 
 pub struct ManifoldMuon {
@@ -176,8 +314,12 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 "{}: non-finite weights or gradient have no step on the manifold",
                 store.specs[i].name
             );
-            if t == 1 {
-                w = orthogonal_factor(w.as_ref(), false)?;
+            let constrained = config.manifold != Manifold::SpecialLinear || rows == cols;
+            if t == 1 && constrained {
+                w = match config.manifold {
+                    Manifold::SpecialLinear => onto_special_linear(w.as_ref())?,
+                    Manifold::Stiefel | Manifold::Grassmann => orthogonal_factor(w.as_ref(), false)?,
+                };
             }
             let step = manifold_step(w.as_ref(), g.as_ref(), &config).map_err(|e| e.context(store.specs[i].name.clone()))?;
             let stored = row_major(step.w.as_ref(), rows, cols);
@@ -185,8 +327,14 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
             self.last.extend([
                 StepReport { param: i, name: "manifold_dual_steps", value: step.dual_steps as f64 },
                 StepReport { param: i, name: "manifold_tangent_residual", value: step.tangent_residual },
-                StepReport { param: i, name: "manifold_drift", value: stiefel_drift(&stored, rows, cols) },
             ]);
+            if constrained {
+                let drift = match config.manifold {
+                    Manifold::SpecialLinear => special_linear_drift(&stored, rows)?,
+                    Manifold::Stiefel | Manifold::Grassmann => stiefel_drift(&stored, rows, cols),
+                };
+                self.last.push(StepReport { param: i, name: "manifold_drift", value: drift });
+            }
         }
         Ok(())
     }

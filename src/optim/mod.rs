@@ -160,7 +160,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 18] = [
+pub const OPTIMIZER_NAMES: [&str; 19] = [
     "sgd",
     "adamw",
     "lion",
@@ -179,6 +179,7 @@ pub const OPTIMIZER_NAMES: [&str; 18] = [
     "oblique",
     "stiefel",
     "grassmann",
+    "sl-muon",
 ];
 
 impl OptimizerConfig {
@@ -197,6 +198,7 @@ impl OptimizerConfig {
             "oblique" => Self::Oblique(ObliqueConfig::default()),
             "stiefel" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
             "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
+            "sl-muon" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -350,6 +352,7 @@ impl OptimizerConfig {
             Self::ManifoldMuon(c) => match c.manifold {
                 Manifold::Stiefel => "stiefel",
                 Manifold::Grassmann => "grassmann",
+                Manifold::SpecialLinear => "sl-muon",
             },
         }
     }
