@@ -909,9 +909,9 @@ fn sl_muon_at_the_identity_steps_along_signs_about_the_median() {
     let config = ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() };
     let step = manifold_step(w.as_ref(), gm.as_ref(), &config).unwrap();
     let expected = [0.0, -1.0, 1.0, 1.0, -1.0];
-    for i in 0..5 {
+    for (i, &on_diagonal) in expected.iter().enumerate() {
         for j in 0..5 {
-            let want = if i == j { expected[i] } else { 0.0 };
+            let want = if i == j { on_diagonal } else { 0.0 };
             assert!((step.direction[(i, j)] - want).abs() < 1e-6, "A[{i},{j}] = {} ≠ {want}", step.direction[(i, j)]);
         }
     }
