@@ -984,3 +984,71 @@ fn sl_muon_keeps_unit_determinant_for_a_thousand_steps() {
     let det = mat(store.value(i), 7, 7).determinant();
     assert!((det - 1.0).abs() < 1e-5 && worst < 1e-5, "det {det}, recorded drift {worst}");
 }
+
+/// J·X·… helpers for the symplectic form J = [[0, I], [−I, 0]] of size n.
+fn symplectic_form(n: usize) -> faer::Mat<f64> {
+    let k = n / 2;
+    faer::Mat::from_fn(n, n, |i, j| {
+        if j == i + k {
+            1.0
+        } else if i == j + k {
+            -1.0
+        } else {
+            0.0
+        }
+    })
+}
+
+#[test]
+fn symplectic_step_at_the_identity_is_the_projected_gradient_and_stays_symplectic() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(41);
+    let n = 6;
+    let (w, g, j) = (faer::Mat::<f64>::identity(n, n), mat(&random(n * n, &mut rng), n, n), symplectic_form(n));
+    let config = ManifoldMuonConfig { manifold: Manifold::Symplectic, lr: 0.1, ..Default::default() };
+    let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+    // Ω in sp(6) (JΩ symmetric) with unit spectral norm, along P(G) = (G + JGᵀJ)/2:
+    // ⟨G, Ω⟩ = ‖P(G)‖²_F/‖P(G)‖₂.
+    let omega = &step.direction;
+    let jo = &j * omega;
+    assert!((&jo - jo.transpose()).norm_l2() < 1e-12 && step.tangent_residual < 1e-12);
+    let projected = (&g + &j * g.transpose() * &j) * faer::Scale(0.5);
+    let spectral = |x: &faer::Mat<f64>| x.singular_values().unwrap().into_iter().fold(0.0, f64::max);
+    assert!((spectral(omega) - 1.0).abs() < 1e-12);
+    let expected = inner(&projected, &projected) / spectral(&projected);
+    assert!((inner(&g, omega) - expected).abs() < 1e-9, "{} vs {expected}", inner(&g, omega));
+    // The Cayley retraction is exactly symplectic.
+    let form = step.w.transpose() * &j * &step.w;
+    assert!((&form - &j).norm_l2() < 1e-12, "WᵀJW − J = {}", (&form - &j).norm_l2());
+    // An odd-sized matrix is not constrained: W − lr·msign(G).
+    let (w, g) = (faer::Mat::<f64>::identity(5, 5), mat(&random(25, &mut rng), 5, 5));
+    let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+    let svd = g.thin_svd().unwrap();
+    let moved = &w - svd.U() * svd.V().transpose() * faer::Scale(f64::from(0.1f32));
+    assert!((&step.w - &moved).norm_l2() < 1e-12);
+}
+
+#[test]
+fn symplectic_keeps_its_form_for_a_thousand_steps() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let config = OptimizerConfig::by_name("symplectic").unwrap();
+    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![8, 8], classes: 3, activation: Activation::Relu }, 0);
+    let mut store = model.store;
+    let mut opt = config.build(&Cpu, &store);
+    let mut worst = 0.0f64;
+    for _ in 0..1000 {
+        let g = random(store.len(), &mut rng);
+        store.grads.copy_from_slice(&g);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
+            worst = worst.max(report.value);
+        }
+    }
+    let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
+    let (w, j) = (mat(store.value(i), 8, 8), symplectic_form(8));
+    // Sp(8) is not compact: ‖W‖ wanders, and f32 storage perturbs WᵀJW by
+    // ~ε_f32·‖W‖², which the Cayley steps carry along (no exact projection undoes it).
+    let err = (w.transpose() * &j * &w - &j).norm_l2();
+    let scale = w.norm_l2().powi(2);
+    assert!(err < 1e-6 * scale * 1000f64.sqrt() && worst < err.max(1e-6), "‖WᵀJW − J‖ = {err} at ‖W‖² {scale}, recorded drift {worst}");
+}

@@ -1,8 +1,8 @@
 //! Manifold Muon: steepest descent under the spectral norm on a matrix manifold,
 //! then a retraction (Bernstein, "Modular Manifolds", Thinking Machines 2025;
 //! reference code `thinky-manifolds/src/manifold_muon.py`, the dual-ascent
-//! version of October 2025): document 003's Stiefel, Grassmannian and SL-Muon
-//! members.
+//! version of October 2025): document 003's Stiefel, Grassmannian, SL-Muon and
+//! Symplectic members.
 //!
 //! Every hidden matrix W is taken as tall (n×p, transposed when wide).
 //! - **Stiefel** (WᵀW = I). The tangent space at W is {A : WᵀA + AᵀW = 0}; the
@@ -37,6 +37,17 @@
 //!   row negated if det W < 0). A non-square matrix has no determinant: it takes
 //!   the unconstrained steepest step under the spectral norm, W − lr·msign(G)
 //!   (Muon without momentum), and reports no drift.
+//! - **Symplectic** (WᵀJW = J, W of even size 2k, J = [[0, I], [−I, 0]]). The
+//!   tangent space is W·sp(2k), sp(2k) = {Ω : JΩ symmetric}. With S = WᵀG the
+//!   step is Ω = P(S)/‖P(S)‖₂, where P(X) = (X + JXᵀJ)/2 is the Frobenius
+//!   projection onto sp(2k): the steepest direction of the left-invariant
+//!   Frobenius norm, scaled to unit spectral norm like the others (the
+//!   spectral-norm problem has a matrix dual, as Stiefel's, and is left for when a
+//!   study needs it). The retraction is the Cayley transform,
+//!   W ← W·(I + lr·Ω/2)⁻¹(I − lr·Ω/2), which maps sp(2k) into the group exactly.
+//!   At the first step W is replaced by cay(P(W)) (a symplectic matrix made from
+//!   the initialization). Matrices that are not square of even size take
+//!   W − lr·msign(G), unconstrained.
 //!
 //! Unlike
 //! the reference, which approximates msign and the polar factor by ten Polar
@@ -47,7 +58,8 @@
 //! hidden matrix goes to an auxiliary AdamW. Reported per matrix and step
 //! (`optimizer_steps`): `manifold_dual_steps`, `manifold_tangent_residual`
 //! (‖WᵀA + AᵀW‖_F/p of the step taken; |tr(W⁻¹A)|/√n for SL) and
-//! `manifold_drift` (max |WᵀW − I|, or |det W − 1|, of the stored matrix).
+//! `manifold_drift` (max |WᵀW − I|, |det W − 1| or max |WᵀJW − J| of the stored
+//! matrix; on the non-compact SL and Sp groups f32 storage makes it grow with ‖W‖²).
 
 use anyhow::Result;
 use faer::{Mat, MatRef, Scale};
@@ -64,6 +76,7 @@ pub enum Manifold {
     Stiefel,
     Grassmann,
     SpecialLinear,
+    Symplectic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,8 +137,10 @@ fn tangent_residual(w: MatRef<'_, f64>, a: MatRef<'_, f64>) -> f64 {
 /// The manifold Muon step of a tall `w` (n×p, WᵀW = I) with gradient `g`.
 pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     assert!(w.nrows() >= w.ncols() && g.nrows() == w.nrows() && g.ncols() == w.ncols(), "manifold_step: W must be tall, G its shape");
-    if config.manifold == Manifold::SpecialLinear {
-        return special_linear_step(w, g, config);
+    match config.manifold {
+        Manifold::SpecialLinear => return special_linear_step(w, g, config),
+        Manifold::Symplectic => return symplectic_step(w, g, config),
+        Manifold::Stiefel | Manifold::Grassmann => {}
     }
     let (direction, dual_steps) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
         let projected = g - w * (w.transpose() * g);
@@ -260,6 +275,61 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
     Ok(ManifoldStep { w: moved * Scale((-log_det / n as f64).exp()), direction: w * &omega, dual_steps: evaluations, tangent_residual })
 }
 
+/// Whether a rows×cols matrix is constrained by `manifold` (others take the unconstrained step).
+fn fits(manifold: Manifold, rows: usize, cols: usize) -> bool {
+    match manifold {
+        Manifold::Stiefel | Manifold::Grassmann => true,
+        Manifold::SpecialLinear => rows == cols,
+        Manifold::Symplectic => rows == cols && rows.is_multiple_of(2),
+    }
+}
+
+/// J·X for J = [[0, I], [−I, 0]] of size n = 2k: the rows' halves swapped, the second negated.
+fn j_times(x: MatRef<'_, f64>) -> Mat<f64> {
+    let k = x.nrows() / 2;
+    Mat::from_fn(x.nrows(), x.ncols(), |i, j| if i < k { x[(i + k, j)] } else { -x[(i - k, j)] })
+}
+
+/// P(X) = (X + J·Xᵀ·J)/2, the Frobenius projection onto sp(2k).
+fn onto_symplectic_algebra(x: MatRef<'_, f64>) -> Mat<f64> {
+    let jxt = j_times(x.transpose());
+    // (J·Xᵀ)·J = −(J·(J·Xᵀ)ᵀ)ᵀ, as Jᵀ = −J.
+    let jxtj = j_times(jxt.transpose()).transpose() * Scale(-1.0);
+    (x + jxtj) * Scale(0.5)
+}
+
+/// cay(−X) = (I + X/2)⁻¹(I − X/2): in Sp(2k) for X in sp(2k).
+fn cayley(x: MatRef<'_, f64>) -> Mat<f64> {
+    use faer::linalg::solvers::Solve;
+    let n = x.nrows();
+    let half = x * Scale(0.5);
+    let identity = Mat::<f64>::identity(n, n);
+    (&identity + &half).partial_piv_lu().solve(&identity - &half)
+}
+
+/// The symplectic step (see the module documentation).
+fn symplectic_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
+    let lr = f64::from(config.lr);
+    if !fits(Manifold::Symplectic, w.nrows(), w.ncols()) {
+        let direction = orthogonal_factor(g, true)?;
+        return Ok(ManifoldStep { w: w - &direction * Scale(lr), direction, dual_steps: 0, tangent_residual: 0.0 });
+    }
+    let projected = onto_symplectic_algebra((w.transpose() * g).as_ref());
+    let size = projected.singular_values().map_err(|e| anyhow::anyhow!("SVD failed: {e:?}"))?.into_iter().fold(0.0, f64::max);
+    let omega = if size > 0.0 { projected * Scale(1.0 / size) } else { projected };
+    let jo = j_times(omega.as_ref());
+    let tangent_residual = (&jo - jo.transpose()).norm_l2() / w.ncols() as f64;
+    Ok(ManifoldStep { w: w * cayley((&omega * Scale(lr)).as_ref()), direction: w * &omega, dual_steps: 0, tangent_residual })
+}
+
+/// max |WᵀJW − J| of a row-major square matrix.
+pub fn symplectic_drift(x: &[f32], n: usize) -> f64 {
+    let w = tall(x, n, n);
+    let form = w.transpose() * j_times(w.as_ref());
+    let j = j_times(Mat::<f64>::identity(n, n).as_ref());
+    (0..n * n).map(|k| (form[(k / n, k % n)] - j[(k / n, k % n)]).abs()).fold(0.0, f64::max)
+}
+
 /// A row-major rows×cols matrix as a tall f64 matrix (transposed when wide).
 fn tall(x: &[f32], rows: usize, cols: usize) -> Mat<f64> {
     if rows >= cols {
@@ -314,10 +384,11 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 "{}: non-finite weights or gradient have no step on the manifold",
                 store.specs[i].name
             );
-            let constrained = config.manifold != Manifold::SpecialLinear || rows == cols;
+            let constrained = fits(config.manifold, rows, cols);
             if t == 1 && constrained {
                 w = match config.manifold {
                     Manifold::SpecialLinear => onto_special_linear(w.as_ref())?,
+                    Manifold::Symplectic => cayley(onto_symplectic_algebra(w.as_ref()).as_ref()),
                     Manifold::Stiefel | Manifold::Grassmann => orthogonal_factor(w.as_ref(), false)?,
                 };
             }
@@ -331,6 +402,7 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
             if constrained {
                 let drift = match config.manifold {
                     Manifold::SpecialLinear => special_linear_drift(&stored, rows)?,
+                    Manifold::Symplectic => symplectic_drift(&stored, rows),
                     Manifold::Stiefel | Manifold::Grassmann => stiefel_drift(&stored, rows, cols),
                 };
                 self.last.push(StepReport { param: i, name: "manifold_drift", value: drift });

@@ -160,7 +160,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 19] = [
+pub const OPTIMIZER_NAMES: [&str; 20] = [
     "sgd",
     "adamw",
     "lion",
@@ -180,6 +180,7 @@ pub const OPTIMIZER_NAMES: [&str; 19] = [
     "stiefel",
     "grassmann",
     "sl-muon",
+    "symplectic",
 ];
 
 impl OptimizerConfig {
@@ -199,6 +200,7 @@ impl OptimizerConfig {
             "stiefel" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
             "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
             "sl-muon" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() }),
+            "symplectic" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Symplectic, ..Default::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -353,6 +355,7 @@ impl OptimizerConfig {
                 Manifold::Stiefel => "stiefel",
                 Manifold::Grassmann => "grassmann",
                 Manifold::SpecialLinear => "sl-muon",
+                Manifold::Symplectic => "symplectic",
             },
         }
     }

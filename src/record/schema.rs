@@ -108,10 +108,10 @@ pub const OPTIMIZER_STEPS: Table = Table {
              `anderson_memory_used` (differences in AndersonGDA's mixing), `anderson_mixing_norm` (‖γ‖₂ of its mixing coefficients; \
              0 when the system was singular and the plain gradient step was taken), \
              `oblique_drift` (largest |‖column‖ − 1| of a matrix kept on the oblique manifold, after its retraction), \
-             `manifold_dual_steps` (dual iterations of `stiefel` and `sl-muon`; 0 for a `grassmann` closed-form step), \
+             `manifold_dual_steps` (dual iterations of `stiefel` and `sl-muon`; 0 for the closed-form steps of `grassmann` and `symplectic`), \
              `manifold_tangent_residual` (how far the step taken is from the tangent space: ‖WᵀA + AᵀW‖_F/p, or \
-             |tr(W⁻¹A)|/√n for `sl-muon`), `manifold_drift` (max |WᵀW − I|, or |det W − 1| for `sl-muon`, of the stored \
-             matrix after the retraction).",
+             |tr(W⁻¹A)|/√n for `sl-muon`), `manifold_drift` (max |WᵀW − I|, |det W − 1| for `sl-muon`, or max |WᵀJW − J| for \
+             `symplectic`, of the stored matrix after the retraction).",
         ),
         col("value", Kind::F64, "The value at this step."),
     ],
