@@ -1052,3 +1052,46 @@ fn symplectic_keeps_its_form_for_a_thousand_steps() {
     let scale = w.norm_l2().powi(2);
     assert!(err < 1e-6 * scale * 1000f64.sqrt() && worst < err.max(1e-6), "‖WᵀJW − J‖ = {err} at ‖W‖² {scale}, recorded drift {worst}");
 }
+
+#[test]
+fn block_stiefel_keeps_every_attention_head_on_its_own_stiefel_manifold() {
+    use optlab::models::{TransformerConfig, Vit, VitConfig};
+    let body = TransformerConfig { dim: 8, depth: 1, heads: 2, mlp_ratio: 2, ..Default::default() };
+    let vit = || Vit::new(&Cpu, VitConfig { image: 4, channels: 1, patch: 2, classes: 3, body }, 0).store;
+    let run = |name: &str| {
+        let mut rng = StdRng::seed_from_u64(51);
+        let mut store = vit();
+        let mut opt = OptimizerConfig::by_name(name).unwrap().build(&Cpu, &store);
+        for _ in 0..50 {
+            let g = random(store.len(), &mut rng);
+            store.grads.copy_from_slice(&g);
+            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        }
+        store
+    };
+    // |B·Bᵀ − I| of a block with orthonormal rows (or BᵀB for columns).
+    let deviation = |b: &faer::Mat<f64>| {
+        let gram = if b.nrows() <= b.ncols() { b * b.transpose() } else { b.transpose() * b };
+        (&gram - faer::Mat::<f64>::identity(gram.nrows(), gram.ncols())).norm_l2()
+    };
+    let (blocked, whole) = (run("block-stiefel"), run("stiefel"));
+    let param = |store: &ParamStore<Cpu>, name: &str| {
+        let i = store.specs.iter().position(|s| s.name == name).unwrap();
+        mat(store.value(i), store.specs[i].rows, store.specs[i].cols)
+    };
+    // qkv is 24×8: six 4×8 row blocks (Q, K, V of two heads); proj 8×8: two 8×4 column blocks.
+    let (qkv, proj) = (param(&blocked, "blocks.0.attn.qkv.weight"), param(&blocked, "blocks.0.attn.proj.weight"));
+    for h in 0..6 {
+        let b = qkv.as_ref().subrows(4 * h, 4).to_owned();
+        assert!(deviation(&b) < 1e-6, "qkv row block {h}: {}", deviation(&b));
+    }
+    for h in 0..2 {
+        let b = proj.as_ref().subcols(4 * h, 4).to_owned();
+        assert!(deviation(&b) < 1e-6, "proj column block {h}: {}", deviation(&b));
+    }
+    // Plain Stiefel constrains qkv as a whole (orthonormal columns), not per head.
+    let whole_qkv = param(&whole, "blocks.0.attn.qkv.weight");
+    assert!(deviation(&whole_qkv) < 1e-6 && deviation(&whole_qkv.as_ref().subrows(0, 4).to_owned()) > 0.1);
+    // A matrix without declared blocks (the MLP's) takes the same steps in both.
+    assert_eq!(param(&blocked, "blocks.0.mlp.fc.weight"), param(&whole, "blocks.0.mlp.fc.weight"));
+}

@@ -63,7 +63,7 @@ impl<B: Backend> Gpt<B> {
         let positions = layout.push("pos_embed".into(), config.seq, d, Role::Embedding, Init::Normal(std));
         let body = Body::declare(config.body, true, &mut layout);
         let head = layout.linear("head", d, config.vocab, Role::OutputHead, std);
-        let store = ParamStore::new(backend, &layout.params, &values(&layout));
+        let store = ParamStore::new(backend, &layout.params, &values(&layout)).with_blocks(&layout.blocks);
         Self { config, store, tokens, positions, head, body, work: None }
     }
 

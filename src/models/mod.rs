@@ -77,6 +77,17 @@ impl Role {
     }
 }
 
+/// Independent blocks of a matrix parameter, as its model declares them: the
+/// per-head slices of attention projections, for optimizers that treat each
+/// head as a matrix of its own (Block-Stiefel). No optimizer matches names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocks {
+    /// Consecutive groups of this many rows (outputs): Q, K and V per head.
+    Rows(usize),
+    /// Consecutive groups of this many columns (inputs): the output projection per head.
+    Cols(usize),
+}
+
 /// One named parameter: a `rows×cols` view (vectors have `rows == 1`) at `offset`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
@@ -85,6 +96,8 @@ pub struct ParamSpec {
     pub cols: usize,
     pub role: Role,
     pub offset: usize,
+    /// The head blocks of an attention projection.
+    pub blocks: Option<Blocks>,
 }
 
 impl ParamSpec {
@@ -113,13 +126,27 @@ impl<B: Backend> ParamStore<B> {
         let specs: Vec<ParamSpec> = layout
             .iter()
             .map(|(name, rows, cols, role)| {
-                let spec = ParamSpec { name: name.clone(), rows: *rows, cols: *cols, role: *role, offset };
+                let spec = ParamSpec { name: name.clone(), rows: *rows, cols: *cols, role: *role, offset, blocks: None };
                 offset += spec.len();
                 spec
             })
             .collect();
         assert_eq!(init.len(), offset, "initial values must cover every parameter");
         Self { specs, values: backend.upload(init), grads: backend.zeros(offset) }
+    }
+
+    /// Declares the head blocks of parameters by store index.
+    pub fn with_blocks(mut self, blocks: &[(usize, Blocks)]) -> Self {
+        for &(i, b) in blocks {
+            let spec = &self.specs[i];
+            let (n, side) = match b {
+                Blocks::Rows(n) => (n, spec.rows),
+                Blocks::Cols(n) => (n, spec.cols),
+            };
+            assert!(n > 0 && side.is_multiple_of(n), "{}: blocks of {n} do not tile {side}", spec.name);
+            self.specs[i].blocks = Some(b);
+        }
+        self
     }
 
     pub fn len(&self) -> usize {

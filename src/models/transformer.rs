@@ -6,7 +6,7 @@
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, Normal};
 
-use super::{ParamStore, Role};
+use super::{Blocks, ParamStore, Role};
 use crate::backend::{Activation, Attention, Backend};
 use crate::nn::{LayerNorm, LayerNormCache, Linear};
 
@@ -78,6 +78,8 @@ pub enum Init {
 pub struct Layout {
     pub params: Vec<(String, usize, usize, Role)>,
     pub inits: Vec<Init>,
+    /// Head blocks of attention projections, by parameter index.
+    pub blocks: Vec<(usize, Blocks)>,
 }
 
 impl Layout {
@@ -224,10 +226,17 @@ impl<B: Backend> Body<B> {
         let blocks = (0..config.depth)
             .map(|i| {
                 let p = format!("blocks.{i}");
+                // Declared in this order: it fixes the store layout and the init stream.
+                let ln1 = layout.layernorm(&format!("{p}.ln1"), d);
+                let qkv = layout.linear(&format!("{p}.attn.qkv"), d, 3 * d, Role::HiddenMatrix, std);
+                let proj = layout.linear(&format!("{p}.attn.proj"), d, d, Role::HiddenMatrix, residual);
+                // Q, K and V of a head are row blocks of qkv; its share of proj, a column block.
+                let head_dim = d / config.heads;
+                layout.blocks.extend([(qkv.weight, Blocks::Rows(head_dim)), (proj.weight, Blocks::Cols(head_dim))]);
                 Block {
-                    ln1: layout.layernorm(&format!("{p}.ln1"), d),
-                    qkv: layout.linear(&format!("{p}.attn.qkv"), d, 3 * d, Role::HiddenMatrix, std),
-                    proj: layout.linear(&format!("{p}.attn.proj"), d, d, Role::HiddenMatrix, residual),
+                    ln1,
+                    qkv,
+                    proj,
                     ln2: layout.layernorm(&format!("{p}.ln2"), d),
                     fc: layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix, std),
                     fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix, residual),

@@ -81,7 +81,7 @@ impl<B: Backend> Vit<B> {
         let pos = layout.push("pos_embed".into(), config.seq(), d, Role::Embedding, Init::Normal(std));
         let body = Body::declare(config.body, false, &mut layout);
         let head = layout.linear("head", d, config.classes, Role::OutputHead, std);
-        let store = ParamStore::new(backend, &layout.params, &values(&layout));
+        let store = ParamStore::new(backend, &layout.params, &values(&layout)).with_blocks(&layout.blocks);
         Self { config, store, embed, cls, pos, head, body, work: None }
     }
 

@@ -37,6 +37,12 @@
 //!   row negated if det W < 0). A non-square matrix has no determinant: it takes
 //!   the unconstrained steepest step under the spectral norm, W − lr·msign(G)
 //!   (Muon without momentum), and reports no drift.
+//! - **Block-Stiefel** (a product of Stiefel manifolds): each attention head's
+//!   block of a projection is a Stiefel matrix of its own, with the Stiefel step
+//!   above: the Q, K and V rows of a head in qkv, the head's columns in the output
+//!   projection, as the model declares them (`ParamSpec::blocks`; no name
+//!   matching). A matrix without declared blocks (an MLP's) is one block. The
+//!   reports per parameter take the largest value over its blocks.
 //! - **Symplectic** (WᵀJW = J, W of even size 2k, J = [[0, I], [−I, 0]]). The
 //!   tangent space is W·sp(2k), sp(2k) = {Ω : JΩ symmetric}. With S = WᵀG the
 //!   step is Ω = P(S)/‖P(S)‖₂, where P(X) = (X + JXᵀJ)/2 is the Frobenius
@@ -61,13 +67,15 @@
 //! `manifold_drift` (max |WᵀW − I|, |det W − 1| or max |WᵀJW − J| of the stored
 //! matrix; on the non-compact SL and Sp groups f32 storage makes it grow with ‖W‖²).
 
+use std::ops::Range;
+
 use anyhow::Result;
 use faer::{Mat, MatRef, Scale};
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, StepReport, UpdateRule};
 use crate::backend::Backend;
-use crate::models::ParamStore;
+use crate::models::{Blocks, ParamStore};
 
 /// The manifold a hidden matrix lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +85,7 @@ pub enum Manifold {
     Grassmann,
     SpecialLinear,
     Symplectic,
+    BlockStiefel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,7 +149,7 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
     match config.manifold {
         Manifold::SpecialLinear => return special_linear_step(w, g, config),
         Manifold::Symplectic => return symplectic_step(w, g, config),
-        Manifold::Stiefel | Manifold::Grassmann => {}
+        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => {}
     }
     let (direction, dual_steps) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
         let projected = g - w * (w.transpose() * g);
@@ -278,7 +287,7 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
 /// Whether a rows×cols matrix is constrained by `manifold` (others take the unconstrained step).
 fn fits(manifold: Manifold, rows: usize, cols: usize) -> bool {
     match manifold {
-        Manifold::Stiefel | Manifold::Grassmann => true,
+        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => true,
         Manifold::SpecialLinear => rows == cols,
         Manifold::Symplectic => rows == cols && rows.is_multiple_of(2),
     }
@@ -358,54 +367,107 @@ pub fn special_linear_drift(x: &[f32], n: usize) -> Result<f64> {
     Ok((sign * log_det.exp() - 1.0).abs())
 }
 
+/// A block of a matrix parameter constrained as a matrix of its own: the whole
+/// matrix, or one attention head's block for Block-Stiefel.
+#[derive(Clone, Debug)]
+struct Piece {
+    rows: Range<usize>,
+    cols: Range<usize>,
+}
+
+impl Piece {
+    /// Its entries out of a row-major matrix with `cols` columns.
+    fn gather(&self, x: &[f32], cols: usize) -> Vec<f32> {
+        self.rows.clone().flat_map(|r| x[r * cols + self.cols.start..r * cols + self.cols.end].iter().copied()).collect()
+    }
+
+    fn scatter(&self, x: &mut [f32], cols: usize, values: &[f32]) {
+        for (k, r) in self.rows.clone().enumerate() {
+            x[r * cols + self.cols.start..r * cols + self.cols.end]
+                .copy_from_slice(&values[k * self.cols.len()..(k + 1) * self.cols.len()]);
+        }
+    }
+}
+
 pub struct ManifoldMuon {
     config: ManifoldMuonConfig,
-    /// (parameter, rows, cols) of each hidden matrix.
-    matrices: Vec<(usize, usize, usize)>,
+    /// (parameter, rows, cols, pieces) of each hidden matrix.
+    matrices: Vec<(usize, usize, usize, Vec<Piece>)>,
     last: Vec<StepReport>,
 }
 
 impl ManifoldMuon {
     pub fn new<B: Backend>(store: &ParamStore<B>, params: &[usize], config: ManifoldMuonConfig) -> Self {
-        let matrices = params.iter().map(|&i| (i, store.specs[i].rows, store.specs[i].cols)).collect();
+        let matrices = params
+            .iter()
+            .map(|&i| {
+                let s = &store.specs[i];
+                let pieces = match (config.manifold, s.blocks) {
+                    (Manifold::BlockStiefel, Some(Blocks::Rows(n))) => {
+                        (0..s.rows).step_by(n).map(|r| Piece { rows: r..r + n, cols: 0..s.cols }).collect()
+                    }
+                    (Manifold::BlockStiefel, Some(Blocks::Cols(n))) => {
+                        (0..s.cols).step_by(n).map(|c| Piece { rows: 0..s.rows, cols: c..c + n }).collect()
+                    }
+                    _ => vec![Piece { rows: 0..s.rows, cols: 0..s.cols }],
+                };
+                (i, s.rows, s.cols, pieces)
+            })
+            .collect();
         Self { config, matrices, last: Vec::new() }
     }
 }
 
 impl<B: Backend> UpdateRule<B> for ManifoldMuon {
     fn step(&mut self, backend: &B, store: &mut ParamStore<B>, _: &[usize], lr: f32, t: u64, _: Option<&mut Vec<Capture>>) -> Result<()> {
-        let config = ManifoldMuonConfig { lr, ..self.config };
+        // Each block of Block-Stiefel is a Stiefel matrix.
+        let manifold = if self.config.manifold == Manifold::BlockStiefel { Manifold::Stiefel } else { self.config.manifold };
+        let config = ManifoldMuonConfig { lr, manifold, ..self.config };
         self.last.clear();
-        for &(i, rows, cols) in &self.matrices {
-            let mut w = tall(&backend.download(store.value(i))?, rows, cols);
-            let g = tall(&backend.download(store.grad(i))?, rows, cols);
+        for (i, rows, cols, pieces) in &self.matrices {
+            let (i, cols) = (*i, *cols);
+            let mut values = backend.download(store.value(i))?;
+            let grads = backend.download(store.grad(i))?;
             anyhow::ensure!(
-                w.norm_l2().is_finite() && g.norm_l2().is_finite(),
+                values.iter().chain(&grads).all(|x| x.is_finite()),
                 "{}: non-finite weights or gradient have no step on the manifold",
                 store.specs[i].name
             );
-            let constrained = fits(config.manifold, rows, cols);
-            if t == 1 && constrained {
-                w = match config.manifold {
-                    Manifold::SpecialLinear => onto_special_linear(w.as_ref())?,
-                    Manifold::Symplectic => cayley(onto_symplectic_algebra(w.as_ref()).as_ref()),
-                    Manifold::Stiefel | Manifold::Grassmann => orthogonal_factor(w.as_ref(), false)?,
-                };
+            let (mut dual_steps, mut residual, mut drift) = (0, 0.0f64, None::<f64>);
+            for piece in pieces {
+                let (r, c) = (piece.rows.len(), piece.cols.len());
+                let mut w = tall(&piece.gather(&values, cols), r, c);
+                let g = tall(&piece.gather(&grads, cols), r, c);
+                let constrained = fits(manifold, r, c);
+                if t == 1 && constrained {
+                    w = match manifold {
+                        Manifold::SpecialLinear => onto_special_linear(w.as_ref())?,
+                        Manifold::Symplectic => cayley(onto_symplectic_algebra(w.as_ref()).as_ref()),
+                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => orthogonal_factor(w.as_ref(), false)?,
+                    };
+                }
+                let step = manifold_step(w.as_ref(), g.as_ref(), &config).map_err(|e| e.context(store.specs[i].name.clone()))?;
+                let stored = row_major(step.w.as_ref(), r, c);
+                piece.scatter(&mut values, cols, &stored);
+                dual_steps = dual_steps.max(step.dual_steps);
+                residual = residual.max(step.tangent_residual);
+                if constrained {
+                    let piece_drift = match manifold {
+                        Manifold::SpecialLinear => special_linear_drift(&stored, r)?,
+                        Manifold::Symplectic => symplectic_drift(&stored, r),
+                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => stiefel_drift(&stored, r, c),
+                    };
+                    drift = Some(drift.unwrap_or(0.0).max(piece_drift));
+                }
             }
-            let step = manifold_step(w.as_ref(), g.as_ref(), &config).map_err(|e| e.context(store.specs[i].name.clone()))?;
-            let stored = row_major(step.w.as_ref(), rows, cols);
-            backend.copy(B::view_mut(&mut store.values, store.specs[i].range()), B::all(&backend.upload(&stored)));
+            debug_assert_eq!(values.len(), rows * cols);
+            backend.copy(B::view_mut(&mut store.values, store.specs[i].range()), B::all(&backend.upload(&values)));
             self.last.extend([
-                StepReport { param: i, name: "manifold_dual_steps", value: step.dual_steps as f64 },
-                StepReport { param: i, name: "manifold_tangent_residual", value: step.tangent_residual },
+                StepReport { param: i, name: "manifold_dual_steps", value: dual_steps as f64 },
+                StepReport { param: i, name: "manifold_tangent_residual", value: residual },
             ]);
-            if constrained {
-                let drift = match config.manifold {
-                    Manifold::SpecialLinear => special_linear_drift(&stored, rows)?,
-                    Manifold::Symplectic => symplectic_drift(&stored, rows),
-                    Manifold::Stiefel | Manifold::Grassmann => stiefel_drift(&stored, rows, cols),
-                };
-                self.last.push(StepReport { param: i, name: "manifold_drift", value: drift });
+            if let Some(value) = drift {
+                self.last.push(StepReport { param: i, name: "manifold_drift", value });
             }
         }
         Ok(())

@@ -160,7 +160,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 20] = [
+pub const OPTIMIZER_NAMES: [&str; 21] = [
     "sgd",
     "adamw",
     "lion",
@@ -181,6 +181,7 @@ pub const OPTIMIZER_NAMES: [&str; 20] = [
     "grassmann",
     "sl-muon",
     "symplectic",
+    "block-stiefel",
 ];
 
 impl OptimizerConfig {
@@ -201,6 +202,7 @@ impl OptimizerConfig {
             "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
             "sl-muon" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() }),
             "symplectic" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Symplectic, ..Default::default() }),
+            "block-stiefel" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::BlockStiefel, ..Default::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -356,6 +358,7 @@ impl OptimizerConfig {
                 Manifold::Grassmann => "grassmann",
                 Manifold::SpecialLinear => "sl-muon",
                 Manifold::Symplectic => "symplectic",
+                Manifold::BlockStiefel => "block-stiefel",
             },
         }
     }
