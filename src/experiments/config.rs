@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Activation, Backend};
 use crate::data::DatasetName;
 use crate::models::{Classifier, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
-use crate::optim::{OPTIMIZER_NAMES, OptimizerConfig, Schedule};
+use crate::optim::{OptimizerConfig, Schedule};
 
 /// What every study's configuration provides to the shared resolution.
 pub trait StudyConfig: Serialize + DeserializeOwned + Default + Clone {
@@ -79,11 +79,13 @@ pub fn read_preset(path: &Path) -> Result<toml::Table> {
     toml::from_str(&text).with_context(|| format!("parsing preset {}", path.display()))
 }
 
-/// `top` merged into `base`: tables key by key, any other value replaced.
+/// `top` merged into `base`: tables key by key, any other value replaced. A
+/// table of another `kind` replaces rather than merges, so an optimizer's
+/// `base = { kind = "muon" }` inherits none of AdamW's keys.
 fn merge(base: &mut toml::Table, top: toml::Table) {
     for (key, value) in top {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) if t.get("kind").is_none_or(|k| b.get("kind") == Some(k)) => merge(b, t),
             (_, value) => {
                 base.insert(key, value);
             }
@@ -361,12 +363,17 @@ pub fn named_optimizers(labels: &[String], tables: &BTreeMap<String, toml::Table
             let config = match tables.get(label) {
                 Some(table) => {
                     let mut table = table.clone();
-                    table.entry("kind").or_insert_with(|| toml::Value::String(label.clone()));
-                    let kind = table["kind"].as_str().unwrap_or_default().to_string();
-                    if !OPTIMIZER_NAMES.contains(&kind.as_str()) {
-                        bail!("optimizer {label:?}: unknown kind {kind:?}; known: {}", OPTIMIZER_NAMES.join(", "));
-                    }
-                    table.try_into().with_context(|| format!("optimizer {label:?}: invalid hyperparameters"))?
+                    let kind = match table.remove("kind") {
+                        Some(toml::Value::String(kind)) => kind,
+                        Some(other) => bail!("optimizer {label:?}: kind must be a name, got {other}"),
+                        None => label.clone(),
+                    };
+                    // The kind's defaults (`normuon`'s, `amsgrad`'s… as well as the
+                    // serialized kinds'), overridden key by key.
+                    let defaults = OptimizerConfig::by_name(&kind).with_context(|| format!("optimizer {label:?}"))?;
+                    let mut merged = toml::Table::try_from(&defaults)?;
+                    merge(&mut merged, table);
+                    merged.try_into().with_context(|| format!("optimizer {label:?}: invalid hyperparameters"))?
                 }
                 None => OptimizerConfig::by_name(label).with_context(|| {
                     let defined: Vec<_> = tables.keys().map(String::as_str).collect();
@@ -433,6 +440,32 @@ mod tests {
         assert!(matches!(&named[1].config, OptimizerConfig::Sgd(s) if s.lr == 0.5));
         assert_eq!(c.seeds, [1, 2]);
         // The resolved TOML round-trips to the same study.
+        let back: SplitMnistConfig = c.resolved_table().unwrap().try_into().unwrap();
+        assert_eq!(back.named_optimizers().unwrap(), named);
+    }
+
+    #[test]
+    fn overrides_of_a_named_variant_keep_its_other_defaults() {
+        use crate::optim::{Manifold, ObliqueConfig};
+        let o = [
+            "optimizers=[\"normuon\", \"amsgrad\", \"grassmann\", \"obl\"]",
+            "optimizer.normuon.lr=0.01",
+            "optimizer.amsgrad.weight_decay=0.1",
+            "optimizer.grassmann.dual_steps=5",
+            "optimizer.obl.kind=\"oblique\"",
+            "optimizer.obl.base={ kind = \"muon\", lr = 0.05 }",
+        ];
+        let c = SplitMnistConfig::resolve(None, &o.map(String::from)).unwrap();
+        let named = c.named_optimizers().unwrap();
+        assert!(matches!(&named[0].config, OptimizerConfig::Muon(m) if m.lr == 0.01 && m.neuron_normalization), "{:?}", named[0]);
+        assert!(matches!(&named[1].config, OptimizerConfig::Adam(a) if a.amsgrad && a.weight_decay == 0.1), "{:?}", named[1]);
+        assert!(
+            matches!(&named[2].config, OptimizerConfig::ManifoldMuon(m) if m.manifold == Manifold::Grassmann && m.dual_steps == 5),
+            "{:?}",
+            named[2]
+        );
+        let OptimizerConfig::Oblique(ObliqueConfig { base }) = &named[3].config else { panic!("{:?}", named[3]) };
+        assert!(matches!(**base, OptimizerConfig::Muon(m) if m.lr == 0.05 && m.momentum == 0.95), "a base of another kind is replaced");
         let back: SplitMnistConfig = c.resolved_table().unwrap().try_into().unwrap();
         assert_eq!(back.named_optimizers().unwrap(), named);
     }

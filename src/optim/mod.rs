@@ -198,7 +198,8 @@ impl OptimizerConfig {
             "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
             "dion" => Self::Dion(DionConfig::default()),
             "oblique" => Self::Oblique(ObliqueConfig::default()),
-            "stiefel" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
+            // `manifold-muon` is the serialized kind of these five (saved configs).
+            "stiefel" | "manifold-muon" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
             "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
             "sl-muon" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() }),
             "symplectic" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Symplectic, ..Default::default() }),
