@@ -280,7 +280,17 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
     let tangent_residual = psi(&omega).abs();
     let moved = w * expm((&omega * Scale(-lr)).as_ref());
     let (sign, log_det) = sign_and_log_det(moved.as_ref())?;
-    anyhow::ensure!(sign > 0.0 && log_det.is_finite(), "SL-Muon: W·exp(−lr·Ω) has det {sign}·e^{log_det}, not ≈ 1");
+    if !(sign > 0.0 && log_det.is_finite()) {
+        // Exact arithmetic keeps det = 1; f32 storage does not once W's singular
+        // values have spread far enough (SL(n) is not compact).
+        let sigma = w.singular_values().unwrap_or_default();
+        let (largest, smallest) = sigma.iter().fold((0.0f64, f64::INFINITY), |(a, b), &s| (a.max(s), b.min(s)));
+        anyhow::bail!(
+            "SL-Muon: W·exp(−lr·Ω) has det {sign}·e^{log_det:.3} instead of 1: W's condition number {:.2e} is past what its \
+             f32 storage can hold with det 1 (the group is not compact, and these steps spread W's singular values that far)",
+            largest / smallest
+        );
+    }
     Ok(ManifoldStep { w: moved * Scale((-log_det / n as f64).exp()), direction: w * &omega, dual_steps: evaluations, tangent_residual })
 }
 
