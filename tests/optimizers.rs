@@ -733,25 +733,29 @@ fn dion_follows_the_reference_update_and_feeds_back_the_error() {
     assert!(relative_error(&full.state_mut()[0].1.clone(), &decayed) < 1e-5);
 }
 
+/// 1,000 steps of `config` on random gradients, on an MLP 6 → `hidden` → 3: the
+/// store after them, and the largest value any step reported as `report`.
+fn thousand_random_steps(config: &OptimizerConfig, hidden: Vec<usize>, report: &str, seed: u64) -> (ParamStore<Cpu>, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut store = Mlp::new(&Cpu, MlpConfig { input: 6, hidden, classes: 3, activation: Activation::Relu }, 0).store;
+    let mut opt = config.build(&Cpu, &store);
+    let mut worst = 0.0f64;
+    for _ in 0..1000 {
+        let g = random(store.len(), &mut rng);
+        store.grads.copy_from_slice(&g);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        worst = opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == report).fold(worst, |w, r| w.max(r.value));
+    }
+    (store, worst)
+}
+
 #[test]
 fn oblique_keeps_unit_columns_for_a_thousand_steps_on_any_base() {
     use optlab::optim::ObliqueConfig;
-    let mut rng = StdRng::seed_from_u64(13);
     for base in [OptimizerConfig::by_name("adamw").unwrap(), OptimizerConfig::Muon(MuonConfig { all_matrices: true, ..Default::default() })]
     {
         let config = OptimizerConfig::Oblique(ObliqueConfig { base: Box::new(base.clone()) });
-        let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 5], classes: 3, activation: Activation::Relu }, 0);
-        let mut store = model.store;
-        let mut opt = config.build(&Cpu, &store);
-        let mut worst = 0.0f64;
-        for _ in 0..1000 {
-            let g = random(store.len(), &mut rng);
-            store.grads.copy_from_slice(&g);
-            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
-            for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "oblique_drift") {
-                worst = worst.max(report.value);
-            }
-        }
+        let (store, worst) = thousand_random_steps(&config, vec![7, 5], "oblique_drift", 13);
         // fc2 is the one hidden matrix (5×7): every column has unit norm, at round-off.
         let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
         let w = store.value(i);
@@ -873,20 +877,7 @@ fn grassmann_step_is_the_projected_msign_and_square_matrices_take_the_stiefel_st
 #[test]
 fn manifold_muon_keeps_orthonormal_frames_for_a_thousand_steps() {
     for name in ["stiefel", "grassmann"] {
-        let mut rng = StdRng::seed_from_u64(24);
-        let config = OptimizerConfig::by_name(name).unwrap();
-        let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 5], classes: 3, activation: Activation::Relu }, 0);
-        let mut store = model.store;
-        let mut opt = config.build(&Cpu, &store);
-        let mut worst = 0.0f64;
-        for _ in 0..1000 {
-            let g = random(store.len(), &mut rng);
-            store.grads.copy_from_slice(&g);
-            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
-            for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
-                worst = worst.max(report.value);
-            }
-        }
+        let (store, worst) = thousand_random_steps(&OptimizerConfig::by_name(name).unwrap(), vec![7, 5], "manifold_drift", 24);
         // fc2 (5×7, wide: its rows are orthonormal) is the one hidden matrix.
         let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
         let w = mat(store.value(i), 5, 7);
@@ -966,20 +957,8 @@ fn sl_muon_step_is_tangent_unit_and_beats_the_projected_gradient() {
 
 #[test]
 fn sl_muon_keeps_unit_determinant_for_a_thousand_steps() {
-    let mut rng = StdRng::seed_from_u64(32);
     let config = OptimizerConfig::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, lr: 0.01, ..Default::default() });
-    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![7, 7], classes: 3, activation: Activation::Relu }, 0);
-    let mut store = model.store;
-    let mut opt = config.build(&Cpu, &store);
-    let mut worst = 0.0f64;
-    for _ in 0..1000 {
-        let g = random(store.len(), &mut rng);
-        store.grads.copy_from_slice(&g);
-        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
-        for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
-            worst = worst.max(report.value);
-        }
-    }
+    let (store, worst) = thousand_random_steps(&config, vec![7, 7], "manifold_drift", 32);
     let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
     let det = mat(store.value(i), 7, 7).determinant();
     assert!((det - 1.0).abs() < 1e-5 && worst < 1e-5, "det {det}, recorded drift {worst}");
@@ -1030,20 +1009,7 @@ fn symplectic_step_at_the_identity_is_the_projected_gradient_and_stays_symplecti
 
 #[test]
 fn symplectic_keeps_its_form_for_a_thousand_steps() {
-    let mut rng = StdRng::seed_from_u64(42);
-    let config = OptimizerConfig::by_name("symplectic").unwrap();
-    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![8, 8], classes: 3, activation: Activation::Relu }, 0);
-    let mut store = model.store;
-    let mut opt = config.build(&Cpu, &store);
-    let mut worst = 0.0f64;
-    for _ in 0..1000 {
-        let g = random(store.len(), &mut rng);
-        store.grads.copy_from_slice(&g);
-        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
-        for report in opt.groups.iter().flat_map(|g| g.rule.last_step()).filter(|r| r.name == "manifold_drift") {
-            worst = worst.max(report.value);
-        }
-    }
+    let (store, worst) = thousand_random_steps(&OptimizerConfig::by_name("symplectic").unwrap(), vec![8, 8], "manifold_drift", 42);
     let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
     let (w, j) = (mat(store.value(i), 8, 8), symplectic_form(8));
     // Sp(8) is not compact: ‖W‖ wanders, and f32 storage perturbs WᵀJW by
