@@ -146,6 +146,12 @@ fn tangent_residual(w: MatRef<'_, f64>, a: MatRef<'_, f64>) -> f64 {
 /// The manifold Muon step of a tall `w` (n×p, WᵀW = I) with gradient `g`.
 pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     assert!(w.nrows() >= w.ncols() && g.nrows() == w.nrows() && g.ncols() == w.ncols(), "manifold_step: W must be tall, G its shape");
+    if !fits(config.manifold, w.nrows(), w.ncols()) {
+        // No constraint for this shape: the steepest step under the spectral norm.
+        let direction = orthogonal_factor(g, true)?;
+        let lr = f64::from(config.lr);
+        return Ok(ManifoldStep { w: w - &direction * Scale(lr), direction, dual_steps: 0, tangent_residual: 0.0 });
+    }
     match config.manifold {
         Manifold::SpecialLinear => return special_linear_step(w, g, config),
         Manifold::Symplectic => return symplectic_step(w, g, config),
@@ -215,10 +221,6 @@ fn expm(x: MatRef<'_, f64>) -> Mat<f64> {
 /// SL-Muon's step (see the module documentation).
 fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     let (n, lr) = (w.nrows(), f64::from(config.lr));
-    if w.ncols() != n {
-        let direction = orthogonal_factor(g, true)?;
-        return Ok(ManifoldStep { w: w - &direction * Scale(lr), direction, dual_steps: 0, tangent_residual: 0.0 });
-    }
     let s = w.transpose() * g;
     let identity = Mat::<f64>::identity(n, n);
     let psi = |omega: &Mat<f64>| omega.diagonal().column_vector().sum() / (n as f64).sqrt();
@@ -329,10 +331,6 @@ fn cayley(x: MatRef<'_, f64>) -> Mat<f64> {
 /// The symplectic step (see the module documentation).
 fn symplectic_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     let lr = f64::from(config.lr);
-    if !fits(Manifold::Symplectic, w.nrows(), w.ncols()) {
-        let direction = orthogonal_factor(g, true)?;
-        return Ok(ManifoldStep { w: w - &direction * Scale(lr), direction, dual_steps: 0, tangent_residual: 0.0 });
-    }
     let projected = onto_symplectic_algebra((w.transpose() * g).as_ref());
     let size = projected.singular_values().map_err(|e| anyhow::anyhow!("SVD failed: {e:?}"))?.into_iter().fold(0.0, f64::max);
     let omega = if size > 0.0 { projected * Scale(1.0 / size) } else { projected };
