@@ -194,8 +194,8 @@ impl<B: Backend> Protocol<B> for GptStudy<'_> {
 
     fn evaluate(&self, backend: &B, model: &mut Gpt<B>, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()> {
         let b = self.config.batch_size;
-        let losses = self.eval.iter().map(|(i, t)| Ok(f64::from(model.loss(backend, i, t, b)?.loss))).collect::<Result<Vec<f64>>>()?;
-        let mean = losses.iter().sum::<f64>() / self.eval.len() as f64;
+        let total = self.eval.iter().map(|(i, t)| Ok(f64::from(model.loss(backend, i, t, b)?.loss))).sum::<Result<f64>>()?;
+        let mean = total / self.eval.len() as f64;
         *scores = vec![mean];
         records.push(
             &schema::VALIDATION,

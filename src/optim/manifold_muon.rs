@@ -119,7 +119,8 @@ pub struct ManifoldStep {
     /// The step direction A (‖A‖₂ = 1 unless the gradient is rank-deficient).
     pub direction: Mat<f64>,
     pub dual_steps: usize,
-    /// ‖WᵀA + AᵀW‖_F/p (Stiefel, Grassmannian), |tr(W⁻¹A)|/√n (SL).
+    /// ‖WᵀA + AᵀW‖_F/p (Stiefel, Grassmannian), |tr(W⁻¹A)|/√n (SL),
+    /// ‖JΩ − (JΩ)ᵀ‖_F/n (symplectic); 0 for an unconstrained shape.
     pub tangent_residual: f64,
 }
 
@@ -157,9 +158,11 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
         Manifold::Symplectic => return symplectic_step(w, g, config),
         Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => {}
     }
-    let (direction, dual_steps) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
+    let (direction, dual_steps, tangent_residual) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
         let projected = g - w * (w.transpose() * g);
-        (orthogonal_factor(projected.as_ref(), true)?, 0)
+        let a = orthogonal_factor(projected.as_ref(), true)?;
+        let residual = tangent_residual(w, a.as_ref());
+        (a, 0, residual)
     } else {
         let wtg = w.transpose() * g;
         let mut lambda = (&wtg + wtg.transpose()) * Scale(-0.25);
@@ -169,19 +172,15 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
             k += 1;
             let wta = w.transpose() * &a;
             let h = &wta + wta.transpose();
-            if h.norm_l2() / (w.ncols() as f64) < f64::from(config.dual_tol) || k >= config.dual_steps {
-                break (a, k);
+            let residual = h.norm_l2() / w.ncols() as f64;
+            if residual < f64::from(config.dual_tol) || k >= config.dual_steps {
+                break (a, k, residual);
             }
             lambda -= h * Scale(f64::from(config.dual_lr) * (1.0 - (k - 1) as f64 / config.dual_steps as f64));
         }
     };
     let moved = w - &direction * Scale(f64::from(config.lr));
-    Ok(ManifoldStep {
-        w: orthogonal_factor(moved.as_ref(), false)?,
-        tangent_residual: tangent_residual(w, direction.as_ref()),
-        direction,
-        dual_steps,
-    })
+    Ok(ManifoldStep { w: orthogonal_factor(moved.as_ref(), false)?, direction, dual_steps, tangent_residual })
 }
 
 /// sign(det W) and log |det W| of a square W from its SVD (det U·det V is ±1,
@@ -399,8 +398,8 @@ impl Piece {
 
 pub struct ManifoldMuon {
     config: ManifoldMuonConfig,
-    /// (parameter, rows, cols, pieces) of each hidden matrix.
-    matrices: Vec<(usize, usize, usize, Vec<Piece>)>,
+    /// (parameter, columns, pieces) of each hidden matrix.
+    matrices: Vec<(usize, usize, Vec<Piece>)>,
     last: Vec<StepReport>,
 }
 
@@ -419,7 +418,7 @@ impl ManifoldMuon {
                     }
                     _ => vec![Piece { rows: 0..s.rows, cols: 0..s.cols }],
                 };
-                (i, s.rows, s.cols, pieces)
+                (i, s.cols, pieces)
             })
             .collect();
         Self { config, matrices, last: Vec::new() }
@@ -432,7 +431,7 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
         let manifold = if self.config.manifold == Manifold::BlockStiefel { Manifold::Stiefel } else { self.config.manifold };
         let config = ManifoldMuonConfig { lr, manifold, ..self.config };
         self.last.clear();
-        for (i, rows, cols, pieces) in &self.matrices {
+        for (i, cols, pieces) in &self.matrices {
             let (i, cols) = (*i, *cols);
             let mut values = backend.download(store.value(i))?;
             let grads = backend.download(store.grad(i))?;
@@ -468,7 +467,6 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                     drift = Some(drift.unwrap_or(0.0).max(piece_drift));
                 }
             }
-            debug_assert_eq!(values.len(), rows * cols);
             backend.copy(B::view_mut(&mut store.values, store.specs[i].range()), B::all(&backend.upload(&values)));
             self.last.extend([
                 StepReport { param: i, name: "manifold_dual_steps", value: dual_steps as f64 },

@@ -173,6 +173,13 @@ impl Cuda {
         Ok((table, total))
     }
 
+    /// A buffer of `len` floats from `make`, unless a failure is pending; a failed
+    /// `make` leaves it without memory and its failure pending.
+    fn device_buf(&self, len: usize, make: impl FnOnce() -> Result<CudaSlice<f32>>) -> DeviceBuf {
+        let memory = if self.pending.is_set() { None } else { self.pending.keep(make()) };
+        DeviceBuf { memory, len }
+    }
+
     pub(super) fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         self.stream
             .alloc_zeros::<T>(len.max(1))
@@ -299,23 +306,18 @@ impl Backend for Cuda {
         vec![("cuda_inverse_root_cpu_fallbacks", self.root_fallbacks() as f64)]
     }
 
-    /// A failed allocation leaves a buffer without memory and the failure pending.
     fn zeros(&self, len: usize) -> DeviceBuf {
-        let memory = if self.pending.is_set() {
-            None
-        } else {
-            self.pending
-                .keep(self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| anyhow!("CUDA allocation of {len} floats failed: {e:?}")))
-        };
-        DeviceBuf { memory, len }
+        self.device_buf(len, || {
+            self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| anyhow!("CUDA allocation of {len} floats failed: {e:?}"))
+        })
     }
     fn upload(&self, host: &[f32]) -> DeviceBuf {
-        let memory = if self.pending.is_set() || host.is_empty() {
-            None
-        } else {
-            self.pending.keep(self.stream.clone_htod(host).map_err(|e| anyhow!("CUDA upload of {} floats failed: {e:?}", host.len())))
-        };
-        DeviceBuf { memory, len: host.len() }
+        if host.is_empty() {
+            return DeviceBuf { memory: None, len: 0 };
+        }
+        self.device_buf(host.len(), || {
+            self.stream.clone_htod(host).map_err(|e| anyhow!("CUDA upload of {} floats failed: {e:?}", host.len()))
+        })
     }
     fn download(&self, view: DView<'_>) -> Result<Vec<f32>> {
         self.pending.take()?;
