@@ -14,7 +14,7 @@ fn step_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     let config = MlpConfig { input: 784, hidden: vec![256, 256], classes: 10, activation: Activation::Relu };
     for name in ["sgd", "adamw", "muon", "shampoo"] {
         let mut model = Mlp::new(b, config.clone(), 0);
-        let mut opt = OptimizerConfig::by_name(name).unwrap().build(b, &model.store);
+        let mut opt = OptimizerConfig::by_name(name).unwrap().build(b, &mut model.store);
         let id = if b.name() == "cpu" {
             format!("mlp_step/{name}/784-256-256-10/b128")
         } else {

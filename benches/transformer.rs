@@ -24,7 +24,7 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     };
     let (x, labels) = (common::random(128 * 784, 0), (0..128).map(|i| (i % 10) as u8).collect::<Vec<_>>());
     let mut vit = Vit::new(b, config, 0);
-    let mut opt = adamw.build(b, &vit.store);
+    let mut opt = adamw.build(b, &mut vit.store);
     c.bench_function(&format!("vit_step{suffix}/adamw/d64-l4-p7/b128"), |bench| {
         bench.iter(|| {
             vit.loss_and_gradients(b, &x, &labels).unwrap();
@@ -38,7 +38,7 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     let ids: Vec<u32> = (0..8 * 256).map(|i| (i * 7 % 256) as u32).collect();
     let targets: Vec<u8> = (0..8 * 256).map(|i| (i * 13 % 256) as u8).collect();
     let mut gpt = Gpt::new(b, config, 0);
-    let mut opt = adamw.build(b, &gpt.store);
+    let mut opt = adamw.build(b, &mut gpt.store);
     let mut group = c.benchmark_group(format!("gpt_step{suffix}"));
     group.sample_size(10);
     group.bench_function("adamw/d256-l4-s256/b8", |bench| {

@@ -446,10 +446,13 @@ fn mlp_training_steps_agree_across_backends() {
         OptimizerConfig::by_name("adamw").unwrap(),
         OptimizerConfig::Muon(MuonConfig::default()),
         OptimizerConfig::Shampoo(shampoo),
+        // K-FAC reads the layer taps; GDA2 mixes over the whole store.
+        OptimizerConfig::by_name("kfac").unwrap(),
+        OptimizerConfig::by_name("gda2").unwrap(),
     ] {
         let (cpu, gpu) = on_both!(&g, |b| {
             let mut model = Mlp::new(b, config.clone(), 3);
-            let mut o = opt.build(b, &model.store);
+            let mut o = opt.build(b, &mut model.store);
             let mut losses = Vec::new();
             for _ in 0..5 {
                 losses.push(model.loss_and_gradients(b, &x, &labels).unwrap().loss);
@@ -486,7 +489,7 @@ fn transformer_training_steps_agree_across_backends() {
     for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 5e-2)] {
         let (cpu, gpu) = on_both!(&g, |b| {
             let (mut v_model, mut g_model) = (Vit::new(b, vit.clone(), 3), Gpt::new(b, gpt.clone(), 4));
-            let (mut v_opt, mut g_opt) = (opt.build(b, &v_model.store), opt.build(b, &g_model.store));
+            let (mut v_opt, mut g_opt) = (opt.build(b, &mut v_model.store), opt.build(b, &mut g_model.store));
             let mut losses = Vec::new();
             for _ in 0..3 {
                 losses.push(v_model.loss_and_gradients(b, &x, &labels).unwrap().loss);

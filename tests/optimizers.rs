@@ -4,8 +4,8 @@ use optlab::backend::{Activation, Cpu};
 use optlab::linalg::{NsCoefficients, matmul, singular_values};
 use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
 use optlab::optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Grafting, LionConfig, Manifold, ManifoldMuonConfig, MuonConfig,
-    OptimizerConfig, RmsPropConfig, SgdConfig, ShampooConfig, SoapConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Gda2Config, Grafting, KfacConfig, LionConfig, Manifold, ManifoldMuonConfig,
+    MuonConfig, OptimizerConfig, RmsPropConfig, SgdConfig, ShampooConfig, SoapConfig,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -78,7 +78,7 @@ fn sgd_momentum_and_nesterov_by_hand() {
     for nesterov in [false, true] {
         let c = SgdConfig { lr: 0.1, momentum: 0.9, nesterov, weight_decay: 0.0 };
         let mut store = one_matrix(1, 2, &[1.0, -1.0], &[0.5, 2.0]);
-        let mut opt = OptimizerConfig::Sgd(c).build(&Cpu, &store);
+        let mut opt = OptimizerConfig::Sgd(c).build(&Cpu, &mut store);
         opt.step(&Cpu, &mut store, 1.0, None).unwrap();
         opt.step(&Cpu, &mut store, 1.0, None).unwrap();
         // Same gradient twice: buffers g then 1.9g; Nesterov steps along g + 0.9·buf.
@@ -127,15 +127,16 @@ fn muon_step_is_the_scaled_polar_factor() {
 #[test]
 fn muon_routes_by_role() {
     let config = MlpConfig { input: 8, hidden: vec![6, 6, 5], classes: 3, activation: Activation::Relu };
-    let model = Mlp::new(&Cpu, config, 0);
+    let mut model = Mlp::new(&Cpu, config, 0);
+    let specs = model.store.specs.clone();
     let names = |opt: &optlab::optim::Optimizer<Cpu>, group: &str| -> Vec<String> {
         let g = opt.groups.iter().find(|g| g.name == group).unwrap();
-        g.params.iter().map(|&i| model.store.specs[i].name.clone()).collect()
+        g.params.iter().map(|&i| specs[i].name.clone()).collect()
     };
-    let default = OptimizerConfig::Muon(MuonConfig::default()).build(&Cpu, &model.store);
+    let default = OptimizerConfig::Muon(MuonConfig::default()).build(&Cpu, &mut model.store);
     assert_eq!(names(&default, "muon"), ["fc2.weight", "fc3.weight"]);
     assert_eq!(names(&default, "adamw-aux").len(), 6); // fc1.weight, fc4.weight and four biases
-    let all = OptimizerConfig::Muon(MuonConfig { all_matrices: true, ..Default::default() }).build(&Cpu, &model.store);
+    let all = OptimizerConfig::Muon(MuonConfig { all_matrices: true, ..Default::default() }).build(&Cpu, &mut model.store);
     assert_eq!(names(&all, "muon"), ["fc1.weight", "fc2.weight", "fc3.weight", "fc4.weight"]);
 }
 
@@ -185,7 +186,7 @@ fn shampoo_statistics_sum_over_steps() {
     let mut rng = StdRng::seed_from_u64(6);
     let (g1, g2) = (random(6, &mut rng), random(6, &mut rng));
     let mut store = one_matrix(2, 3, &[0.0; 6], &g1);
-    let mut opt = OptimizerConfig::Shampoo(ShampooConfig::default()).build(&Cpu, &store);
+    let mut opt = OptimizerConfig::Shampoo(ShampooConfig::default()).build(&Cpu, &mut store);
     opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     store.grads.copy_from_slice(&g2);
     opt.step(&Cpu, &mut store, 1.0, None).unwrap();
@@ -202,7 +203,7 @@ fn shampoo_statistics_sum_over_steps() {
 /// Θ after each of `grads.len()` steps of `config` from `values` (one rows×cols matrix).
 fn trajectory(config: &OptimizerConfig, (rows, cols): (usize, usize), values: &[f32], grads: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let mut store = one_matrix(rows, cols, values, &grads[0]);
-    let mut opt = config.build(&Cpu, &store);
+    let mut opt = config.build(&Cpu, &mut store);
     grads
         .iter()
         .map(|g| {
@@ -277,13 +278,13 @@ fn soap_resumed_from_its_state_continues_exactly() {
     let grads: Vec<Vec<f32>> = (0..8).map(|_| random(30, &mut rng)).collect();
     let config = OptimizerConfig::Soap(SoapConfig { precondition_frequency: 3, ..Default::default() });
     let mut store = ParamStore::new(&Cpu, &layout, &init);
-    let mut first = config.build(&Cpu, &store);
+    let mut first = config.build(&Cpu, &mut store);
     for g in &grads[..4] {
         store.grads.copy_from_slice(g);
         first.step(&Cpu, &mut store, 1.0, None).unwrap();
     }
     let mut resumed_store = ParamStore::new(&Cpu, &layout, &store.values);
-    let mut resumed = config.build(&Cpu, &resumed_store);
+    let mut resumed = config.build(&Cpu, &mut resumed_store);
     resumed.steps = first.steps;
     for (from, to) in first.groups.iter_mut().zip(&mut resumed.groups) {
         let saved: Vec<(String, Vec<f32>)> = from.rule.state_mut().into_iter().map(|(k, v)| (k, v.clone())).collect();
@@ -311,7 +312,7 @@ fn soap_captures_the_direction_it_steps_along() {
     let mut rng = StdRng::seed_from_u64(11);
     let mut store = one_matrix(5, 3, &random(15, &mut rng), &random(15, &mut rng));
     let c = SoapConfig { lr: 0.01, weight_decay: 0.0, ..Default::default() };
-    let mut opt = OptimizerConfig::Soap(c).build(&Cpu, &store);
+    let mut opt = OptimizerConfig::Soap(c).build(&Cpu, &mut store);
     let mut captures = Vec::new();
     opt.step(&Cpu, &mut store, 1.0, Some(&mut captures)).unwrap();
     assert!(captures.is_empty(), "the first call only gathers statistics");
@@ -344,7 +345,7 @@ fn every_optimizer_fits_a_small_problem() {
             OptimizerConfig::Muon(c) if name == "muon-fast" => OptimizerConfig::Muon(MuonConfig { lr: 0.02, ..c }),
             c => c,
         };
-        let mut opt = config.build(&Cpu, &model.store);
+        let mut opt = config.build(&Cpu, &mut model.store);
         let first = model.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss;
         let mut last = first;
         for _ in 0..150 {
@@ -537,8 +538,8 @@ fn muon_fast_scales_by_the_spectral_condition_and_its_penalty() {
     // A side of 256 or more is not penalised.
     assert_eq!(MuonConfig { small_matrix_penalty: 2.0, ..fast }.step_scale(256, 256), 1.0);
     // muon-fast orthogonalizes every matrix, the head and the first layer included.
-    let model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![5], classes: 3, activation: Activation::Relu }, 0);
-    let opt = OptimizerConfig::by_name("muon-fast").unwrap().build(&Cpu, &model.store);
+    let mut model = Mlp::new(&Cpu, MlpConfig { input: 6, hidden: vec![5], classes: 3, activation: Activation::Relu }, 0);
+    let opt = OptimizerConfig::by_name("muon-fast").unwrap().build(&Cpu, &mut model.store);
     assert_eq!(opt.groups[0].params.len(), 2, "fc1 and fc2 weights");
 }
 
@@ -582,7 +583,7 @@ fn ns_tol_stops_each_matrix_at_the_first_settled_step() {
         scaling: optlab::optim::MuonScaling::None,
         ..Default::default()
     };
-    let mut opt = OptimizerConfig::Muon(config).build(&Cpu, &store);
+    let mut opt = OptimizerConfig::Muon(config).build(&Cpu, &mut store);
     opt.step(&Cpu, &mut store, 1.0, None).unwrap();
     let got: Vec<f32> = store.values.iter().map(|v| -v).collect();
     let errors = (relative_error(&got[..rows * cols], &want_easy), relative_error(&got[rows * cols..], &want_hard));
@@ -594,7 +595,7 @@ fn ns_tol_stops_each_matrix_at_the_first_settled_step() {
 /// ‖x‖ after `steps` of `config` on f(x) = ½·Σ aᵢ·xᵢ² from x = 1 (one 2×2 matrix).
 fn on_a_quadratic(config: &OptimizerConfig, curvature: [f32; 4], steps: usize) -> f64 {
     let mut store = one_matrix(2, 2, &[1.0; 4], &curvature);
-    let mut opt = config.build(&Cpu, &store);
+    let mut opt = config.build(&Cpu, &mut store);
     for _ in 0..steps {
         let g: Vec<f32> = store.values.iter().zip(curvature).map(|(x, a)| a * x).collect();
         store.grads.copy_from_slice(&g);
@@ -738,7 +739,7 @@ fn dion_follows_the_reference_update_and_feeds_back_the_error() {
 fn thousand_random_steps(config: &OptimizerConfig, hidden: Vec<usize>, report: &str, seed: u64) -> (ParamStore<Cpu>, f64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut store = Mlp::new(&Cpu, MlpConfig { input: 6, hidden, classes: 3, activation: Activation::Relu }, 0).store;
-    let mut opt = config.build(&Cpu, &store);
+    let mut opt = config.build(&Cpu, &mut store);
     let mut worst = 0.0f64;
     for _ in 0..1000 {
         let g = random(store.len(), &mut rng);
@@ -1027,7 +1028,7 @@ fn block_stiefel_keeps_every_attention_head_on_its_own_stiefel_manifold() {
     let run = |name: &str| {
         let mut rng = StdRng::seed_from_u64(51);
         let mut store = vit();
-        let mut opt = OptimizerConfig::by_name(name).unwrap().build(&Cpu, &store);
+        let mut opt = OptimizerConfig::by_name(name).unwrap().build(&Cpu, &mut store);
         for _ in 0..50 {
             let g = random(store.len(), &mut rng);
             store.grads.copy_from_slice(&g);
@@ -1060,4 +1061,226 @@ fn block_stiefel_keeps_every_attention_head_on_its_own_stiefel_manifold() {
     assert!(deviation(&whole_qkv) < 1e-6 && deviation(&whole_qkv.as_ref().subrows(0, 4).to_owned()) > 0.1);
     // A matrix without declared blocks (the MLP's) takes the same steps in both.
     assert_eq!(param(&blocked, "blocks.0.mlp.fc.weight"), param(&whole, "blocks.0.mlp.fc.weight"));
+}
+
+/// K-FAC's config with clipping off and no momentum: one step is `−lr·V`.
+fn plain_kfac(lr: f32, damping: f64) -> OptimizerConfig {
+    OptimizerConfig::Kfac(KfacConfig { lr, momentum: 0.0, damping, kl_clip: 1e12, ..Default::default() })
+}
+
+#[test]
+fn kfac_step_solves_the_damped_kronecker_system() {
+    use faer::linalg::solvers::Solve;
+    // The step of each matrix must be −lr·V with (G + √γ/π·I)·V·(A + π√γ·I) = ∇W,
+    // solved here as one dense (m·n)×(m·n) system built from the layer taps.
+    let mut rng = StdRng::seed_from_u64(3);
+    let (batch, lr, damping) = (16, 0.1, 0.05);
+    let mut model = Mlp::new(&Cpu, MlpConfig { input: 5, hidden: vec![4], classes: 3, activation: Activation::Tanh }, 0);
+    let x = random(batch * 5, &mut rng);
+    let labels: Vec<u8> = (0..batch).map(|i| (i % 3) as u8).collect();
+    let mut opt = plain_kfac(lr, damping).build(&Cpu, &mut model.store);
+    model.loss_and_gradients(&Cpu, &x, &labels).unwrap();
+    let store = &model.store;
+    let expected: Vec<(usize, Vec<f32>)> = [0, 2]
+        .into_iter()
+        .map(|w| {
+            let (m, n) = (store.specs[w].rows, store.specs[w].cols);
+            let tap = store.taps.get(w).expect("K-FAC asked for every matrix");
+            let (inputs, grads) = (mat(&tap.inputs, tap.rows, n), mat(&tap.output_grads, tap.rows, m));
+            let a = inputs.transpose() * &inputs * faer::Scale(1.0 / tap.rows as f64);
+            let g = grads.transpose() * &grads * faer::Scale(store.taps.loss_terms as f64);
+            let trace = |x: &faer::Mat<f64>| (0..x.nrows()).map(|i| x[(i, i)]).sum::<f64>() / x.nrows() as f64;
+            let pi = (trace(&a) / trace(&g)).sqrt();
+            let a = a + faer::Mat::<f64>::identity(n, n) * faer::Scale(pi * damping.sqrt());
+            let g = g + faer::Mat::<f64>::identity(m, m) * faer::Scale(damping.sqrt() / pi);
+            // Row-major vec: (G·V·A)[i][j] = Σ G[i][k]·A[j][l]·V[k][l] (A symmetric).
+            let kron = faer::Mat::from_fn(m * n, m * n, |r, c| g[(r / n, c / n)] * a[(r % n, c % n)]);
+            let grad = faer::Mat::from_fn(m * n, 1, |r, _| f64::from(store.grad(w)[r]));
+            let v = kron.partial_piv_lu().solve(&grad);
+            (w, (0..m * n).map(|r| store.value(w)[r] - lr * v[(r, 0)] as f32).collect())
+        })
+        .collect();
+    opt.step(&Cpu, &mut model.store, 1.0, None).unwrap();
+    for (w, want) in expected {
+        let err = relative_error(model.store.value(w), &want);
+        assert!(err < 1e-5, "{}: relative error {err}", model.store.specs[w].name);
+    }
+}
+
+#[test]
+fn kfac_steps_are_invariant_to_an_invertible_transform_of_the_inputs() {
+    use faer::linalg::solvers::Solve;
+    // Martens & Grosse §10: with inputs x' = M·x and first weights W' = W·M⁻¹ the
+    // network computes the same function, and undamped K-FAC's step on W' is its
+    // step on W times M⁻¹ (KL-clipping is invariant too). SGD's is not, which the
+    // test checks so that it can fail. One step: over several, f32 round-off in
+    // the softmax head's null direction (G·1 = 0, amplified by 1/damping) grows.
+    let mut rng = StdRng::seed_from_u64(11);
+    // More classes than hidden units: the hidden layer's G is then well
+    // conditioned, so the damping (whose π correction is not invariant) is negligible.
+    let (batch, input, hidden, classes) = (64, 6, 4, 10);
+    let config = MlpConfig { input, hidden: vec![hidden], classes, activation: Activation::Tanh };
+    let x = random(batch * input, &mut rng);
+    let labels: Vec<u8> = (0..batch).map(|i| (i % classes) as u8).collect();
+    let m = faer::Mat::from_fn(input, input, |i, j| if i == j { 2.0 } else { 0.0 } + f64::from(rng.random_range(-1.0f32..1.0)));
+    let m_inverse = m.partial_piv_lu().solve(faer::Mat::<f64>::identity(input, input));
+    let moved_x: Vec<f32> = (0..batch * input)
+        .map(|k| (0..input).map(|l| m[(k % input, l)] * f64::from(x[k / input * input + l])).sum::<f64>() as f32)
+        .collect();
+    let original = Mlp::new(&Cpu, config.clone(), 2);
+    let mut moved_values = original.store.values.clone();
+    let w1 = mat(original.store.value(0), hidden, input) * &m_inverse;
+    (0..hidden * input).for_each(|k| moved_values[k] = w1[(k / input, k % input)] as f32);
+    // The first weights after one step (W'·M for the moved model).
+    let first_weights = |optimizer: &OptimizerConfig, values: &[f32], x: &[f32], back: &faer::Mat<f64>| {
+        let mut model = Mlp::from_values(&Cpu, config.clone(), values);
+        let mut opt = optimizer.build(&Cpu, &mut model.store);
+        model.loss_and_gradients(&Cpu, x, &labels).unwrap();
+        opt.step(&Cpu, &mut model.store, 1.0, None).unwrap();
+        let w = mat(model.store.value(0), hidden, input) * back;
+        (0..hidden * input).map(|k| w[(k / input, k % input)] as f32).collect::<Vec<f32>>()
+    };
+    let identity = faer::Mat::<f64>::identity(input, input);
+    let difference = |optimizer: &OptimizerConfig| {
+        let (a, b) =
+            (first_weights(optimizer, &original.store.values, &x, &identity), first_weights(optimizer, &moved_values, &moved_x, &m));
+        let changed = relative_error(&a, &original.store.values[..hidden * input]);
+        assert!(changed > 1e-3, "the step must move the weights (relative change {changed})");
+        relative_error(&b, &a)
+    };
+    let undamped = OptimizerConfig::Kfac(KfacConfig { lr: 0.5, damping: 1e-12, ..Default::default() });
+    let (kfac, sgd) = (difference(&undamped), difference(&OptimizerConfig::Sgd(SgdConfig { lr: 0.5, ..Default::default() })));
+    assert!(kfac < 1e-4 && sgd > 1e-2, "relative difference of the stepped weights: K-FAC {kfac}, SGD {sgd}");
+}
+
+#[test]
+fn kfac_takes_the_transformers_tokens_as_rows() {
+    // Every matrix of a ViT and a GPT is tapped with its batch × tokens rows
+    // (the heads: one row per class token or position), and K-FAC lowers the loss.
+    use optlab::models::{Gpt, GptConfig, TransformerConfig, Vit, VitConfig};
+    let body = TransformerConfig { dim: 8, depth: 1, heads: 2, mlp_ratio: 2, ..Default::default() };
+    let mut rng = StdRng::seed_from_u64(5);
+    let kfac = OptimizerConfig::Kfac(KfacConfig { lr: 0.05, kl_clip: 0.01, damping: 1e-3, ..Default::default() });
+    let check = |store: &ParamStore<Cpu>, [input_rows, body_rows, head_rows]: [usize; 3], terms: usize| {
+        assert_eq!(store.taps.loss_terms, terms);
+        for (i, s) in store.specs.iter().enumerate().filter(|(_, s)| s.role.is_matrix()) {
+            let tap = store.taps.get(i).unwrap_or_else(|| panic!("{} not tapped", s.name));
+            let rows = match s.role {
+                Role::InputMatrix => input_rows,
+                Role::OutputHead => head_rows,
+                _ => body_rows,
+            };
+            assert_eq!((tap.rows, tap.inputs.len(), tap.output_grads.len()), (rows, rows * s.cols, rows * s.rows), "{}", s.name);
+        }
+    };
+    // ViT: 4×4 images in 2×2 patches: 4 patches and a class token.
+    let mut vit = Vit::new(&Cpu, VitConfig { image: 4, channels: 1, patch: 2, classes: 3, body }, 0);
+    let (x, labels) = (random(6 * 16, &mut rng), [0u8, 1, 2, 0, 1, 2]);
+    let mut opt = kfac.build(&Cpu, &mut vit.store);
+    let first = vit.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss;
+    for _ in 0..30 {
+        vit.loss_and_gradients(&Cpu, &x, &labels).unwrap();
+        opt.step(&Cpu, &mut vit.store, 1.0, None).unwrap();
+    }
+    let last = vit.loss_and_gradients(&Cpu, &x, &labels).unwrap().loss;
+    // The patch embedding sees the patches only; the head, the class tokens.
+    check(&vit.store, [6 * 4, 6 * 5, 6], 6);
+    assert!(last < 0.5 * first, "ViT loss {first} → {last}");
+    // GPT: every position is a loss term.
+    let mut gpt = Gpt::new(&Cpu, GptConfig { vocab: 7, seq: 5, body }, 0);
+    let ids: Vec<u32> = (0..10).map(|i| i % 7).collect();
+    let targets: Vec<u8> = ids.iter().map(|&i| ((i + 1) % 7) as u8).collect();
+    let mut opt = kfac.build(&Cpu, &mut gpt.store);
+    let first = gpt.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap().loss;
+    for _ in 0..30 {
+        gpt.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap();
+        opt.step(&Cpu, &mut gpt.store, 1.0, None).unwrap();
+    }
+    let last = gpt.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap().loss;
+    // The GPT's token embedding is a lookup table, not a tapped linear map.
+    check(&gpt.store, [10, 10, 10], 10);
+    assert!(last < 0.5 * first, "GPT loss {first} → {last}");
+}
+
+/// One GDA2 step: Δθ, Adam's step r for the same gradients, and GDA2's reports.
+struct Gda2Step {
+    taken: Vec<f32>,
+    adam: Vec<f32>,
+    reports: Vec<optlab::optim::StepReport>,
+}
+
+/// Runs `config` on f(x) = ½·Σ dᵢ·xᵢ² (plus `noise` on the gradient) beside
+/// PyTorch-semantics Adam fed the same gradients, whose step is GDA2's residual r.
+fn beside_adam(config: Gda2Config, steps: usize, noise: f32) -> Vec<Gda2Step> {
+    let n = 12;
+    let d: Vec<f32> = (0..n).map(|i| 10f32.powf(i as f32 / (n - 1) as f32 * 2.0)).collect();
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut gda2 = one_matrix(3, 4, &random(n, &mut rng), &vec![0.0; n]);
+    let mut adam = one_matrix(3, 4, &vec![0.0; n], &vec![0.0; n]);
+    let adam_config = AdamConfig { lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: config.eps, ..Default::default() };
+    let (mut g_opt, mut a_opt) =
+        (OptimizerConfig::Gda2(config).build(&Cpu, &mut gda2), OptimizerConfig::Adam(adam_config).build(&Cpu, &mut adam));
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let g: Vec<f32> = gda2.values.iter().zip(&d).map(|(x, d)| d * x + noise * rng.random_range(-1.0f32..1.0)).collect();
+        gda2.grads.copy_from_slice(&g);
+        adam.grads.copy_from_slice(&g);
+        let (before, adam_before) = (gda2.values.clone(), adam.values.clone());
+        g_opt.step(&Cpu, &mut gda2, 1.0, None).unwrap();
+        a_opt.step(&Cpu, &mut adam, 1.0, None).unwrap();
+        let delta = |now: &[f32], then: &[f32]| now.iter().zip(then).map(|(a, b)| a - b).collect::<Vec<f32>>();
+        out.push(Gda2Step {
+            taken: delta(&gda2.values, &before),
+            adam: delta(&adam.values, &adam_before),
+            reports: g_opt.groups[0].rule.last_step(),
+        });
+    }
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+}
+
+#[test]
+fn gda2_steps_stay_inside_its_trust_region_and_descend_along_adam() {
+    // Every applied step s: ‖s‖ ≤ trust_ratio·‖r‖ and ⟨s, r⟩ ≥ μ·‖r‖²·(trust scale),
+    // with r Adam's step for the same gradients; step 1 (no history) is Adam's.
+    let config = Gda2Config { lr: 0.01, trust_ratio: 1.1, descent_margin: 0.3, ..Default::default() };
+    let steps = beside_adam(config, 300, 0.5);
+    assert!(relative_error(&steps[0].taken, &steps[0].adam) < 1e-6, "step 1 must be Adam's");
+    let report = |k: usize, name: &str| steps[k].reports.iter().find(|r| r.name == name).unwrap().value;
+    for (k, Gda2Step { taken: s, adam: r, .. }) in steps.iter().enumerate() {
+        let (s_norm, r_norm2) = (dot(s, s).sqrt(), dot(r, r));
+        assert!(s_norm <= config.trust_ratio * r_norm2.sqrt() * (1.0 + 1e-4), "step {k}: ‖s‖ {s_norm} outside the trust region");
+        let margin = config.descent_margin * r_norm2 * report(k, "gda2_trust_scale");
+        assert!(dot(s, r) >= margin * (1.0 - 1e-4), "step {k}: ⟨s, r⟩ {} below {margin}", dot(s, r));
+    }
+    // The safeguards are not idle: steps were mixed, some rejected, some clipped.
+    let count = |name: &str, hit: &dyn Fn(f64) -> bool| (0..steps.len()).filter(|&k| hit(report(k, name))).count();
+    let (mixed, rejected, clipped) =
+        (count("gda2_mixing_norm", &|v| v > 0.0), count("gda2_rejected", &|v| v == 1.0), count("gda2_trust_scale", &|v| v < 1.0));
+    assert!(mixed > 100 && rejected > 0 && clipped > 0, "mixed {mixed}, rejected {rejected}, clipped {clipped}");
+}
+
+#[test]
+fn gda2_accelerates_adam_on_an_ill_conditioned_quadratic() {
+    // Curvatures 1…100, exact gradients: Anderson mixing over Adam's steps must
+    // reach a lower loss than Adam alone in the same number of steps.
+    let n = 12;
+    let d: Vec<f32> = (0..n).map(|i| 10f32.powf(i as f32 / (n - 1) as f32 * 2.0)).collect();
+    let loss_after = |config: OptimizerConfig| {
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut store = one_matrix(3, 4, &random(n, &mut rng), &vec![0.0; n]);
+        let mut opt = config.build(&Cpu, &mut store);
+        for _ in 0..150 {
+            let g: Vec<f32> = store.values.iter().zip(&d).map(|(x, d)| d * x).collect();
+            store.grads.copy_from_slice(&g);
+            opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+        }
+        store.values.iter().zip(&d).map(|(x, d)| 0.5 * f64::from(d * x * x)).sum::<f64>()
+    };
+    let adam = loss_after(OptimizerConfig::Adam(AdamConfig { lr: 0.05, ..Default::default() }));
+    let gda2 = loss_after(OptimizerConfig::Gda2(Gda2Config { lr: 0.05, ..Default::default() }));
+    assert!(gda2 < 0.2 * adam, "loss after 150 steps: Adam {adam}, GDA2 {gda2}");
 }

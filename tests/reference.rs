@@ -57,7 +57,7 @@ fn optimizer_trajectories_match_pytorch() {
     ];
     for (name, opt) in cases {
         let mut model = Mlp::from_values(&Cpu, config(Activation::Relu), f.tensor("relu.params").unwrap());
-        let mut optimizer = opt.build(&Cpu, &model.store);
+        let mut optimizer = opt.build(&Cpu, &mut model.store);
         for _ in 0..3 {
             model.loss_and_gradients(&Cpu, &x, &labels).unwrap();
             optimizer.step(&Cpu, &mut model.store, 1.0, None).unwrap();

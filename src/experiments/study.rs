@@ -292,7 +292,7 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
         let segments = p.segments();
         self.at.set("building the model");
         let mut model = p.build_model(b, self.seed)?;
-        let optimizer = self.named.config.build(b, P::store(&model));
+        let optimizer = self.named.config.build(b, P::store_mut(&mut model));
         let total_steps = (0..segments).map(|s| p.segment_steps(s)).sum();
         let mut trainer = Trainer::new(b, optimizer, P::store(&model), Settings { total_steps, ..p.settings() });
         let mut state = RunState {

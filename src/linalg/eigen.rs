@@ -42,18 +42,36 @@ fn symmetric_eigen(a: &[f32], n: usize, what: &str) -> Result<SelfAdjointEigen<f
 /// # Panics
 /// If `a.len() != n * n` or `p == 0`.
 pub fn sym_inverse_root(a: &[f32], n: usize, p: u32, eps: Epsilon) -> Result<Vec<f32>> {
-    assert!(p > 0, "sym_inverse_root: p must be positive");
-    let evd = symmetric_eigen(a, n, "sym_inverse_root")?;
+    Ok(damped_root(a, n, p, |lambda_max| eps.absolute + eps.relative * lambda_max, "sym_inverse_root")?.root)
+}
+
+/// (A + δ·I)⁻¹ of the symmetric n×n row-major `a`, as [`sym_inverse_root`] with
+/// p = 1 and an absolute δ: K-FAC's damped Kronecker factors.
+pub fn damped_inverse(a: &[f32], n: usize, damping: f64) -> Result<DampedRoot> {
+    damped_root(a, n, 1, |_| damping, "damped_inverse")
+}
+
+/// A damped inverse root and how well conditioned the damped matrix was.
+pub struct DampedRoot {
+    pub root: Vec<f32>,
+    /// (λ_max + δ)/(λ_min + δ) of the matrix whose root was taken.
+    pub condition: f64,
+}
+
+/// (A + δ·I)^{-1/p} with δ = `damping(λ_max)`; see [`sym_inverse_root`].
+fn damped_root(a: &[f32], n: usize, p: u32, damping: impl Fn(f64) -> f64, what: &str) -> Result<DampedRoot> {
+    assert!(p > 0, "{what}: p must be positive");
+    let evd = symmetric_eigen(a, n, what)?;
     let (u, lambda) = (evd.U(), evd.S().column_vector());
     // Nondecreasing: the last eigenvalue is the largest.
-    let lambda_max = if n == 0 { 0.0 } else { lambda[n - 1].max(0.0) };
-    let damping = eps.absolute + eps.relative * lambda_max;
+    let (lambda_min, lambda_max) = if n == 0 { (0.0, 0.0) } else { (lambda[0].max(0.0), lambda[n - 1].max(0.0)) };
+    let damping = damping(lambda_max);
     let exponent = -1.0 / p as f64;
     let scaled = Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * (lambda[j].max(0.0) + damping).powf(exponent));
     let root = &scaled * u.transpose();
     let out: Vec<f32> = (0..n * n).map(|i| root[(i / n, i % n)] as f32).collect();
-    ensure!(out.iter().all(|x| x.is_finite()), "sym_inverse_root: root of {n}×{n} is not finite (damping {damping:e})");
-    Ok(out)
+    ensure!(out.iter().all(|x| x.is_finite()), "{what}: root of {n}×{n} is not finite (damping {damping:e})");
+    Ok(DampedRoot { root: out, condition: (lambda_max + damping) / (lambda_min + damping) })
 }
 
 /// Eigenvectors of the symmetrised n×n row-major `a` (see [`symmetric_eigen`]),

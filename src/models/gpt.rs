@@ -114,6 +114,8 @@ impl<B: Backend> Gpt<B> {
         let Self { store, tokens, positions, head, body, work, .. } = self;
         let w = work.as_mut().expect("forward made it");
         let (rows, seq) = (ids.len(), w.shape.1);
+        // The loss is a mean over every position.
+        store.taps.loss_terms = rows;
         head.backward(backend, store, Some(body.output_gradient()), &w.d_logits, &w.normed, rows);
         let d_x0 = body.backward(backend, store);
         backend.embedding_backward(B::view_mut(&mut store.grads, store.specs[*tokens].range()), B::all(d_x0), &w.ids, d);

@@ -140,6 +140,7 @@ impl<B: Backend> Classifier<B> for Mlp<B> {
         let work = work.as_mut().expect("forward made the workspace");
         let last = layers.len() - 1;
         let out = backend.softmax_cross_entropy(B::all_mut(&mut work.d_pre[last]), B::all(&work.pre[last]), labels, config.classes)?;
+        store.taps.loss_terms = batch;
         for (i, layer) in layers.iter().enumerate().rev() {
             let dx = (i > 0).then(|| &mut work.d_inputs[i]);
             layer.backward(backend, store, dx, &work.d_pre[i], &work.inputs[i], batch);

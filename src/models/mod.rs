@@ -6,6 +6,7 @@
 
 pub mod gpt;
 pub mod mlp;
+pub mod taps;
 pub mod transformer;
 pub mod vit;
 
@@ -15,6 +16,7 @@ use crate::backend::{Backend, LossOut};
 
 pub use gpt::{Gpt, GptConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use taps::{LayerTap, LayerTaps};
 pub use transformer::TransformerConfig;
 pub use vit::{Vit, VitConfig};
 
@@ -117,6 +119,8 @@ pub struct ParamStore<B: Backend> {
     pub specs: Vec<ParamSpec>,
     pub values: B::Buf,
     pub grads: B::Buf,
+    /// Inputs and output gradients of the linear maps an optimizer asked for.
+    pub taps: LayerTaps<B>,
 }
 
 impl<B: Backend> ParamStore<B> {
@@ -132,7 +136,7 @@ impl<B: Backend> ParamStore<B> {
             })
             .collect();
         assert_eq!(init.len(), offset, "initial values must cover every parameter");
-        Self { specs, values: backend.upload(init), grads: backend.zeros(offset) }
+        Self { specs, values: backend.upload(init), grads: backend.zeros(offset), taps: LayerTaps::default() }
     }
 
     /// Declares the head blocks of parameters by store index.

@@ -160,6 +160,7 @@ impl<B: Backend> Classifier<B> for Vit<B> {
         let Self { store, embed, cls, pos, head, body, work, config, .. } = self;
         let w = work.as_mut().expect("forward made it");
         let out = backend.softmax_cross_entropy(B::all_mut(&mut w.d_logits), B::all(&w.logits), labels, config.classes)?;
+        store.taps.loss_terms = batch;
         head.backward(backend, store, Some(&mut w.d_cls_out), &w.d_logits, &w.cls_out, batch);
         // Only the class tokens reach the head.
         let d_normed = body.output_gradient();

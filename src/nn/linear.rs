@@ -23,6 +23,7 @@ impl Linear {
 
     /// Accumulates `dW += dyᵀ·x`, `db += Σ_rows dy`; writes `dx = dy·W` when asked
     /// (the first layer skips it: nobody needs the gradient of the pixels).
+    /// Hands `x` and `dy` to the store's [`crate::models::LayerTaps`] if an optimizer asked for them.
     pub fn backward<B: Backend>(
         &self,
         backend: &B,
@@ -32,6 +33,7 @@ impl Linear {
         x: &B::Buf,
         batch: usize,
     ) {
+        store.taps.record(backend, self.weight, x, dy, batch);
         let (w, b) = (store.specs[self.weight].range(), store.specs[self.bias].range());
         let dw_shape = Gemm { m: self.out_dim, k: batch, n: self.in_dim, trans_a: true, trans_b: false };
         backend.matmul(B::view_mut(&mut store.grads, w), B::all(dy), B::all(x), dw_shape, 1.0, 1.0);

@@ -10,6 +10,8 @@ pub mod adamw;
 pub mod anderson;
 pub mod diagonal;
 pub mod dion;
+pub mod gda2;
+pub mod kfac;
 pub mod lion;
 pub mod manifold_muon;
 pub mod muon;
@@ -29,6 +31,8 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use anderson::{AndersonGda, AndersonGdaConfig};
 pub use diagonal::{AdadeltaConfig, AdagradConfig, AdamConfig, Diagonal, DiagonalConfig, RmsPropConfig};
 pub use dion::{Dion, DionConfig};
+pub use gda2::{Gda2, Gda2Config};
+pub use kfac::{Kfac, KfacConfig};
 pub use lion::{Lion, LionConfig};
 pub use manifold_muon::{Manifold, ManifoldMuon, ManifoldMuonConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
@@ -142,6 +146,8 @@ pub enum OptimizerConfig {
     Dion(DionConfig),
     Oblique(ObliqueConfig),
     ManifoldMuon(ManifoldMuonConfig),
+    Kfac(KfacConfig),
+    Gda2(Gda2Config),
 }
 
 /// A base optimizer whose hidden matrices are kept on the oblique manifold
@@ -160,7 +166,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 21] = [
+pub const OPTIMIZER_NAMES: [&str; 23] = [
     "sgd",
     "adamw",
     "lion",
@@ -175,6 +181,7 @@ pub const OPTIMIZER_NAMES: [&str; 21] = [
     "adam",
     "amsgrad",
     "anderson-gda",
+    "gda2",
     "dion",
     "oblique",
     "stiefel",
@@ -182,6 +189,7 @@ pub const OPTIMIZER_NAMES: [&str; 21] = [
     "sl-muon",
     "symplectic",
     "block-stiefel",
+    "kfac",
 ];
 
 impl OptimizerConfig {
@@ -196,6 +204,7 @@ impl OptimizerConfig {
             "adam" => Self::Adam(AdamConfig::default()),
             "amsgrad" => Self::Adam(AdamConfig { amsgrad: true, ..AdamConfig::default() }),
             "anderson-gda" => Self::AndersonGda(AndersonGdaConfig::default()),
+            "gda2" => Self::Gda2(Gda2Config::default()),
             "dion" => Self::Dion(DionConfig::default()),
             "oblique" => Self::Oblique(ObliqueConfig::default()),
             // `manifold-muon` is the serialized kind of these five (saved configs).
@@ -210,6 +219,7 @@ impl OptimizerConfig {
             "normuon" => Self::Muon(MuonConfig::normuon()),
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
             "soap" => Self::Soap(SoapConfig::default()),
+            "kfac" => Self::Kfac(KfacConfig::default()),
             _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
         })
     }
@@ -329,6 +339,26 @@ impl OptimizerConfig {
                 non_negative("dual_tol", c.dual_tol)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }
+            Self::Kfac(c) => {
+                positive("lr", c.lr)?;
+                unit("momentum", c.momentum)?;
+                positive("damping", c.damping as f32)?;
+                unit("statistics_decay", c.statistics_decay)?;
+                at_least_one("inverse_every", c.inverse_every)?;
+                positive("kl_clip", c.kl_clip as f32)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                adamw("aux_adamw.", &c.aux_adamw)?;
+            }
+            Self::Gda2(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                unit("beta2", c.beta2)?;
+                positive("eps", c.eps)?;
+                at_least_one("memory", c.memory as u64)?;
+                non_negative("regularization", c.regularization as f32)?;
+                non_negative("descent_margin", c.descent_margin as f32)?;
+                positive("trust_ratio", c.trust_ratio as f32)?;
+            }
             Self::AndersonGda(c) => {
                 positive("lr", c.lr)?;
                 at_least_one("memory", c.memory as u64)?;
@@ -352,8 +382,10 @@ impl OptimizerConfig {
             Self::Adadelta(_) => "adadelta",
             Self::Adam(_) => "adam",
             Self::AndersonGda(_) => "anderson-gda",
+            Self::Gda2(_) => "gda2",
             Self::Dion(_) => "dion",
             Self::Oblique(_) => "oblique",
+            Self::Kfac(_) => "kfac",
             Self::ManifoldMuon(c) => match c.manifold {
                 Manifold::Stiefel => "stiefel",
                 Manifold::Grassmann => "grassmann",
@@ -364,8 +396,9 @@ impl OptimizerConfig {
         }
     }
 
-    /// Builds the groups for a model's parameters.
-    pub fn build<B: Backend>(&self, backend: &B, store: &ParamStore<B>) -> Optimizer<B> {
+    /// Builds the groups for a model's parameters (K-FAC also asks the store
+    /// for its layers' inputs and output gradients).
+    pub fn build<B: Backend>(&self, backend: &B, store: &mut ParamStore<B>) -> Optimizer<B> {
         let all: Vec<usize> = (0..store.specs.len()).collect();
         let with_role =
             |keep: &dyn Fn(Role) -> bool| -> Vec<usize> { all.iter().copied().filter(|&i| keep(store.specs[i].role)).collect() };
@@ -397,6 +430,10 @@ impl OptimizerConfig {
                 push("shampoo", matrices.clone(), c.lr, Box::new(Shampoo::new(backend, store, &matrices, *c)));
                 push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
             }
+            Self::Kfac(c) => {
+                push("kfac", matrices.clone(), c.lr, Box::new(Kfac::new(backend, store, &matrices, *c)));
+                push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
+            }
             Self::Soap(c) => {
                 push("soap", matrices.clone(), c.lr, Box::new(Soap::new(backend, store, &matrices, *c)));
                 push("adamw-aux", vectors, c.aux_adamw.lr, Box::new(AdamW::new(backend, store, c.aux_adamw)));
@@ -406,6 +443,7 @@ impl OptimizerConfig {
             Self::Adadelta(c) => push("adadelta", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adadelta(*c)))),
             Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
             Self::AndersonGda(c) => push("anderson-gda", all.clone(), c.lr, Box::new(AndersonGda::new(backend, store, *c))),
+            Self::Gda2(c) => push("gda2", all.clone(), c.lr, Box::new(Gda2::new(backend, store, *c))),
             Self::ManifoldMuon(c) => {
                 let (hidden, rest) = (with_role(&|r| r == Role::HiddenMatrix), with_role(&|r| r != Role::HiddenMatrix));
                 push(self.name(), hidden.clone(), c.lr, Box::new(ManifoldMuon::new(store, &hidden, *c)));

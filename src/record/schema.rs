@@ -111,7 +111,13 @@ pub const OPTIMIZER_STEPS: Table = Table {
              `manifold_dual_steps` (dual iterations of `stiefel` and `sl-muon`; 0 for the closed-form steps of `grassmann` and `symplectic`), \
              `manifold_tangent_residual` (how far the step taken is from the tangent space: ‖WᵀA + AᵀW‖_F/p, or \
              |tr(W⁻¹A)|/√n for `sl-muon`), `manifold_drift` (max |WᵀW − I|, |det W − 1| for `sl-muon`, or max |WᵀJW − J| for \
-             `symplectic`, of the stored matrix after the retraction).",
+             `symplectic`, of the stored matrix after the retraction), \
+             `gda2_memory_used`, `gda2_mixing_norm` (‖γ‖₂ of GDA2's mixing coefficients over all parameters; 0 when the \
+             step taken was Adam's), `gda2_regularization` (its adaptive δ), `gda2_rejected` (1 when the descent check \
+             replaced the mixed step by Adam's), `gda2_trust_scale` (the factor the trust region put on the step, 1 inside it), \
+             `kfac_kl_scale` (K-FAC's KL-clipping factor ν on every matrix's direction, 1 when unclipped), and on the steps \
+             K-FAC recomputes its inverses `kfac_damping_a` / `kfac_damping_g` (π√γ and √γ/π added to each Kronecker factor) \
+             and `kfac_condition_a` / `kfac_condition_g` (λ_max/λ_min of each damped factor).",
         ),
         col("value", Kind::F64, "The value at this step."),
     ],
@@ -131,6 +137,7 @@ pub const SPECTRA: Table = Table {
             "Which matrix: `weight`; `gradient` (of the last batch); `update` (applied Δθ of the last step); \
              `muon_pre_orthogonalization` / `muon_post_orthogonalization` (Muon's direction before / after Newton-Schulz); \
              `shampoo_preconditioned` (L^-1/4·M·R^-1/4 before grafting); \
+             `kfac_preconditioned` (K-FAC's G⁻¹·∇W·A⁻¹ with the damped factors, before KL-clipping and momentum); \
              `soap_direction` (Q_L·N·Q_Rᵀ, N Adam's direction in SOAP's eigenbasis; before learning rate and weight decay).",
         ),
         col("rows", Kind::I64, "Rows of the matrix (output features)."),
@@ -215,7 +222,8 @@ pub const COUNTERS: Table = Table {
             "`shampoo_root_failures` (roots whose eigendecomposition failed; the previous root was kept), `shampoo_roots_computed`, \
              `soap_basis_failures` (eigenbases whose decomposition failed; the previous basis was kept), `soap_bases_computed`, \
              `cuda_inverse_root_cpu_fallbacks` (GPU roots that did not converge in f32 and were computed by the CPU in f64), \
-             `muon_ns_early_stops` (with `ns_tol`: matrices whose Newton-Schulz stopped before `ns_steps`).",
+             `muon_ns_early_stops` (with `ns_tol`: matrices whose Newton-Schulz stopped before `ns_steps`), \
+             `kfac_failed_inversions` (K-FAC factors that could not be inverted; the previous inverses were kept).",
         ),
         col("value", Kind::F64, "The count so far in this run, carried across resumed sessions."),
     ],
