@@ -446,9 +446,10 @@ fn mlp_training_steps_agree_across_backends() {
         OptimizerConfig::by_name("adamw").unwrap(),
         OptimizerConfig::Muon(MuonConfig::default()),
         OptimizerConfig::Shampoo(shampoo),
-        // K-FAC reads the layer taps; GDA2 mixes over the whole store.
+        // K-FAC reads the layer taps; GDA2 mixes over the whole store; PSGD-Kron fits on the host.
         OptimizerConfig::by_name("kfac").unwrap(),
         OptimizerConfig::by_name("gda2").unwrap(),
+        OptimizerConfig::by_name("psgd-kron").unwrap(),
     ] {
         let (cpu, gpu) = on_both!(&g, |b| {
             let mut model = Mlp::new(b, config.clone(), 3);

@@ -5,7 +5,7 @@ use optlab::linalg::{NsCoefficients, matmul, singular_values};
 use optlab::models::{Classifier, Mlp, MlpConfig, ParamStore, Role};
 use optlab::optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamWConfig, Gda2Config, Grafting, KfacConfig, LionConfig, Manifold, ManifoldMuonConfig,
-    MuonConfig, OptimizerConfig, RmsPropConfig, SgdConfig, ShampooConfig, SoapConfig,
+    MuonConfig, OptimizerConfig, PsgdKronConfig, RmsPropConfig, SgdConfig, ShampooConfig, SoapConfig,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -343,6 +343,8 @@ fn every_optimizer_fits_a_small_problem() {
             OptimizerConfig::Lion(c) => OptimizerConfig::Lion(LionConfig { lr: 1e-3, ..c }),
             // muon-fast's lr (0.002) is document 001's for its ViT; Muon's suits 150 steps.
             OptimizerConfig::Muon(c) if name == "muon-fast" => OptimizerConfig::Muon(MuonConfig { lr: 0.02, ..c }),
+            // PSGD-Kron's P starts at I, so its first steps are lr·m̂, not Adam's lr·sign-like ones.
+            OptimizerConfig::PsgdKron(c) => OptimizerConfig::PsgdKron(PsgdKronConfig { lr: 0.01, ..c }),
             c => c,
         };
         let mut opt = config.build(&Cpu, &mut model.store);
@@ -1283,4 +1285,48 @@ fn gda2_accelerates_adam_on_an_ill_conditioned_quadratic() {
     let adam = loss_after(OptimizerConfig::Adam(AdamConfig { lr: 0.05, ..Default::default() }));
     let gda2 = loss_after(OptimizerConfig::Gda2(Gda2Config { lr: 0.05, ..Default::default() }));
     assert!(gda2 < 0.2 * adam, "loss after 150 steps: Adam {adam}, GDA2 {gda2}");
+}
+
+#[test]
+fn psgd_kron_fits_the_whitening_preconditioner() {
+    // PSGD's criterion fitted on pairs (V ~ N(0, I), G) has its fixed point where
+    // P = QᵀQ whitens G (Li 2018). For G = S_L·Z·S_R with Z ~ N(0, 1) entries the
+    // Kronecker factors satisfy P_L·S_L²·P_L ∝ I, so P_L ∝ S_L⁻¹ and P_R ∝ S_R⁻¹
+    // (each up to the scale the Kronecker product leaves free). A small fitting
+    // step over many draws averages out the fit's own noise.
+    use rand_distr::{Distribution, StandardNormal};
+    let (s_left, s_right) = ([1.0f32, 2.0, 4.0, 8.0], [0.5f32, 1.0, 1.0, 2.0, 3.0, 6.0]);
+    let (m, n) = (s_left.len(), s_right.len());
+    let mut store = one_matrix(m, n, &vec![0.0; m * n], &vec![0.0; m * n]);
+    let config = PsgdKronConfig {
+        lr: 1e-12,
+        beta1: 0.0,
+        precond_lr: 0.005,
+        update_probability_min: 1.0,
+        update_probability_max: 1.0,
+        ..Default::default()
+    };
+    let mut opt = OptimizerConfig::PsgdKron(config).build(&Cpu, &mut store);
+    let mut rng = StdRng::seed_from_u64(23);
+    for _ in 0..60_000 {
+        let g: Vec<f32> = (0..m * n)
+            .map(|k| {
+                let z: f32 = StandardNormal.sample(&mut rng);
+                s_left[k / n] * z * s_right[k % n]
+            })
+            .collect();
+        store.grads.copy_from_slice(&g);
+        opt.step(&Cpu, &mut store, 1.0, None).unwrap();
+    }
+    let mut state = opt.groups[0].rule.state_mut();
+    let q = |name: &str, state: &mut Vec<(String, &mut Vec<f32>)>| state.iter().find(|(k, _)| k == name).map(|(_, q)| q.to_vec()).unwrap();
+    for (name, s) in [("p0.left", &s_left[..]), ("p0.right", &s_right[..])] {
+        let (q, d) = (q(name, &mut state), s.len());
+        let p = mat(&q, d, d).transpose() * mat(&q, d, d);
+        // Compare P·S (which should be c·I) with its mean diagonal.
+        let ps = faer::Mat::from_fn(d, d, |i, j| p[(i, j)] * f64::from(s[j]));
+        let c = (0..d).map(|i| ps[(i, i)]).sum::<f64>() / d as f64;
+        let err = (&ps - faer::Mat::<f64>::identity(d, d) * faer::Scale(c)).norm_l2() / (c * (d as f64).sqrt());
+        assert!(err < 0.1, "{name}: ‖P·S − c·I‖/‖c·I‖ = {err}; P·S = {ps:?}");
+    }
 }

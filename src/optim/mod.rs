@@ -16,6 +16,7 @@ pub mod lion;
 pub mod manifold_muon;
 pub mod muon;
 pub mod oblique;
+pub mod psgd_kron;
 pub mod schedule;
 pub mod sgd;
 pub mod shampoo;
@@ -36,6 +37,7 @@ pub use kfac::{Kfac, KfacConfig};
 pub use lion::{Lion, LionConfig};
 pub use manifold_muon::{Manifold, ManifoldMuon, ManifoldMuonConfig};
 pub use muon::{Muon, MuonConfig, MuonScaling};
+pub use psgd_kron::{PsgdKron, PsgdKronConfig};
 pub use schedule::{Decay, Schedule};
 pub use sgd::{Sgd, SgdConfig};
 pub use shampoo::{Grafting, Shampoo, ShampooConfig};
@@ -148,6 +150,7 @@ pub enum OptimizerConfig {
     ManifoldMuon(ManifoldMuonConfig),
     Kfac(KfacConfig),
     Gda2(Gda2Config),
+    PsgdKron(PsgdKronConfig),
 }
 
 /// A base optimizer whose hidden matrices are kept on the oblique manifold
@@ -166,7 +169,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 23] = [
+pub const OPTIMIZER_NAMES: [&str; 24] = [
     "sgd",
     "adamw",
     "lion",
@@ -190,6 +193,7 @@ pub const OPTIMIZER_NAMES: [&str; 23] = [
     "symplectic",
     "block-stiefel",
     "kfac",
+    "psgd-kron",
 ];
 
 impl OptimizerConfig {
@@ -220,6 +224,7 @@ impl OptimizerConfig {
             "shampoo" => Self::Shampoo(ShampooConfig::default()),
             "soap" => Self::Soap(SoapConfig::default()),
             "kfac" => Self::Kfac(KfacConfig::default()),
+            "psgd-kron" => Self::PsgdKron(PsgdKronConfig::default()),
             _ => bail!("unknown optimizer {name:?}; known: {}", OPTIMIZER_NAMES.join(", ")),
         })
     }
@@ -349,6 +354,19 @@ impl OptimizerConfig {
                 non_negative("weight_decay", c.weight_decay)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }
+            Self::PsgdKron(c) => {
+                positive("lr", c.lr)?;
+                unit("beta1", c.beta1)?;
+                non_negative("weight_decay", c.weight_decay)?;
+                positive("precond_lr", c.precond_lr)?;
+                at_least_one("max_size_triangular", c.max_size_triangular as u64)?;
+                positive("trust_region_scale", c.trust_region_scale)?;
+                let (min, max) = (c.update_probability_min, c.update_probability_max);
+                if !(min > 0.0 && min <= max && max <= 1.0) {
+                    bail!("update_probability_min and _max must satisfy 0 < min ≤ max ≤ 1, got {min} and {max}");
+                }
+                non_negative("update_probability_decay", c.update_probability_decay)?;
+            }
             Self::Gda2(c) => {
                 positive("lr", c.lr)?;
                 unit("beta1", c.beta1)?;
@@ -383,6 +401,7 @@ impl OptimizerConfig {
             Self::Adam(_) => "adam",
             Self::AndersonGda(_) => "anderson-gda",
             Self::Gda2(_) => "gda2",
+            Self::PsgdKron(_) => "psgd-kron",
             Self::Dion(_) => "dion",
             Self::Oblique(_) => "oblique",
             Self::Kfac(_) => "kfac",
@@ -444,6 +463,7 @@ impl OptimizerConfig {
             Self::Adam(c) => push("adam", all.clone(), c.lr, Box::new(Diagonal::new(backend, store, DiagonalConfig::Adam(*c)))),
             Self::AndersonGda(c) => push("anderson-gda", all.clone(), c.lr, Box::new(AndersonGda::new(backend, store, *c))),
             Self::Gda2(c) => push("gda2", all.clone(), c.lr, Box::new(Gda2::new(backend, store, *c))),
+            Self::PsgdKron(c) => push("psgd-kron", all.clone(), c.lr, Box::new(PsgdKron::new(backend, store, &all, *c))),
             Self::ManifoldMuon(c) => {
                 let (hidden, rest) = (with_role(&|r| r == Role::HiddenMatrix), with_role(&|r| r != Role::HiddenMatrix));
                 push(self.name(), hidden.clone(), c.lr, Box::new(ManifoldMuon::new(store, &hidden, *c)));
