@@ -29,7 +29,7 @@
 //! - No homogeneous coordinate for biases: like every matrix optimizer here,
 //!   K-FAC takes the matrices and an auxiliary AdamW the vectors and embeddings.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::{AdamWConfig, Capture, StepReport, UpdateRule, accumulate_gram, identity, ranges};
@@ -175,6 +175,7 @@ impl<B: Backend> UpdateRule<B> for Kfac<B> {
         let decay = (1.0 - 1.0 / t as f32).min(c.statistics_decay);
         let refresh = (t - 1).is_multiple_of(c.inverse_every.max(1));
         let terms = store.taps.loss_terms as f32;
+        ensure!(terms > 0.0, "K-FAC: the model's loss did not say how many terms it averages (LayerTaps::loss_terms)");
         let mut predicted_kl = 0.0;
         for f in &mut self.factors {
             let (m, n, r) = (f.rows, f.cols, store.specs[f.param].range());

@@ -176,16 +176,19 @@ impl HostFactor {
         }
     }
 
-    /// `X·Q⁻¹` for an x of rows×dim (Q upper triangular: forward substitution per row).
+    /// `X·Q⁻¹` for an x of rows×dim (Q upper triangular: forward substitution per
+    /// row, reading Q's columns as the contiguous rows of Qᵀ).
     fn solve_right(&self, x: &mut [f32]) {
         let n = self.dim;
-        for row in x.chunks_mut(n) {
-            match self.kind {
-                Kind::Diagonal => row.iter_mut().zip(&self.q).for_each(|(v, d)| *v /= d),
-                Kind::Triangular => {
+        match self.kind {
+            Kind::Diagonal => x.chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.q).for_each(|(v, d)| *v /= d)),
+            Kind::Triangular => {
+                let qt = transpose(&self.q, n, n);
+                for row in x.chunks_mut(n) {
                     for j in 0..n {
-                        let s: f32 = (0..j).map(|k| row[k] * self.q[k * n + j]).sum();
-                        row[j] = (row[j] - s) / self.q[j * n + j];
+                        let column = &qt[j * n..j * n + j];
+                        let s: f32 = row[..j].iter().zip(column).map(|(a, b)| a * b).sum();
+                        row[j] = (row[j] - s) / qt[j * n + j];
                     }
                 }
             }
