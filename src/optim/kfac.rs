@@ -191,10 +191,11 @@ impl<B: Backend> UpdateRule<B> for Kfac<B> {
             }
             // V = G⁻¹·∇W·A⁻¹.
             let grad = B::view(&store.grads, r.clone());
-            let square = |k| Gemm { m, k, n, trans_a: false, trans_b: false };
-            backend.matmul(B::view_mut(&mut self.half, r.clone()), B::all(&f.g_inverse), grad, square(m), 1.0, 0.0);
+            // An m×n product over the inner dimension k.
+            let inner = |k| Gemm { m, k, n, trans_a: false, trans_b: false };
+            backend.matmul(B::view_mut(&mut self.half, r.clone()), B::all(&f.g_inverse), grad, inner(m), 1.0, 0.0);
             let half = B::view(&self.half, r.clone());
-            backend.matmul(B::view_mut(&mut self.directions, r.clone()), half, B::all(&f.a_inverse), square(n), 1.0, 0.0);
+            backend.matmul(B::view_mut(&mut self.directions, r.clone()), half, B::all(&f.a_inverse), inner(n), 1.0, 0.0);
             predicted_kl += (lr as f64).powi(2) * backend.dot(B::view(&self.directions, r.clone()), grad)?;
             if let Some(caps) = captures.as_deref_mut() {
                 caps.push(Capture { param: f.param, kind: "kfac_preconditioned", values: backend.download(B::view(&self.directions, r))? });
