@@ -109,8 +109,7 @@ impl<B: Backend> History<B> {
     /// Records this step's iterate `x` and residual `r` on `range`; from step 2
     /// on, their differences to the previous ones overwrite the oldest slot.
     pub fn record(&mut self, backend: &B, range: &Range<usize>, x: &B::Buf, r: &B::Buf, t: u64) {
-        if t > 1 {
-            let slot = ((t - 2) % self.dx.len() as u64) as usize;
+        if let Some(slot) = self.newest(t) {
             for (diff, previous, now) in [(&mut self.dx[slot], &mut self.previous_x, x), (&mut self.dr[slot], &mut self.previous_r, r)] {
                 backend.copy(part_mut::<B>(diff, range), part::<B>(now, range));
                 backend.axpby(part_mut::<B>(diff, range), -1.0, part::<B>(previous, range), 1.0);
@@ -131,13 +130,9 @@ impl<B: Backend> History<B> {
         gram::<B>(backend, &self.dx[..held], range)
     }
 
-    /// ‖Δx‖² of the newest iterate difference at step `t` (0 before step 2).
-    pub fn newest_step_norm2(&self, backend: &B, range: &Range<usize>, t: u64) -> Result<f64> {
-        if t < 2 {
-            return Ok(0.0);
-        }
-        let slot = ((t - 2) % self.dx.len() as u64) as usize;
-        backend.sum_squares(part::<B>(&self.dx[slot], range))
+    /// The slot of step `t`'s differences (none before step 2): the oldest is overwritten.
+    pub fn newest(&self, t: u64) -> Option<usize> {
+        (t > 1).then(|| ((t - 2) % self.dx.len() as u64) as usize)
     }
 
     /// `out += −Σ γ_a·(ΔX_a + ΔR_a)` on `range`.

@@ -101,9 +101,12 @@ impl<B: Backend> UpdateRule<B> for Gda2<B> {
         let r_norm2 = backend.sum_squares(B::all(&self.r))?;
         let mut delta = 0.0;
         let gamma = if held > 0 {
-            delta = c.regularization * r_norm2 / (self.history.newest_step_norm2(backend, &all, t)? + STEP_FLOOR);
             let products = self.history.products(backend, &all, &self.r, held)?;
-            let system = add_scaled(&products.rr, delta, &self.history.step_gram(backend, &all, held)?);
+            let steps = self.history.step_gram(backend, &all, held)?;
+            // ‖Δx_newest‖² is on ΔXᵀΔX's diagonal: held > 0 means step ≥ 2.
+            let newest = self.history.newest(t).expect("differences are held from step 2 on");
+            delta = c.regularization * r_norm2 / (steps[newest][newest] + STEP_FLOOR);
+            let system = add_scaled(&products.rr, delta, &steps);
             solve(&system, &products.rhs)
         } else {
             None

@@ -225,7 +225,7 @@ impl HostFactor {
         let n = self.dim;
         match self.kind {
             Kind::Diagonal => {
-                let norm = sum.iter().fold(0.0f32, |m, v| m.max(v.abs())) + TINY;
+                let norm = max_abs(&sum) + TINY;
                 for ((q, a), b) in self.q.iter_mut().zip(t1).zip(t2) {
                     *q -= eta * (a - b) * *q / norm;
                 }
@@ -238,10 +238,6 @@ impl HostFactor {
                 self.q.iter_mut().zip(&moved).for_each(|(q, m)| *q -= m);
             }
         }
-    }
-
-    fn max_abs(&self) -> f32 {
-        self.q.iter().fold(0.0f32, |m, v| m.max(v.abs()))
     }
 }
 
@@ -268,7 +264,7 @@ impl HostFactors {
     /// A matrix's two factors to the geometric mean of their max-norms (vectors: nothing).
     fn balance(&mut self) {
         if let Some(l) = self.left.as_mut() {
-            let (nl, nr) = (l.max_abs(), self.right.max_abs());
+            let (nl, nr) = (max_abs(&l.q), max_abs(&self.right.q));
             let mean = (nl * nr).sqrt();
             l.q.iter_mut().for_each(|q| *q *= mean / nl);
             self.right.q.iter_mut().for_each(|q| *q *= mean / nr);
@@ -309,11 +305,11 @@ impl HostFactors {
 /// The reference's cheap lower bound of the spectral norm of a symmetric n×n `a`:
 /// its largest column (by norm) x, then ‖A·x/‖x‖‖ after one multiplication.
 fn spectral_norm_lower_bound(a: &[f32], n: usize) -> f32 {
-    let max_abs = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if max_abs == 0.0 {
+    let largest = max_abs(a);
+    if largest == 0.0 {
         return 0.0;
     }
-    let scaled: Vec<f32> = a.iter().map(|v| v / max_abs).collect();
+    let scaled: Vec<f32> = a.iter().map(|v| v / largest).collect();
     // Symmetric: the reference's row and column branches agree.
     let column_norm2 = |j: usize| (0..n).map(|i| scaled[i * n + j].powi(2)).sum::<f32>();
     let best = (0..n).max_by(|&i, &j| column_norm2(i).total_cmp(&column_norm2(j))).unwrap_or(0);
@@ -325,7 +321,12 @@ fn spectral_norm_lower_bound(a: &[f32], n: usize) -> f32 {
     }
     let mut y = vec![0.0; n];
     matmul(&mut y, &x, &scaled, 1, n, n, false, true, 1.0 / norm, 0.0);
-    max_abs * y.iter().map(|v| v * v).sum::<f32>().sqrt()
+    largest * y.iter().map(|v| v * v).sum::<f32>().sqrt()
+}
+
+/// The largest |x|: the reference's infinity norm of factors and fitting terms.
+fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 /// The reference's elementwise trust region on the preconditioned step.
