@@ -5,6 +5,12 @@
 // +inf without <math.h> (NVRTC compiles these sources with no system headers).
 #define OPTLAB_INFINITY __int_as_float(0x7f800000)
 
+// The launch's dynamic shared memory as `type* name` (kernels/emulation/cuda_host.h
+// defines it for host runs).
+#ifndef OPTLAB_DYNAMIC_SHARED
+#define OPTLAB_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Grid-stride loop over [0, n): kernels are correct for any launch size.
 #define GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \

@@ -156,7 +156,7 @@ __device__ void symmetric_product(float* c, int ldc, Rows r, int pairs, int s, f
 extern "C" __global__ void __launch_bounds__(NS_THREADS)
     newton_schulz_in_shared_memory(float* out, const float* in, const long long* offsets, int rows, int cols, int steps,
                                    const float* schedule, float factor, float eps) {
-    extern __shared__ float ns_shared[];
+    OPTLAB_DYNAMIC_SHARED(float, ns_shared);
     __shared__ float inv_norm, a_shifted;
     const bool tall = rows > cols;
     const int s = tall ? cols : rows, l = tall ? rows : cols;

@@ -40,6 +40,22 @@ impl From<usize> for Arg {
     }
 }
 
+/// A kernel launch: entry point, geometry and arguments in the kernel's
+/// parameter order. The ops build them with pure functions, so that the host
+/// emulation of the kernels (`emulator.rs`) runs exactly what the backend queues.
+#[derive(Clone, Debug)]
+pub(super) struct Launch {
+    pub(super) kernel: String,
+    pub(super) cfg: LaunchConfig,
+    pub(super) args: Vec<Arg>,
+}
+
+impl Launch {
+    pub(super) fn new(kernel: impl Into<String>, cfg: LaunchConfig, args: Vec<Arg>) -> Self {
+        Self { kernel: kernel.into(), cfg, args }
+    }
+}
+
 /// A grid dimension of `n` blocks, saturating so that [`check`] rejects a count
 /// past CUDA's limits rather than a wrapped one running.
 pub(super) fn blocks(n: usize) -> u32 {

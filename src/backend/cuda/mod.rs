@@ -6,6 +6,8 @@
 //! needed: views are plain (device pointer, length) pairs, as in llm.c, and
 //! kernels and cuBLAS take raw pointers. Failures are values: see [`fault`].
 
+#[cfg(test)]
+mod emulator;
 mod fault;
 mod launch;
 mod newton_schulz;

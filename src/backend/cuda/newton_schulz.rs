@@ -9,8 +9,8 @@ use std::ops::Range;
 use anyhow::{Result, anyhow};
 use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchConfig, sys};
 
-use super::launch::Arg;
-use super::ops::{GemmPrecision, ptr_of};
+use super::launch::{Arg, Launch, blocks};
+use super::ops::GemmPrecision;
 use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
 use crate::backend::Gemm;
 use crate::linalg::{self, NsCoefficients};
@@ -33,6 +33,41 @@ const PER_MATRIX_THREADS: u32 = 256;
 fn one_launch_shared_bytes(s: usize, l: usize) -> usize {
     let padded = |n: usize| 2 * (n.div_ceil(2) | 1);
     2 * s * padded(s) * 4 + s * padded(l) * 2
+}
+
+/// (a, b, c) of each step as the one-launch kernel reads them; at least one
+/// triple, so that the buffer is never empty.
+pub(super) fn one_launch_schedule(steps: usize, coeffs: NsCoefficients) -> Vec<f32> {
+    (0..steps.max(1)).flat_map(|k| <[f32; 3]>::from(coeffs.at(k))).collect()
+}
+
+/// The one-launch kernel over `batch` rows×cols matrices, one block each:
+/// buffers [out, input, offsets (i64, one per matrix), schedule].
+pub(super) fn one_launch(
+    [rows, cols]: [usize; 2],
+    batch: usize,
+    steps: usize,
+    coeffs: NsCoefficients,
+    buffers: [sys::CUdeviceptr; 4],
+) -> Launch {
+    let [out, input, offsets, schedule] = buffers;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(batch), 1, 1),
+        block_dim: (ONE_LAUNCH_THREADS, 1, 1),
+        shared_mem_bytes: one_launch_shared_bytes(rows.min(cols), rows.max(cols)) as u32,
+    };
+    let args = vec![
+        Arg::Ptr(out),
+        Arg::Ptr(input),
+        Arg::Ptr(offsets),
+        Arg::Index(rows),
+        Arg::Index(cols),
+        Arg::Index(steps),
+        Arg::Ptr(schedule),
+        coeffs.norm_factor().into(),
+        linalg::NS_NORM_EPS.into(),
+    ];
+    Launch::new(ONE_LAUNCH_KERNEL, cfg, args)
 }
 
 /// Lets the one-launch kernel use the device's opt-in shared memory per block
@@ -100,27 +135,13 @@ impl Cuda {
         coeffs: NsCoefficients,
     ) {
         let Some((table, _)) = self.pending.keep(self.range_table(ranges)) else { return };
-        // (a, b, c) of each step; at least one triple, so that the buffer is never empty.
-        let schedule: Vec<f32> = (0..steps.max(1)).flat_map(|k| <[f32; 3]>::from(coeffs.at(k))).collect();
-        let uploaded = self.stream.clone_htod(&schedule).map_err(|e| anyhow!("CUDA upload of the Newton-Schulz schedule failed: {e:?}"));
+        let uploaded = self
+            .stream
+            .clone_htod(&one_launch_schedule(steps, coeffs))
+            .map_err(|e| anyhow!("CUDA upload of the Newton-Schulz schedule failed: {e:?}"));
         let Some(schedule) = self.pending.keep(uploaded) else { return };
-        let cfg = LaunchConfig {
-            grid_dim: (ranges.len() as u32, 1, 1),
-            block_dim: (ONE_LAUNCH_THREADS, 1, 1),
-            shared_mem_bytes: one_launch_shared_bytes(rows.min(cols), rows.max(cols)) as u32,
-        };
-        let args = [
-            Arg::Ptr(out.ptr()),
-            Arg::Ptr(input.ptr()),
-            ptr_of(&table.offsets),
-            Arg::Index(rows),
-            Arg::Index(cols),
-            Arg::Index(steps),
-            ptr_of(&schedule),
-            coeffs.norm_factor().into(),
-            linalg::NS_NORM_EPS.into(),
-        ];
-        self.launch(ONE_LAUNCH_KERNEL, cfg, &args);
+        let buffers = [out.ptr(), input.ptr(), base_ptr(&table.offsets), base_ptr(&schedule)];
+        self.queue(&one_launch([rows, cols], ranges.len(), steps, coeffs, buffers));
     }
 
     /// The batch gathered into scratch, then per step: A = X·Xᵀ (bf16 operands);

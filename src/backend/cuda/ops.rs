@@ -11,7 +11,7 @@ use cudarc::cublas::result as blas;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
-use super::launch::{self, Arg};
+use super::launch::{self, Arg, Launch};
 use super::{Cuda, DView, DViewMut, DeviceBuf, RangeTable, base_ptr, elementwise, offset};
 use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
@@ -51,6 +51,48 @@ impl GemmPrecision {
     }
 }
 
+/// A range list as the multi-tensor kernels read it: the store offset of each
+/// range and the cumulative counts before each (one more entry than ranges).
+pub(super) fn range_list(ranges: &[Range<usize>]) -> (Vec<i64>, Vec<i64>) {
+    let offsets = ranges.iter().map(|r| r.start as i64).collect();
+    let cum = std::iter::once(0).chain(ranges.iter().scan(0i64, |acc, r| Some(*acc + r.len() as i64).inspect(|v| *acc = *v))).collect();
+    (offsets, cum)
+}
+
+/// A multi-tensor kernel over `count` ranges of `total` elements: its state
+/// pointers, the range table ([offsets, cumulative]), then its scalars.
+pub(super) fn multi_tensor_launch(
+    kernel: &str,
+    state: Vec<Arg>,
+    table: [sys::CUdeviceptr; 2],
+    count: usize,
+    total: usize,
+    scalars: Vec<Arg>,
+) -> Launch {
+    let mut args = state;
+    args.extend([Arg::Ptr(table[0]), Arg::Ptr(table[1]), Arg::Index(count), total.into()]);
+    args.extend(scalars);
+    Launch::new(kernel, elementwise(total), args)
+}
+
+/// AdamW's scalars after the range table, bias corrections of `hp.step` included.
+pub(super) fn adamw_scalars(hp: AdamParams) -> Vec<Arg> {
+    let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
+    let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
+    vec![hp.lr.into(), hp.beta1.into(), hp.beta2.into(), hp.eps.into(), hp.weight_decay.into(), bias1.into(), bias2.into()]
+}
+
+/// Softmax cross-entropy over `rows` rows of `classes` logits: one warp per row, 8 rows per block.
+pub(super) fn softmax_cross_entropy_launch(
+    [dlogits, loss, correct, logits, labels]: [sys::CUdeviceptr; 5],
+    rows: usize,
+    classes: usize,
+) -> Launch {
+    let cfg = LaunchConfig { grid_dim: (launch::blocks(rows.div_ceil(8)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let args = [dlogits, loss, correct, logits, labels].map(Arg::Ptr).into_iter().chain([Arg::Index(rows), Arg::Index(classes)]).collect();
+    Launch::new("softmax_cross_entropy", cfg, args)
+}
+
 fn activation_code(kind: Activation) -> i32 {
     // Must match ACT_* in kernels/nn.cu.
     match kind {
@@ -63,6 +105,10 @@ fn activation_code(kind: Activation) -> i32 {
 impl Cuda {
     /// Queues kernel `name`, unless a failure is pending or its grid is empty;
     /// a failure to launch becomes the pending error.
+    pub(super) fn queue(&self, launch: &Launch) {
+        self.launch(&launch.kernel, launch.cfg, &launch.args);
+    }
+
     pub(super) fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
         if !self.pending.is_set() {
             let launched = self.try_launch(name, cfg, args);
@@ -162,9 +208,7 @@ impl Cuda {
         if let Some(table) = tables.get(&key) {
             return Ok((table.clone(), total));
         }
-        let offsets: Vec<i64> = key.iter().map(|k| k.0 as i64).collect();
-        let cum: Vec<i64> =
-            std::iter::once(0).chain(key.iter().scan(0i64, |acc, k| Some(*acc + k.1 as i64).inspect(|v| *acc = *v))).collect();
+        let (offsets, cum) = range_list(ranges);
         let upload = |v: &[i64]| {
             self.stream.clone_htod(v).map_err(|e| anyhow!("CUDA upload of a {}-tensor range table failed: {e:?}", ranges.len()))
         };
@@ -222,10 +266,8 @@ impl Cuda {
 
     fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
         let Some((table, total)) = self.pending.keep(self.range_table(ranges)) else { return };
-        let mut args = state;
-        args.extend([ptr_of(&table.offsets), ptr_of(&table.cumulative), Arg::Index(ranges.len()), total.into()]);
-        args.extend(scalars);
-        self.launch(kernel, elementwise(total), &args);
+        let table = [base_ptr(&table.offsets), base_ptr(&table.cumulative)];
+        self.queue(&multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars));
     }
 
     /// Coupled Newton iteration for `(A + εI)^{-1/p}` in f32 (Guo & Higham 2006):
@@ -390,11 +432,8 @@ impl Backend for Cuda {
         self.pending.take()?;
         let labels = self.stream.clone_htod(&labels).map_err(|e| anyhow!("CUDA upload of {rows} labels failed: {e:?}"))?;
         let (loss, correct) = (self.alloc::<f32>(rows)?, self.alloc::<i32>(rows)?);
-        // One warp per row, 8 rows per block.
-        let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let args =
-            [(&dlogits).into(), ptr_of(&loss), ptr_of(&correct), logits.into(), ptr_of(&labels), Arg::Index(rows), Arg::Index(classes)];
-        self.launch("softmax_cross_entropy", cfg, &args);
+        let buffers = [dlogits.ptr, base_ptr(&loss), base_ptr(&correct), logits.ptr, base_ptr(&labels)];
+        self.queue(&softmax_cross_entropy_launch(buffers, rows, classes));
         let loss: f64 = self.host(&loss)?.iter().map(|&l| f64::from(l)).sum();
         let correct = self.host(&correct)?.iter().filter(|&&c| c != 0).count();
         Ok(LossOut { loss: (loss / rows as f64) as f32, correct })
@@ -463,11 +502,8 @@ impl Backend for Cuda {
         self.launch("scale", elementwise(x.len), &[(&x).into(), alpha.into(), x.len.into()]);
     }
     fn adamw_step(&self, p: &mut DeviceBuf, g: &DeviceBuf, m: &mut DeviceBuf, v: &mut DeviceBuf, ranges: &[Range<usize>], hp: AdamParams) {
-        let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
-        let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
-        let scalars =
-            vec![hp.lr.into(), hp.beta1.into(), hp.beta2.into(), hp.eps.into(), hp.weight_decay.into(), bias1.into(), bias2.into()];
-        self.multi_tensor("adamw_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr()), Arg::Ptr(v.ptr())], ranges, scalars);
+        let state = vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr()), Arg::Ptr(v.ptr())];
+        self.multi_tensor("adamw_step", state, ranges, adamw_scalars(hp));
     }
     fn sgd_step(
         &self,

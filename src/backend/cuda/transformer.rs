@@ -8,9 +8,9 @@
 //! the kernels that use it.
 
 use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{LaunchConfig, sys};
 
-use super::launch::{Arg, blocks};
+use super::launch::{Arg, Launch, blocks};
 use super::ops::ptr_of;
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
 use crate::backend::Attention;
@@ -46,6 +46,87 @@ fn backward_key_tile(s: &Attention) -> Result<usize> {
     })
 }
 
+/// LayerNorm forward over `rows` rows of `dim`: buffers [y, mean, rstd, x, gamma, beta].
+pub(super) fn layernorm_forward_launch(buffers: [sys::CUdeviceptr; 6], eps: f32, rows: usize, dim: usize) -> Launch {
+    let args = buffers.map(Arg::Ptr).into_iter().chain([eps.into(), Arg::Index(rows), Arg::Index(dim)]).collect();
+    Launch::new("layernorm_forward", warp_per_row(rows), args)
+}
+
+/// Rows per chunk and chunks of LayerNorm's dgamma/dbeta partial sums.
+fn layernorm_chunks(rows: usize) -> (usize, usize) {
+    let per_chunk = rows.div_ceil(rows.div_ceil(ROWS_PER_CHUNK).min(MAX_CHUNKS));
+    (per_chunk, rows.div_ceil(per_chunk))
+}
+
+/// Floats of the scratch [`layernorm_backward_launches`] takes: both partial sums.
+pub(super) fn layernorm_partial_len(rows: usize, dim: usize) -> usize {
+    2 * layernorm_chunks(rows).1 * dim
+}
+
+/// LayerNorm backward: dx per row, then dgamma/dbeta as per-chunk column sums
+/// into scratch summed over chunks (no atomics). Buffers [dx, dgamma, dbeta, dy,
+/// x, mean, rstd, gamma, partial]; `partial` holds [`layernorm_partial_len`] floats.
+pub(super) fn layernorm_backward_launches(buffers: [sys::CUdeviceptr; 9], rows: usize, dim: usize) -> [Launch; 4] {
+    let [dx, dgamma, dbeta, dy, x, mean, rstd, gamma, partial] = buffers;
+    let (rows_i, dim_i) = (Arg::Index(rows), Arg::Index(dim));
+    let dx_args = [dx, dy, x, mean, rstd, gamma].map(Arg::Ptr).into_iter().chain([rows_i, dim_i]).collect();
+    let (per_chunk, chunks) = layernorm_chunks(rows);
+    let (pg, pb) = (partial, offset(partial, chunks * dim));
+    let cfg = LaunchConfig { grid_dim: (blocks(dim.div_ceil(32)), blocks(chunks), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let params_args = [pg, pb, dy, x, mean, rstd].map(Arg::Ptr).into_iter().chain([rows_i, dim_i, Arg::Index(per_chunk)]).collect();
+    let column_sums =
+        |out, part| Launch::new("accumulate_column_sums", elementwise(dim), vec![Arg::Ptr(out), Arg::Ptr(part), Arg::Index(chunks), dim_i]);
+    [
+        Launch::new("layernorm_backward_dx", warp_per_row(rows), dx_args),
+        Launch::new("layernorm_backward_params", cfg, params_args),
+        column_sums(dgamma, pg),
+        column_sums(dbeta, pb),
+    ]
+}
+
+/// Attention forward, buffers [out, lse, qkv].
+pub(super) fn attention_forward_launch(buffers: [sys::CUdeviceptr; 3], s: &Attention) -> Result<Launch> {
+    // Checked here too: the forward pass has no tile of its own to look up.
+    backward_key_tile(s)?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(FORWARD_QUERY_TILE).min(MAX_GRID_Y)), 1),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let scalars = [Arg::Index(s.seq), Arg::Index(s.heads), i32::from(s.causal).into(), s.score_scale().into()];
+    Ok(Launch::new(format!("attention_forward_{}", s.head_dim), cfg, buffers.map(Arg::Ptr).into_iter().chain(scalars).collect()))
+}
+
+/// Floats of attention backward's scratch: (delta, one per row; unscaled dQ, zeroed).
+pub(super) fn attention_backward_scratch(s: &Attention) -> (usize, usize) {
+    (s.batch * s.heads * s.seq, s.batch * s.seq * s.width())
+}
+
+/// Attention backward, buffers [dqkv, dout, qkv, out, lse, delta, dq] with the
+/// scratch of [`attention_backward_scratch`]: delta_i = rowsum(dO_i ∘ O_i) (one
+/// warp per row); dK and dV into dqkv with the unscaled dQ accumulated by
+/// atomics into dq; then dQ = scale·dq into dqkv's q columns.
+pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 7], s: &Attention) -> Result<[Launch; 3]> {
+    let key_tile = backward_key_tile(s)?;
+    let [dqkv, dout, qkv, out, lse, delta, dq] = buffers;
+    let (seq, heads, width, scale) = (Arg::Index(s.seq), Arg::Index(s.heads), s.width(), s.score_scale());
+    let delta_args = [delta, dout, out].map(Arg::Ptr).into_iter().chain([Arg::Index(s.batch), seq, heads, Arg::Index(s.head_dim)]);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(key_tile).min(MAX_GRID_Y)), 1),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let backward_args =
+        [dqkv, dq, dout, qkv, lse, delta].map(Arg::Ptr).into_iter().chain([seq, heads, i32::from(s.causal).into(), scale.into()]);
+    let n = s.batch * s.seq * width;
+    let dq_args = vec![Arg::Ptr(dqkv), Arg::Ptr(dq), scale.into(), Arg::Index(width), n.into()];
+    Ok([
+        Launch::new("attention_backward_delta", warp_per_row(s.batch * s.heads * s.seq), delta_args.collect()),
+        Launch::new(format!("attention_backward_{}", s.head_dim), cfg, backward_args.collect()),
+        Launch::new("attention_backward_dq", elementwise(n), dq_args),
+    ])
+}
+
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layernorm_forward_impl(
@@ -65,18 +146,7 @@ impl Cuda {
         if rows == 0 {
             return;
         }
-        let args = [
-            (&y).into(),
-            (&mean).into(),
-            (&rstd).into(),
-            x.into(),
-            gamma.into(),
-            beta.into(),
-            eps.into(),
-            Arg::Index(rows),
-            Arg::Index(dim),
-        ];
-        self.launch("layernorm_forward", warp_per_row(rows), &args);
+        self.queue(&layernorm_forward_launch([y.ptr, mean.ptr, rstd.ptr, x.ptr, gamma.ptr, beta.ptr], eps, rows, dim));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -101,39 +171,18 @@ impl Cuda {
         if rows == 0 {
             return;
         }
-        let (rows_i, dim_i) = (Arg::Index(rows), Arg::Index(dim));
-        let args = [(&dx).into(), dy.into(), x.into(), mean.into(), rstd.into(), gamma.into(), rows_i, dim_i];
-        self.launch("layernorm_backward_dx", warp_per_row(rows), &args);
-
-        // dgamma/dbeta: per-chunk column sums into scratch, then summed over chunks.
-        let per_chunk = rows.div_ceil(rows.div_ceil(ROWS_PER_CHUNK).min(MAX_CHUNKS));
-        let chunks = rows.div_ceil(per_chunk);
-        let Some(partial) = self.pending.keep(self.alloc::<f32>(2 * chunks * dim)) else { return };
-        let (pg, pb) = (base_ptr(&partial), offset(base_ptr(&partial), chunks * dim));
-        let cfg = LaunchConfig { grid_dim: (blocks(dim.div_ceil(32)), blocks(chunks), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let args = [Arg::Ptr(pg), Arg::Ptr(pb), dy.into(), x.into(), mean.into(), rstd.into(), rows_i, dim_i, Arg::Index(per_chunk)];
-        self.launch("layernorm_backward_params", cfg, &args);
-        for (out, part) in [(&dgamma, pg), (&dbeta, pb)] {
-            let args = [out.into(), Arg::Ptr(part), Arg::Index(chunks), dim_i];
-            self.launch("accumulate_column_sums", elementwise(dim), &args);
+        let Some(partial) = self.pending.keep(self.alloc::<f32>(layernorm_partial_len(rows, dim))) else { return };
+        let buffers = [dx.ptr, dgamma.ptr, dbeta.ptr, dy.ptr, x.ptr, mean.ptr, rstd.ptr, gamma.ptr, base_ptr(&partial)];
+        for launch in layernorm_backward_launches(buffers, rows, dim) {
+            self.queue(&launch);
         }
     }
 
     pub(super) fn attention_forward_impl(&self, out: DViewMut<'_>, lse: DViewMut<'_>, qkv: DView<'_>, s: Attention) {
         s.assert_lengths(qkv.len, out.len, lse.len);
-        // Checked here too: the forward pass has no tile of its own to look up.
-        if self.pending.keep(backward_key_tile(&s)).is_none() {
-            return;
+        if let Some(launch) = self.pending.keep(attention_forward_launch([out.ptr, lse.ptr, qkv.ptr], &s)) {
+            self.queue(&launch);
         }
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(FORWARD_QUERY_TILE).min(MAX_GRID_Y)), 1),
-            block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let scale = s.score_scale();
-        let args =
-            [(&out).into(), (&lse).into(), qkv.into(), Arg::Index(s.seq), Arg::Index(s.heads), i32::from(s.causal).into(), scale.into()];
-        self.launch(&format!("attention_forward_{}", s.head_dim), cfg, &args);
     }
 
     pub(super) fn attention_backward_impl(
@@ -147,40 +196,18 @@ impl Cuda {
     ) {
         s.assert_lengths(qkv.len, out.len, lse.len);
         assert!(dqkv.len == qkv.len && dout.len == out.len, "attention gradient shapes");
-        let Some(key_tile) = self.pending.keep(backward_key_tile(&s)) else { return };
-        let rows = s.batch * s.heads * s.seq;
-        if rows == 0 || self.pending.is_set() {
+        let unsupported = self.pending.keep(backward_key_tile(&s)).is_none();
+        if unsupported || s.batch * s.heads * s.seq == 0 || self.pending.is_set() {
             return;
         }
-        let (seq, heads, width) = (Arg::Index(s.seq), Arg::Index(s.heads), s.width());
-        let scratch = || Ok((self.alloc::<f32>(rows)?, self.alloc::<f32>(s.batch * s.seq * width)?));
+        let (delta_len, dq_len) = attention_backward_scratch(&s);
+        // dq must start at zero: the backward kernel accumulates into it.
+        let scratch = || Ok((self.alloc::<f32>(delta_len)?, self.alloc::<f32>(dq_len)?));
         let Some((delta, dq)) = self.pending.keep(scratch()) else { return };
-        // delta_i = rowsum(dO_i ∘ O_i), one warp per (batch, head, query).
-        let args = [ptr_of(&delta), dout.into(), out.into(), Arg::Index(s.batch), seq, heads, Arg::Index(s.head_dim)];
-        self.launch("attention_backward_delta", warp_per_row(rows), &args);
-        // dK, dV into dqkv; unscaled dQ accumulated (atomics) into a zeroed buffer.
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(key_tile).min(MAX_GRID_Y)), 1),
-            block_dim: (ATTENTION_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let scale = s.score_scale();
-        let args = [
-            (&dqkv).into(),
-            ptr_of(&dq),
-            dout.into(),
-            qkv.into(),
-            lse.into(),
-            ptr_of(&delta),
-            seq,
-            heads,
-            i32::from(s.causal).into(),
-            scale.into(),
-        ];
-        self.launch(&format!("attention_backward_{}", s.head_dim), cfg, &args);
-        // dQ = scale·dq into the q columns of dqkv.
-        let n = s.batch * s.seq * width;
-        self.launch("attention_backward_dq", elementwise(n), &[(&dqkv).into(), ptr_of(&dq), scale.into(), Arg::Index(width), n.into()]);
+        let buffers = [dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, base_ptr(&delta), base_ptr(&dq)];
+        if let Some(launches) = self.pending.keep(attention_backward_launches(buffers, &s)) {
+            launches.iter().for_each(|l| self.queue(l));
+        }
     }
 
     pub(super) fn embedding_forward_impl(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {

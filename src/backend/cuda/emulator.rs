@@ -1,0 +1,509 @@
+//! The kernels of `kernels/*.cu` run on the host, so that their logic is checked
+//! against the CPU backend on machines without a GPU, under ThreadSanitizer (a
+//! shared-memory access no barrier orders is a race) and AddressSanitizer with
+//! UBSan (an index past a buffer or a shared array).
+//!
+//! `kernels/emulation/cuda_host.h` emulates the CUDA execution model (one host
+//! thread per CUDA thread, barriers, warp shuffles, atomics) and
+//! `kernels/emulation/driver.cpp` replays [`Launch`]es, built by the same
+//! functions the backend queues, over host buffers standing for device memory.
+//! The driver is compiled with the C++ compiler (`$CXX`, else `g++`) once per
+//! set of sources; without one the tests print why they skip, and
+//! `OPTLAB_REQUIRE_EMULATION=1` (CI) makes that a failure.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytemuck::Pod;
+use cudarc::driver::sys::CUdeviceptr;
+
+use super::FUNCTIONS;
+use super::launch::{Arg, Launch};
+
+/// The two instrumented builds of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sanitizer {
+    Thread,
+    Address,
+}
+
+impl Sanitizer {
+    pub(super) const ALL: [Sanitizer; 2] = [Sanitizer::Thread, Sanitizer::Address];
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Thread => &["-fsanitize=thread"],
+            Self::Address => &["-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+        }
+    }
+
+    fn options(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Thread => ("TSAN_OPTIONS", "halt_on_error=1 exitcode=66"),
+            Self::Address => ("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1"),
+        }
+    }
+}
+
+/// Test kernels with known faults, compiled into the driver beside the real ones.
+const FAULT_KERNELS: [&str; 3] = ["fault_missing_barrier", "fault_out_of_bounds", "fault_shuffle_from_exited_lane"];
+/// A run longer than this is a barrier some threads never reach.
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn kernels_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels")
+}
+
+/// `modules.inc` (each module in its own namespace) and `entries.inc` (one
+/// `OPTLAB_ENTRY` per entry point), from [`FUNCTIONS`].
+fn generated_sources() -> (String, String) {
+    let mut modules = String::new();
+    let mut entries = String::new();
+    let all = FUNCTIONS.iter().map(|(m, names)| (*m, names.to_vec())).chain([("faults", FAULT_KERNELS.to_vec())]);
+    for (module, names) in all {
+        let file = if module == "faults" { "emulation/faults.cu".to_string() } else { format!("{module}.cu") };
+        modules += &format!("namespace k_{module} {{\n#include \"{file}\"\n}}\n");
+        for name in names {
+            entries += &format!("OPTLAB_ENTRY(k_{module}, {name})\n");
+        }
+    }
+    (modules, entries)
+}
+
+/// Builds the driver for `sanitizer` unless a build of the same sources exists;
+/// `None` (with the reason printed) when there is no C++ compiler.
+fn driver(sanitizer: Sanitizer) -> Option<PathBuf> {
+    static BUILT: [OnceLock<Option<PathBuf>>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[sanitizer as usize].get_or_init(|| build(sanitizer).unwrap_or_else(|e| panic!("{e:#}"))).clone()
+}
+
+fn build(sanitizer: Sanitizer) -> Result<Option<PathBuf>> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    if Command::new(&cxx).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        if std::env::var_os("OPTLAB_REQUIRE_EMULATION").is_some() {
+            bail!("kernel emulation required, but there is no C++ compiler `{cxx}` (set CXX)");
+        }
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED kernel emulation: no C++ compiler `{cxx}` (set CXX)");
+        return Ok(None);
+    }
+    let (modules, entries) = generated_sources();
+    let mut flags = vec!["-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer", "-ffp-contract=off", "-pthread"];
+    flags.extend(sanitizer.flags());
+    let mut hasher = DefaultHasher::new();
+    (&cxx, &flags, &modules, &entries).hash(&mut hasher);
+    for dir in [kernels_dir(), kernels_dir().join("emulation")] {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+        files.sort();
+        for f in files {
+            std::fs::read(&f)?.hash(&mut hasher);
+        }
+    }
+    let dir = Path::new(env!("OUT_DIR")).join(format!("emulator-{:016x}", hasher.finish()));
+    let binary = dir.join(format!("emulate-{sanitizer:?}").to_lowercase());
+    if binary.exists() {
+        return Ok(Some(binary));
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("modules.inc"), modules)?;
+    std::fs::write(dir.join("entries.inc"), entries)?;
+    let partial = binary.with_extension("partial");
+    let out = Command::new(&cxx)
+        .args(&flags)
+        .arg("-I")
+        .arg(kernels_dir())
+        .arg("-I")
+        .arg(kernels_dir().join("emulation"))
+        .arg("-I")
+        .arg(&dir)
+        .arg(kernels_dir().join("emulation/driver.cpp"))
+        .arg("-o")
+        .arg(&partial)
+        .output()
+        .with_context(|| format!("running {cxx}"))?;
+    if !out.status.success() {
+        bail!("the kernels do not compile as host C++ ({cxx} {}):\n{}", flags.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    // Renamed into place: a concurrent test process never runs a half-written binary.
+    std::fs::rename(&partial, &binary)?;
+    Ok(Some(binary))
+}
+
+/// Host buffers standing for device memory. A device pointer is
+/// `(buffer index + 1) << 40 | byte offset`, as the driver decodes it.
+#[derive(Clone, Default)]
+pub(super) struct Memory {
+    buffers: Vec<Vec<u8>>,
+}
+
+const BUFFER_SHIFT: u32 = 40;
+
+impl Memory {
+    /// A new buffer holding `data`; its device pointer.
+    pub(super) fn alloc<T: Pod>(&mut self, data: &[T]) -> CUdeviceptr {
+        self.buffers.push(bytemuck::cast_slice(data).to_vec());
+        (self.buffers.len() as u64) << BUFFER_SHIFT
+    }
+
+    /// The whole buffer `ptr` points into.
+    pub(super) fn read<T: Pod>(&self, ptr: CUdeviceptr) -> Vec<T> {
+        let bytes = &self.buffers[(ptr >> BUFFER_SHIFT) as usize - 1];
+        bytes.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect()
+    }
+
+    /// Runs `launches` in order, the buffers updated in place; `Ok(false)` when
+    /// there is no C++ compiler (printed). An error carries the sanitizer's or
+    /// the emulation's report.
+    pub(super) fn run(&mut self, launches: &[Launch], sanitizer: Sanitizer) -> Result<bool> {
+        let Some(driver) = driver(sanitizer) else { return Ok(false) };
+        let dir = tempfile::tempdir()?;
+        let (input, output) = (dir.path().join("launches"), dir.path().join("buffers"));
+        std::fs::write(&input, self.encode(launches))?;
+        let (var, options) = sanitizer.options();
+        let mut child = Command::new(&driver).arg(&input).arg(&output).env(var, options).stderr(Stdio::piped()).spawn()?;
+        // Read on a thread: a long report must not block the child on a full pipe.
+        let mut stderr = child.stderr.take().context("the driver's stderr")?;
+        let report = std::thread::spawn(move || {
+            let mut report = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut report);
+            report
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > TIMEOUT {
+                child.kill()?;
+                bail!("emulated launches did not finish in {TIMEOUT:?}: a barrier some threads never reach?");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let report = report.join().unwrap_or_default();
+        let names: Vec<&str> = launches.iter().map(|l| l.kernel.as_str()).collect();
+        if !status.success() || !report.is_empty() {
+            bail!("emulated {} under {sanitizer:?}Sanitizer: {status}\n{report}", names.join(", "));
+        }
+        let bytes = std::fs::read(&output)?;
+        let mut at = 0;
+        for b in &mut self.buffers {
+            let n = b.len();
+            b.copy_from_slice(&bytes[at..at + n]);
+            at += n;
+        }
+        Ok(true)
+    }
+
+    fn encode(&self, launches: &[Launch]) -> Vec<u8> {
+        let mut out = b"OPTLABEMU1".to_vec();
+        let u32s = |out: &mut Vec<u8>, xs: &[u32]| xs.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        u32s(&mut out, &[self.buffers.len() as u32]);
+        for b in &self.buffers {
+            out.extend((b.len() as u64).to_le_bytes());
+            out.extend(b);
+        }
+        u32s(&mut out, &[launches.len() as u32]);
+        for l in launches {
+            let c = &l.cfg;
+            u32s(&mut out, &[l.kernel.len() as u32]);
+            out.extend(l.kernel.as_bytes());
+            u32s(&mut out, &[c.grid_dim.0, c.grid_dim.1, c.grid_dim.2, c.block_dim.0, c.block_dim.1, c.block_dim.2]);
+            u32s(&mut out, &[c.shared_mem_bytes, l.args.len() as u32]);
+            for a in &l.args {
+                let (tag, payload): (u8, u64) = match *a {
+                    Arg::Ptr(p) => (0, p),
+                    Arg::F32(x) => (1, u64::from(x.to_bits())),
+                    Arg::I32(x) => (2, u64::from(x as u32)),
+                    Arg::I64(x) => (3, x as u64),
+                    Arg::Index(n) => (2, u64::from(i32::try_from(n).expect("a 32-bit index") as u32)),
+                };
+                out.push(tag);
+                out.extend(payload.to_le_bytes());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+
+    use cudarc::driver::LaunchConfig;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    use super::super::newton_schulz::{one_launch, one_launch_schedule};
+    use super::super::ops::{adamw_scalars, multi_tensor_launch, range_list, softmax_cross_entropy_launch};
+    use super::super::transformer::{
+        attention_backward_launches, attention_backward_scratch, attention_forward_launch, layernorm_backward_launches,
+        layernorm_forward_launch, layernorm_partial_len,
+    };
+    use super::*;
+    use crate::backend::{AdamParams, Attention, Backend, Cpu};
+    use crate::linalg::NsCoefficients;
+
+    fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// Outputs start as NaN: a value the kernel should write and did not stays NaN.
+    fn poisoned(n: usize) -> Vec<f32> {
+        vec![f32::NAN; n]
+    }
+
+    /// max |got − want| ≤ bound · max(max |want|, 1e-6), nothing non-finite.
+    fn assert_close(what: &str, got: &[f32], want: &[f32], bound: f32) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        assert!(got.iter().all(|x| x.is_finite()), "{what}: non-finite output (poison left or overflow)");
+        let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        let err = got.iter().zip(want).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / scale;
+        assert!(err <= bound, "{what}: relative error {err:.2e} > {bound:.0e}");
+    }
+
+    /// Grid axes a kernel strides over: x, y, or neither.
+    const X: [bool; 2] = [true, false];
+    const Y: [bool; 2] = [false, true];
+    const NONE: [bool; 2] = [false, false];
+
+    /// The launches as queued, and again with the axes of every grid set to 1 where
+    /// the kernel grid-strides over them, so that each such loop runs several
+    /// iterations per block (the backend's grids only do past ~10⁶ elements).
+    fn geometries(launches: Vec<Launch>, strided: &[[bool; 2]]) -> [(Vec<Launch>, &'static str); 2] {
+        assert_eq!(launches.len(), strided.len());
+        let shrunk = launches
+            .iter()
+            .zip(strided)
+            .map(|(l, &[x, y])| {
+                let mut l = l.clone();
+                if x {
+                    l.cfg.grid_dim.0 = 1;
+                }
+                if y {
+                    l.cfg.grid_dim.1 = 1;
+                }
+                l
+            })
+            .collect();
+        [(launches, "backend grid"), (shrunk, "one block per strided axis")]
+    }
+
+    /// Runs under each of `sanitizers` on a copy of `memory`, then `check`s the
+    /// buffers; nothing when the emulation is skipped.
+    fn run_under(sanitizers: &[Sanitizer], launches: &[Launch], memory: &Memory, check: impl Fn(&Memory, Sanitizer)) {
+        for &sanitizer in sanitizers {
+            let mut m = memory.clone();
+            if m.run(launches, sanitizer).unwrap_or_else(|e| panic!("{e:#}")) {
+                check(&m, sanitizer);
+            }
+        }
+    }
+
+    fn single(kernel: &str, grid: u32, block: u32, args: Vec<Arg>) -> Launch {
+        Launch::new(kernel, LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }, args)
+    }
+
+    #[test]
+    fn the_emulation_reports_races_out_of_bounds_accesses_and_bad_shuffles() {
+        let expect = |launch: Launch, sanitizer: Sanitizer, memory: Memory, report: &str| {
+            let mut memory = memory;
+            match memory.run(&[launch], sanitizer) {
+                Ok(false) => {}
+                Ok(true) => panic!("{sanitizer:?}: no report, expected `{report}`"),
+                Err(e) => assert!(format!("{e:#}").contains(report), "{sanitizer:?}: expected `{report}` in {e:#}"),
+            }
+        };
+        let mut m = Memory::default();
+        let (out, x) = (m.alloc(&[0.0f32; 2]), m.alloc(&[1.0f32; 64]));
+        expect(single("fault_missing_barrier", 2, 64, vec![Arg::Ptr(out), Arg::Ptr(x)]), Sanitizer::Thread, m, "data race");
+        let mut m = Memory::default();
+        let out = m.alloc(&[0.0f32; 40]);
+        let launch = single("fault_out_of_bounds", 1, 40, vec![Arg::Ptr(out), Arg::I32(40)]);
+        expect(launch, Sanitizer::Address, m, "heap-buffer-overflow");
+        let mut m = Memory::default();
+        let out = m.alloc(&[0.0f32; 32]);
+        expect(single("fault_shuffle_from_exited_lane", 1, 32, vec![Arg::Ptr(out)]), Sanitizer::Thread, m, "lane that has exited");
+        // Arguments that do not match the kernel's parameters: the check the driver API cannot make.
+        let mut m = Memory::default();
+        let x = m.alloc(&[0.0f32; 8]);
+        let launch = single("fill", 1, 32, vec![Arg::Ptr(x), Arg::F32(1.0), Arg::F32(8.0)]);
+        expect(launch, Sanitizer::Address, m, "fill: argument 2 is tag 1, the kernel takes long long");
+    }
+
+    #[test]
+    fn newton_schulz_in_one_launch_matches_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // (rows, cols, batch): tiny and odd, wide and tall, a short side past one
+        // warp with every per-thread loop taking several iterations, 16×64 as in
+        // the models, and the largest short side, 128.
+        for (rows, cols, batch) in [(5, 7, 2), (37, 5, 1), (33, 65, 2), (16, 64, 3), (128, 131, 1)] {
+            let len = rows * cols;
+            // Gaps before and between the matrices, in reverse order.
+            let input = random(5 + batch * (len + 3), &mut rng);
+            let ranges: Vec<Range<usize>> = (0..batch).rev().map(|i| 5 + i * (len + 3)..5 + i * (len + 3) + len).collect();
+            let offsets: Vec<i64> = ranges.iter().map(|r| r.start as i64).collect();
+            // The bounds of tests/cuda_kernels.rs: bf16 operands, amplified by five
+            // steps the more the smaller the matrix. ThreadSanitizer (~100× slower
+            // at 512 threads) runs two steps: every barrier of a step, and the
+            // reuse of shared memory from one step to the next.
+            let checks: &[(usize, f32)] = if rows.min(cols) < 16 { &[(1, 1.5e-2)] } else { &[(1, 1.5e-2), (5, 5e-2)] };
+            let runs = checks
+                .iter()
+                .flat_map(|&(steps, bound)| {
+                    [NsCoefficients::Keller, NsCoefficients::PolarExpress].map(|c| (Sanitizer::Address, c, steps, bound))
+                })
+                .chain([(Sanitizer::Thread, NsCoefficients::Keller, 2, 5e-2)]);
+            for (sanitizer, coeffs, steps, bound) in runs {
+                let mut want = poisoned(input.len());
+                Cpu.newton_schulz_batched(&mut want, &input, &ranges, rows, cols, steps, coeffs);
+                let mut m = Memory::default();
+                let out = m.alloc(&poisoned(input.len()));
+                let buffers = [out, m.alloc(&input), m.alloc(&offsets), m.alloc(&one_launch_schedule(steps, coeffs))];
+                run_under(&[sanitizer], &[one_launch([rows, cols], batch, steps, coeffs, buffers)], &m, |m, sanitizer| {
+                    let got: Vec<f32> = m.read(out);
+                    let what = format!("newton_schulz {batch}×{rows}×{cols} {coeffs:?} {steps} steps ({sanitizer:?})");
+                    let outside = (0..input.len()).filter(|i| !ranges.iter().any(|r| r.contains(i)));
+                    assert!(outside.into_iter().all(|i| got[i].is_nan()), "{what}: wrote outside its ranges");
+                    let inside = |v: &[f32]| ranges.iter().flat_map(|r| v[r.clone()].to_vec()).collect::<Vec<_>>();
+                    assert_close(&what, &inside(&got), &inside(&want), bound);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn attention_forward_and_backward_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(12);
+        // Every compiled head dim, causal and not; 37 positions leave ragged
+        // query (16) and key (32, 16) tiles.
+        for (head_dim, causal) in [(16, true), (32, false), (64, true), (128, false)] {
+            let s = Attention { batch: 2, seq: 37, heads: 2, head_dim, causal };
+            let rows = s.batch * s.seq;
+            let (qkv, dout) = (random(rows * s.qkv_width(), &mut rng), random(rows * s.width(), &mut rng));
+            let (mut out, mut lse, mut dqkv) = (poisoned(rows * s.width()), poisoned(s.batch * s.heads * s.seq), poisoned(qkv.len()));
+            Cpu.attention_forward(&mut out, &mut lse, &qkv, s);
+            Cpu.attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, s);
+
+            let mut m = Memory::default();
+            let (d_out, d_lse, d_qkv) = (m.alloc(&poisoned(out.len())), m.alloc(&poisoned(lse.len())), m.alloc(&qkv));
+            let forward = attention_forward_launch([d_out, d_lse, d_qkv], &s).unwrap();
+            // The backward reads the CPU's forward outputs, so each pass is checked on its own.
+            let (delta_len, dq_len) = attention_backward_scratch(&s);
+            let d_dqkv = m.alloc(&poisoned(qkv.len()));
+            let saved = [m.alloc(&dout), d_qkv, m.alloc(&out), m.alloc(&lse)];
+            let scratch = [m.alloc(&poisoned(delta_len)), m.alloc(&vec![0.0f32; dq_len])];
+            let [s0, s1, s2, s3] = saved;
+            let backward = attention_backward_launches([d_dqkv, s0, s1, s2, s3, scratch[0], scratch[1]], &s).unwrap();
+            let launches: Vec<Launch> = std::iter::once(forward).chain(backward).collect();
+            // Forward and backward grid-stride over query or key tiles (y), delta over rows and dQ over elements (x).
+            let strided = [Y, X, Y, X];
+            for (launches, grid) in geometries(launches, &strided) {
+                run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                    let what = |t: &str| format!("attention {t} hd {head_dim} causal {causal}, {grid} ({sanitizer:?})");
+                    assert_close(&what("out"), &m.read::<f32>(d_out), &out, 1e-5);
+                    assert_close(&what("lse"), &m.read::<f32>(d_lse), &lse, 1e-5);
+                    assert_close(&what("dqkv"), &m.read::<f32>(d_dqkv), &dqkv, 1e-4);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn layernorm_forward_and_backward_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(13);
+        // 70 rows: two chunks of dgamma/dbeta partial sums, the second ragged; 45
+        // columns: a ragged 32-column tile.
+        let (rows, dim) = (70, 45);
+        let (x, dy) = (random(rows * dim, &mut rng), random(rows * dim, &mut rng));
+        let (gamma, beta) = (random(dim, &mut rng), random(dim, &mut rng));
+        let (mut y, mut mean, mut rstd) = (poisoned(rows * dim), poisoned(rows), poisoned(rows));
+        Cpu.layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &gamma, &beta, 1e-5);
+        // dgamma and dbeta accumulate: both start from a nonzero value.
+        let start = random(dim, &mut rng);
+        let (mut dx, mut dgamma, mut dbeta) = (poisoned(x.len()), start.clone(), start.clone());
+        Cpu.layernorm_backward(&mut dx, &mut dgamma, &mut dbeta, &dy, &x, &mean, &rstd, &gamma);
+
+        let mut m = Memory::default();
+        let (d_y, d_mean, d_rstd) = (m.alloc(&poisoned(y.len())), m.alloc(&poisoned(rows)), m.alloc(&poisoned(rows)));
+        let (d_x, d_gamma, d_beta) = (m.alloc(&x), m.alloc(&gamma), m.alloc(&beta));
+        let forward = layernorm_forward_launch([d_y, d_mean, d_rstd, d_x, d_gamma, d_beta], 1e-5, rows, dim);
+        let (d_dx, d_dgamma, d_dbeta) = (m.alloc(&poisoned(x.len())), m.alloc(&start), m.alloc(&start));
+        let saved = [m.alloc(&dy), d_x, m.alloc(&mean), m.alloc(&rstd), d_gamma];
+        let partial = m.alloc(&poisoned(layernorm_partial_len(rows, dim)));
+        let [s0, s1, s2, s3, s4] = saved;
+        let backward = layernorm_backward_launches([d_dx, d_dgamma, d_dbeta, s0, s1, s2, s3, s4, partial], rows, dim);
+        let launches: Vec<Launch> = std::iter::once(forward).chain(backward).collect();
+        // Every kernel here but the per-chunk sums grid-strides over rows or elements.
+        for (launches, grid) in geometries(launches, &[X, X, NONE, X, X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                let what = |t: &str| format!("layernorm {t}, {grid} ({sanitizer:?})");
+                assert_close(&what("y"), &m.read::<f32>(d_y), &y, 1e-5);
+                assert_close(&what("mean"), &m.read::<f32>(d_mean), &mean, 1e-5);
+                assert_close(&what("rstd"), &m.read::<f32>(d_rstd), &rstd, 1e-5);
+                assert_close(&what("dx"), &m.read::<f32>(d_dx), &dx, 1e-5);
+                assert_close(&what("dgamma"), &m.read::<f32>(d_dgamma), &dgamma, 1e-5);
+                assert_close(&what("dbeta"), &m.read::<f32>(d_dbeta), &dbeta, 1e-5);
+            });
+        }
+    }
+
+    #[test]
+    fn softmax_cross_entropy_matches_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(14);
+        // 13 rows: a ragged last block of 8 warps; 45 classes: more than a warp's lanes.
+        let (rows, classes) = (13, 45);
+        let logits: Vec<f32> = random(rows * classes, &mut rng).iter().map(|x| 8.0 * x).collect();
+        let labels: Vec<u8> = (0..rows).map(|_| rng.random_range(0..classes as u8)).collect();
+        let mut dlogits = poisoned(logits.len());
+        let want = Cpu.softmax_cross_entropy(&mut dlogits, &logits, &labels, classes).unwrap();
+        let mut m = Memory::default();
+        let labels_i32: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
+        let (d_dlogits, d_loss, d_correct) = (m.alloc(&poisoned(logits.len())), m.alloc(&poisoned(rows)), m.alloc(&vec![-1i32; rows]));
+        let launch = softmax_cross_entropy_launch([d_dlogits, d_loss, d_correct, m.alloc(&logits), m.alloc(&labels_i32)], rows, classes);
+        run_under(&Sanitizer::ALL, &[launch], &m, |m, sanitizer| {
+            let what = |t: &str| format!("softmax_cross_entropy {t} ({sanitizer:?})");
+            assert_close(&what("dlogits"), &m.read::<f32>(d_dlogits), &dlogits, 1e-5);
+            let loss = m.read::<f32>(d_loss).iter().map(|&l| f64::from(l)).sum::<f64>() / rows as f64;
+            assert_close(&what("mean loss"), &[loss as f32], &[want.loss], 1e-5);
+            let correct = m.read::<i32>(d_correct);
+            assert!(correct.iter().all(|&c| c == 0 || c == 1), "{}: {correct:?}", what("hits"));
+            assert_eq!(correct.iter().filter(|&&c| c == 1).count(), want.correct, "{}", what("hits"));
+        });
+    }
+
+    #[test]
+    fn fused_adamw_over_a_range_list_matches_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(15);
+        // Ranges out of order with gaps, one empty, sizes not multiples of anything.
+        let ranges = [40..77, 3..4, 100..100, 80..97, 5..36];
+        let n = 110;
+        let (p, g, m0, v0) = (
+            random(n, &mut rng),
+            random(n, &mut rng),
+            random(n, &mut rng),
+            random(n, &mut rng).iter().map(|x| x.abs()).collect::<Vec<_>>(),
+        );
+        let hp = AdamParams { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 3 };
+        let (mut want_p, mut want_m, mut want_v) = (p.clone(), m0.clone(), v0.clone());
+        Cpu.adamw_step(&mut want_p, &g, &mut want_m, &mut want_v, &ranges, hp);
+        let (offsets, cum) = range_list(&ranges);
+        let total = ranges.iter().map(|r| r.len()).sum();
+        let mut mem = Memory::default();
+        let (d_p, d_g, d_m, d_v) = (mem.alloc(&p), mem.alloc(&g), mem.alloc(&m0), mem.alloc(&v0));
+        let table = [mem.alloc(&offsets), mem.alloc(&cum)];
+        let state = [d_p, d_g, d_m, d_v].map(Arg::Ptr).to_vec();
+        let launch = multi_tensor_launch("adamw_step", state, table, ranges.len(), total, adamw_scalars(hp));
+        for (launches, grid) in geometries(vec![launch], &[X]) {
+            run_under(&Sanitizer::ALL, &launches, &mem, |m, sanitizer| {
+                for (what, got, want) in [("p", d_p, &want_p), ("m", d_m, &want_m), ("v", d_v, &want_v)] {
+                    // Outside the ranges the buffers keep their values exactly.
+                    assert_close(&format!("adamw {what}, {grid} ({sanitizer:?})"), &m.read::<f32>(got), want, 1e-6);
+                }
+            });
+        }
+    }
+}
