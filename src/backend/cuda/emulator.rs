@@ -237,14 +237,15 @@ mod tests {
     use cudarc::driver::LaunchConfig;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+    use super::super::newton_schulz::cublas_path;
     use super::super::newton_schulz::{one_launch, one_launch_schedule};
-    use super::super::ops::{adamw_scalars, multi_tensor_launch, range_list, softmax_cross_entropy_launch};
+    use super::super::ops::{adamw_scalars, multi_tensor_launch, nn, range_list, softmax_cross_entropy_launch};
     use super::super::transformer::{
-        attention_backward_launches, attention_backward_scratch, attention_forward_launch, layernorm_backward_launches,
+        attention_backward_launches, attention_backward_scratch, attention_forward_launch, embedding_launch, layernorm_backward_launches,
         layernorm_forward_launch, layernorm_partial_len,
     };
     use super::*;
-    use crate::backend::{AdamParams, Attention, Backend, Cpu};
+    use crate::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule};
     use crate::linalg::NsCoefficients;
 
     fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -503,6 +504,287 @@ mod tests {
                     // Outside the ranges the buffers keep their values exactly.
                     assert_close(&format!("adamw {what}, {grid} ({sanitizer:?})"), &m.read::<f32>(got), want, 1e-6);
                 }
+            });
+        }
+    }
+
+    #[test]
+    fn elementwise_ops_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(16);
+        // 37×29: nothing a multiple of a warp or a block.
+        let (rows, cols) = (37, 29);
+        let n = rows * cols;
+        let (x, y0, dy) = (random(n, &mut rng), random(n, &mut rng), random(n, &mut rng));
+        let (bias, v0) = (random(cols, &mut rng), random(n, &mut rng).iter().map(|x| x.abs()).collect::<Vec<_>>());
+        let (d_rows, d_cols) = (random(rows, &mut rng), random(cols, &mut rng));
+        let mut m = Memory::default();
+        let (d_x, d_dy, d_v0, d_bias) = (m.alloc(&x), m.alloc(&dy), m.alloc(&v0), m.alloc(&bias));
+        let (d_d_rows, d_d_cols) = (m.alloc(&d_rows), m.alloc(&d_cols));
+        let d_y0 = m.alloc(&y0);
+        // (what, device output, launch, its initial contents, the CPU's op on them)
+        type CpuOp = Box<dyn Fn(&mut [f32])>;
+        let mut cases: Vec<(String, CUdeviceptr, Launch, Vec<f32>, CpuOp)> = Vec::new();
+        let mut case = |what: &str, start: &[f32], launch: &dyn Fn(CUdeviceptr) -> Launch, cpu: CpuOp| {
+            let out = m.alloc(start);
+            cases.push((what.to_string(), out, launch(out), start.to_vec(), cpu));
+        };
+        let poison = poisoned(n);
+        case("fill", &poison, &|o| nn::fill(o, 0.25, n), Box::new(|o| Cpu.fill(o, 0.25)));
+        let xc = x.clone();
+        case("axpby", &y0, &|o| nn::axpby(o, 0.7, d_x, -1.3, n), Box::new(move |o| Cpu.axpby(o, 0.7, &xc, -1.3)));
+        case("scale", &y0, &|o| nn::scale(o, -0.3, n), Box::new(|o| Cpu.scale(o, -0.3)));
+        let b = bias.clone();
+        case("add_bias_rows", &y0, &|o| nn::add_bias_rows(o, d_bias, cols, n), Box::new(move |o| Cpu.add_bias_rows(o, &b)));
+        let (xc, start) = (x.clone(), random(cols, &mut rng));
+        case(
+            "accumulate_column_sums",
+            &start,
+            &|o| nn::accumulate_column_sums(o, d_x, rows, cols),
+            Box::new(move |o| Cpu.accumulate_column_sums(o, &xc)),
+        );
+        for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+            let xc = x.clone();
+            case(
+                &format!("{kind:?} forward"),
+                &poison,
+                &|o| nn::activation_forward(kind, o, d_x, n),
+                Box::new(move |o| Cpu.activation_forward(kind, o, &xc)),
+            );
+            let (xc, dyc) = (x.clone(), dy.clone());
+            let cpu = Box::new(move |o: &mut [f32]| Cpu.activation_backward(kind, o, &dyc, &xc));
+            case(&format!("{kind:?} backward"), &poison, &|o| nn::activation_backward(kind, o, d_dy, d_x, n), cpu);
+        }
+        let xc = x.clone();
+        case("ema_square", &v0, &|o| nn::ema_square(o, d_x, 0.9, n), Box::new(move |o| Cpu.ema_square(o, &xc, 0.9)));
+        let (yc, vc) = (y0.clone(), v0.clone());
+        let cpu = Box::new(move |o: &mut [f32]| Cpu.adam_direction(o, &yc, &vc, 0.1, 0.01, 1e-8));
+        case("adam_direction", &poison, &|o| nn::adam_direction(o, d_y0, d_v0, [0.1, 0.01, 1e-8], n), cpu);
+        for (over_rows, d, d_dev) in [(true, d_rows.clone(), d_d_rows), (false, d_cols.clone(), d_d_cols)] {
+            let cpu = Box::new(move |o: &mut [f32]| Cpu.scale_by_diagonal_root(o, &d, rows, cols, over_rows, 4, 1e-3));
+            let launch = |o| nn::scale_by_diagonal_root(o, d_dev, [rows, cols], over_rows, 4, 1e-3);
+            case(&format!("scale_by_diagonal_root over_rows {over_rows}"), &y0, &launch, cpu);
+            let (xc, start) = (x.clone(), random(if over_rows { rows } else { cols }, &mut rng));
+            let cpu = Box::new(move |o: &mut [f32]| Cpu.ema_square_sums(o, &xc, rows, cols, over_rows, 0.9, 0.5));
+            case(
+                &format!("ema_square_sums over_rows {over_rows}"),
+                &start,
+                &|o| nn::ema_square_sums(o, d_x, [rows, cols], over_rows, 0.9, 0.5),
+                cpu,
+            );
+        }
+        let launches: Vec<Launch> = cases.iter().map(|c| c.2.clone()).collect();
+        let strided = vec![X; launches.len()];
+        for (launches, grid) in geometries(launches, &strided) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                for (what, out, _, start, cpu) in &cases {
+                    let mut want = start.clone();
+                    cpu(&mut want);
+                    assert_close(&format!("{what}, {grid} ({sanitizer:?})"), &m.read::<f32>(*out), &want, 1e-6);
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn reductions_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let n = 1000;
+        let (a, b) = (random(n, &mut rng), random(n, &mut rng));
+        let mut with_non_finite = a.clone();
+        for (i, v) in [(3, f32::NAN), (500, f32::INFINITY), (999, f32::NEG_INFINITY)] {
+            with_non_finite[i] = v;
+        }
+        // A 23×23 matrix near the identity, one entry off by the most.
+        let k = 23;
+        let mut near_identity: Vec<f32> =
+            (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 } + 1e-3 * random(1, &mut rng)[0]).collect();
+        near_identity[7 * k + 11] += 0.25;
+        let want_max =
+            near_identity.iter().enumerate().map(|(i, v)| (v - if i / k == i % k { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
+
+        let mut m = Memory::default();
+        let (d_a, d_b, d_nf, d_near) = (m.alloc(&a), m.alloc(&b), m.alloc(&with_non_finite), m.alloc(&near_identity));
+        let sums = [m.alloc(&[0.0f64]), m.alloc(&[0.0f64]), m.alloc(&[0.0f64])];
+        let (count, max_abs, plus) = (m.alloc(&[0u32]), m.alloc(&[0u32]), m.alloc(&poisoned(k * k)));
+        let launches = vec![
+            nn::reduce_f64("sum_squares", sums[0], &[d_a], n),
+            nn::reduce_f64("sum_squared_difference", sums[1], &[d_a, d_b], n),
+            nn::reduce_f64("dot", sums[2], &[d_a, d_b], n),
+            nn::count_non_finite(count, d_nf, n),
+            nn::max_abs_from_identity(max_abs, d_near, k),
+            nn::identity_plus(plus, d_near, 0.5, -2.0, k),
+        ];
+        let want_sums = [Cpu.sum_squares(&a).unwrap(), Cpu.sum_squared_difference(&a, &b).unwrap(), Cpu.dot(&a, &b).unwrap()];
+        let want_plus: Vec<f32> = near_identity.iter().enumerate().map(|(i, v)| if i / k == i % k { 0.5 } else { 0.0 } - 2.0 * v).collect();
+        for (launches, grid) in geometries(launches, &[X; 6]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                let what = |t: &str| format!("{t}, {grid} ({sanitizer:?})");
+                for (name, (sum, want)) in ["sum_squares", "sum_squared_difference", "dot"].iter().zip(sums.iter().zip(want_sums)) {
+                    let got = m.read::<f64>(*sum)[0];
+                    assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{}: {got} against {want}", what(name));
+                }
+                assert_eq!(m.read::<u32>(count)[0], 3, "{}", what("count_non_finite"));
+                assert_eq!(f32::from_bits(m.read::<u32>(max_abs)[0]), want_max, "{}", what("max_abs_from_identity"));
+                assert_close(&what("identity_plus"), &m.read::<f32>(plus), &want_plus, 1e-7);
+            });
+        }
+    }
+
+    #[test]
+    fn the_other_multi_tensor_steps_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(18);
+        let ranges = [40..77, 3..4, 100..100, 80..97, 5..36];
+        let n = 110;
+        let (p, g) = (random(n, &mut rng), random(n, &mut rng));
+        // Running squares above 0.5, a small running mean (centered RMSProp takes
+        // the root of their difference), a non-negative third state.
+        let r = |rng: &mut StdRng, f: fn(f32) -> f32| random(n, rng).into_iter().map(f).collect::<Vec<f32>>();
+        let states = [r(&mut rng, |x| 0.5 + x.abs()), r(&mut rng, f32::abs), r(&mut rng, |x| 0.1 * x)];
+        let (offsets, cum) = range_list(&ranges);
+        let total = ranges.iter().map(|r| r.len()).sum();
+        let (lr, wd) = (0.01, 0.1);
+        let rules = [
+            DiagonalRule::Adagrad { lr, eps: 1e-10, weight_decay: wd },
+            DiagonalRule::RmsProp { lr, alpha: 0.99, eps: 1e-8, weight_decay: wd, momentum: 0.9, centered: true },
+            DiagonalRule::Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6, weight_decay: wd },
+            DiagonalRule::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, amsgrad: true, bias1: 0.271, bias2: 0.003 },
+        ];
+        // Each case: the kernel with its scalars, its state count, and the CPU step on (p, states).
+        type CpuStep = Box<dyn Fn(&mut Vec<f32>, &mut [Vec<f32>; 3])>;
+        let mut cases: Vec<(String, &str, Vec<Arg>, usize, CpuStep)> = Vec::new();
+        for nesterov in [false, true] {
+            let (gc, rc) = (g.clone(), ranges.to_vec());
+            let cpu: CpuStep = Box::new(move |p, s| Cpu.sgd_step(p, &gc, &mut s[0], &rc, lr, 0.9, nesterov, wd));
+            cases.push((format!("sgd nesterov {nesterov}"), "sgd_step", nn::sgd_scalars(lr, 0.9, nesterov, wd), 1, cpu));
+        }
+        let (gc, rc) = (g.clone(), ranges.to_vec());
+        let cpu: CpuStep = Box::new(move |p, s| Cpu.lion_step(p, &gc, &mut s[0], &rc, lr, 0.9, 0.99, wd));
+        cases.push(("lion".into(), "lion_step", nn::lion_scalars(lr, 0.9, 0.99, wd), 1, cpu));
+        for rule in rules {
+            let (gc, rc) = (g.clone(), ranges.to_vec());
+            let cpu: CpuStep = Box::new(move |p, s| {
+                let [s0, s1, s2] = s;
+                Cpu.diagonal_step(p, &gc, [s0, s1, s2], &rc, rule)
+            });
+            let (kernel, scalars) = nn::diagonal_rule(rule);
+            cases.push((format!("{rule:?}"), kernel, scalars, 3, cpu));
+        }
+        for (what, kernel, scalars, count, cpu) in cases {
+            let (mut want_p, mut want_s) = (p.clone(), states.clone());
+            cpu(&mut want_p, &mut want_s);
+            let mut m = Memory::default();
+            let (d_p, d_g) = (m.alloc(&p), m.alloc(&g));
+            let d_s: Vec<CUdeviceptr> = states.iter().map(|s| m.alloc(s)).collect();
+            let table = [m.alloc(&offsets), m.alloc(&cum)];
+            let state = [d_p, d_g].iter().chain(&d_s[..if count == 1 { 1 } else { 3 }]).map(|&p| Arg::Ptr(p)).collect();
+            let launch = multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars);
+            for (launches, grid) in geometries(vec![launch], &[X]) {
+                run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                    assert_close(&format!("{what} p, {grid} ({sanitizer:?})"), &m.read::<f32>(d_p), &want_p, 1e-6);
+                    for (i, s) in d_s.iter().take(count).enumerate() {
+                        assert_close(&format!("{what} state {i}, {grid} ({sanitizer:?})"), &m.read::<f32>(*s), &want_s[i], 1e-6);
+                    }
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn embedding_gather_and_scatter_add_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(19);
+        // Repeated ids accumulate through atomics: 50 ids over 7 rows.
+        let (rows, dim) = (7, 13);
+        let ids: Vec<u32> = (0..50).map(|_| rng.random_range(0..rows as u32)).collect();
+        let (table, dout) = (random(rows * dim, &mut rng), random(ids.len() * dim, &mut rng));
+        let mut out = poisoned(ids.len() * dim);
+        Cpu.embedding_forward(&mut out, &table, &ids, dim);
+        let mut dtable = random(rows * dim, &mut rng);
+        let start = dtable.clone();
+        Cpu.embedding_backward(&mut dtable, &dout, &ids, dim);
+        let mut m = Memory::default();
+        let (d_out, d_table, d_ids) = (m.alloc(&poisoned(out.len())), m.alloc(&table), m.alloc(&ids));
+        let (d_dtable, d_dout) = (m.alloc(&start), m.alloc(&dout));
+        let launches = vec![
+            embedding_launch("embedding_forward", [d_out, d_table, d_ids], ids.len(), dim),
+            embedding_launch("embedding_backward", [d_dtable, d_dout, d_ids], ids.len(), dim),
+        ];
+        for (launches, grid) in geometries(launches, &[X, X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                assert_close(&format!("embedding_forward, {grid} ({sanitizer:?})"), &m.read::<f32>(d_out), &out, 0.0);
+                // Atomic additions land in any order: round-off only.
+                assert_close(&format!("embedding_backward, {grid} ({sanitizer:?})"), &m.read::<f32>(d_dtable), &dtable, 1e-6);
+            });
+        }
+    }
+
+    /// f32 → bf16 bits, rounding to nearest even (the kernels' conversion), and back.
+    fn bf16(x: f32) -> u16 {
+        let u = x.to_bits();
+        ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    }
+    fn from_bf16(b: u16) -> f32 {
+        f32::from_bits(u32::from(b) << 16)
+    }
+
+    #[test]
+    fn newton_schulz_cublas_path_kernels_match_their_definitions() {
+        let mut rng = StdRng::seed_from_u64(20);
+        // 3 matrices of 300 values (wider than a 256-thread block), polynomials 19×19.
+        let (batch, len, short) = (3, 300, 19);
+        let x = random(batch * len, &mut rng);
+        let poly = random(batch * short * short, &mut rng);
+        let product = random(batch * len, &mut rng);
+        let coeffs = NsCoefficients::Keller;
+        let a = 3.4445f32;
+
+        // normalize: x / (factor·‖x‖ + eps) per matrix.
+        let normalized: Vec<f32> = x
+            .chunks(len)
+            .flat_map(|m| {
+                let norm = m.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32;
+                let inv = 1.0 / (coeffs.norm_factor() * norm + crate::linalg::NS_NORM_EPS);
+                m.iter().map(move |v| v * inv).collect::<Vec<_>>()
+            })
+            .collect();
+        // β = tr(P)/s and bf16(P − βI).
+        let betas: Vec<f32> = poly
+            .chunks(short * short)
+            .map(|p| ((0..short).map(|i| f64::from(p[i * short + i])).sum::<f64>() / short as f64) as f32)
+            .collect();
+        let shifted: Vec<u16> = poly
+            .iter()
+            .enumerate()
+            .map(|(e, &v)| bf16(v - if e % (short * short) / short == e % short { betas[e / (short * short)] } else { 0.0 }))
+            .collect();
+        // x ← (a + β)·x + product, fused.
+        let updated: Vec<f32> =
+            normalized.iter().zip(&product).enumerate().map(|(i, (&v, &y))| (a + betas[i / len]).mul_add(v, y)).collect();
+
+        let mut m = Memory::default();
+        let (d_x, d_xb) = (m.alloc(&x), m.alloc(&vec![0u16; x.len()]));
+        let (d_poly_bf16, d_shift, d_poly) = (m.alloc(&vec![0u16; poly.len()]), m.alloc(&poisoned(batch)), m.alloc(&poly));
+        let launches = vec![
+            cublas_path::normalize([d_x, d_xb], len, batch, coeffs),
+            cublas_path::shifted_polynomial([d_poly_bf16, d_shift, d_poly], short, batch),
+        ];
+        run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+            assert_close(&format!("normalize_frobenius ({sanitizer:?})"), &m.read::<f32>(d_x), &normalized, 1e-6);
+            let xb: Vec<f32> = m.read::<u16>(d_xb).into_iter().map(from_bf16).collect();
+            let want: Vec<f32> = m.read::<f32>(d_x).iter().map(|&v| from_bf16(bf16(v))).collect();
+            assert_close(&format!("normalize_frobenius bf16 copy ({sanitizer:?})"), &xb, &want, 0.0);
+            assert_close(&format!("shift ({sanitizer:?})"), &m.read::<f32>(d_shift), &betas, 1e-6);
+            assert_eq!(m.read::<u16>(d_poly_bf16), shifted, "shifted_polynomial_to_bf16 ({sanitizer:?})");
+        });
+        // The update on its own, from the normalized X and these β, over one block per strided axis too.
+        let mut m = Memory::default();
+        let (d_x, d_xb) = (m.alloc(&normalized), m.alloc(&vec![0u16; x.len()]));
+        let (d_product, d_shift) = (m.alloc(&product), m.alloc(&betas));
+        let update = cublas_path::update([d_x, d_xb, d_product, d_shift], a, len, batch);
+        for (launches, grid) in geometries(vec![update], &[X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                assert_close(&format!("newton_schulz_update, {grid} ({sanitizer:?})"), &m.read::<f32>(d_x), &updated, 1e-6);
+                let xb: Vec<u16> = m.read(d_xb);
+                assert!(xb.iter().zip(&updated).all(|(&b, &v)| b == bf16(v)), "newton_schulz_update bf16 copy, {grid} ({sanitizer:?})");
             });
         }
     }

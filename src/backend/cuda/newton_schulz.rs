@@ -70,6 +70,37 @@ pub(super) fn one_launch(
     Launch::new(ONE_LAUNCH_KERNEL, cfg, args)
 }
 
+/// The kernels of the cuBLAS path, around its GEMMs: X is `batch` matrices of
+/// `len` f32 values with a bf16 copy, P and P − βI are short×short.
+pub(super) mod cublas_path {
+    use super::*;
+
+    type Ptr = sys::CUdeviceptr;
+
+    fn per_matrix(batch: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (blocks(batch), 1, 1), block_dim: (PER_MATRIX_THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// X ← X / (factor·‖X‖_F + eps) per matrix, and its bf16 copy: buffers [x, x_bf16].
+    pub(in super::super) fn normalize([x, x_bf16]: [Ptr; 2], len: usize, batch: usize, coeffs: NsCoefficients) -> Launch {
+        let args = vec![Arg::Ptr(x), Arg::Ptr(x_bf16), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()];
+        Launch::new("normalize_frobenius", per_matrix(batch), args)
+    }
+
+    /// β = tr(P)/s per matrix and bf16(P − βI): buffers [poly_bf16, shift (β), poly].
+    pub(in super::super) fn shifted_polynomial([poly_bf16, shift, poly]: [Ptr; 3], short: usize, batch: usize) -> Launch {
+        let args = vec![Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), Arg::Index(short)];
+        Launch::new("shifted_polynomial_to_bf16", per_matrix(batch), args)
+    }
+
+    /// X ← (a + β)·X + (P − βI)·X (the product given) and X's bf16 copy:
+    /// buffers [x, x_bf16, product, shift].
+    pub(in super::super) fn update([x, x_bf16, product, shift]: [Ptr; 4], a: f32, len: usize, batch: usize) -> Launch {
+        let args = vec![Arg::Ptr(x), Arg::Ptr(x_bf16), Arg::Ptr(product), Arg::Ptr(shift), a.into(), len.into(), (batch * len).into()];
+        Launch::new("newton_schulz_update", elementwise(batch * len), args)
+    }
+}
+
 /// Lets the one-launch kernel use the device's opt-in shared memory per block
 /// (past the default 48 KiB); returns how many dynamic bytes it may now ask for.
 pub(super) fn allow_opt_in_shared_memory(ctx: &CudaContext, kernel: &CudaFunction) -> Result<usize> {
@@ -141,7 +172,7 @@ impl Cuda {
             .map_err(|e| anyhow!("CUDA upload of the Newton-Schulz schedule failed: {e:?}"));
         let Some(schedule) = self.pending.keep(uploaded) else { return };
         let buffers = [out.ptr(), input.ptr(), base_ptr(&table.offsets), base_ptr(&schedule)];
-        self.queue(&one_launch([rows, cols], ranges.len(), steps, coeffs, buffers));
+        self.launch(&one_launch([rows, cols], ranges.len(), steps, coeffs, buffers));
     }
 
     /// The batch gathered into scratch, then per step: A = X·Xᵀ (bf16 operands);
@@ -177,9 +208,7 @@ impl Cuda {
         for (b, r) in ranges.iter().enumerate() {
             self.copy_raw(offset(x, b * len), offset(src, r.start), len);
         }
-        let per_matrix = LaunchConfig { grid_dim: (batch as u32, 1, 1), block_dim: (PER_MATRIX_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let norm_args = [Arg::Ptr(x), Arg::Ptr(x_bf16), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()];
-        self.launch("normalize_frobenius", per_matrix, &norm_args);
+        self.launch(&cublas_path::normalize([x, x_bf16], len, batch, coeffs));
         let square = Gemm { m: short, k: short, n: short, trans_a: false, trans_b: false };
         // (P − βI)·X for wide matrices, X·(P − βI) for tall ones.
         let (first, second, product_shape, product_strides) = if tall {
@@ -193,12 +222,9 @@ impl Cuda {
             self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], GemmPrecision::Bf16);
             self.copy_raw(poly, gram, batch * ss);
             self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], GemmPrecision::Tf32);
-            let shift_args = [Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), Arg::Index(short)];
-            self.launch("shifted_polynomial_to_bf16", per_matrix, &shift_args);
+            self.launch(&cublas_path::shifted_polynomial([poly_bf16, shift, poly], short, batch));
             self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, GemmPrecision::Bf16);
-            let update_args =
-                [Arg::Ptr(x), Arg::Ptr(x_bf16), Arg::Ptr(product), Arg::Ptr(shift), a.into(), len.into(), (batch * len).into()];
-            self.launch("newton_schulz_update", elementwise(batch * len), &update_args);
+            self.launch(&cublas_path::update([x, x_bf16, product, shift], a, len, batch));
         }
         for (b, r) in ranges.iter().enumerate() {
             self.copy_raw(offset(dst, r.start), offset(x, b * len), len);

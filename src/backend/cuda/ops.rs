@@ -16,20 +16,6 @@ use super::{Cuda, DView, DViewMut, DeviceBuf, RangeTable, base_ptr, elementwise,
 use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
-impl From<DView<'_>> for Arg {
-    fn from(v: DView<'_>) -> Self {
-        Arg::Ptr(v.ptr)
-    }
-}
-impl From<&DViewMut<'_>> for Arg {
-    fn from(v: &DViewMut<'_>) -> Self {
-        Arg::Ptr(v.ptr)
-    }
-}
-pub(super) fn ptr_of<T>(buf: &CudaSlice<T>) -> Arg {
-    Arg::Ptr(base_ptr(buf))
-}
-
 /// Operand type of a cuBLAS product; C, alpha, beta and the accumulation are f32.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum GemmPrecision {
@@ -93,6 +79,106 @@ pub(super) fn softmax_cross_entropy_launch(
     Launch::new("softmax_cross_entropy", cfg, args)
 }
 
+/// Launches of the elementwise and reduction kernels of `kernels/nn.cu` and
+/// `kernels/shampoo.cu`, one per op, over buffers given as device pointers.
+pub(super) mod nn {
+    use super::*;
+
+    type Ptr = sys::CUdeviceptr;
+
+    pub(in super::super) fn fill(x: Ptr, value: f32, n: usize) -> Launch {
+        Launch::new("fill", elementwise(n), vec![Arg::Ptr(x), value.into(), n.into()])
+    }
+    pub(in super::super) fn axpby(y: Ptr, alpha: f32, x: Ptr, beta: f32, n: usize) -> Launch {
+        Launch::new("axpby", elementwise(n), vec![Arg::Ptr(y), alpha.into(), Arg::Ptr(x), beta.into(), n.into()])
+    }
+    pub(in super::super) fn scale(x: Ptr, alpha: f32, n: usize) -> Launch {
+        Launch::new("scale", elementwise(n), vec![Arg::Ptr(x), alpha.into(), n.into()])
+    }
+    /// `y[r, :] += bias` over the `n` values of y.
+    pub(in super::super) fn add_bias_rows(y: Ptr, bias: Ptr, cols: usize, n: usize) -> Launch {
+        Launch::new("add_bias_rows", elementwise(n), vec![Arg::Ptr(y), Arg::Ptr(bias), Arg::Index(cols), n.into()])
+    }
+    pub(in super::super) fn accumulate_column_sums(out: Ptr, x: Ptr, rows: usize, cols: usize) -> Launch {
+        Launch::new("accumulate_column_sums", elementwise(cols), vec![Arg::Ptr(out), Arg::Ptr(x), Arg::Index(rows), Arg::Index(cols)])
+    }
+    pub(in super::super) fn activation_forward(kind: Activation, y: Ptr, x: Ptr, n: usize) -> Launch {
+        Launch::new("activation_forward", elementwise(n), vec![activation_code(kind).into(), Arg::Ptr(y), Arg::Ptr(x), n.into()])
+    }
+    pub(in super::super) fn activation_backward(kind: Activation, dx: Ptr, dy: Ptr, x: Ptr, n: usize) -> Launch {
+        let args = vec![activation_code(kind).into(), Arg::Ptr(dx), Arg::Ptr(dy), Arg::Ptr(x), n.into()];
+        Launch::new("activation_backward", elementwise(n), args)
+    }
+    /// `kernel` (sum_squares, sum_squared_difference, dot) of the `n` values of
+    /// `inputs` into the f64 at `out`, which must start at 0.
+    pub(in super::super) fn reduce_f64(kernel: &str, out: Ptr, inputs: &[Ptr], n: usize) -> Launch {
+        let args = std::iter::once(out).chain(inputs.iter().copied()).map(Arg::Ptr).chain([n.into()]).collect();
+        Launch::new(kernel, elementwise(n), args)
+    }
+    /// Non-finite values of x counted into the u32 at `count`, which must start at 0.
+    pub(in super::super) fn count_non_finite(count: Ptr, x: Ptr, n: usize) -> Launch {
+        Launch::new("count_non_finite", elementwise(n), vec![Arg::Ptr(count), Arg::Ptr(x), n.into()])
+    }
+    pub(in super::super) fn ema_square(v: Ptr, g: Ptr, beta: f32, n: usize) -> Launch {
+        Launch::new("ema_square", elementwise(n), vec![Arg::Ptr(v), Arg::Ptr(g), beta.into(), n.into()])
+    }
+    pub(in super::super) fn adam_direction(out: Ptr, m: Ptr, v: Ptr, [bias1, bias2, eps]: [f32; 3], n: usize) -> Launch {
+        let args = vec![Arg::Ptr(out), Arg::Ptr(m), Arg::Ptr(v), bias1.into(), bias2.into(), eps.into(), n.into()];
+        Launch::new("adam_direction", elementwise(n), args)
+    }
+    /// Shampoo's diagonal preconditioner of a rows×cols matrix, `d` per row or per column.
+    pub(in super::super) fn scale_by_diagonal_root(x: Ptr, d: Ptr, [rows, cols]: [usize; 2], over_rows: bool, p: u32, eps: f32) -> Launch {
+        let args =
+            vec![Arg::Ptr(x), Arg::Ptr(d), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), (p as i32).into(), eps.into()];
+        Launch::new("scale_by_diagonal_root", elementwise(rows * cols), args)
+    }
+    pub(in super::super) fn ema_square_sums(out: Ptr, g: Ptr, [rows, cols]: [usize; 2], over_rows: bool, beta: f32, weight: f32) -> Launch {
+        let args =
+            vec![Arg::Ptr(out), Arg::Ptr(g), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), beta.into(), weight.into()];
+        Launch::new("ema_square_sums", elementwise(if over_rows { rows } else { cols }), args)
+    }
+    /// `out = alpha·I + beta·a` for n×n matrices; a null `a` reads as zero.
+    pub(in super::super) fn identity_plus(out: Ptr, a: Ptr, alpha: f32, beta: f32, n: usize) -> Launch {
+        Launch::new("identity_plus", elementwise(n * n), vec![Arg::Ptr(out), Arg::Ptr(a), alpha.into(), beta.into(), Arg::Index(n)])
+    }
+    /// `max|a − I|` of an n×n matrix as f32 bits into the u32 at `out`, which must start at 0.
+    pub(in super::super) fn max_abs_from_identity(out: Ptr, a: Ptr, n: usize) -> Launch {
+        Launch::new("max_abs_from_identity", elementwise(n * n), vec![Arg::Ptr(out), Arg::Ptr(a), Arg::Index(n)])
+    }
+    pub(in super::super) fn sgd_scalars(lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) -> Vec<Arg> {
+        vec![lr.into(), momentum.into(), i32::from(nesterov).into(), weight_decay.into()]
+    }
+    pub(in super::super) fn lion_scalars(lr: f32, beta1: f32, beta2: f32, weight_decay: f32) -> Vec<Arg> {
+        vec![lr.into(), beta1.into(), beta2.into(), weight_decay.into()]
+    }
+    /// The kernel of a per-coordinate `torch.optim` rule and its scalars.
+    pub(in super::super) fn diagonal_rule(rule: DiagonalRule) -> (&'static str, Vec<Arg>) {
+        match rule {
+            DiagonalRule::Adagrad { lr, eps, weight_decay } => ("adagrad_step", vec![lr.into(), eps.into(), weight_decay.into()]),
+            DiagonalRule::RmsProp { lr, alpha, eps, weight_decay, momentum, centered } => (
+                "rmsprop_step",
+                vec![lr.into(), alpha.into(), eps.into(), weight_decay.into(), momentum.into(), i32::from(centered).into()],
+            ),
+            DiagonalRule::Adadelta { lr, rho, eps, weight_decay } => {
+                ("adadelta_step", vec![lr.into(), rho.into(), eps.into(), weight_decay.into()])
+            }
+            DiagonalRule::Adam { lr, beta1, beta2, eps, weight_decay, amsgrad, bias1, bias2 } => (
+                "adam_l2_step",
+                vec![
+                    lr.into(),
+                    beta1.into(),
+                    beta2.into(),
+                    eps.into(),
+                    weight_decay.into(),
+                    i32::from(amsgrad).into(),
+                    bias1.into(),
+                    bias2.into(),
+                ],
+            ),
+        }
+    }
+}
+
 fn activation_code(kind: Activation) -> i32 {
     // Must match ACT_* in kernels/nn.cu.
     match kind {
@@ -103,24 +189,21 @@ fn activation_code(kind: Activation) -> i32 {
 }
 
 impl Cuda {
-    /// Queues kernel `name`, unless a failure is pending or its grid is empty;
-    /// a failure to launch becomes the pending error.
-    pub(super) fn queue(&self, launch: &Launch) {
-        self.launch(&launch.kernel, launch.cfg, &launch.args);
-    }
-
-    pub(super) fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) {
+    /// Queues `launch`, unless a failure is pending or its grid is empty; a
+    /// failure to launch becomes the pending error.
+    pub(super) fn launch(&self, launch: &Launch) {
         if !self.pending.is_set() {
-            let launched = self.try_launch(name, cfg, args);
+            let launched = self.try_launch(launch);
             self.pending.keep(launched);
         }
     }
 
-    fn try_launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        if !launch::check(name, &cfg, args)? {
+    fn try_launch(&self, Launch { kernel, cfg, args }: &Launch) -> Result<()> {
+        let cfg = *cfg;
+        if !launch::check(kernel, &cfg, args)? {
             return Ok(());
         }
-        let (name, function) = self.function(name)?;
+        let (name, function) = self.function(kernel)?;
         // Sizes were checked to fit: they travel as the kernels' 32-bit ints.
         let args: Vec<Arg> = args.iter().map(|&a| if let Arg::Index(n) = a { Arg::I32(n as i32) } else { a }).collect();
         let mut builder = self.stream.launch_builder(function);
@@ -134,8 +217,8 @@ impl Cuda {
             };
         }
         *self.last_launch.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, cfg));
-        // SAFETY: every call site passes the argument list of the kernel's
-        // signature in kernels/*.cu, with views of the lengths the kernel reads
+        // SAFETY: every launch function passes the argument list of the kernel's
+        // signature in kernels/*.cu (the emulator checks the types), with views of the lengths the kernel reads
         // (checked by the asserts of each op and the CPU-comparison tests).
         unsafe { builder.launch(cfg) }.map(drop).map_err(|e| anyhow!("{} failed to launch: {e:?}", launch::describe(name, &cfg, &args)))
     }
@@ -255,19 +338,16 @@ impl Cuda {
         self.synchronize()
     }
 
-    fn reduce_f64(&self, kernel: &str, args: Vec<Arg>, n: usize) -> Result<f64> {
+    fn reduce_f64(&self, kernel: &str, inputs: &[sys::CUdeviceptr], n: usize) -> Result<f64> {
         let out = self.alloc::<f64>(1)?;
-        let mut all = vec![ptr_of(&out)];
-        all.extend(args);
-        all.push(n.into());
-        self.launch(kernel, elementwise(n), &all);
+        self.launch(&nn::reduce_f64(kernel, base_ptr(&out), inputs, n));
         Ok(self.host(&out)?[0])
     }
 
     fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
         let Some((table, total)) = self.pending.keep(self.range_table(ranges)) else { return };
         let table = [base_ptr(&table.offsets), base_ptr(&table.cumulative)];
-        self.queue(&multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars));
+        self.launch(&multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars));
     }
 
     /// Coupled Newton iteration for `(A + εI)^{-1/p}` in f32 (Guo & Higham 2006):
@@ -283,25 +363,17 @@ impl Cuda {
             [self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?];
         let [damped, mut m, t, tp, mut spare, mut x_spare] = bufs.each_ref().map(base_ptr);
         let e = (eps.absolute + eps.relative * self.sum_squares(a)?.sqrt()) as f32;
-        self.launch("identity_plus", elementwise(nn), &[Arg::Ptr(damped), a.into(), e.into(), 1.0f32.into(), Arg::Index(n)]);
+        self.launch(&nn::identity_plus(damped, a.ptr, e, 1.0, n));
         let z = (1.0 + f64::from(p)) / (2.0 * self.sum_squares(DView { ptr: damped, len: nn, _borrow: std::marker::PhantomData })?.sqrt());
         let mut x = out;
-        self.launch(
-            "identity_plus",
-            elementwise(nn),
-            &[Arg::Ptr(x), Arg::Ptr(0), (z.powf(1.0 / f64::from(p)) as f32).into(), 0.0f32.into(), Arg::Index(n)],
-        );
+        self.launch(&nn::identity_plus(x, 0, z.powf(1.0 / f64::from(p)) as f32, 0.0, n));
         self.copy_raw(m, damped, nn);
-        self.launch("scale", elementwise(nn), &[Arg::Ptr(m), (z as f32).into(), nn.into()]);
+        self.launch(&nn::scale(m, z as f32, nn));
         let square = Gemm { m: n, k: n, n, trans_a: false, trans_b: false };
         let residual = self.alloc::<u32>(1)?;
         let mut err = f32::INFINITY;
         for _ in 0..MAX_ITERS {
-            self.launch(
-                "identity_plus",
-                elementwise(nn),
-                &[Arg::Ptr(t), Arg::Ptr(m), ((pf + 1.0) / pf).into(), (-1.0 / pf).into(), Arg::Index(n)],
-            );
+            self.launch(&nn::identity_plus(t, m, (pf + 1.0) / pf, -1.0 / pf, n));
             self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut x, &mut x_spare);
             self.copy_raw(tp, t, nn);
@@ -311,8 +383,8 @@ impl Cuda {
             }
             self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
             std::mem::swap(&mut m, &mut spare);
-            self.launch("fill", elementwise(1), &[ptr_of(&residual), 0.0f32.into(), 1usize.into()]);
-            self.launch("max_abs_from_identity", elementwise(nn), &[ptr_of(&residual), Arg::Ptr(m), Arg::Index(n)]);
+            self.launch(&nn::fill(base_ptr(&residual), 0.0, 1));
+            self.launch(&nn::max_abs_from_identity(base_ptr(&residual), m, n));
             let next = f32::from_bits(self.host(&residual)?[0]);
             // Stop once converged, or when f32 round-off stops the progress.
             let stalled = next > 0.5 * err && next < 1e-3;
@@ -395,7 +467,7 @@ impl Backend for Cuda {
         self.copy_raw(dst.ptr, src.ptr, src.len);
     }
     fn fill(&self, dst: DViewMut<'_>, value: f32) {
-        self.launch("fill", elementwise(dst.len), &[(&dst).into(), value.into(), dst.len.into()]);
+        self.launch(&nn::fill(dst.ptr, value, dst.len));
     }
 
     fn matmul(&self, c: DViewMut<'_>, a: DView<'_>, b: DView<'_>, s: Gemm, alpha: f32, beta: f32) {
@@ -404,24 +476,20 @@ impl Backend for Cuda {
     }
     fn add_bias_rows(&self, y: DViewMut<'_>, bias: DView<'_>) {
         assert_eq!(y.len % bias.len, 0, "bias length must divide the matrix");
-        self.launch("add_bias_rows", elementwise(y.len), &[(&y).into(), bias.into(), Arg::Index(bias.len), y.len.into()]);
+        self.launch(&nn::add_bias_rows(y.ptr, bias.ptr, bias.len, y.len));
     }
     fn accumulate_column_sums(&self, out: DViewMut<'_>, x: DView<'_>) {
         assert_eq!(x.len % out.len, 0, "column count must divide the matrix");
         let rows = x.len / out.len;
-        self.launch("accumulate_column_sums", elementwise(out.len), &[(&out).into(), x.into(), Arg::Index(rows), Arg::Index(out.len)]);
+        self.launch(&nn::accumulate_column_sums(out.ptr, x.ptr, rows, out.len));
     }
     fn activation_forward(&self, kind: Activation, y: DViewMut<'_>, x: DView<'_>) {
         assert_eq!(y.len, x.len);
-        self.launch("activation_forward", elementwise(x.len), &[activation_code(kind).into(), (&y).into(), x.into(), x.len.into()]);
+        self.launch(&nn::activation_forward(kind, y.ptr, x.ptr, x.len));
     }
     fn activation_backward(&self, kind: Activation, dx: DViewMut<'_>, dy: DView<'_>, x: DView<'_>) {
         assert!(dx.len == dy.len && dy.len == x.len);
-        self.launch(
-            "activation_backward",
-            elementwise(x.len),
-            &[activation_code(kind).into(), (&dx).into(), dy.into(), x.into(), x.len.into()],
-        );
+        self.launch(&nn::activation_backward(kind, dx.ptr, dy.ptr, x.ptr, x.len));
     }
     fn softmax_cross_entropy(&self, dlogits: DViewMut<'_>, logits: DView<'_>, labels: &[u8], classes: usize) -> Result<LossOut> {
         let rows = labels.len();
@@ -433,7 +501,7 @@ impl Backend for Cuda {
         let labels = self.stream.clone_htod(&labels).map_err(|e| anyhow!("CUDA upload of {rows} labels failed: {e:?}"))?;
         let (loss, correct) = (self.alloc::<f32>(rows)?, self.alloc::<i32>(rows)?);
         let buffers = [dlogits.ptr, base_ptr(&loss), base_ptr(&correct), logits.ptr, base_ptr(&labels)];
-        self.queue(&softmax_cross_entropy_launch(buffers, rows, classes));
+        self.launch(&softmax_cross_entropy_launch(buffers, rows, classes));
         let loss: f64 = self.host(&loss)?.iter().map(|&l| f64::from(l)).sum();
         let correct = self.host(&correct)?.iter().filter(|&&c| c != 0).count();
         Ok(LossOut { loss: (loss / rows as f64) as f32, correct })
@@ -478,28 +546,28 @@ impl Backend for Cuda {
     }
 
     fn sum_squares(&self, x: DView<'_>) -> Result<f64> {
-        self.reduce_f64("sum_squares", vec![x.into()], x.len)
+        self.reduce_f64("sum_squares", &[x.ptr], x.len)
     }
     fn sum_squared_difference(&self, a: DView<'_>, b: DView<'_>) -> Result<f64> {
         assert_eq!(a.len, b.len);
-        self.reduce_f64("sum_squared_difference", vec![a.into(), b.into()], a.len)
+        self.reduce_f64("sum_squared_difference", &[a.ptr, b.ptr], a.len)
     }
     fn dot(&self, a: DView<'_>, b: DView<'_>) -> Result<f64> {
         assert_eq!(a.len, b.len);
-        self.reduce_f64("dot", vec![a.into(), b.into()], a.len)
+        self.reduce_f64("dot", &[a.ptr, b.ptr], a.len)
     }
     fn all_finite(&self, x: DView<'_>) -> Result<bool> {
         let count = self.alloc::<u32>(1)?;
-        self.launch("count_non_finite", elementwise(x.len), &[ptr_of(&count), x.into(), x.len.into()]);
+        self.launch(&nn::count_non_finite(base_ptr(&count), x.ptr, x.len));
         Ok(self.host(&count)?[0] == 0)
     }
 
     fn axpby(&self, y: DViewMut<'_>, alpha: f32, x: DView<'_>, beta: f32) {
         assert_eq!(y.len, x.len);
-        self.launch("axpby", elementwise(x.len), &[(&y).into(), alpha.into(), x.into(), beta.into(), x.len.into()]);
+        self.launch(&nn::axpby(y.ptr, alpha, x.ptr, beta, x.len));
     }
     fn scale(&self, x: DViewMut<'_>, alpha: f32) {
-        self.launch("scale", elementwise(x.len), &[(&x).into(), alpha.into(), x.len.into()]);
+        self.launch(&nn::scale(x.ptr, alpha, x.len));
     }
     fn adamw_step(&self, p: &mut DeviceBuf, g: &DeviceBuf, m: &mut DeviceBuf, v: &mut DeviceBuf, ranges: &[Range<usize>], hp: AdamParams) {
         let state = vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr()), Arg::Ptr(v.ptr())];
@@ -516,7 +584,7 @@ impl Backend for Cuda {
         nesterov: bool,
         weight_decay: f32,
     ) {
-        let scalars = vec![lr.into(), momentum.into(), i32::from(nesterov).into(), weight_decay.into()];
+        let scalars = nn::sgd_scalars(lr, momentum, nesterov, weight_decay);
         self.multi_tensor("sgd_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(buf.ptr())], ranges, scalars);
     }
     fn lion_step(
@@ -530,7 +598,7 @@ impl Backend for Cuda {
         beta2: f32,
         weight_decay: f32,
     ) {
-        let scalars = vec![lr.into(), beta1.into(), beta2.into(), weight_decay.into()];
+        let scalars = nn::lion_scalars(lr, beta1, beta2, weight_decay);
         self.multi_tensor("lion_step", vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(m.ptr())], ranges, scalars);
     }
     fn diagonal_step(
@@ -541,29 +609,7 @@ impl Backend for Cuda {
         ranges: &[Range<usize>],
         rule: DiagonalRule,
     ) {
-        let (kernel, scalars): (&str, Vec<Arg>) = match rule {
-            DiagonalRule::Adagrad { lr, eps, weight_decay } => ("adagrad_step", vec![lr.into(), eps.into(), weight_decay.into()]),
-            DiagonalRule::RmsProp { lr, alpha, eps, weight_decay, momentum, centered } => (
-                "rmsprop_step",
-                vec![lr.into(), alpha.into(), eps.into(), weight_decay.into(), momentum.into(), i32::from(centered).into()],
-            ),
-            DiagonalRule::Adadelta { lr, rho, eps, weight_decay } => {
-                ("adadelta_step", vec![lr.into(), rho.into(), eps.into(), weight_decay.into()])
-            }
-            DiagonalRule::Adam { lr, beta1, beta2, eps, weight_decay, amsgrad, bias1, bias2 } => (
-                "adam_l2_step",
-                vec![
-                    lr.into(),
-                    beta1.into(),
-                    beta2.into(),
-                    eps.into(),
-                    weight_decay.into(),
-                    i32::from(amsgrad).into(),
-                    bias1.into(),
-                    bias2.into(),
-                ],
-            ),
-        };
+        let (kernel, scalars) = nn::diagonal_rule(rule);
         self.multi_tensor(
             kernel,
             vec![Arg::Ptr(p.ptr()), Arg::Ptr(g.ptr()), Arg::Ptr(s0.ptr()), Arg::Ptr(s1.ptr()), Arg::Ptr(s2.ptr())],
@@ -573,15 +619,11 @@ impl Backend for Cuda {
     }
     fn adam_direction(&self, out: DViewMut<'_>, m: DView<'_>, v: DView<'_>, bias1: f32, bias2: f32, eps: f32) {
         assert!(out.len == m.len && m.len == v.len);
-        self.launch(
-            "adam_direction",
-            elementwise(m.len),
-            &[(&out).into(), m.into(), v.into(), bias1.into(), bias2.into(), eps.into(), m.len.into()],
-        );
+        self.launch(&nn::adam_direction(out.ptr, m.ptr, v.ptr, [bias1, bias2, eps], m.len));
     }
     fn ema_square(&self, v: DViewMut<'_>, g: DView<'_>, beta: f32) {
         assert_eq!(v.len, g.len);
-        self.launch("ema_square", elementwise(g.len), &[(&v).into(), g.into(), beta.into(), g.len.into()]);
+        self.launch(&nn::ema_square(v.ptr, g.ptr, beta, g.len));
     }
 
     fn newton_schulz_batched(
@@ -625,13 +667,11 @@ impl Backend for Cuda {
     fn scale_by_diagonal_root(&self, x: DViewMut<'_>, d: DView<'_>, rows: usize, cols: usize, over_rows: bool, p: u32, eps: f32) {
         assert_eq!(x.len, rows * cols);
         assert_eq!(d.len, if over_rows { rows } else { cols });
-        let args = [(&x).into(), d.into(), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), (p as i32).into(), eps.into()];
-        self.launch("scale_by_diagonal_root", elementwise(x.len), &args);
+        self.launch(&nn::scale_by_diagonal_root(x.ptr, d.ptr, [rows, cols], over_rows, p, eps));
     }
     fn ema_square_sums(&self, out: DViewMut<'_>, g: DView<'_>, rows: usize, cols: usize, over_rows: bool, beta: f32, weight: f32) {
         assert_eq!(g.len, rows * cols);
         assert_eq!(out.len, if over_rows { rows } else { cols });
-        let args = [(&out).into(), g.into(), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), beta.into(), weight.into()];
-        self.launch("ema_square_sums", elementwise(out.len), &args);
+        self.launch(&nn::ema_square_sums(out.ptr, g.ptr, [rows, cols], over_rows, beta, weight));
     }
 }

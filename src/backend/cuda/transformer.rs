@@ -11,7 +11,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
-use super::ops::ptr_of;
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
 use crate::backend::Attention;
 
@@ -127,6 +126,13 @@ pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 7], s: &At
     ])
 }
 
+/// `kernel(a, b, ids, dim, rows·dim)`: embedding_forward (a = out, b = table)
+/// or embedding_backward (a = dtable, b = dout) over `rows` ids (u32).
+pub(super) fn embedding_launch(kernel: &str, buffers: [sys::CUdeviceptr; 3], rows: usize, dim: usize) -> Launch {
+    let n = rows * dim;
+    Launch::new(kernel, elementwise(n), buffers.map(Arg::Ptr).into_iter().chain([Arg::Index(dim), n.into()]).collect())
+}
+
 impl Cuda {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layernorm_forward_impl(
@@ -146,7 +152,7 @@ impl Cuda {
         if rows == 0 {
             return;
         }
-        self.queue(&layernorm_forward_launch([y.ptr, mean.ptr, rstd.ptr, x.ptr, gamma.ptr, beta.ptr], eps, rows, dim));
+        self.launch(&layernorm_forward_launch([y.ptr, mean.ptr, rstd.ptr, x.ptr, gamma.ptr, beta.ptr], eps, rows, dim));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -174,14 +180,14 @@ impl Cuda {
         let Some(partial) = self.pending.keep(self.alloc::<f32>(layernorm_partial_len(rows, dim))) else { return };
         let buffers = [dx.ptr, dgamma.ptr, dbeta.ptr, dy.ptr, x.ptr, mean.ptr, rstd.ptr, gamma.ptr, base_ptr(&partial)];
         for launch in layernorm_backward_launches(buffers, rows, dim) {
-            self.queue(&launch);
+            self.launch(&launch);
         }
     }
 
     pub(super) fn attention_forward_impl(&self, out: DViewMut<'_>, lse: DViewMut<'_>, qkv: DView<'_>, s: Attention) {
         s.assert_lengths(qkv.len, out.len, lse.len);
         if let Some(launch) = self.pending.keep(attention_forward_launch([out.ptr, lse.ptr, qkv.ptr], &s)) {
-            self.queue(&launch);
+            self.launch(&launch);
         }
     }
 
@@ -206,23 +212,23 @@ impl Cuda {
         let Some((delta, dq)) = self.pending.keep(scratch()) else { return };
         let buffers = [dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, base_ptr(&delta), base_ptr(&dq)];
         if let Some(launches) = self.pending.keep(attention_backward_launches(buffers, &s)) {
-            launches.iter().for_each(|l| self.queue(l));
+            launches.iter().for_each(|l| self.launch(l));
         }
     }
 
     pub(super) fn embedding_forward_impl(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {
         assert_eq!(out.len, ids.len() * dim, "embedding output must be ids×dim");
-        self.embedding_launch("embedding_forward", [(&out).into(), table.into()], ids, dim, table.len);
+        self.embedding_launch("embedding_forward", [out.ptr, table.ptr], ids, dim, table.len);
     }
 
     pub(super) fn embedding_backward_impl(&self, dtable: DViewMut<'_>, dout: DView<'_>, ids: &[u32], dim: usize) {
         assert_eq!(dout.len, ids.len() * dim, "embedding gradient must be ids×dim");
-        self.embedding_launch("embedding_backward", [(&dtable).into(), dout.into()], ids, dim, dtable.len);
+        self.embedding_launch("embedding_backward", [dtable.ptr, dout.ptr], ids, dim, dtable.len);
     }
 
     /// Checks `ids` against a table of `table_len` values, uploads them, and runs
     /// `kernel(views[0], views[1], ids, dim, ids·dim)`.
-    fn embedding_launch(&self, kernel: &str, views: [Arg; 2], ids: &[u32], dim: usize, table_len: usize) {
+    fn embedding_launch(&self, kernel: &str, views: [sys::CUdeviceptr; 2], ids: &[u32], dim: usize, table_len: usize) {
         assert!(dim > 0, "embedding rows of length 0");
         for &id in ids {
             assert!((id as usize + 1) * dim <= table_len, "token id {id} outside a table of {} rows", table_len / dim);
@@ -232,8 +238,6 @@ impl Cuda {
         }
         let uploaded = self.stream.clone_htod(ids).map_err(|e| anyhow!("CUDA upload of {} token ids failed: {e:?}", ids.len()));
         let Some(ids_dev) = self.pending.keep(uploaded) else { return };
-        let n = ids.len() * dim;
-        let [a, b] = views;
-        self.launch(kernel, elementwise(n), &[a, b, ptr_of(&ids_dev), Arg::Index(dim), n.into()]);
+        self.launch(&embedding_launch(kernel, [views[0], views[1], base_ptr(&ids_dev)], ids.len(), dim));
     }
 }
