@@ -647,10 +647,11 @@ mod tests {
         assert!(!specs.is_empty());
         for path in specs {
             let spec = SweepSpec::read(&path).unwrap();
+            let preset = spec.preset.as_deref().map(|p| crate::experiments::config::read_preset(p).unwrap());
             for cell in spec.cells().unwrap() {
                 let checked = match spec.study.as_str() {
-                    "gpt" => GptStudyConfig::resolve(None, &cell.overrides).map(drop),
-                    _ => SplitMnistConfig::resolve(None, &cell.overrides).map(drop),
+                    "gpt" => GptStudyConfig::resolve(preset.as_ref(), &cell.overrides).map(drop),
+                    _ => SplitMnistConfig::resolve(preset.as_ref(), &cell.overrides).map(drop),
                 };
                 checked.unwrap_or_else(|e| panic!("{} cell {}: {e:#}", path.display(), cell.name));
             }
