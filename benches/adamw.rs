@@ -1,5 +1,8 @@
 //! The fused multi-tensor optimizer steps, in GB/s of parameter-state traffic
-//! (AdamW reads p, g, m, v and writes p, m, v: 28 bytes per parameter).
+//! (AdamW reads p, g, m, v and writes p, m, v: 28 bytes per parameter), beside
+//! a plain copy of the same length (8 bytes per element) in the same run: the
+//! bandwidth the step's target is a fraction of. Also the bias-gradient column
+//! sums (4 bytes read per element).
 
 mod common;
 
@@ -20,7 +23,26 @@ fn adamw_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
                 sync();
             })
         });
+        group.throughput(Throughput::Bytes(8 * n as u64));
+        group.bench_function(format!("copy/{n}"), |bench| {
+            bench.iter(|| {
+                b.copy(B::all_mut(&mut m), B::all(&g));
+                sync();
+            })
+        });
     }
+    group.finish();
+    // A GPT bias gradient: 2048 rows (batch × tokens) of 1024 columns.
+    let (rows, cols) = (2048, 1024);
+    let (x, mut out) = (b.upload(&common::random(rows * cols, 3)), b.zeros(cols));
+    let mut group = c.benchmark_group(format!("column_sums/{}", b.name()));
+    group.throughput(Throughput::Bytes(4 * (rows * cols) as u64));
+    group.bench_function(format!("{rows}x{cols}"), |bench| {
+        bench.iter(|| {
+            b.accumulate_column_sums(B::all_mut(&mut out), B::all(&x));
+            sync();
+        })
+    });
 }
 
 fn adamw(c: &mut Criterion) {

@@ -40,14 +40,3 @@ __device__ double block_sum_d(double v) {
     __syncthreads();  // partial[] may be reused by the caller's next reduction
     return v;
 }
-
-// Index of the element of a multi-tensor list: ranges are given by their store
-// offsets and the cumulative element counts before each (cum has count+1 entries).
-__device__ __forceinline__ long long multi_tensor_index(long long i, const long long* offsets, const long long* cum, int count) {
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {  // last range whose cum start is <= i
-        int mid = (lo + hi + 1) >> 1;
-        if (cum[mid] <= i) lo = mid; else hi = mid - 1;
-    }
-    return offsets[lo] + (i - cum[lo]);
-}

@@ -25,12 +25,26 @@ extern "C" __global__ void add_bias_rows(float* y, const float* bias, int cols, 
     GRID_STRIDE(i, n) y[i] += bias[i % cols];
 }
 
-// out[c] += sum_r x[r, c]: one thread per column, coalesced across columns.
-extern "C" __global__ void accumulate_column_sums(float* out, const float* x, int rows, int cols) {
-    GRID_STRIDE(c, cols) {
+// out[c] += sum_r x[r, c] (bias gradients). A block of 8 warps takes 32 columns
+// at a time, a lane per column, warp w summing rows w, w + 8, ... (each warp's
+// loads coalesced across its 32 columns); warp 0 then adds the 8 partial sums in
+// a fixed order: no atomics, the same result on every run. Needs blockDim 256.
+extern "C" __global__ void accumulate_column_sums(float* __restrict__ out, const float* __restrict__ x, int rows, int cols) {
+    __shared__ float partial[8][33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int c0 = blockIdx.x * 32; c0 < cols; c0 += gridDim.x * 32) {
+        const int c = c0 + lane;
         float s = 0.0f;
-        for (int r = 0; r < rows; ++r) s += x[(long long)r * cols + c];
-        out[c] += s;
+        if (c < cols)
+            for (int r = warp; r < rows; r += 8) s += x[(long long)r * cols + c];
+        partial[warp][lane] = s;
+        __syncthreads();
+        if (warp == 0 && c < cols) {
+            float t = 0.0f;
+            for (int w = 0; w < 8; ++w) t += partial[w][lane];
+            out[c] += t;
+        }
+        __syncthreads();  // partial[] is rewritten for the next 32 columns
     }
 }
 

@@ -50,6 +50,9 @@ struct dim3 {
 struct float2 {
     float x, y;
 };
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 inline float2 make_float2(float x, float y) { return {x, y}; }
 
 namespace emu {

@@ -239,7 +239,7 @@ mod tests {
 
     use super::super::newton_schulz::cublas_path;
     use super::super::newton_schulz::{one_launch, one_launch_schedule};
-    use super::super::ops::{adamw_scalars, multi_tensor_launch, nn, range_list, softmax_cross_entropy_launch};
+    use super::super::ops::{adamw_scalars, chunk_list, multi_tensor_launch, nn, softmax_cross_entropy_launch};
     use super::super::transformer::{
         attention_backward_launches, attention_backward_scratch, attention_forward_launch, embedding_launch, layernorm_backward_launches,
         layernorm_forward_launch, layernorm_partial_len,
@@ -477,38 +477,6 @@ mod tests {
     }
 
     #[test]
-    fn fused_adamw_over_a_range_list_matches_the_cpu() {
-        let mut rng = StdRng::seed_from_u64(15);
-        // Ranges out of order with gaps, one empty, sizes not multiples of anything.
-        let ranges = [40..77, 3..4, 100..100, 80..97, 5..36];
-        let n = 110;
-        let (p, g, m0, v0) = (
-            random(n, &mut rng),
-            random(n, &mut rng),
-            random(n, &mut rng),
-            random(n, &mut rng).iter().map(|x| x.abs()).collect::<Vec<_>>(),
-        );
-        let hp = AdamParams { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step: 3 };
-        let (mut want_p, mut want_m, mut want_v) = (p.clone(), m0.clone(), v0.clone());
-        Cpu.adamw_step(&mut want_p, &g, &mut want_m, &mut want_v, &ranges, hp);
-        let (offsets, cum) = range_list(&ranges);
-        let total = ranges.iter().map(|r| r.len()).sum();
-        let mut mem = Memory::default();
-        let (d_p, d_g, d_m, d_v) = (mem.alloc(&p), mem.alloc(&g), mem.alloc(&m0), mem.alloc(&v0));
-        let table = [mem.alloc(&offsets), mem.alloc(&cum)];
-        let state = [d_p, d_g, d_m, d_v].map(Arg::Ptr).to_vec();
-        let launch = multi_tensor_launch("adamw_step", state, table, ranges.len(), total, adamw_scalars(hp));
-        for (launches, grid) in geometries(vec![launch], &[X]) {
-            run_under(&Sanitizer::ALL, &launches, &mem, |m, sanitizer| {
-                for (what, got, want) in [("p", d_p, &want_p), ("m", d_m, &want_m), ("v", d_v, &want_v)] {
-                    // Outside the ranges the buffers keep their values exactly.
-                    assert_close(&format!("adamw {what}, {grid} ({sanitizer:?})"), &m.read::<f32>(got), want, 1e-6);
-                }
-            });
-        }
-    }
-
-    #[test]
     fn elementwise_ops_match_the_cpu() {
         let mut rng = StdRng::seed_from_u64(16);
         // 37×29: nothing a multiple of a warp or a block.
@@ -631,60 +599,66 @@ mod tests {
     }
 
     #[test]
-    fn the_other_multi_tensor_steps_match_the_cpu() {
-        let mut rng = StdRng::seed_from_u64(18);
-        let ranges = [40..77, 3..4, 100..100, 80..97, 5..36];
-        let n = 110;
-        let (p, g) = (random(n, &mut rng), random(n, &mut rng));
-        // Running squares above 0.5, a small running mean (centered RMSProp takes
-        // the root of their difference), a non-negative third state.
-        let r = |rng: &mut StdRng, f: fn(f32) -> f32| random(n, rng).into_iter().map(f).collect::<Vec<f32>>();
-        let states = [r(&mut rng, |x| 0.5 + x.abs()), r(&mut rng, f32::abs), r(&mut rng, |x| 0.1 * x)];
-        let (offsets, cum) = range_list(&ranges);
-        let total = ranges.iter().map(|r| r.len()).sum();
-        let (lr, wd) = (0.01, 0.1);
-        let rules = [
-            DiagonalRule::Adagrad { lr, eps: 1e-10, weight_decay: wd },
-            DiagonalRule::RmsProp { lr, alpha: 0.99, eps: 1e-8, weight_decay: wd, momentum: 0.9, centered: true },
-            DiagonalRule::Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6, weight_decay: wd },
-            DiagonalRule::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, amsgrad: true, bias1: 0.271, bias2: 0.003 },
-        ];
-        // Each case: the kernel with its scalars, its state count, and the CPU step on (p, states).
-        type CpuStep = Box<dyn Fn(&mut Vec<f32>, &mut [Vec<f32>; 3])>;
-        let mut cases: Vec<(String, &str, Vec<Arg>, usize, CpuStep)> = Vec::new();
-        for nesterov in [false, true] {
+    fn multi_tensor_steps_match_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(15);
+        // Ranges out of order with gaps, one empty, sizes and starts not multiples
+        // of 4 (scalar heads and tails around the 128-bit body); then ranges cut
+        // into several chunks, with one block striding over them all too.
+        let layouts: [(&[Range<usize>], usize); 2] =
+            [(&[40..77, 3..4, 100..100, 80..97, 5..36], 110), (&[3..9000, 9005..9006, 12288..12290], 12300)];
+        for (ranges, n) in layouts {
+            let (p, g) = (random(n, &mut rng), random(n, &mut rng));
+            // Running squares above 0.5, a small running mean (centered RMSProp takes
+            // the root of their difference), a non-negative third state.
+            let r = |rng: &mut StdRng, f: fn(f32) -> f32| random(n, rng).into_iter().map(f).collect::<Vec<f32>>();
+            let states = [r(&mut rng, |x| 0.5 + x.abs()), r(&mut rng, f32::abs), r(&mut rng, |x| 0.1 * x)];
+            let chunks = chunk_list(ranges);
+            let (lr, wd) = (0.01, 0.1);
+            let rules = [
+                DiagonalRule::Adagrad { lr, eps: 1e-10, weight_decay: wd },
+                DiagonalRule::RmsProp { lr, alpha: 0.99, eps: 1e-8, weight_decay: wd, momentum: 0.9, centered: true },
+                DiagonalRule::Adadelta { lr: 1.0, rho: 0.9, eps: 1e-6, weight_decay: wd },
+                DiagonalRule::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, amsgrad: true, bias1: 0.271, bias2: 0.003 },
+            ];
+            // Each case: the kernel with its scalars, how many state buffers it takes, and the CPU step on (p, states).
+            type CpuStep = Box<dyn Fn(&mut Vec<f32>, &mut [Vec<f32>; 3])>;
+            let mut cases: Vec<(String, &str, Vec<Arg>, usize, CpuStep)> = Vec::new();
+            let hp = AdamParams { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, step: 3 };
             let (gc, rc) = (g.clone(), ranges.to_vec());
-            let cpu: CpuStep = Box::new(move |p, s| Cpu.sgd_step(p, &gc, &mut s[0], &rc, lr, 0.9, nesterov, wd));
-            cases.push((format!("sgd nesterov {nesterov}"), "sgd_step", nn::sgd_scalars(lr, 0.9, nesterov, wd), 1, cpu));
-        }
-        let (gc, rc) = (g.clone(), ranges.to_vec());
-        let cpu: CpuStep = Box::new(move |p, s| Cpu.lion_step(p, &gc, &mut s[0], &rc, lr, 0.9, 0.99, wd));
-        cases.push(("lion".into(), "lion_step", nn::lion_scalars(lr, 0.9, 0.99, wd), 1, cpu));
-        for rule in rules {
+            let cpu: CpuStep = Box::new(move |p, [m, v, _]| Cpu.adamw_step(p, &gc, m, v, &rc, hp));
+            cases.push(("adamw".into(), "adamw_step", adamw_scalars(hp), 2, cpu));
+            for nesterov in [false, true] {
+                let (gc, rc) = (g.clone(), ranges.to_vec());
+                let cpu: CpuStep = Box::new(move |p, s| Cpu.sgd_step(p, &gc, &mut s[0], &rc, lr, 0.9, nesterov, wd));
+                cases.push((format!("sgd nesterov {nesterov}"), "sgd_step", nn::sgd_scalars(lr, 0.9, nesterov, wd), 1, cpu));
+            }
             let (gc, rc) = (g.clone(), ranges.to_vec());
-            let cpu: CpuStep = Box::new(move |p, s| {
-                let [s0, s1, s2] = s;
-                Cpu.diagonal_step(p, &gc, [s0, s1, s2], &rc, rule)
-            });
-            let (kernel, scalars) = nn::diagonal_rule(rule);
-            cases.push((format!("{rule:?}"), kernel, scalars, 3, cpu));
-        }
-        for (what, kernel, scalars, count, cpu) in cases {
-            let (mut want_p, mut want_s) = (p.clone(), states.clone());
-            cpu(&mut want_p, &mut want_s);
-            let mut m = Memory::default();
-            let (d_p, d_g) = (m.alloc(&p), m.alloc(&g));
-            let d_s: Vec<CUdeviceptr> = states.iter().map(|s| m.alloc(s)).collect();
-            let table = [m.alloc(&offsets), m.alloc(&cum)];
-            let state = [d_p, d_g].iter().chain(&d_s[..if count == 1 { 1 } else { 3 }]).map(|&p| Arg::Ptr(p)).collect();
-            let launch = multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars);
-            for (launches, grid) in geometries(vec![launch], &[X]) {
-                run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
-                    assert_close(&format!("{what} p, {grid} ({sanitizer:?})"), &m.read::<f32>(d_p), &want_p, 1e-6);
-                    for (i, s) in d_s.iter().take(count).enumerate() {
-                        assert_close(&format!("{what} state {i}, {grid} ({sanitizer:?})"), &m.read::<f32>(*s), &want_s[i], 1e-6);
-                    }
-                });
+            let cpu: CpuStep = Box::new(move |p, s| Cpu.lion_step(p, &gc, &mut s[0], &rc, lr, 0.9, 0.99, wd));
+            cases.push(("lion".into(), "lion_step", nn::lion_scalars(lr, 0.9, 0.99, wd), 1, cpu));
+            for rule in rules {
+                let (gc, rc) = (g.clone(), ranges.to_vec());
+                let cpu: CpuStep = Box::new(move |p, [s0, s1, s2]| Cpu.diagonal_step(p, &gc, [s0, s1, s2], &rc, rule));
+                let (kernel, scalars) = nn::diagonal_rule(rule);
+                cases.push((format!("{rule:?}"), kernel, scalars, 3, cpu));
+            }
+            for (what, kernel, scalars, count, cpu) in cases {
+                let (mut want_p, mut want_s) = (p.clone(), states.clone());
+                cpu(&mut want_p, &mut want_s);
+                let mut m = Memory::default();
+                let (d_p, d_g) = (m.alloc(&p), m.alloc(&g));
+                let d_s: Vec<CUdeviceptr> = states.iter().map(|s| m.alloc(s)).collect();
+                let state = [d_p, d_g].iter().chain(&d_s[..count]).map(|&p| Arg::Ptr(p)).collect();
+                let launch = multi_tensor_launch(kernel, state, m.alloc(&chunks), chunks.len() / 2, scalars);
+                for (launches, grid) in geometries(vec![launch], &[X]) {
+                    run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                        let what = |t: &str| format!("{what} {t}, {} chunks, {grid} ({sanitizer:?})", chunks.len() / 2);
+                        // Outside the ranges every buffer keeps its values exactly.
+                        assert_close(&what("p"), &m.read::<f32>(d_p), &want_p, 1e-6);
+                        for (i, s) in d_s.iter().enumerate() {
+                            assert_close(&what(&format!("state {i}")), &m.read::<f32>(*s), &want_s[i], 1e-6);
+                        }
+                    });
+                }
             }
         }
     }

@@ -134,23 +134,15 @@ fn offset(ptr: sys::CUdeviceptr, elements: usize) -> sys::CUdeviceptr {
     ptr + (elements * std::mem::size_of::<f32>()) as u64
 }
 
-/// A multi-tensor range list on the device: store offsets and cumulative counts.
-pub(crate) struct RangeTable {
-    pub(crate) offsets: CudaSlice<i64>,
-    pub(crate) cumulative: CudaSlice<i64>,
-}
-
-/// A range list as `(offset, length)` pairs.
-type RangeKey = Vec<(usize, usize)>;
-
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     origin: KernelOrigin,
-    /// Multi-tensor (offsets, cumulative counts) tables, uploaded once per range list.
-    range_tables: Mutex<HashMap<RangeKey, Arc<RangeTable>>>,
+    /// Index tables derived from range lists (multi-tensor chunks, Newton-Schulz
+    /// offsets), uploaded once per content: the same groups step every iteration.
+    index_tables: Mutex<HashMap<Vec<i64>, Arc<CudaSlice<i64>>>>,
     /// Inverse roots the GPU iteration could not deliver, computed on the CPU instead.
     root_fallbacks: AtomicU64,
     /// Dynamic shared memory per block the one-launch Newton-Schulz kernel may use.
@@ -196,7 +188,7 @@ impl Cuda {
             blas,
             functions,
             origin,
-            range_tables: Mutex::new(HashMap::new()),
+            index_tables: Mutex::new(HashMap::new()),
             root_fallbacks: AtomicU64::new(0),
             one_launch_shared_memory,
             pending: fault::PendingError::default(),

@@ -165,13 +165,14 @@ impl Cuda {
         steps: usize,
         coeffs: NsCoefficients,
     ) {
-        let Some((table, _)) = self.pending.keep(self.range_table(ranges)) else { return };
+        let offsets = ranges.iter().map(|r| r.start as i64).collect();
+        let Some(offsets) = self.pending.keep(self.index_table(offsets)) else { return };
         let uploaded = self
             .stream
             .clone_htod(&one_launch_schedule(steps, coeffs))
             .map_err(|e| anyhow!("CUDA upload of the Newton-Schulz schedule failed: {e:?}"));
         let Some(schedule) = self.pending.keep(uploaded) else { return };
-        let buffers = [out.ptr(), input.ptr(), base_ptr(&table.offsets), base_ptr(&schedule)];
+        let buffers = [out.ptr(), input.ptr(), base_ptr(&offsets), base_ptr(&schedule)];
         self.launch(&one_launch([rows, cols], ranges.len(), steps, coeffs, buffers));
     }
 

@@ -12,7 +12,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
 use super::launch::{self, Arg, Launch};
-use super::{Cuda, DView, DViewMut, DeviceBuf, RangeTable, base_ptr, elementwise, offset};
+use super::{Cuda, DView, DViewMut, DeviceBuf, base_ptr, elementwise, offset};
 use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
@@ -37,31 +37,38 @@ impl GemmPrecision {
     }
 }
 
-/// A range list as the multi-tensor kernels read it: the store offset of each
-/// range and the cumulative counts before each (one more entry than ranges).
-pub(super) fn range_list(ranges: &[Range<usize>]) -> (Vec<i64>, Vec<i64>) {
-    let offsets = ranges.iter().map(|r| r.start as i64).collect();
-    let cum = std::iter::once(0).chain(ranges.iter().scan(0i64, |acc, r| Some(*acc + r.len() as i64).inspect(|v| *acc = *v))).collect();
-    (offsets, cum)
+/// Elements per chunk of a multi-tensor step, a multiple of 4: one block's work
+/// between two reads of the chunk table (16 KiB of each buffer).
+const MULTI_TENSOR_CHUNK: usize = 4096;
+
+/// A range list as the multi-tensor kernels read it: (start, length) pairs of
+/// chunks of at most [`MULTI_TENSOR_CHUNK`] elements, cut at multiples of it, so
+/// that every chunk but a range's first starts 4-aligned. Empty ranges give none.
+pub(super) fn chunk_list(ranges: &[Range<usize>]) -> Vec<i64> {
+    let mut chunks = Vec::new();
+    for r in ranges {
+        let mut start = r.start;
+        while start < r.end {
+            let end = ((start / MULTI_TENSOR_CHUNK + 1) * MULTI_TENSOR_CHUNK).min(r.end);
+            chunks.extend([start as i64, (end - start) as i64]);
+            start = end;
+        }
+    }
+    chunks
 }
 
-/// A multi-tensor kernel over `count` ranges of `total` elements: its state
-/// pointers, the range table ([offsets, cumulative]), then its scalars.
-pub(super) fn multi_tensor_launch(
-    kernel: &str,
-    state: Vec<Arg>,
-    table: [sys::CUdeviceptr; 2],
-    count: usize,
-    total: usize,
-    scalars: Vec<Arg>,
-) -> Launch {
+/// A multi-tensor kernel over `count` chunks of the table at `chunks`
+/// ([`chunk_list`]): its state pointers, the table, then its scalars. A block
+/// per chunk, up to 4096 blocks striding over the rest.
+pub(super) fn multi_tensor_launch(kernel: &str, state: Vec<Arg>, chunks: sys::CUdeviceptr, count: usize, scalars: Vec<Arg>) -> Launch {
     let mut args = state;
-    args.extend([Arg::Ptr(table[0]), Arg::Ptr(table[1]), Arg::Index(count), total.into()]);
+    args.extend([Arg::Ptr(chunks), Arg::Index(count)]);
     args.extend(scalars);
-    Launch::new(kernel, elementwise(total), args)
+    let cfg = LaunchConfig { grid_dim: (launch::blocks(count.min(4096)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    Launch::new(kernel, cfg, args)
 }
 
-/// AdamW's scalars after the range table, bias corrections of `hp.step` included.
+/// AdamW's scalars after the chunk table, bias corrections of `hp.step` included.
 pub(super) fn adamw_scalars(hp: AdamParams) -> Vec<Arg> {
     let bias1 = 1.0 - hp.beta1.powi(hp.step as i32);
     let bias2 = 1.0 - hp.beta2.powi(hp.step as i32);
@@ -99,8 +106,11 @@ pub(super) mod nn {
     pub(in super::super) fn add_bias_rows(y: Ptr, bias: Ptr, cols: usize, n: usize) -> Launch {
         Launch::new("add_bias_rows", elementwise(n), vec![Arg::Ptr(y), Arg::Ptr(bias), Arg::Index(cols), n.into()])
     }
+    /// `out[c] += Σ_r x[r, c]`: a block of 8 warps per 32 columns (up to 4096 blocks, striding beyond).
     pub(in super::super) fn accumulate_column_sums(out: Ptr, x: Ptr, rows: usize, cols: usize) -> Launch {
-        Launch::new("accumulate_column_sums", elementwise(cols), vec![Arg::Ptr(out), Arg::Ptr(x), Arg::Index(rows), Arg::Index(cols)])
+        let cfg =
+            LaunchConfig { grid_dim: (launch::blocks(cols.div_ceil(32).min(4096)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        Launch::new("accumulate_column_sums", cfg, vec![Arg::Ptr(out), Arg::Ptr(x), Arg::Index(rows), Arg::Index(cols)])
     }
     pub(in super::super) fn activation_forward(kind: Activation, y: Ptr, x: Ptr, n: usize) -> Launch {
         Launch::new("activation_forward", elementwise(n), vec![activation_code(kind).into(), Arg::Ptr(y), Arg::Ptr(x), n.into()])
@@ -283,21 +293,17 @@ impl Cuda {
         .unwrap_or_else(|e| self.pending.record(anyhow!("cuBLAS {precision:?} GEMM {s:?} × {batch} failed: {e:?}")));
     }
 
-    /// The (offsets, cumulative counts) tables of a multi-tensor range list and the total count.
-    pub(super) fn range_table(&self, ranges: &[Range<usize>]) -> Result<(Arc<RangeTable>, usize)> {
-        let key: Vec<(usize, usize)> = ranges.iter().map(|r| (r.start, r.len())).collect();
-        let total = key.iter().map(|k| k.1).sum();
-        let mut tables = self.range_tables.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(table) = tables.get(&key) {
-            return Ok((table.clone(), total));
+    /// `table` on the device, uploaded once per content.
+    pub(super) fn index_table(&self, table: Vec<i64>) -> Result<Arc<CudaSlice<i64>>> {
+        let mut tables = self.index_tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(uploaded) = tables.get(&table) {
+            return Ok(uploaded.clone());
         }
-        let (offsets, cum) = range_list(ranges);
-        let upload = |v: &[i64]| {
-            self.stream.clone_htod(v).map_err(|e| anyhow!("CUDA upload of a {}-tensor range table failed: {e:?}", ranges.len()))
-        };
-        let table = Arc::new(RangeTable { offsets: upload(&offsets)?, cumulative: upload(&cum)? });
-        tables.insert(key, table.clone());
-        Ok((table, total))
+        let uploaded = Arc::new(
+            self.stream.clone_htod(&table).map_err(|e| anyhow!("CUDA upload of a {}-entry index table failed: {e:?}", table.len()))?,
+        );
+        tables.insert(table, uploaded.clone());
+        Ok(uploaded)
     }
 
     /// A buffer of `len` floats from `make`, unless a failure is pending; a failed
@@ -345,9 +351,10 @@ impl Cuda {
     }
 
     fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
-        let Some((table, total)) = self.pending.keep(self.range_table(ranges)) else { return };
-        let table = [base_ptr(&table.offsets), base_ptr(&table.cumulative)];
-        self.launch(&multi_tensor_launch(kernel, state, table, ranges.len(), total, scalars));
+        let chunks = chunk_list(ranges);
+        let count = chunks.len() / 2;
+        let Some(table) = self.pending.keep(self.index_table(chunks)) else { return };
+        self.launch(&multi_tensor_launch(kernel, state, base_ptr(&table), count, scalars));
     }
 
     /// Coupled Newton iteration for `(A + εI)^{-1/p}` in f32 (Guo & Higham 2006):
@@ -673,5 +680,26 @@ impl Backend for Cuda {
         assert_eq!(g.len, rows * cols);
         assert_eq!(out.len, if over_rows { rows } else { cols });
         self.launch(&nn::ema_square_sums(out.ptr, g.ptr, [rows, cols], over_rows, beta, weight));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_ranges_exactly_and_start_aligned_inside_them() {
+        let c = MULTI_TENSOR_CHUNK;
+        let ranges = [5..5, 3..4, 7..c + 9, 2 * c..4 * c, 4 * c + 1..4 * c + 2, 10 * c - 3..10 * c + 3];
+        let chunks = chunk_list(&ranges);
+        let pairs: Vec<(usize, usize)> = chunks.chunks(2).map(|p| (p[0] as usize, p[1] as usize)).collect();
+        let covered: Vec<usize> = pairs.iter().flat_map(|&(s, n)| s..s + n).collect();
+        let wanted: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(covered, wanted, "chunks must cover the ranges in order, each element once");
+        for &(start, len) in &pairs {
+            assert!(len > 0 && len <= c, "chunk ({start}, {len})");
+            assert!(start % 4 == 0 || ranges.iter().any(|r| r.start == start), "chunk at {start} is neither 4-aligned nor a range's start");
+        }
+        assert_eq!(pairs.len(), 1 + 2 + 2 + 1 + 2, "{pairs:?}");
     }
 }

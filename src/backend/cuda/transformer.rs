@@ -11,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
+use super::ops::nn;
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
 use crate::backend::Attention;
 
@@ -73,13 +74,11 @@ pub(super) fn layernorm_backward_launches(buffers: [sys::CUdeviceptr; 9], rows: 
     let (pg, pb) = (partial, offset(partial, chunks * dim));
     let cfg = LaunchConfig { grid_dim: (blocks(dim.div_ceil(32)), blocks(chunks), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let params_args = [pg, pb, dy, x, mean, rstd].map(Arg::Ptr).into_iter().chain([rows_i, dim_i, Arg::Index(per_chunk)]).collect();
-    let column_sums =
-        |out, part| Launch::new("accumulate_column_sums", elementwise(dim), vec![Arg::Ptr(out), Arg::Ptr(part), Arg::Index(chunks), dim_i]);
     [
         Launch::new("layernorm_backward_dx", warp_per_row(rows), dx_args),
         Launch::new("layernorm_backward_params", cfg, params_args),
-        column_sums(dgamma, pg),
-        column_sums(dbeta, pb),
+        nn::accumulate_column_sums(dgamma, pg, chunks, dim),
+        nn::accumulate_column_sums(dbeta, pb, chunks, dim),
     ]
 }
 
