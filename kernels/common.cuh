@@ -40,3 +40,11 @@ __device__ double block_sum_d(double v) {
     __syncthreads();  // partial[] may be reused by the caller's next reduction
     return v;
 }
+
+// f32 → bf16 bits, rounding to nearest even; NaN stays NaN. By hand: NVRTC
+// compiles these sources without system headers, so no cuda_bf16.h.
+__device__ __forceinline__ unsigned int bf16_bits(float f) {
+    const unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}

@@ -22,14 +22,6 @@
 #define NS_THREADS 512  // threads of newton_schulz_in_shared_memory (ONE_LAUNCH_THREADS in Rust)
 #define NS_TILE 4       // a thread's register tile is NS_TILE rows × NS_TILE (Gram) or 2 (update) columns
 
-// f32 → bf16 bits, rounding to nearest even; NaN stays NaN. By hand: NVRTC
-// compiles these sources without system headers, so no cuda_bf16.h.
-__device__ __forceinline__ unsigned int bf16_bits(float f) {
-    const unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-
 // The two bf16 of a 32-bit word (element 2k in the low half, 2k+1 in the high), as f32.
 __device__ __forceinline__ float2 bf16_pair(unsigned int w) {
     return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));

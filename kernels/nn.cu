@@ -20,6 +20,11 @@ extern "C" __global__ void scale(float* x, float alpha, long long n) {
     GRID_STRIDE(i, n) x[i] *= alpha;
 }
 
+// out = bf16(x): the operands of a bf16 GEMM (--precision bf16).
+extern "C" __global__ void to_bf16(unsigned short* __restrict__ out, const float* __restrict__ x, long long n) {
+    GRID_STRIDE(i, n) out[i] = (unsigned short)bf16_bits(x[i]);
+}
+
 // y[r, c] += bias[c] for a rows x cols matrix (n = rows*cols).
 extern "C" __global__ void add_bias_rows(float* y, const float* bias, int cols, long long n) {
     GRID_STRIDE(i, n) y[i] += bias[i % cols];

@@ -72,6 +72,8 @@ fn bad_inputs_are_clear_errors_that_write_nothing() {
     let gpt = tiny_gpt(dir.path());
     let cases: Vec<(Vec<String>, &str)> = vec![
         (with(&gpt, &["--steps", "0"]), "steps must be positive"),
+        (with(&gpt, &["--precision", "bf16"]), "--precision bf16 applies to CUDA; the CPU computes in f32 only"),
+        (with(&gpt, &["--precision", "fp8"]), "unknown precision \"fp8\": f32, tf32 or bf16"),
         (with(&gpt, &["--set", "seq=0"]), "seq must be positive"),
         (with(&gpt, &["--set", "batch_size=0"]), "batch_size must be positive"),
         (with(&gpt, &["--set", "eval_every=0"]), "eval_every must be positive"),

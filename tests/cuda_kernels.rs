@@ -4,7 +4,7 @@
 //! OPTLAB_REQUIRE_GPU=1 turns a missing GPU into a failure (the GPU machine's run).
 
 use optlab::backend::cuda::{Cuda, FUNCTIONS};
-use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Gemm};
+use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Gemm, Precision};
 use optlab::linalg::{Epsilon, NsCoefficients};
 use optlab::models::{Classifier, Gpt, GptConfig, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
@@ -164,20 +164,28 @@ fn kernels_fit_their_register_and_shared_memory_budgets() {
 }
 
 #[test]
-fn matmul_all_transposes_and_odd_shapes() {
-    let Some(g) = gpu("matmul") else { return };
-    let mut rng = StdRng::seed_from_u64(1);
-    for (m, k, n) in [(1, 1, 1), (3, 17, 5), (65, 33, 129), (128, 256, 10)] {
-        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
-                let (a, bm, c0) = (random(m * k, &mut rng), random(k * n, &mut rng), random(m * n, &mut rng));
-                let (cpu, gpu) = on_both!(&g, |b| {
-                    let (a, bm) = (b.upload(&a), b.upload(&bm));
-                    let mut c = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
-                    b.matmul(vm(b, &mut c), v(b, &a), v(b, &bm), Gemm { m, k, n, trans_a: ta, trans_b: tb }, alpha, beta);
-                    b.download(v(b, &c)).unwrap()
-                });
-                assert_close(&format!("matmul {m}x{k}x{n} ta={ta} tb={tb} beta={beta}"), &gpu, &cpu, 1e-5);
+fn matmul_all_transposes_and_odd_shapes_at_every_precision() {
+    // Relative to max |C| with operands in [-1, 1): f32 differs from the CPU by
+    // summation order only; TF32 keeps 10 mantissa bits of each operand (a
+    // relative error up to 2⁻¹¹ each, ~1e-3 per product) and bf16 8 (2⁻⁹,
+    // ~4e-3 per product), and over k products the errors add like a random walk
+    // against a sum that grows like √k too, so the bounds are a few times those.
+    for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Tf32, 5e-3), (Precision::Bf16, 2e-2)] {
+        let Some(g) = gpu("matmul") else { return };
+        let g = &g.with_precision(precision);
+        let mut rng = StdRng::seed_from_u64(1);
+        for (m, k, n) in [(1, 1, 1), (3, 17, 5), (65, 33, 129), (128, 256, 10)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
+                    let (a, bm, c0) = (random(m * k, &mut rng), random(k * n, &mut rng), random(m * n, &mut rng));
+                    let (cpu, gpu) = on_both!(g, |b| {
+                        let (a, bm) = (b.upload(&a), b.upload(&bm));
+                        let mut c = if beta == 0.0 { poisoned(b, m * n) } else { b.upload(&c0) };
+                        b.matmul(vm(b, &mut c), v(b, &a), v(b, &bm), Gemm { m, k, n, trans_a: ta, trans_b: tb }, alpha, beta);
+                        b.download(v(b, &c)).unwrap()
+                    });
+                    assert_close(&format!("matmul {precision} {m}x{k}x{n} ta={ta} tb={tb} beta={beta}"), &gpu, &cpu, bound);
+                }
             }
         }
     }

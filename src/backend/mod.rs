@@ -27,6 +27,42 @@ pub struct Gemm {
     pub trans_b: bool,
 }
 
+/// Operand precision of a GEMM; the accumulation, C, the weights and the
+/// optimizer state stay f32 (mixed-precision training as Micikevicius et al.
+/// 2018 define it). The CPU computes in f32 only: it is the reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 arithmetic throughout: the CPU's precision.
+    #[default]
+    F32,
+    /// f32 operands rounded to TF32 (10-bit mantissa) by the tensor cores.
+    Tf32,
+    /// bf16 operands (8-bit mantissa), converted from f32 before each product.
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Tf32 => "tf32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "tf32" => Ok(Self::Tf32),
+            "bf16" => Ok(Self::Bf16),
+            _ => anyhow::bail!("unknown precision {s:?}: f32, tf32 or bf16"),
+        }
+    }
+}
+
 /// Shape of a multi-head attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attention {

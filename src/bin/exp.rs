@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use optlab::backend::cuda::Cuda;
-use optlab::backend::{Backend, Cpu, kernels};
+use optlab::backend::{Backend, Cpu, Precision, kernels};
 use optlab::data::text::Corpus;
 use optlab::data::{self, DatasetName};
 use optlab::experiments::config::read_preset;
@@ -53,8 +53,8 @@ enum Command {
         index: usize,
         #[arg(long, default_value_t = 1)]
         threads: usize,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: Device,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Print the summary table of a study folder of any kind, or of a sweep's
     /// folder, finished or not, and what is still missing; write it with the
@@ -77,12 +77,51 @@ enum Command {
 }
 
 /// Where a study runs.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Device {
     /// CUDA when a usable GPU is present, else the CPU (says which).
     Auto,
     Cpu,
     Cuda,
+}
+
+/// Where and how a study computes: the flags every study, sweep and sweep task takes.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Compute {
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Operand precision of the model's GEMMs on CUDA (f32, tf32 or bf16;
+    /// accumulation, weights and optimizer state stay f32). Default: tf32 on a
+    /// GPU. The CPU is the f32 reference and refuses another.
+    #[arg(long)]
+    precision: Option<Precision>,
+}
+
+impl Compute {
+    /// The same flags for a worker process.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--device".to_string(), format!("{:?}", self.device).to_lowercase()];
+        if let Some(p) = self.precision {
+            args.extend(["--precision".to_string(), p.to_string()]);
+        }
+        args
+    }
+
+    /// An explicit precision other than f32 where the study could run on the CPU.
+    fn check(&self) -> Result<()> {
+        match self.precision {
+            Some(p) if p != Precision::F32 && self.device == Device::Cpu => {
+                bail!(
+                    "--precision {p} applies to CUDA; the CPU computes in f32 only (it is the reference): drop the flag or use --device cuda"
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn cuda(&self) -> Result<Cuda> {
+        Ok(Cuda::new(0)?.with_precision(self.precision.unwrap_or(Precision::Tf32)))
+    }
 }
 
 /// The flags every study takes.
@@ -108,8 +147,8 @@ struct StudyArgs {
     /// Flags may add seeds and optimizers; any other change is refused.
     #[arg(long, requires = "out", conflicts_with = "preset")]
     resume: bool,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
+    #[command(flatten)]
+    compute: Compute,
 }
 
 impl StudyArgs {
@@ -162,8 +201,8 @@ struct SweepArgs {
     /// CPU threads of each cell's process.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     threads: u64,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
+    #[command(flatten)]
+    compute: Compute,
     /// Submit the sweep to Slurm as job arrays (one task per study, --threads
     /// CPUs each) and return; run the same command to see where it stands or
     /// to resubmit what did not finish.
@@ -251,9 +290,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gpt(args) => gpt_study(&args),
         Command::Sweep(args) if args.slurm => sweep_on_slurm(&args),
         Command::Sweep(args) => sweep(&args),
-        Command::SweepTask { dir, phase, index, threads, device } => {
+        Command::SweepTask { dir, phase, index, threads, compute } => {
             let exe = std::env::current_exe().context("locating the exp binary")?;
-            let extra = ["--device".to_string(), format!("{device:?}").to_lowercase()];
+            let extra = compute.args();
             let workers = Workers { exe: &exe, extra_args: &extra, jobs: 1, threads };
             match sweep::run_task(&dir, phase, index, &workers)? {
                 CellEnd::Failed(why) => bail!("the study failed: {why}"),
@@ -302,25 +341,27 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Runs `$body` with `$b` bound to the chosen backend.
+/// Runs `$body` with `$b` bound to the backend `$compute` chooses.
 macro_rules! on_device {
-    ($device:expr, |$b:ident| $body:expr) => {
-        match $device {
+    ($compute:expr, |$b:ident| $body:expr) => {
+        match $compute.device {
             Device::Cpu => {
                 let $b = &Cpu;
                 $body
             }
             Device::Cuda => {
-                let $b = &Cuda::new(0)?;
+                let $b = &$compute.cuda()?;
                 $body
             }
-            Device::Auto => match Cuda::new(0) {
+            Device::Auto => match $compute.cuda() {
                 Ok(gpu) => {
                     let $b = &gpu;
                     $body
                 }
                 Err(e) => {
-                    eprintln!("device: cpu (CUDA unavailable: {e:#})");
+                    let precision =
+                        $compute.precision.map_or(String::new(), |p| format!("; --precision {p} does not apply, the CPU computes in f32"));
+                    eprintln!("device: cpu (CUDA unavailable: {e:#}){precision}");
                     let $b = &Cpu;
                     $body
                 }
@@ -341,6 +382,7 @@ fn progress_bar() -> Result<ProgressBar> {
 /// `exp split-mnist` and `exp vit`: `defaults` are overrides applied before the user's flags.
 fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Result<()> {
     let s = &args.study;
+    s.compute.check()?;
     let config: SplitMnistConfig = s.resolve(kind, defaults, args.overrides())?;
     let out = s.out(kind);
     let tasks = split_mnist::load_tasks(&config, args.data_dir.as_deref())?;
@@ -348,7 +390,7 @@ fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Re
     let runs = config.optimizers.len() * config.seeds.len();
     let (model, tasks_of) = (kebab(config.model), kebab(config.protocol));
     let stop_after = args.stop_after_tasks.map(|n| n as usize);
-    let report = on_device!(s.device, |b| {
+    let report = on_device!(s.compute, |b| {
         eprintln!(
             "{model}, {tasks_of}: {} tasks, {runs} runs ({} × seeds {:?}) on {} → {}",
             tasks.len(),
@@ -365,6 +407,7 @@ fn split_mnist_study(args: &SplitMnistArgs, kind: &str, defaults: &[&str]) -> Re
 
 fn gpt_study(args: &GptArgs) -> Result<()> {
     let s = &args.study;
+    s.compute.check()?;
     let mut overrides = s.overrides();
     overrides.extend(args.steps.map(|n| format!("steps={n}")));
     overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
@@ -374,7 +417,7 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
     let out = s.out("gpt");
     let stop_after = args.stop_after_steps.map(|n| n.div_ceil(config.eval_every) as usize);
     let m = &config.model;
-    let report = on_device!(s.device, |b| {
+    let report = on_device!(s.compute, |b| {
         eprintln!(
             "gpt: {} layers, dim {}, {} heads, seq {}, batch {}, {} steps; {} bytes of training text on {} → {}",
             m.depth,
@@ -400,10 +443,11 @@ fn sweep_folder(args: &SweepArgs) -> PathBuf {
 }
 
 fn sweep_on_slurm(args: &SweepArgs) -> Result<()> {
+    args.compute.check()?;
     let spec = SweepSpec::read(&args.spec)?;
     let out = sweep_folder(args);
     let exe = std::env::current_exe().context("locating the exp binary")?;
-    let exp_args = ["--device".to_string(), format!("{:?}", args.device).to_lowercase()];
+    let exp_args = args.compute.args();
     let cluster = Cluster {
         exe: &exe,
         exp_args: &exp_args,
@@ -441,13 +485,13 @@ fn sweep_on_slurm(args: &SweepArgs) -> Result<()> {
 }
 
 fn sweep(args: &SweepArgs) -> Result<()> {
+    args.compute.check()?;
     let spec = SweepSpec::read(&args.spec)?;
     let out = sweep_folder(args);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let jobs = args.jobs.unwrap_or((cores / args.threads).max(1));
-    let device = format!("{:?}", args.device).to_lowercase();
     let exe = std::env::current_exe().context("locating the exp binary")?;
-    let extra = ["--device".to_string(), device];
+    let extra = args.compute.args();
     eprintln!(
         "sweep: {} cells of exp {}, {jobs} at a time × {} threads → {}",
         spec.cells()?.len(),

@@ -691,13 +691,34 @@ mod tests {
         }
     }
 
-    /// f32 → bf16 bits, rounding to nearest even (the kernels' conversion), and back.
+    /// f32 → bf16 bits, rounding to nearest even, NaN kept a (quiet) NaN; and back.
     fn bf16(x: f32) -> u16 {
         let u = x.to_bits();
+        if x.is_nan() {
+            return (u >> 16) as u16 | 0x40;
+        }
         ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
     }
     fn from_bf16(b: u16) -> f32 {
         f32::from_bits(u32::from(b) << 16)
+    }
+
+    #[test]
+    fn to_bf16_rounds_to_nearest_even_and_keeps_nan() {
+        // Ties go to the even mantissa (1 + 2⁻⁸ down, 1 + 3·2⁻⁸ up); f32::MAX
+        // rounds to infinity; a NaN whose payload sits in the low 16 bits stays a NaN.
+        let special = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), f32::MAX, f32::INFINITY, -0.0, f32::from_bits(0x7f80_0001)];
+        assert_eq!(special.map(bf16), [0x3f80, 0x3f82, 0x7f80, 0x7f80, 0x8000, 0x7fc0]);
+        let mut rng = StdRng::seed_from_u64(21);
+        let x: Vec<f32> = special.iter().copied().chain(random(1000, &mut rng).iter().map(|v| v * 1e3)).collect();
+        let mut m = Memory::default();
+        let (out, d_x) = (m.alloc(&vec![0u16; x.len()]), m.alloc(&x));
+        for (launches, grid) in geometries(vec![nn::to_bf16(out, d_x, x.len())], &[X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                let want: Vec<u16> = x.iter().map(|&v| bf16(v)).collect();
+                assert_eq!(m.read::<u16>(out), want, "to_bf16, {grid} ({sanitizer:?})");
+            });
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, sys};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use super::Precision;
 use super::kernels::{KERNELS, KernelSource};
 
 /// Every kernel entry point, by module (a test checks this against the sources).
@@ -49,6 +50,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
         "nn",
         &[
             "fill",
+            "to_bf16",
             "axpby",
             "scale",
             "add_bias_rows",
@@ -145,6 +147,8 @@ pub struct Cuda {
     index_tables: Mutex<HashMap<Vec<i64>, Arc<CudaSlice<i64>>>>,
     /// Inverse roots the GPU iteration could not deliver, computed on the CPU instead.
     root_fallbacks: AtomicU64,
+    /// Operand precision of the model's GEMMs (`Backend::matmul`).
+    precision: Precision,
     /// Dynamic shared memory per block the one-launch Newton-Schulz kernel may use.
     one_launch_shared_memory: usize,
     /// The first failure of queued work, until a host read reports it.
@@ -189,11 +193,19 @@ impl Cuda {
             functions,
             origin,
             index_tables: Mutex::new(HashMap::new()),
+            precision: Precision::F32,
             root_fallbacks: AtomicU64::new(0),
             one_launch_shared_memory,
             pending: fault::PendingError::default(),
             last_launch: Mutex::new(None),
         })
+    }
+
+    /// The backend with the model's GEMMs (`Backend::matmul`) at `precision`
+    /// (f32 unless set: the CPU's precision, what the kernel tests compare with).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     pub fn origin(&self) -> KernelOrigin {
@@ -205,7 +217,7 @@ impl Cuda {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown".into());
         let cc = self.ctx.compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_default();
         let mem = self.ctx.total_mem().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
-        format!("{name} (compute capability {cc}, {mem:.1} GiB), kernels from {:?}", self.origin)
+        format!("{name} (compute capability {cc}, {mem:.1} GiB), kernels from {:?}, model GEMMs in {}", self.origin, self.precision)
     }
 
     /// The driver's CUDA version, e.g. "13.0".

@@ -10,9 +10,9 @@ use anyhow::{Result, anyhow};
 use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
-use super::ops::GemmPrecision;
 use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
 use crate::backend::Gemm;
+use crate::backend::Precision;
 use crate::linalg::{self, NsCoefficients};
 
 /// The one-launch kernel's entry point.
@@ -220,11 +220,11 @@ impl Cuda {
         for step in 0..steps {
             let (a, b, c) = coeffs.at(step);
             let gram_shape = Gemm { m: short, k: long, n: short, trans_a: tall, trans_b: !tall };
-            self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], GemmPrecision::Bf16);
+            self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], Precision::Bf16);
             self.copy_raw(poly, gram, batch * ss);
-            self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], GemmPrecision::Tf32);
+            self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], Precision::Tf32);
             self.launch(&cublas_path::shifted_polynomial([poly_bf16, shift, poly], short, batch));
-            self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, GemmPrecision::Bf16);
+            self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, Precision::Bf16);
             self.launch(&cublas_path::update([x, x_bf16, product, shift], a, len, batch));
         }
         for (b, r) in ranges.iter().enumerate() {

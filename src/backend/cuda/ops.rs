@@ -13,27 +13,15 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, s
 
 use super::launch::{self, Arg, Launch};
 use super::{Cuda, DView, DViewMut, DeviceBuf, base_ptr, elementwise, offset};
-use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut};
+use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut, Precision};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
-/// Operand type of a cuBLAS product; C, alpha, beta and the accumulation are f32.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum GemmPrecision {
-    /// f32 arithmetic throughout: the CPU's precision.
-    F32,
-    /// f32 operands rounded to TF32 (10-bit mantissa) by the tensor cores.
-    Tf32,
-    /// bf16 operands.
-    Bf16,
-}
-
-impl GemmPrecision {
-    fn types(self) -> (cudaDataType, cublasComputeType_t) {
-        match self {
-            Self::F32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F),
-            Self::Tf32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
-            Self::Bf16 => (cudaDataType::CUDA_R_16BF, cublasComputeType_t::CUBLAS_COMPUTE_32F),
-        }
+/// cuBLAS's operand type and compute type of a precision.
+fn gemm_types(precision: Precision) -> (cudaDataType, cublasComputeType_t) {
+    match precision {
+        Precision::F32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        Precision::Tf32 => (cudaDataType::CUDA_R_32F, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+        Precision::Bf16 => (cudaDataType::CUDA_R_16BF, cublasComputeType_t::CUBLAS_COMPUTE_32F),
     }
 }
 
@@ -95,6 +83,10 @@ pub(super) mod nn {
 
     pub(in super::super) fn fill(x: Ptr, value: f32, n: usize) -> Launch {
         Launch::new("fill", elementwise(n), vec![Arg::Ptr(x), value.into(), n.into()])
+    }
+    /// `out = bf16(x)` (u16 bits, rounded to nearest even).
+    pub(in super::super) fn to_bf16(out: Ptr, x: Ptr, n: usize) -> Launch {
+        Launch::new("to_bf16", elementwise(n), vec![Arg::Ptr(out), Arg::Ptr(x), n.into()])
     }
     pub(in super::super) fn axpby(y: Ptr, alpha: f32, x: Ptr, beta: f32, n: usize) -> Launch {
         Launch::new("axpby", elementwise(n), vec![Arg::Ptr(y), alpha.into(), Arg::Ptr(x), beta.into(), n.into()])
@@ -247,7 +239,7 @@ impl Cuda {
         beta: f32,
         batch: usize,
         strides: [usize; 3],
-        precision: GemmPrecision,
+        precision: Precision,
     ) {
         if self.pending.is_set() {
             return;
@@ -260,7 +252,7 @@ impl Cuda {
         let (m, n, k) = (s.m as i32, s.n as i32, s.k as i32);
         let lda = if s.trans_b { k } else { n };
         let ldb = if s.trans_a { m } else { k };
-        let (operands, compute) = precision.types();
+        let (operands, compute) = gemm_types(precision);
         // SAFETY: the pointers come from live views whose lengths the callers
         // checked against the shape; cuBLAS runs on the backend's stream.
         unsafe {
@@ -381,14 +373,14 @@ impl Cuda {
         let mut err = f32::INFINITY;
         for _ in 0..MAX_ITERS {
             self.launch(&nn::identity_plus(t, m, (pf + 1.0) / pf, -1.0 / pf, n));
-            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
+            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
             std::mem::swap(&mut x, &mut x_spare);
             self.copy_raw(tp, t, nn);
             for _ in 1..p {
-                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
+                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
                 self.copy_raw(tp, spare, nn);
             }
-            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], GemmPrecision::F32);
+            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
             std::mem::swap(&mut m, &mut spare);
             self.launch(&nn::fill(base_ptr(&residual), 0.0, 1));
             self.launch(&nn::max_abs_from_identity(base_ptr(&residual), m, n));
@@ -479,7 +471,16 @@ impl Backend for Cuda {
 
     fn matmul(&self, c: DViewMut<'_>, a: DView<'_>, b: DView<'_>, s: Gemm, alpha: f32, beta: f32) {
         assert!(a.len == s.m * s.k && b.len == s.k * s.n && c.len == s.m * s.n, "matmul operands do not match {s:?}");
-        self.gemm_batched(c.ptr, a.ptr, b.ptr, s, alpha, beta, 1, [0; 3], GemmPrecision::F32);
+        if self.precision != Precision::Bf16 {
+            return self.gemm_batched(c.ptr, a.ptr, b.ptr, s, alpha, beta, 1, [0; 3], self.precision);
+        }
+        // bf16 copies of both operands (freed in stream order), the f32 originals kept.
+        let Some((a16, b16)) = self.pending.keep(self.alloc::<u16>(a.len).and_then(|a16| Ok((a16, self.alloc::<u16>(b.len)?)))) else {
+            return;
+        };
+        self.launch(&nn::to_bf16(base_ptr(&a16), a.ptr, a.len));
+        self.launch(&nn::to_bf16(base_ptr(&b16), b.ptr, b.len));
+        self.gemm_batched(c.ptr, base_ptr(&a16), base_ptr(&b16), s, alpha, beta, 1, [0; 3], Precision::Bf16);
     }
     fn add_bias_rows(&self, y: DViewMut<'_>, bias: DView<'_>) {
         assert_eq!(y.len % bias.len, 0, "bias length must divide the matrix");
