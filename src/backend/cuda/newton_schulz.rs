@@ -11,8 +11,7 @@ use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
 use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
-use crate::backend::Gemm;
-use crate::backend::Precision;
+use crate::backend::{Gemm, Precision};
 use crate::linalg::{self, NsCoefficients};
 
 /// The one-launch kernel's entry point.
