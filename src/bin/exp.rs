@@ -107,7 +107,7 @@ impl Compute {
         args
     }
 
-    /// An explicit precision other than f32 where the study could run on the CPU.
+    /// Refuses an explicit precision other than f32 with `--device cpu`.
     fn check(&self) -> Result<()> {
         match self.precision {
             Some(p) if p != Precision::F32 && self.device == Device::Cpu => {
