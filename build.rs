@@ -134,6 +134,22 @@ fn main() {
         );
     }
     fs::write(out.join("kernels.rs"), format!("&[\n{entries}]\n")).unwrap();
+    fs::write(out.join("tiles.rs"), tile_constants(&kdir.join("tiles.cuh"))).unwrap();
+}
+
+/// `pub const NAME: usize = V;` for every `#define NAME V` (V an integer) of
+/// `kernels/tiles.cuh`: the launch geometry Rust shares with the kernels.
+fn tile_constants(header: &Path) -> String {
+    let text = fs::read_to_string(header).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));
+    let mut consts = String::new();
+    for line in text.lines().filter(|l| l.starts_with("#define ")) {
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(name), Some(value)) = (words.next(), words.next().and_then(|v| v.parse::<usize>().ok())) else {
+            fail(&format!("{}: `{line}` is not `#define NAME <integer>`", header.display()))
+        };
+        consts += &format!("pub const {name}: usize = {value};\n");
+    }
+    consts
 }
 
 /// Prints the message where cargo shows a failed build script's output, and fails.

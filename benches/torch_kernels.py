@@ -8,12 +8,16 @@ Times, with CUDA events (median of repeats), at the shapes optlab's benches use:
 - torch.optim.AdamW(fused=True) over N parameters split into 256 tensors;
 - a bf16 Newton-Schulz 5-step (Keller Jordan's reference) on batched shapes;
 - inverse 4th roots of SPD matrices through torch.linalg.eigh (f32);
-- scaled_dot_product_attention (f32) forward, and forward + backward, at the
-  shapes of benches/transformer.rs's attention group.
+- scaled_dot_product_attention forward, and forward + backward, at the shapes
+  of benches/transformer.rs's attention groups: f32, and bf16 on the flash
+  backend (the reference of the tensor-core kernels).
 Prints one JSON line per measurement.
 """
+import contextlib
 import json
+
 import torch
+import torch.nn.attention
 
 assert torch.cuda.is_available(), "needs a GPU"
 dev = torch.device("cuda")
@@ -87,12 +91,27 @@ for n in [256, 1024]:
     emit(kernel="inverse_root_eigh", n=n, ms=ms)
 
 
-for name, batch, heads, seq, hd, causal in [("gpt", 8, 4, 256, 64, True), ("vit", 128, 4, 17, 16, False), ("vit_cifar", 128, 4, 65, 32, False)]:
-    q, k, v = (torch.randn(batch, heads, seq, hd, device=dev, requires_grad=True) for _ in range(3))
-    dout = torch.randn(batch, heads, seq, hd, device=dev)
-    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    with torch.no_grad():
-        ms = timed(sdpa)
-    emit(kernel="sdpa_forward", shape=name, ms=ms)
-    ms = timed(lambda: torch.autograd.grad(sdpa(), (q, k, v), dout))
-    emit(kernel="sdpa_forward_backward", shape=name, ms=ms)
+SHAPES = [
+    ("gpt", 8, 4, 256, 64, True),
+    ("vit", 128, 4, 17, 16, False),
+    ("vit_cifar", 128, 4, 65, 32, False),
+    ("reference", 8, 16, 1024, 64, False),
+    ("reference_causal", 8, 16, 1024, 64, True),
+]
+# f32 (PyTorch picks its memory-efficient or math backend) against optlab's f32
+# kernels; bf16 on the flash backend (FlashAttention-2) against optlab's
+# tensor-core kernels at --precision bf16.
+for dtype, backend in [(torch.float32, None), (torch.bfloat16, torch.nn.attention.SDPBackend.FLASH_ATTENTION)]:
+    for name, batch, heads, seq, hd, causal in SHAPES:
+        q, k, v = (torch.randn(batch, heads, seq, hd, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+        dout = torch.randn(batch, heads, seq, hd, device=dev, dtype=dtype)
+        sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        chosen = torch.nn.attention.sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
+        # Forward flops: two matmuls of batch·heads·seq²·hd, halved when causal.
+        flops = 4 * batch * heads * seq * seq * hd / (2 if causal else 1)
+        with chosen:
+            with torch.no_grad():
+                ms = timed(sdpa)
+            emit(kernel="sdpa_forward", dtype=str(dtype), shape=name, ms=ms, tflops=flops / ms / 1e9)
+            ms = timed(lambda: torch.autograd.grad(sdpa(), (q, k, v), dout))
+            emit(kernel="sdpa_forward_backward", dtype=str(dtype), shape=name, ms=ms, tflops=3.5 * flops / ms / 1e9)

@@ -6,7 +6,7 @@
 mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use optlab::backend::{Attention, Backend, Cpu};
+use optlab::backend::{Attention, Backend, Cpu, Precision};
 use optlab::models::{Classifier, Gpt, GptConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::OptimizerConfig;
 
@@ -50,16 +50,24 @@ fn steps_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
     });
 }
 
-/// Attention forward, and forward + backward, at the GPT shape, the default
-/// ViT's and a CIFAR ViT's (4×4 patches: 65 tokens).
-fn attention_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
-    let shapes = [
-        ("gpt", Attention { batch: 8, seq: 256, heads: 4, head_dim: 64, causal: true }),
-        ("vit", Attention { batch: 128, seq: 17, heads: 4, head_dim: 16, causal: false }),
-        ("vit_cifar", Attention { batch: 128, seq: 65, heads: 4, head_dim: 32, causal: false }),
-    ];
-    let mut group = c.benchmark_group(format!("attention_{}", b.name()));
-    for (name, s) in shapes {
+/// The model shapes: GPT's, the default ViT's and a CIFAR ViT's (4×4 patches: 65 tokens).
+const MODEL_ATTENTION: [(&str, Attention); 3] = [
+    ("gpt", Attention { batch: 8, seq: 256, heads: 4, head_dim: 64, causal: true }),
+    ("vit", Attention { batch: 128, seq: 17, heads: 4, head_dim: 16, causal: false }),
+    ("vit_cifar", Attention { batch: 128, seq: 65, heads: 4, head_dim: 32, causal: false }),
+];
+/// The shape of the GPU target against SDPA's flash backend (head dim 64, seq
+/// 1024; FlashAttention-2's benchmark shape at 8k tokens), not run on the CPU.
+const REFERENCE_ATTENTION: [(&str, Attention); 2] = [
+    ("reference", Attention { batch: 8, seq: 1024, heads: 16, head_dim: 64, causal: false }),
+    ("reference_causal", Attention { batch: 8, seq: 1024, heads: 16, head_dim: 64, causal: true }),
+];
+
+/// Attention forward, and forward + backward, at `shapes`; `group` names the
+/// backend and its precision.
+fn attention_on<B: Backend>(c: &mut Criterion, b: &B, group: &str, shapes: &[(&str, Attention)], sync: impl Fn()) {
+    let mut group = c.benchmark_group(group);
+    for &(name, s) in shapes {
         let rows = s.batch * s.seq;
         let label = format!("{name}_b{}-h{}-t{}-d{}", s.batch, s.heads, s.seq, s.head_dim);
         let (qkv, dout) = (b.upload(&common::random(rows * s.qkv_width(), 1)), b.upload(&common::random(rows * s.width(), 2)));
@@ -83,10 +91,17 @@ fn attention_on<B: Backend>(c: &mut Criterion, b: &B, sync: impl Fn()) {
 fn transformer_steps(c: &mut Criterion) {
     optlab::backend::cpu::join_thread_pool();
     steps_on(c, &Cpu, || ());
-    attention_on(c, &Cpu, || ());
-    if let Some(g) = common::gpu() {
+    attention_on(c, &Cpu, "attention_cpu", &MODEL_ATTENTION, || ());
+    if let Some(mut g) = common::gpu() {
         steps_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
-        attention_on(c, &g, || g.synchronize().expect("the CUDA work of a benchmark failed"));
+        // Forward at each precision (tf32 and bf16 on tensor cores); the backward is f32.
+        for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            g = g.with_precision(precision);
+            let shapes: Vec<_> = MODEL_ATTENTION.iter().chain(&REFERENCE_ATTENTION).copied().collect();
+            attention_on(c, &g, &format!("attention_cuda_{precision}"), &shapes, || {
+                g.synchronize().expect("the CUDA work of a benchmark failed")
+            });
+        }
     }
 }
 

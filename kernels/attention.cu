@@ -15,19 +15,20 @@
 // Writes out and lse = m + log(l).
 //
 // Backward: attention_backward_delta computes delta_i = rowsum(dO_i * O_i); then
-// a block owns a tile of BK keys of one (batch, head), keeps dK/dV in registers
-// while looping over query tiles (P recomputed from lse), writes dK/dV once and
-// adds dQ with f32 atomics to a zeroed (batch*seq) x (heads*D) buffer that
-// attention_backward_dq scales and scatters into dqkv's q columns.
+// attention_backward_dkdv_<D> gives a block a tile of BK keys of one (batch,
+// head), keeping dK/dV in registers while looping over query tiles (P recomputed
+// from lse), and attention_backward_dq_<D> gives a block a tile of queries,
+// keeping dQ in registers while looping over key tiles (P and dS recomputed).
+// No atomics: every gradient is summed in a fixed order, so a run reproduces
+// bit for bit.
 //
-// Tile sizes must match src/backend/cuda/transformer.rs (FORWARD_QUERY_TILE,
-// ATTENTION_HEAD_DIMS). Every launch uses ATTN_THREADS threads per block.
+// Tile sizes and the block size are in tiles.cuh, shared with the launches.
 #include "common.cuh"
+#include "tiles.cuh"
 
-#define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / 32)
-#define FWD_ROWS 4                             // query rows per warp
-#define FWD_BLOCK_Q (ATTN_WARPS * FWD_ROWS)    // query rows per block (16)
+#define FWD_BLOCK_Q ATTN_FORWARD_QUERY_TILE         // query rows per block
+#define FWD_ROWS (FWD_BLOCK_Q / ATTN_WARPS)         // query rows per warp
 #define FWD_BLOCK_K 32                         // keys per tile: one per lane
 #define FULL_MASK 0xffffffffu
 
@@ -166,133 +167,213 @@ extern "C" __global__ void attention_backward_delta(float* delta, const float* d
     }
 }
 
-// grid = (batch*heads, key tiles; grid-strided). BK keys per block, BK queries per
-// inner tile. dq: zeroed (batch*seq) x (heads*D), receives sum_j dS_ij k_j (unscaled).
+// The shared tiles of both backward kernels: BK keys (K, V) and BQ queries (Q,
+// dO, lse, delta), and the P and dS of every (query, key) pair between them.
+template <int D, int BQ, int BK>
+struct BackwardTiles {
+    float ks[BK][D + 1];
+    float vs[BK][D + 1];
+    float qs[BQ][D];
+    float dos[BQ][D];
+    float ps[BQ][BK + 1];
+    float dss[BQ][BK + 1];
+    float lse[BQ];
+    float delta[BQ];
+};
+
+// The addresses of one (batch, head)'s rows in the backward's buffers.
+template <int D>
+struct HeadRows {
+    const float* qkv;   // q of row t at qkv + t*w3, k at + k_off, v at + v_off
+    float* dqkv;        // same layout
+    const float* dout;  // dO of row t at dout + t*wo
+    const float* lse;   // one per row
+    const float* delta;
+    long long w3, wo, k_off, v_off;
+
+    __device__ HeadRows(float* dqkv_all, const float* dout_all, const float* qkv_all, const float* lse_all, const float* delta_all, int seq,
+                        int heads) {
+        const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
+        w3 = 3LL * heads * D;
+        wo = (long long)heads * D;
+        k_off = (long long)heads * D;
+        v_off = 2LL * heads * D;
+        qkv = qkv_all + (long long)b * seq * w3 + (long long)h * D;
+        dqkv = dqkv_all + (long long)b * seq * w3 + (long long)h * D;
+        dout = dout_all + (long long)b * seq * wo + (long long)h * D;
+        lse = lse_all + (long long)bh * seq;
+        delta = delta_all + (long long)bh * seq;
+    }
+};
+
+template <int D, int BQ, int BK>
+__device__ __forceinline__ void load_key_tile(BackwardTiles<D, BQ, BK>& s, const HeadRows<D>& rows, int k0, int seq) {
+    for (int e = threadIdx.x; e < BK * D; e += ATTN_THREADS) {
+        const int c = e / D, d = e % D, t = k0 + c;
+        const bool ok = t < seq;
+        s.ks[c][d] = ok ? rows.qkv[t * rows.w3 + rows.k_off + d] : 0.0f;
+        s.vs[c][d] = ok ? rows.qkv[t * rows.w3 + rows.v_off + d] : 0.0f;
+    }
+}
+
+template <int D, int BQ, int BK>
+__device__ __forceinline__ void load_query_tile(BackwardTiles<D, BQ, BK>& s, const HeadRows<D>& rows, int q0, int seq) {
+    for (int e = threadIdx.x; e < BQ * D; e += ATTN_THREADS) {
+        const int r = e / D, d = e % D, t = q0 + r;
+        const bool ok = t < seq;
+        s.qs[r][d] = ok ? rows.qkv[t * rows.w3 + d] : 0.0f;
+        s.dos[r][d] = ok ? rows.dout[t * rows.wo + d] : 0.0f;
+    }
+    for (int r = threadIdx.x; r < BQ; r += ATTN_THREADS) {
+        const int t = q0 + r;
+        s.lse[r] = t < seq ? rows.lse[t] : 0.0f;
+        s.delta[r] = t < seq ? rows.delta[t] : 0.0f;
+    }
+}
+
+// P_ij = exp(s_ij - lse_i), dS_ij = P_ij (dO_i . v_j - delta_i), 0 where masked,
+// for the loaded tiles (queries from q0, keys from k0).
+template <int D, int BQ, int BK>
+__device__ __forceinline__ void score_gradients(BackwardTiles<D, BQ, BK>& s, int q0, int k0, int seq, int causal, float scale) {
+    for (int e = threadIdx.x; e < BQ * BK; e += ATTN_THREADS) {
+        const int r = e / BK, c = e % BK, i = q0 + r, j = k0 + c;
+        float z = 0.0f, dp = 0.0f;
+#pragma unroll 8
+        for (int d = 0; d < D; ++d) {
+            z = fmaf(s.qs[r][d], s.ks[c][d], z);
+            dp = fmaf(s.dos[r][d], s.vs[c][d], dp);
+        }
+        const bool visible = i < seq && j < seq && (!causal || j <= i);
+        const float p = visible ? expf(z * scale - s.lse[r]) : 0.0f;
+        s.ps[r][c] = p;
+        s.dss[r][c] = visible ? p * (dp - s.delta[r]) : 0.0f;
+    }
+}
+
+// dK and dV: grid = (batch*heads, key tiles; grid-strided). A block owns BK keys
+// and keeps their dK/dV in registers while looping over query tiles of BQ.
 template <int D, int BK>
-__device__ __forceinline__ void attention_backward_body(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
-                                                        const float* delta, int seq, int heads, int causal, float scale) {
+__device__ __forceinline__ void attention_backward_dkdv_body(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                                             const float* delta, int seq, int heads, int causal, float scale) {
     static_assert(D == 16 || D % 32 == 0, "head dim must be 16 or a multiple of 32");
     static_assert((BK * D) % ATTN_THREADS == 0, "key tile must split evenly over the block");
-    constexpr int BQ = BK;                         // queries per inner tile
-    constexpr int PER = BK * D / ATTN_THREADS;     // dK (and dV) entries per thread
-    __shared__ float ks[BK][D + 1];
-    __shared__ float vs[BK][D + 1];
-    __shared__ float qs[BQ][D];
-    __shared__ float dos[BQ][D];
-    __shared__ float ps[BQ][BK + 1];
-    __shared__ float dss[BQ][BK + 1];
-    __shared__ float lse_s[BQ];
-    __shared__ float delta_s[BQ];
-
-    const int tid = threadIdx.x;
-    const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
-    const long long w3 = 3LL * heads * D, wo = (long long)heads * D;
-    const long long k_off = (long long)heads * D, v_off = 2LL * heads * D;
-    const float* base = qkv + (long long)b * seq * w3 + (long long)h * D;    // q of row t at base + t*w3
-    float* dbase = dqkv + (long long)b * seq * w3 + (long long)h * D;        // same layout
-    const float* obase = dout + (long long)b * seq * wo + (long long)h * D;  // dO of row t at obase + t*wo
-    float* dqbase = dq + (long long)b * seq * wo + (long long)h * D;
-    const float* lse_row = lse + (long long)bh * seq;
-    const float* delta_row = delta + (long long)bh * seq;
+    constexpr int BQ = BK;
+    constexpr int PER = BK * D / ATTN_THREADS;  // dK (and dV) entries per thread
+    __shared__ BackwardTiles<D, BQ, BK> s;
+    const HeadRows<D> rows(dqkv, dout, qkv, lse, delta, seq, heads);
 
     for (int k0 = blockIdx.y * BK; k0 < seq; k0 += gridDim.y * BK) {
         __syncthreads();  // the previous key tile's shared data is consumed
-        for (int e = tid; e < BK * D; e += ATTN_THREADS) {
-            const int c = e / D, d = e % D, t = k0 + c;
-            const bool ok = t < seq;
-            ks[c][d] = ok ? base[t * w3 + k_off + d] : 0.0f;
-            vs[c][d] = ok ? base[t * w3 + v_off + d] : 0.0f;
-        }
+        load_key_tile(s, rows, k0, seq);
         float dk[PER], dv[PER];
 #pragma unroll
         for (int k = 0; k < PER; ++k) dk[k] = dv[k] = 0.0f;
         // Causal: queries before k0 see none of these keys.
         const int q_start = causal ? (k0 / BQ) * BQ : 0;
         for (int q0 = q_start; q0 < seq; q0 += BQ) {
-            __syncthreads();  // previous query tile consumed (and ks/vs written)
-            for (int e = tid; e < BQ * D; e += ATTN_THREADS) {
-                const int r = e / D, d = e % D, t = q0 + r;
-                const bool ok = t < seq;
-                qs[r][d] = ok ? base[t * w3 + d] : 0.0f;
-                dos[r][d] = ok ? obase[t * wo + d] : 0.0f;
-            }
-            for (int r = tid; r < BQ; r += ATTN_THREADS) {
-                const int t = q0 + r;
-                lse_s[r] = t < seq ? lse_row[t] : 0.0f;
-                delta_s[r] = t < seq ? delta_row[t] : 0.0f;
-            }
+            __syncthreads();  // previous query tile consumed (and the key tile written)
+            load_query_tile(s, rows, q0, seq);
             __syncthreads();
-            // P_ij = exp(s_ij - lse_i), dS_ij = P_ij (dO_i . v_j - delta_i); 0 where masked.
-            for (int e = tid; e < BQ * BK; e += ATTN_THREADS) {
-                const int r = e / BK, c = e % BK, i = q0 + r, j = k0 + c;
-                float s = 0.0f, dp = 0.0f;
-#pragma unroll 8
-                for (int d = 0; d < D; ++d) {
-                    s = fmaf(qs[r][d], ks[c][d], s);
-                    dp = fmaf(dos[r][d], vs[c][d], dp);
-                }
-                const bool visible = i < seq && j < seq && (!causal || j <= i);
-                const float p = visible ? expf(s * scale - lse_s[r]) : 0.0f;
-                ps[r][c] = p;
-                dss[r][c] = visible ? p * (dp - delta_s[r]) : 0.0f;
-            }
+            score_gradients(s, q0, k0, seq, causal, scale);
             __syncthreads();
             // dV_j += sum_i P_ij dO_i; dK_j += sum_i dS_ij q_i (scaled at the end).
 #pragma unroll
             for (int k = 0; k < PER; ++k) {
-                const int e = tid + k * ATTN_THREADS, c = e / D, d = e % D;
+                const int e = threadIdx.x + k * ATTN_THREADS, c = e / D, d = e % D;
                 float av = dv[k], ak = dk[k];
 #pragma unroll 8
                 for (int r = 0; r < BQ; ++r) {
-                    av = fmaf(ps[r][c], dos[r][d], av);
-                    ak = fmaf(dss[r][c], qs[r][d], ak);
+                    av = fmaf(s.ps[r][c], s.dos[r][d], av);
+                    ak = fmaf(s.dss[r][c], s.qs[r][d], ak);
                 }
                 dv[k] = av;
                 dk[k] = ak;
             }
-            // dQ_i += sum_j dS_ij k_j (scaled by attention_backward_dq).
-            for (int e = tid; e < BQ * D; e += ATTN_THREADS) {
-                const int r = e / D, d = e % D, i = q0 + r;
-                if (i >= seq) continue;
-                float a = 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int e = threadIdx.x + k * ATTN_THREADS, c = e / D, d = e % D, j = k0 + c;
+            if (j < seq) {
+                rows.dqkv[j * rows.w3 + rows.k_off + d] = dk[k] * scale;
+                rows.dqkv[j * rows.w3 + rows.v_off + d] = dv[k];
+            }
+        }
+    }
+}
+
+// dQ: grid = (batch*heads, query tiles; grid-strided). A block owns BQ queries
+// and keeps their dQ in registers while looping over key tiles, so every dQ is
+// summed in one fixed order with no atomics: a run is bit-reproducible. It
+// recomputes P and dS, as FlashAttention-2's deterministic backward does.
+template <int D, int BQ>
+__device__ __forceinline__ void attention_backward_dq_body(float* dqkv, const float* dout, const float* qkv, const float* lse,
+                                                           const float* delta, int seq, int heads, int causal, float scale) {
+    static_assert((BQ * D) % ATTN_THREADS == 0, "query tile must split evenly over the block");
+    constexpr int BK = BQ;
+    constexpr int PER = BQ * D / ATTN_THREADS;  // dQ entries per thread
+    __shared__ BackwardTiles<D, BQ, BK> s;
+    const HeadRows<D> rows(dqkv, dout, qkv, lse, delta, seq, heads);
+
+    for (int q0 = blockIdx.y * BQ; q0 < seq; q0 += gridDim.y * BQ) {
+        __syncthreads();  // the previous query tile's shared data is consumed
+        load_query_tile(s, rows, q0, seq);
+        float dq[PER];
+#pragma unroll
+        for (int k = 0; k < PER; ++k) dq[k] = 0.0f;
+        const int k_end = causal ? min(q0 + BQ, seq) : seq;  // no query of this tile sees keys >= k_end
+        for (int k0 = 0; k0 < k_end; k0 += BK) {
+            __syncthreads();  // previous key tile consumed (and the query tile written)
+            load_key_tile(s, rows, k0, seq);
+            __syncthreads();
+            score_gradients(s, q0, k0, seq, causal, scale);
+            __syncthreads();
+            // dQ_i += sum_j dS_ij k_j (scaled at the end).
+#pragma unroll
+            for (int k = 0; k < PER; ++k) {
+                const int e = threadIdx.x + k * ATTN_THREADS, r = e / D, d = e % D;
+                float a = dq[k];
 #pragma unroll 8
-                for (int c = 0; c < BK; ++c) a = fmaf(dss[r][c], ks[c][d], a);
-                atomicAdd(dqbase + (long long)i * wo + d, a);
+                for (int c = 0; c < BK; ++c) a = fmaf(s.dss[r][c], s.ks[c][d], a);
+                dq[k] = a;
             }
         }
 #pragma unroll
         for (int k = 0; k < PER; ++k) {
-            const int e = tid + k * ATTN_THREADS, c = e / D, d = e % D, j = k0 + c;
-            if (j < seq) {
-                dbase[j * w3 + k_off + d] = dk[k] * scale;
-                dbase[j * w3 + v_off + d] = dv[k];
-            }
+            const int e = threadIdx.x + k * ATTN_THREADS, r = e / D, d = e % D, i = q0 + r;
+            if (i < seq) rows.dqkv[i * rows.w3 + d] = dq[k] * scale;
         }
     }
 }
 
-extern "C" __global__ void attention_backward_16(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
-                                                 const float* delta, int seq, int heads, int causal, float scale) {
-    attention_backward_body<16, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+extern "C" __global__ void attention_backward_dkdv_16(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dkdv_body<16, ATTN_BACKWARD_TILE_16>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
 }
-extern "C" __global__ void attention_backward_32(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
-                                                 const float* delta, int seq, int heads, int causal, float scale) {
-    attention_backward_body<32, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+extern "C" __global__ void attention_backward_dq_16(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dq_body<16, ATTN_BACKWARD_TILE_16>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
 }
-extern "C" __global__ void attention_backward_64(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
-                                                 const float* delta, int seq, int heads, int causal, float scale) {
-    attention_backward_body<64, 32>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+extern "C" __global__ void attention_backward_dkdv_32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dkdv_body<32, ATTN_BACKWARD_TILE_32>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
 }
-extern "C" __global__ void attention_backward_128(float* dqkv, float* dq, const float* dout, const float* qkv, const float* lse,
-                                                  const float* delta, int seq, int heads, int causal, float scale) {
-    attention_backward_body<128, 16>(dqkv, dq, dout, qkv, lse, delta, seq, heads, causal, scale);
+extern "C" __global__ void attention_backward_dq_32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dq_body<32, ATTN_BACKWARD_TILE_32>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
 }
-
-// dqkv[r, c] = scale * dq[r, c] for the q columns (c < width = heads*D) of every
-// row r; n = rows*width.
-extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dq, float scale, int width, long long n) {
-    GRID_STRIDE(i, n) {
-        const long long r = i / width, c = i % width;
-        dqkv[r * 3 * width + c] = dq[i] * scale;
-    }
+extern "C" __global__ void attention_backward_dkdv_64(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dkdv_body<64, ATTN_BACKWARD_TILE_64>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_backward_dq_64(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dq_body<64, ATTN_BACKWARD_TILE_64>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_backward_dkdv_128(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dkdv_body<128, ATTN_BACKWARD_TILE_128>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
+}
+extern "C" __global__ void attention_backward_dq_128(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* delta,
+                                                   int seq, int heads, int causal, float scale) {
+    attention_backward_dq_body<128, ATTN_BACKWARD_TILE_128>(dqkv, dout, qkv, lse, delta, seq, heads, causal, scale);
 }

@@ -15,7 +15,8 @@
 //
 // - newton_schulz_in_shared_memory: the whole iteration in one launch, one block
 //   per matrix, for a short side up to 128 that fits in shared memory.
-// - normalize_frobenius, shifted_polynomial_to_bf16, newton_schulz_update: the
+// - square_sum_partials, frobenius_scales, scale_to_bf16 (normalization),
+//   polynomial_shifts, shifted_to_bf16 (P − βI) and newton_schulz_update: the
 //   steps around cuBLAS's strided-batched GEMMs for larger matrices.
 #include "common.cuh"
 
@@ -243,32 +244,57 @@ extern "C" __global__ void __launch_bounds__(NS_THREADS)
 // ---------------------------------------------------------------------------
 // Around cuBLAS (one matrix of `len` elements after another).
 
-// One block per matrix: x ← x / (factor·‖x‖_F + eps), and its bf16 copy xb.
-extern "C" __global__ void normalize_frobenius(float* x, unsigned short* xb, long long len, float factor, float eps) {
-    const long long base = (long long)blockIdx.x * len;
+// Every kernel here spreads over the whole grid, whatever the batch: a few
+// large matrices (4×1024×4096) would leave most SMs idle with a block per matrix.
+
+// ‖X_b‖² in pieces: block (c, b) sums chunk c of matrix b (len/chunks values, the
+// last chunk shorter) in f64, in a fixed order, into partial[b·chunks + c].
+extern "C" __global__ void square_sum_partials(double* partial, const float* x, long long len, int chunks) {
+    const long long per = (len + chunks - 1) / chunks, begin = (long long)blockIdx.x * per;
+    const long long end = min(begin + per, len), base = (long long)blockIdx.y * len;
     double s = 0.0;
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) s += (double)x[base + i] * (double)x[base + i];
+    for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) s += (double)x[base + i] * (double)x[base + i];
     s = block_sum_d(s);
-    __shared__ float inv;
-    if (threadIdx.x == 0) inv = 1.0f / (factor * (float)sqrt(s) + eps);
-    __syncthreads();
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) {
-        const float v = x[base + i] * inv;
-        x[base + i] = v;
-        xb[base + i] = (unsigned short)bf16_bits(v);
+    if (threadIdx.x == 0) partial[(long long)blockIdx.y * chunks + blockIdx.x] = s;
+}
+
+// scale[b] = 1 / (factor·‖X_b‖_F + eps), the partials summed in order; a thread per matrix.
+extern "C" __global__ void frobenius_scales(float* scale, const double* partial, int chunks, float factor, float eps, int batch) {
+    GRID_STRIDE(b, batch) {
+        double s = 0.0;
+        for (int c = 0; c < chunks; ++c) s += partial[b * chunks + c];
+        scale[b] = 1.0f / (factor * (float)sqrt(s) + eps);
     }
 }
 
-// One block per s×s polynomial P: shift = β = tr(P)/s, and out = bf16(P − βI).
-extern "C" __global__ void shifted_polynomial_to_bf16(unsigned short* out, float* shift, const float* poly, int s) {
-    const long long base = (long long)blockIdx.x * s * s, n = (long long)s * s;
-    double trace = 0.0;
-    for (int i = threadIdx.x; i < s; i += blockDim.x) trace += poly[base + (long long)i * s + i];
-    trace = block_sum_d(trace);
-    __shared__ float beta;
-    if (threadIdx.x == 0) beta = shift[blockIdx.x] = (float)(trace / s);
-    __syncthreads();
-    for (long long e = threadIdx.x; e < n; e += blockDim.x) out[base + e] = (unsigned short)bf16_bits(poly[base + e] - (e / s == e % s ? beta : 0.0f));
+// x ← scale[matrix]·x over n elements (matrices of `len`), and xb = bf16(x).
+extern "C" __global__ void scale_to_bf16(float* x, unsigned short* xb, const float* scale, long long len, long long n) {
+    GRID_STRIDE(i, n) {
+        const float v = x[i] * scale[i / len];
+        x[i] = v;
+        xb[i] = (unsigned short)bf16_bits(v);
+    }
+}
+
+// shift[b] = β = tr(P_b)/s of each s×s polynomial, summed in f64 in a fixed
+// order; a warp per matrix.
+extern "C" __global__ void polynomial_shifts(float* shift, const float* poly, int s, int batch) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (long long b = (long long)blockIdx.x * warps + (threadIdx.x >> 5); b < batch; b += (long long)gridDim.x * warps) {
+        double trace = 0.0;
+        for (int i = lane; i < s; i += 32) trace += poly[b * s * s + (long long)i * s + i];
+        trace = warp_sum_d(trace);
+        if (lane == 0) shift[b] = (float)(trace / s);
+    }
+}
+
+// out = bf16(P − βI) over n elements (s×s matrices, β = shift[matrix]).
+extern "C" __global__ void shifted_to_bf16(unsigned short* out, const float* poly, const float* shift, int s, long long n) {
+    const long long ss = (long long)s * s;
+    GRID_STRIDE(e, n) {
+        const long long within = e % ss;
+        out[e] = (unsigned short)bf16_bits(poly[e] - (within / s == within % s ? shift[e / ss] : 0.0f));
+    }
 }
 
 // x ← (a + shift[matrix])·x + y over n elements (matrices of `len`), and xb = bf16(x).

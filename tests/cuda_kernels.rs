@@ -576,6 +576,16 @@ fn split_qkv(m: &[f32], width: usize) -> [Vec<f32>; 3] {
     std::array::from_fn(|part| m.chunks_exact(3 * width).flat_map(|row| &row[part * width..][..width]).copied().collect())
 }
 
+/// (out, lse, dqkv) of attention forward then backward on `b`, outputs poisoned.
+fn attention_pass<B: Backend>(b: &B, qkv: &[f32], dout: &[f32], s: Attention) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qb, db) = (b.upload(qkv), b.upload(dout));
+    let (mut out, mut lse) = (poisoned(b, dout.len()), poisoned(b, s.batch * s.heads * s.seq));
+    b.attention_forward(vm(b, &mut out), vm(b, &mut lse), v(b, &qb), s);
+    let mut dqkv = poisoned(b, qkv.len());
+    b.attention_backward(vm(b, &mut dqkv), v(b, &db), v(b, &qb), v(b, &out), v(b, &lse), s);
+    (b.download(v(b, &out)).unwrap(), b.download(v(b, &lse)).unwrap(), b.download(v(b, &dqkv)).unwrap())
+}
+
 #[test]
 fn fused_attention_forward_and_backward() {
     let Some(g) = gpu("attention") else { return };
@@ -608,14 +618,7 @@ fn fused_attention_forward_and_backward() {
             // Spread 3 makes the softmax peaked (scores of std ~3), so the running max matters.
             let qkv: Vec<f32> = random(rows * s.qkv_width(), &mut rng).into_iter().map(|z| 3.0 * z).collect();
             let dout = random(rows * s.width(), &mut rng);
-            let (cpu, gpu) = on_both!(&g, |b| {
-                let (qb, db) = (b.upload(&qkv), b.upload(&dout));
-                let (mut out, mut lse) = (poisoned(b, rows * s.width()), poisoned(b, batch * heads * seq));
-                b.attention_forward(vm(b, &mut out), vm(b, &mut lse), v(b, &qb), s);
-                let mut dqkv = poisoned(b, rows * s.qkv_width());
-                b.attention_backward(vm(b, &mut dqkv), v(b, &db), v(b, &qb), v(b, &out), v(b, &lse), s);
-                (b.download(v(b, &out)).unwrap(), b.download(v(b, &lse)).unwrap(), b.download(v(b, &dqkv)).unwrap())
-            });
+            let (cpu, gpu) = (attention_pass(&Cpu, &qkv, &dout, s), attention_pass(&g, &qkv, &dout, s));
             let what = format!("batch {batch} seq {seq} heads {heads} head_dim {head_dim} causal {causal}");
             assert_close(&format!("attention out, {what}"), &gpu.0, &cpu.0, 1e-4);
             // lse is a log: its error is a relative error of the probabilities, so
@@ -634,6 +637,17 @@ fn fused_attention_forward_and_backward() {
             }
         }
     }
+    // No atomics: the backward gives the same bits on every run.
+    let s = Attention { batch: 2, seq: 256, heads: 2, head_dim: 64, causal: true };
+    let (qkv, dout) = (g.upload(&random(2 * 256 * s.qkv_width(), &mut rng)), g.upload(&random(2 * 256 * s.width(), &mut rng)));
+    let (mut out, mut lse) = (g.zeros(2 * 256 * s.width()), g.zeros(2 * 2 * 256));
+    g.attention_forward(vm(&g, &mut out), vm(&g, &mut lse), v(&g, &qkv), s);
+    let gradient_bits = || {
+        let mut dqkv = poisoned(&g, 2 * 256 * s.qkv_width());
+        g.attention_backward(vm(&g, &mut dqkv), v(&g, &dout), v(&g, &qkv), v(&g, &out), v(&g, &lse), s);
+        g.download(v(&g, &dqkv)).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+    };
+    assert!(gradient_bits() == gradient_bits(), "attention backward is not bit-reproducible");
     // Head dims without a kernel are refused on the host, naming the supported ones.
     let s = Attention { batch: 1, seq: 4, heads: 1, head_dim: 48, causal: false };
     let qkv = g.upload(&random(4 * s.qkv_width(), &mut rng));
@@ -644,6 +658,37 @@ fn fused_attention_forward_and_backward() {
     .expect_err("head_dim 48 must be refused");
     let msg = err.downcast_ref::<String>().map(String::as_str).unwrap_or("");
     assert!(msg.contains("16, 32, 64, 128"), "unhelpful message for head_dim 48: {msg:?}");
+}
+
+#[test]
+fn tensor_core_attention_at_tf32_and_bf16() {
+    // Operands with 11 (tf32) or 8 (bf16) significant bits, relative to
+    // max(|want|, 1): twice the bounds of the emulated test
+    // (src/backend/cuda/emulator.rs), which sums each product exactly where the
+    // tensor cores' order and internal precision are unspecified.
+    for (precision, bound) in [(Precision::Tf32, 4e-3), (Precision::Bf16, 3e-2)] {
+        let Some(g) = gpu("tensor-core attention") else { return };
+        let g = &g.with_precision(precision);
+        let mut rng = StdRng::seed_from_u64(11);
+        for (batch, seq, heads, head_dim) in
+            [(1, 1, 1, 16), (4, 17, 4, 16), (2, 65, 3, 32), (2, 130, 2, 64), (2, 256, 2, 64), (1, 200, 2, 128)]
+        {
+            for causal in [false, true] {
+                let s = Attention { batch, seq, heads, head_dim, causal };
+                let rows = batch * seq;
+                let qkv: Vec<f32> = random(rows * s.qkv_width(), &mut rng).into_iter().map(|z| 2.0 * z).collect();
+                let dout = random(rows * s.width(), &mut rng);
+                let (cpu, gpu) = (attention_pass(&Cpu, &qkv, &dout, s), attention_pass(g, &qkv, &dout, s));
+                let what = format!("{precision} attention, batch {batch} seq {seq} heads {heads} head_dim {head_dim} causal {causal}");
+                for (part, got, want) in [("out", &gpu.0, &cpu.0), ("lse", &gpu.1, &cpu.1), ("dqkv", &gpu.2, &cpu.2)] {
+                    assert!(got.iter().all(|x| x.is_finite()), "{what}: non-finite {part}");
+                    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+                    let err = got.iter().zip(want).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / scale;
+                    assert!(err <= bound, "{what}: {part} error {err:.2e} > {bound:.0e}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -13,6 +13,10 @@
 //   reading from an exited lane, or a mask naming other lanes than the warp's
 //   live ones, is reported, since that is undefined on a GPU;
 // - atomics are `std::atomic_ref` read-modify-writes returning the old value;
+// - `mma.sync` (kernels/mma.cuh) is a warp-wide exchange of fragments, decoded
+//   by the PTX ISA's fragment layouts, with products summed exactly (in double)
+//   and rounded once: the hardware's order is unspecified, so tests allow for it;
+//   tf32 operands drop their 13 low mantissa bits, as the tensor cores ignore them;
 // - `__fmul_rn`/`__fadd_rn` round once (built with -ffp-contract=off, so no
 //   other product is fused either, as nvcc's `--fmad=false` would not be: only
 //   fmaf fuses).
@@ -21,6 +25,7 @@
 #pragma once
 
 #include <atomic>
+#include <array>
 #include <barrier>
 #include <bit>
 #include <cmath>
@@ -30,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <optional>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -76,6 +82,7 @@ struct Block {
     std::optional<Barrier> sync;
     std::vector<std::optional<Barrier>> warps;
     std::vector<std::uint64_t> slots;  // one shuffle value per thread
+    std::vector<std::array<std::uint32_t, 6>> fragments;  // one mma's A and B registers per thread
     std::vector<std::atomic<bool>> live;
     std::vector<unsigned char> dynamic_shared;
     int threads = 0;
@@ -111,6 +118,73 @@ T shuffle(unsigned mask, T v, int src_lane) {
     return r;
 }
 
+// One warp-wide m16n8kK product D += A·B with f32 accumulation. `element(lane,
+// reg, half)` gives the (row, col) of a register half in A (regs 0-3) or B
+// (regs 4-5) per PTX's layout, `value(bits, half)` its value.
+template <int K, class Where, class Value>
+void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], int halves, Where where, Value value) {
+    Block& blk = *g_block;
+    const int warp = t_linear / kWarp, lane = t_linear % kWarp;
+    if (warp_lanes() != 0xffffffffu) fail("mma.sync in a partial warp");
+    blk.fragments[t_linear] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    blk.warps[warp]->arrive_and_wait();
+    double A[16][K], B[K][8];
+    for (int l = 0; l < kWarp; ++l) {
+        if (!blk.live[warp * kWarp + l].load()) fail("mma.sync with an exited lane");
+        const auto& regs = blk.fragments[warp * kWarp + l];
+        for (int r = 0; r < 6; ++r)
+            for (int h = 0; h < halves; ++h) {
+                const auto [row, col] = where(l, r, h);
+                (r < 4 ? A[row][col] : B[row][col]) = value(regs[r], h);
+            }
+    }
+    blk.warps[warp]->arrive_and_wait();  // fragments are rewritten by the next mma only after every lane read them
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+        double sum = d[i];
+        for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
+        d[i] = (float)sum;
+    }
+}
+
+// mma.m16n8k16.row.col.f32.bf16.bf16.f32: A element i = 2·reg + half at row
+// g (+8 for i in 2,3,6,7), col 2t + (i&1) (+8 for i ≥ 4); B element i at row
+// 2t + (i&1) (+8 for i ≥ 2), col g.
+inline void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    auto where = [](int lane, int reg, int half) -> std::pair<int, int> {
+        const int g = lane >> 2, t = lane & 3;
+        if (reg < 4) {
+            const int i = 2 * reg + half;
+            return {g + ((i >> 1) & 1) * 8, 2 * t + (i & 1) + (i >= 4) * 8};
+        }
+        const int i = 2 * (reg - 4) + half;
+        return {2 * t + (i & 1) + (i >= 2) * 8, g};
+    };
+    auto value = [](std::uint32_t bits, int half) { return (double)std::bit_cast<float>((bits >> (16 * half)) << 16); };
+    mma<16>(d, a, b, 2, where, value);
+}
+
+// mma.m16n8k8.row.col.f32.tf32.tf32.f32: A reg r at row g (+8 for r = 1, 3),
+// col t (+4 for r ≥ 2); B reg r at row t + 4r, col g.
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    auto where = [](int lane, int reg, int) -> std::pair<int, int> {
+        const int g = lane >> 2, t = lane & 3;
+        if (reg < 4) return {g + (reg & 1) * 8, t + (reg >> 1) * 4};
+        return {t + 4 * (reg - 4), g};
+    };
+    auto value = [](std::uint32_t bits, int) { return (double)std::bit_cast<float>(bits & 0xffffe000u); };
+    mma<8>(d, a, b, 1, where, value);
+}
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; NaN and
+// infinities pass through.
+inline unsigned to_tf32(float x) {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
 // Runs `kernel` (a call with its arguments bound) over the grid.
 inline void launch(dim3 grid, dim3 block_dim, std::size_t shared_bytes, const std::function<void()>& kernel) {
     const long long threads = (long long)block_dim.x * block_dim.y * block_dim.z;
@@ -119,6 +193,7 @@ inline void launch(dim3 grid, dim3 block_dim, std::size_t shared_bytes, const st
     b.threads = (int)threads;
     b.warps = std::vector<std::optional<Barrier>>((threads + kWarp - 1) / kWarp);
     b.slots.assign(threads, 0);
+    b.fragments.assign(threads, {});
     b.live = std::vector<std::atomic<bool>>(threads);
     b.dynamic_shared.assign(shared_bytes, 0xff);  // poisoned: a read before a write shows as NaN
     g_block = &b;

@@ -241,11 +241,11 @@ mod tests {
     use super::super::newton_schulz::{one_launch, one_launch_schedule};
     use super::super::ops::{adamw_scalars, chunk_list, multi_tensor_launch, nn, softmax_cross_entropy_launch};
     use super::super::transformer::{
-        attention_backward_launches, attention_backward_scratch, attention_forward_launch, embedding_launch, layernorm_backward_launches,
-        layernorm_forward_launch, layernorm_partial_len,
+        attention_backward_launches, attention_forward_launch, embedding_launch, layernorm_backward_launches, layernorm_forward_launch,
+        layernorm_partial_len,
     };
     use super::*;
-    use crate::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule};
+    use crate::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Precision};
     use crate::linalg::NsCoefficients;
 
     fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
@@ -391,24 +391,89 @@ mod tests {
 
             let mut m = Memory::default();
             let (d_out, d_lse, d_qkv) = (m.alloc(&poisoned(out.len())), m.alloc(&poisoned(lse.len())), m.alloc(&qkv));
-            let forward = attention_forward_launch([d_out, d_lse, d_qkv], &s).unwrap();
+            let forward = attention_forward_launch([d_out, d_lse, d_qkv], &s, Precision::F32).unwrap();
             // The backward reads the CPU's forward outputs, so each pass is checked on its own.
-            let (delta_len, dq_len) = attention_backward_scratch(&s);
             let d_dqkv = m.alloc(&poisoned(qkv.len()));
-            let saved = [m.alloc(&dout), d_qkv, m.alloc(&out), m.alloc(&lse)];
-            let scratch = [m.alloc(&poisoned(delta_len)), m.alloc(&vec![0.0f32; dq_len])];
-            let [s0, s1, s2, s3] = saved;
-            let backward = attention_backward_launches([d_dqkv, s0, s1, s2, s3, scratch[0], scratch[1]], &s).unwrap();
+            let delta = m.alloc(&poisoned(s.batch * s.heads * s.seq));
+            let backward =
+                attention_backward_launches([d_dqkv, m.alloc(&dout), d_qkv, m.alloc(&out), m.alloc(&lse), delta], &s, Precision::F32)
+                    .unwrap();
             let launches: Vec<Launch> = std::iter::once(forward).chain(backward).collect();
-            // Forward and backward grid-stride over query or key tiles (y), delta over rows and dQ over elements (x).
-            let strided = [Y, X, Y, X];
+            // Forward and backward grid-stride over query or key tiles (y), delta over rows (x).
+            let strided = [Y, X, Y, Y];
+            // Every gradient is summed in a fixed order: each geometry and thread
+            // schedule gives the same bits.
+            let first_dqkv = std::cell::RefCell::new(None::<Vec<u32>>);
             for (launches, grid) in geometries(launches, &strided) {
                 run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
                     let what = |t: &str| format!("attention {t} hd {head_dim} causal {causal}, {grid} ({sanitizer:?})");
                     assert_close(&what("out"), &m.read::<f32>(d_out), &out, 1e-5);
                     assert_close(&what("lse"), &m.read::<f32>(d_lse), &lse, 1e-5);
-                    assert_close(&what("dqkv"), &m.read::<f32>(d_dqkv), &dqkv, 1e-4);
+                    let got = m.read::<f32>(d_dqkv);
+                    assert_close(&what("dqkv"), &got, &dqkv, 1e-4);
+                    let bits: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(
+                        &bits,
+                        first_dqkv.borrow_mut().get_or_insert_with(|| bits.clone()),
+                        "{}: not bit-reproducible",
+                        what("dqkv")
+                    );
                 });
+            }
+        }
+    }
+
+    /// Largest |got − want| relative to max(max |want|, 1), everything finite.
+    fn max_error(what: &str, got: &[f32], want: &[f32]) -> f32 {
+        assert!(got.iter().all(|x| x.is_finite()), "{what}: non-finite output (poison left or overflow)");
+        let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        got.iter().zip(want).map(|(g, c)| (g - c).abs()).fold(0.0f32, f32::max) / scale
+    }
+
+    #[test]
+    fn tensor_core_attention_matches_the_cpu() {
+        let mut rng = StdRng::seed_from_u64(13);
+        // 70 positions: two tiles of 64 rows (one ragged) and ragged loop tiles.
+        // Bounds: products of operands with 11 (tf32) or 8 (bf16) significant
+        // bits, as the tensor cores take them, relative to max(|want|, 1): 3×
+        // the errors seen (tf32 4–9e-4, bf16 3–6e-3); a fragment-layout bug
+        // gives errors of order 1. Inputs of spread 2 make the softmax peaked.
+        for (precision, bound) in [(Precision::Tf32, 2e-3), (Precision::Bf16, 1.5e-2)] {
+            for (head_dim, causal) in [(16, true), (32, false), (64, true), (128, false)] {
+                let s = Attention { batch: 2, seq: 70, heads: 2, head_dim, causal };
+                let rows = s.batch * s.seq;
+                let qkv: Vec<f32> = random(rows * s.qkv_width(), &mut rng).into_iter().map(|z| 2.0 * z).collect();
+                let dout = random(rows * s.width(), &mut rng);
+                let (mut out, mut lse, mut dqkv) = (poisoned(rows * s.width()), poisoned(s.batch * s.heads * s.seq), poisoned(qkv.len()));
+                Cpu.attention_forward(&mut out, &mut lse, &qkv, s);
+                Cpu.attention_backward(&mut dqkv, &dout, &qkv, &out, &lse, s);
+                let mut m = Memory::default();
+                let (d_out, d_lse, d_qkv, d_dqkv) =
+                    (m.alloc(&poisoned(out.len())), m.alloc(&poisoned(lse.len())), m.alloc(&qkv), m.alloc(&poisoned(qkv.len())));
+                let forward = attention_forward_launch([d_out, d_lse, d_qkv], &s, precision).unwrap();
+                // The backward reads the CPU's forward outputs, so each pass is checked on its own.
+                let saved = [m.alloc(&dout), d_qkv, m.alloc(&out), m.alloc(&lse), m.alloc(&poisoned(lse.len()))];
+                let backward =
+                    attention_backward_launches([d_dqkv, saved[0], saved[1], saved[2], saved[3], saved[4]], &s, precision).unwrap();
+                let launches: Vec<Launch> = std::iter::once(forward).chain(backward).collect();
+                let first_dqkv = std::cell::RefCell::new(None::<Vec<u32>>);
+                for (launches, grid) in geometries(launches, &[Y, X, Y, Y]) {
+                    run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                        let what = format!("{precision} attention hd {head_dim} causal {causal}, {grid} ({sanitizer:?})");
+                        let got = m.read::<f32>(d_dqkv);
+                        let errors = [
+                            ("out", max_error(&what, &m.read(d_out), &out)),
+                            ("lse", max_error(&what, &m.read(d_lse), &lse)),
+                            ("dqkv", max_error(&what, &got, &dqkv)),
+                        ];
+                        eprintln!("{what}: errors {errors:?}");
+                        for (part, e) in errors {
+                            assert!(e <= bound, "{what}: {part} error {e:.1e} > {bound:.0e}");
+                        }
+                        let bits: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                        assert_eq!(&bits, first_dqkv.borrow_mut().get_or_insert_with(|| bits.clone()), "{what}: dqkv not bit-reproducible");
+                    });
+                }
             }
         }
     }
@@ -724,8 +789,10 @@ mod tests {
     #[test]
     fn newton_schulz_cublas_path_kernels_match_their_definitions() {
         let mut rng = StdRng::seed_from_u64(20);
-        // 3 matrices of 300 values (wider than a 256-thread block), polynomials 19×19.
-        let (batch, len, short) = (3, 300, 19);
+        // 3 matrices of 40,000 values (3 chunks of the norm's partial sums, the
+        // last ragged), polynomials 19×19.
+        let (batch, len, short) = (3, 40_000, 19);
+        assert_eq!(cublas_path::norm_chunks(len), 3);
         let x = random(batch * len, &mut rng);
         let poly = random(batch * short * short, &mut rng);
         let product = random(batch * len, &mut rng);
@@ -757,19 +824,23 @@ mod tests {
 
         let mut m = Memory::default();
         let (d_x, d_xb) = (m.alloc(&x), m.alloc(&vec![0u16; x.len()]));
+        let (d_partial, d_scale) = (m.alloc(&vec![f64::NAN; batch * 3]), m.alloc(&poisoned(batch)));
         let (d_poly_bf16, d_shift, d_poly) = (m.alloc(&vec![0u16; poly.len()]), m.alloc(&poisoned(batch)), m.alloc(&poly));
-        let launches = vec![
-            cublas_path::normalize([d_x, d_xb], len, batch, coeffs),
-            cublas_path::shifted_polynomial([d_poly_bf16, d_shift, d_poly], short, batch),
-        ];
-        run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
-            assert_close(&format!("normalize_frobenius ({sanitizer:?})"), &m.read::<f32>(d_x), &normalized, 1e-6);
-            let xb: Vec<f32> = m.read::<u16>(d_xb).into_iter().map(from_bf16).collect();
-            let want: Vec<f32> = m.read::<f32>(d_x).iter().map(|&v| from_bf16(bf16(v))).collect();
-            assert_close(&format!("normalize_frobenius bf16 copy ({sanitizer:?})"), &xb, &want, 0.0);
-            assert_close(&format!("shift ({sanitizer:?})"), &m.read::<f32>(d_shift), &betas, 1e-6);
-            assert_eq!(m.read::<u16>(d_poly_bf16), shifted, "shifted_polynomial_to_bf16 ({sanitizer:?})");
-        });
+        let launches: Vec<Launch> = cublas_path::normalize([d_x, d_xb, d_partial, d_scale], len, batch, coeffs)
+            .into_iter()
+            .chain(cublas_path::shifted_polynomial([d_poly_bf16, d_shift, d_poly], short, batch))
+            .collect();
+        // Scales and shifts grid-stride over matrices, the elementwise kernels over values.
+        for (launches, grid) in geometries(launches, &[NONE, X, X, X, X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                assert_close(&format!("normalization, {grid} ({sanitizer:?})"), &m.read::<f32>(d_x), &normalized, 1e-6);
+                let xb: Vec<f32> = m.read::<u16>(d_xb).into_iter().map(from_bf16).collect();
+                let want: Vec<f32> = m.read::<f32>(d_x).iter().map(|&v| from_bf16(bf16(v))).collect();
+                assert_close(&format!("normalization's bf16 copy, {grid} ({sanitizer:?})"), &xb, &want, 0.0);
+                assert_close(&format!("shift, {grid} ({sanitizer:?})"), &m.read::<f32>(d_shift), &betas, 1e-6);
+                assert_eq!(m.read::<u16>(d_poly_bf16), shifted, "shifted_to_bf16, {grid} ({sanitizer:?})");
+            });
+        }
         // The update on its own, from the normalized X and these β, over one block per strided axis too.
         let mut m = Memory::default();
         let (d_x, d_xb) = (m.alloc(&normalized), m.alloc(&vec![0u16; x.len()]));

@@ -14,6 +14,11 @@ mod newton_schulz;
 mod ops;
 mod transformer;
 
+/// Launch geometry shared with the kernels, generated from `kernels/tiles.cuh`.
+mod tiles {
+    include!(concat!(env!("OUT_DIR"), "/tiles.rs"));
+}
+
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,14 +43,57 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
             "attention_forward_64",
             "attention_forward_128",
             "attention_backward_delta",
-            "attention_backward_16",
-            "attention_backward_32",
-            "attention_backward_64",
-            "attention_backward_128",
-            "attention_backward_dq",
+            "attention_backward_dkdv_16",
+            "attention_backward_dq_16",
+            "attention_backward_dkdv_32",
+            "attention_backward_dq_32",
+            "attention_backward_dkdv_64",
+            "attention_backward_dq_64",
+            "attention_backward_dkdv_128",
+            "attention_backward_dq_128",
         ],
     ),
-    ("newton_schulz", &["newton_schulz_in_shared_memory", "normalize_frobenius", "shifted_polynomial_to_bf16", "newton_schulz_update"]),
+    (
+        "attention_mma",
+        &[
+            "attention_forward_bf16_16",
+            "attention_forward_bf16_32",
+            "attention_forward_bf16_64",
+            "attention_forward_bf16_128",
+            "attention_forward_tf32_16",
+            "attention_forward_tf32_32",
+            "attention_forward_tf32_64",
+            "attention_forward_tf32_128",
+            "attention_backward_dkdv_bf16_16",
+            "attention_backward_dq_bf16_16",
+            "attention_backward_dkdv_bf16_32",
+            "attention_backward_dq_bf16_32",
+            "attention_backward_dkdv_bf16_64",
+            "attention_backward_dq_bf16_64",
+            "attention_backward_dkdv_bf16_128",
+            "attention_backward_dq_bf16_128",
+            "attention_backward_dkdv_tf32_16",
+            "attention_backward_dq_tf32_16",
+            "attention_backward_dkdv_tf32_32",
+            "attention_backward_dq_tf32_32",
+            "attention_backward_dkdv_tf32_64",
+            "attention_backward_dq_tf32_64",
+            "attention_backward_dkdv_tf32_128",
+            "attention_backward_dq_tf32_128",
+        ],
+    ),
+    (
+        "newton_schulz",
+        &[
+            "newton_schulz_in_shared_memory",
+            "square_sum_partials",
+            "frobenius_scales",
+            "scale_to_bf16",
+            "polynomial_shifts",
+            "shifted_to_bf16",
+            "newton_schulz_update",
+        ],
+    ),
     (
         "nn",
         &[
@@ -74,6 +122,25 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
         &["layernorm_forward", "layernorm_backward_dx", "layernorm_backward_params", "embedding_forward", "embedding_backward"],
     ),
 ];
+
+/// Lets every kernel use the device's opt-in shared memory per block (past the
+/// default 48 KiB; 227 KiB on H100 and H200), and returns how many dynamic bytes
+/// each may now ask for. The attribute only raises the cap a launch may request.
+fn allow_opt_in_shared_memory(ctx: &CudaContext, functions: &HashMap<&'static str, CudaFunction>) -> Result<HashMap<&'static str, usize>> {
+    let opt_in = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| anyhow!("cannot query the opt-in shared memory: {e:?}"))?;
+    let mut limits = HashMap::new();
+    for (name, kernel) in functions {
+        let fixed = kernel.shared_size_bytes().map_err(|e| anyhow!("cannot query the static shared memory of {name}: {e:?}"))?;
+        let dynamic = opt_in - fixed;
+        kernel
+            .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)
+            .map_err(|e| anyhow!("cannot raise the dynamic shared memory of {name}: {e:?}"))?;
+        limits.insert(*name, dynamic as usize);
+    }
+    Ok(limits)
+}
 
 /// Where the kernels came from, for `exp info` and test logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +216,9 @@ pub struct Cuda {
     root_fallbacks: AtomicU64,
     /// Operand precision of the model's GEMMs (`Backend::matmul`).
     precision: Precision,
-    /// Dynamic shared memory per block the one-launch Newton-Schulz kernel may use.
-    one_launch_shared_memory: usize,
+    /// Dynamic shared memory per block each kernel may use (the device's opt-in
+    /// limit less its static shared memory; 0 where the opt-in failed).
+    dynamic_shared_limits: HashMap<&'static str, usize>,
     /// The first failure of queued work, until a host read reports it.
     pending: fault::PendingError,
     /// The last kernel queued, named when an asynchronous failure surfaces.
@@ -180,12 +248,12 @@ impl Cuda {
                 functions.insert(*name, m.load_function(name).map_err(|e| anyhow!("kernel {module}::{name} missing: {e:?}"))?);
             }
         }
-        // Without the opt-in, every Newton-Schulz batch takes the cuBLAS path: slower, still correct.
-        let one_launch_shared_memory = newton_schulz::allow_opt_in_shared_memory(&ctx, &functions[newton_schulz::ONE_LAUNCH_KERNEL])
-            .unwrap_or_else(|e| {
-                eprintln!("optlab: {e:#}; Newton-Schulz will use cuBLAS for every shape");
-                0
-            });
+        // Without the opt-in, every Newton-Schulz batch takes the cuBLAS path and
+        // attention's backward the f32 kernels: slower, still correct.
+        let dynamic_shared_limits = allow_opt_in_shared_memory(&ctx, &functions).unwrap_or_else(|e| {
+            eprintln!("optlab: {e:#}; kernels keep the default 48 KiB of shared memory per block");
+            functions.keys().map(|name| (*name, 0)).collect()
+        });
         Ok(Self {
             ctx,
             stream,
@@ -195,10 +263,15 @@ impl Cuda {
             index_tables: Mutex::new(HashMap::new()),
             precision: Precision::F32,
             root_fallbacks: AtomicU64::new(0),
-            one_launch_shared_memory,
+            dynamic_shared_limits,
             pending: fault::PendingError::default(),
             last_launch: Mutex::new(None),
         })
+    }
+
+    /// Dynamic shared memory per block `kernel` may be launched with.
+    fn dynamic_shared_limit(&self, kernel: &str) -> usize {
+        self.dynamic_shared_limits.get(kernel).copied().unwrap_or(0)
     }
 
     /// The backend with the model's GEMMs (`Backend::matmul`) at `precision`

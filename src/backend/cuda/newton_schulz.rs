@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use anyhow::{Result, anyhow};
-use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchConfig, sys};
+use cudarc::driver::{LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
 use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
@@ -22,8 +22,10 @@ const ONE_LAUNCH_THREADS: u32 = 512;
 /// take 130 of the 227 KiB of shared memory, and a block's 512 threads run out of
 /// Gram tiles to share.
 const ONE_LAUNCH_MAX_SHORT: usize = 128;
-/// Threads per block of the cuBLAS path's per-matrix kernels.
-const PER_MATRIX_THREADS: u32 = 256;
+/// Values per block of the cuBLAS path's partial sums of squares (at most
+/// `MAX_NORM_CHUNKS` blocks per matrix).
+const NORM_CHUNK: usize = 16_384;
+const MAX_NORM_CHUNKS: usize = 256;
 
 /// Dynamic shared memory of the one-launch kernel for short side `s` and long side
 /// `l`, laid out as in the kernel: the Gram matrix and the polynomial in f32 and
@@ -76,20 +78,52 @@ pub(super) mod cublas_path {
 
     type Ptr = sys::CUdeviceptr;
 
-    fn per_matrix(batch: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (blocks(batch), 1, 1), block_dim: (PER_MATRIX_THREADS, 1, 1), shared_mem_bytes: 0 }
+    /// Blocks per matrix of the partial sums of squares of `len` values.
+    pub(in super::super) fn norm_chunks(len: usize) -> usize {
+        len.div_ceil(NORM_CHUNK).clamp(1, MAX_NORM_CHUNKS)
     }
 
-    /// X ← X / (factor·‖X‖_F + eps) per matrix, and its bf16 copy: buffers [x, x_bf16].
-    pub(in super::super) fn normalize([x, x_bf16]: [Ptr; 2], len: usize, batch: usize, coeffs: NsCoefficients) -> Launch {
-        let args = vec![Arg::Ptr(x), Arg::Ptr(x_bf16), len.into(), coeffs.norm_factor().into(), linalg::NS_NORM_EPS.into()];
-        Launch::new("normalize_frobenius", per_matrix(batch), args)
+    /// X ← X / (factor·‖X‖_F + eps) per matrix, and its bf16 copy: buffers [x,
+    /// x_bf16, partial (f64, `norm_chunks(len)` per matrix), scale (one per matrix)].
+    pub(in super::super) fn normalize(
+        [x, x_bf16, partial, scale]: [Ptr; 4],
+        len: usize,
+        batch: usize,
+        coeffs: NsCoefficients,
+    ) -> [Launch; 3] {
+        let chunks = norm_chunks(len);
+        let partials = LaunchConfig { grid_dim: (blocks(chunks), blocks(batch), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let scale_args = vec![
+            Arg::Ptr(scale),
+            Arg::Ptr(partial),
+            Arg::Index(chunks),
+            coeffs.norm_factor().into(),
+            linalg::NS_NORM_EPS.into(),
+            Arg::Index(batch),
+        ];
+        [
+            Launch::new("square_sum_partials", partials, vec![Arg::Ptr(partial), Arg::Ptr(x), len.into(), Arg::Index(chunks)]),
+            Launch::new("frobenius_scales", elementwise(batch), scale_args),
+            Launch::new(
+                "scale_to_bf16",
+                elementwise(batch * len),
+                vec![Arg::Ptr(x), Arg::Ptr(x_bf16), Arg::Ptr(scale), len.into(), (batch * len).into()],
+            ),
+        ]
     }
 
-    /// β = tr(P)/s per matrix and bf16(P − βI): buffers [poly_bf16, shift (β), poly].
-    pub(in super::super) fn shifted_polynomial([poly_bf16, shift, poly]: [Ptr; 3], short: usize, batch: usize) -> Launch {
-        let args = vec![Arg::Ptr(poly_bf16), Arg::Ptr(shift), Arg::Ptr(poly), Arg::Index(short)];
-        Launch::new("shifted_polynomial_to_bf16", per_matrix(batch), args)
+    /// β = tr(P)/s per matrix (a warp each) and bf16(P − βI): buffers [poly_bf16, shift (β), poly].
+    pub(in super::super) fn shifted_polynomial([poly_bf16, shift, poly]: [Ptr; 3], short: usize, batch: usize) -> [Launch; 2] {
+        let warps = LaunchConfig { grid_dim: (blocks(batch.div_ceil(8)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let n = batch * short * short;
+        [
+            Launch::new("polynomial_shifts", warps, vec![Arg::Ptr(shift), Arg::Ptr(poly), Arg::Index(short), Arg::Index(batch)]),
+            Launch::new(
+                "shifted_to_bf16",
+                elementwise(n),
+                vec![Arg::Ptr(poly_bf16), Arg::Ptr(poly), Arg::Ptr(shift), Arg::Index(short), n.into()],
+            ),
+        ]
     }
 
     /// X ← (a + β)·X + (P − βI)·X (the product given) and X's bf16 copy:
@@ -100,31 +134,16 @@ pub(super) mod cublas_path {
     }
 }
 
-/// Lets the one-launch kernel use the device's opt-in shared memory per block
-/// (past the default 48 KiB); returns how many dynamic bytes it may now ask for.
-pub(super) fn allow_opt_in_shared_memory(ctx: &CudaContext, kernel: &CudaFunction) -> Result<usize> {
-    let err = |what: &'static str| move |e: DriverError| anyhow!("cannot {what} for {ONE_LAUNCH_KERNEL}: {e:?}");
-    let opt_in = ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(err("query the opt-in shared memory"))?;
-    let fixed = kernel.shared_size_bytes().map_err(err("query the static shared memory"))?;
-    let dynamic = opt_in - fixed;
-    kernel
-        .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic)
-        .map_err(err("raise the dynamic shared memory"))?;
-    Ok(dynamic as usize)
-}
-
 impl Cuda {
     /// Whether [`Backend::newton_schulz_batched`](crate::backend::Backend::newton_schulz_batched)
     /// runs rows×cols matrices in one launch, one block per matrix with the whole
     /// iteration in shared memory: when the short side s is at most 128 and X (bf16)
     /// with its s×s Gram matrix and polynomial (f32) fit in the device's opt-in
     /// shared memory per block (227 KiB on H100 and H200: up to 64×1546 or 128×385).
-    /// Otherwise every step is three cuBLAS GEMMs and two small kernels.
+    /// Otherwise every step is three cuBLAS GEMMs and three grid-wide kernels.
     pub fn newton_schulz_in_one_launch(&self, rows: usize, cols: usize) -> bool {
         let (short, long) = (rows.min(cols), rows.max(cols));
-        short <= ONE_LAUNCH_MAX_SHORT && one_launch_shared_bytes(short, long) <= self.one_launch_shared_memory
+        short <= ONE_LAUNCH_MAX_SHORT && one_launch_shared_bytes(short, long) <= self.dynamic_shared_limit(ONE_LAUNCH_KERNEL)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -193,22 +212,24 @@ impl Cuda {
         let (len, batch) = (rows * cols, ranges.len());
         let (tall, short, long) = (rows > cols, rows.min(cols), rows.max(cols));
         let ss = short * short;
-        // Scratch, freed in stream order when dropped: X, (P − βI)·X, A, P and β per
-        // matrix in f32; X and P − βI in bf16.
+        // Scratch, freed in stream order when dropped: X, (P − βI)·X, A, P, β and
+        // the norm's scale per matrix in f32; X and P − βI in bf16; the norm's
+        // partial sums in f64.
         let scratch = || -> Result<_> {
-            let f32s = [batch * len, batch * len, batch * ss, batch * ss, batch].map(|n| self.alloc::<f32>(n));
+            let f32s = [batch * len, batch * len, batch * ss, batch * ss, batch, batch].map(|n| self.alloc::<f32>(n));
             let bf16s = [batch * len, batch * ss].map(|n| self.alloc::<u16>(n));
-            Ok((f32s.into_iter().collect::<Result<Vec<_>>>()?, bf16s.into_iter().collect::<Result<Vec<_>>>()?))
+            let partial = self.alloc::<f64>(batch * cublas_path::norm_chunks(len))?;
+            Ok((f32s.into_iter().collect::<Result<Vec<_>>>()?, bf16s.into_iter().collect::<Result<Vec<_>>>()?, partial))
         };
-        let Some((f32_scratch, bf16_scratch)) = self.pending.keep(scratch()) else { return };
-        let [x, product, gram, poly, shift] = [0, 1, 2, 3, 4].map(|i| base_ptr(&f32_scratch[i]));
+        let Some((f32_scratch, bf16_scratch, partial)) = self.pending.keep(scratch()) else { return };
+        let [x, product, gram, poly, shift, scale] = [0, 1, 2, 3, 4, 5].map(|i| base_ptr(&f32_scratch[i]));
         let [x_bf16, poly_bf16] = [0, 1].map(|i| base_ptr(&bf16_scratch[i]));
 
         let (src, dst) = (input.ptr(), out.ptr());
         for (b, r) in ranges.iter().enumerate() {
             self.copy_raw(offset(x, b * len), offset(src, r.start), len);
         }
-        self.launch(&cublas_path::normalize([x, x_bf16], len, batch, coeffs));
+        cublas_path::normalize([x, x_bf16, base_ptr(&partial), scale], len, batch, coeffs).iter().for_each(|l| self.launch(l));
         let square = Gemm { m: short, k: short, n: short, trans_a: false, trans_b: false };
         // (P − βI)·X for wide matrices, X·(P − βI) for tall ones.
         let (first, second, product_shape, product_strides) = if tall {
@@ -222,7 +243,7 @@ impl Cuda {
             self.gemm_batched(gram, x_bf16, x_bf16, gram_shape, 1.0, 0.0, batch, [ss, len, len], Precision::Bf16);
             self.copy_raw(poly, gram, batch * ss);
             self.gemm_batched(poly, gram, gram, square, c, b, batch, [ss; 3], Precision::Tf32);
-            self.launch(&cublas_path::shifted_polynomial([poly_bf16, shift, poly], short, batch));
+            cublas_path::shifted_polynomial([poly_bf16, shift, poly], short, batch).iter().for_each(|l| self.launch(l));
             self.gemm_batched(product, first, second, product_shape, 1.0, 0.0, batch, product_strides, Precision::Bf16);
             self.launch(&cublas_path::update([x, x_bf16, product, shift], a, len, batch));
         }

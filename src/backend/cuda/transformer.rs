@@ -1,8 +1,9 @@
 //! CUDA transformer ops: LayerNorm and embeddings (`kernels/transformer.cu`) and
-//! fused FlashAttention-style attention (`kernels/attention.cu`). The CPU
+//! fused FlashAttention-style attention (`kernels/attention.cu`, and on tensor
+//! cores `kernels/attention_mma.cu`). The CPU
 //! backend's ops of the same names (`cpu/transformer.rs`) are the reference.
 //!
-//! Per-call scratch (ids, partial sums, dQ and delta buffers) is freed when it
+//! Per-call scratch (ids, partial sums, delta buffers) is freed when it
 //! drops at the end of each op: cudarc frees with `cuMemFreeAsync` on the
 //! backend's single stream (or synchronizes first), so the free is ordered after
 //! the kernels that use it.
@@ -12,17 +13,30 @@ use cudarc::driver::{LaunchConfig, sys};
 
 use super::launch::{Arg, Launch, blocks};
 use super::ops::nn;
+use super::tiles::{
+    ATTN_BACKWARD_TILE_16, ATTN_BACKWARD_TILE_32, ATTN_BACKWARD_TILE_64, ATTN_BACKWARD_TILE_128, ATTN_FORWARD_QUERY_TILE,
+    ATTN_MMA_LOOP_TILE_16, ATTN_MMA_LOOP_TILE_32, ATTN_MMA_LOOP_TILE_64, ATTN_MMA_LOOP_TILE_128, ATTN_MMA_TILE, ATTN_THREADS, MMA_PAD_BF16,
+    MMA_PAD_TF32,
+};
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
-use crate::backend::Attention;
+use crate::backend::{Attention, Precision};
 
-/// Head dims with compiled attention kernels (`attention_{forward,backward}_<d>`),
-/// each with the key tile of its backward kernel: must match the
-/// `attention_backward_body<D, BK>` instances in kernels/attention.cu.
-const ATTENTION_HEAD_DIMS: [(usize, usize); 4] = [(16, 32), (32, 32), (64, 32), (128, 16)];
-/// Query rows per forward block (`FWD_BLOCK_Q` in kernels/attention.cu).
-const FORWARD_QUERY_TILE: usize = 16;
-/// Threads per attention block (`ATTN_THREADS`).
-const ATTENTION_THREADS: u32 = 128;
+/// Tiles of the attention kernels at one head dim (`kernels/tiles.cuh`).
+struct HeadDimTiles {
+    head_dim: usize,
+    /// Keys (and queries) per tile of the f32 backward kernels.
+    f32_backward: usize,
+    /// Rows of the tiles the tensor-core backward kernels loop over.
+    mma_loop: usize,
+}
+
+/// Head dims with compiled attention kernels (`attention_{forward,backward_*}_<d>`).
+const ATTENTION_HEAD_DIMS: [HeadDimTiles; 4] = [
+    HeadDimTiles { head_dim: 16, f32_backward: ATTN_BACKWARD_TILE_16, mma_loop: ATTN_MMA_LOOP_TILE_16 },
+    HeadDimTiles { head_dim: 32, f32_backward: ATTN_BACKWARD_TILE_32, mma_loop: ATTN_MMA_LOOP_TILE_32 },
+    HeadDimTiles { head_dim: 64, f32_backward: ATTN_BACKWARD_TILE_64, mma_loop: ATTN_MMA_LOOP_TILE_64 },
+    HeadDimTiles { head_dim: 128, f32_backward: ATTN_BACKWARD_TILE_128, mma_loop: ATTN_MMA_LOOP_TILE_128 },
+];
 /// Largest grid y dimension; the attention kernels grid-stride over tiles beyond it.
 const MAX_GRID_Y: usize = 65_535;
 /// Rows per chunk of LayerNorm's dgamma/dbeta partial sums (at most `MAX_CHUNKS` chunks).
@@ -34,16 +48,24 @@ fn warp_per_row(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks(rows.div_ceil(8).min(65_535)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// The backward key tile of a supported head dim, or an error naming the
-/// supported ones or a row too wide for the kernels' 32-bit offsets.
-fn backward_key_tile(s: &Attention) -> Result<usize> {
+/// The tiles of a supported head dim, or an error naming the supported ones or
+/// a row too wide for the kernels' 32-bit offsets.
+fn head_dim_tiles(s: &Attention) -> Result<&'static HeadDimTiles> {
     if i32::try_from(s.qkv_width()).is_err() {
         bail!("CUDA attention: {s:?} has rows of {} values, past the kernels' 32-bit index", s.qkv_width());
     }
-    ATTENTION_HEAD_DIMS.iter().find(|(d, _)| *d == s.head_dim).map(|&(_, bk)| bk).with_context(|| {
-        let dims: Vec<String> = ATTENTION_HEAD_DIMS.iter().map(|(d, _)| d.to_string()).collect();
+    ATTENTION_HEAD_DIMS.iter().find(|t| t.head_dim == s.head_dim).with_context(|| {
+        let dims: Vec<String> = ATTENTION_HEAD_DIMS.iter().map(|t| t.head_dim.to_string()).collect();
         format!("CUDA attention has kernels for head_dim {} only, not {} ({s:?})", dims.join(", "), s.head_dim)
     })
+}
+
+/// Dynamic shared memory of the tensor-core backward kernels: four operand
+/// tiles and the loop tile's lse and delta (`BackwardShared` in
+/// kernels/attention_mma.cu).
+fn mma_backward_shared_bytes(tiles: &HeadDimTiles, precision: Precision) -> usize {
+    let (pad, bytes) = if precision == Precision::Bf16 { (MMA_PAD_BF16, 2) } else { (MMA_PAD_TF32, 4) };
+    (2 * ATTN_MMA_TILE + 2 * tiles.mma_loop) * (tiles.head_dim + pad) * bytes + 2 * tiles.mma_loop * 4
 }
 
 /// LayerNorm forward over `rows` rows of `dim`: buffers [y, mean, rstd, x, gamma, beta].
@@ -82,46 +104,58 @@ pub(super) fn layernorm_backward_launches(buffers: [sys::CUdeviceptr; 9], rows: 
     ]
 }
 
-/// Attention forward, buffers [out, lse, qkv].
-pub(super) fn attention_forward_launch(buffers: [sys::CUdeviceptr; 3], s: &Attention) -> Result<Launch> {
-    // Checked here too: the forward pass has no tile of its own to look up.
-    backward_key_tile(s)?;
+/// Attention forward, buffers [out, lse, qkv]: the f32 kernel
+/// (`kernels/attention.cu`) at f32, else FlashAttention-2 on tensor cores with
+/// `precision`'s operands (`kernels/attention_mma.cu`), which writes the same
+/// out and lse.
+pub(super) fn attention_forward_launch(buffers: [sys::CUdeviceptr; 3], s: &Attention, precision: Precision) -> Result<Launch> {
+    head_dim_tiles(s)?;
+    let (kernel, query_tile) = match precision {
+        Precision::F32 => (format!("attention_forward_{}", s.head_dim), ATTN_FORWARD_QUERY_TILE),
+        tensor_cores => (format!("attention_forward_{tensor_cores}_{}", s.head_dim), ATTN_MMA_TILE),
+    };
     let cfg = LaunchConfig {
-        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(FORWARD_QUERY_TILE).min(MAX_GRID_Y)), 1),
-        block_dim: (ATTENTION_THREADS, 1, 1),
+        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(query_tile).min(MAX_GRID_Y)), 1),
+        block_dim: (blocks(ATTN_THREADS), 1, 1),
         shared_mem_bytes: 0,
     };
     let scalars = [Arg::Index(s.seq), Arg::Index(s.heads), i32::from(s.causal).into(), s.score_scale().into()];
-    Ok(Launch::new(format!("attention_forward_{}", s.head_dim), cfg, buffers.map(Arg::Ptr).into_iter().chain(scalars).collect()))
+    Ok(Launch::new(kernel, cfg, buffers.map(Arg::Ptr).into_iter().chain(scalars).collect()))
 }
 
-/// Floats of attention backward's scratch: (delta, one per row; unscaled dQ, zeroed).
-pub(super) fn attention_backward_scratch(s: &Attention) -> (usize, usize) {
-    (s.batch * s.heads * s.seq, s.batch * s.seq * s.width())
-}
-
-/// Attention backward, buffers [dqkv, dout, qkv, out, lse, delta, dq] with the
-/// scratch of [`attention_backward_scratch`]: delta_i = rowsum(dO_i ∘ O_i) (one
-/// warp per row); dK and dV into dqkv with the unscaled dQ accumulated by
-/// atomics into dq; then dQ = scale·dq into dqkv's q columns.
-pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 7], s: &Attention) -> Result<[Launch; 3]> {
-    let key_tile = backward_key_tile(s)?;
-    let [dqkv, dout, qkv, out, lse, delta, dq] = buffers;
-    let (seq, heads, width, scale) = (Arg::Index(s.seq), Arg::Index(s.heads), s.width(), s.score_scale());
+/// Attention backward, buffers [dqkv, dout, qkv, out, lse, delta] with `delta`
+/// scratch of one float per (batch, head, position): delta_i = rowsum(dO_i ∘ O_i)
+/// (one warp per row), then dK and dV (a block per key tile) and dQ (a block per
+/// query tile) into dqkv, without atomics: in f32 (`kernels/attention.cu`), or on
+/// tensor cores with `precision`'s operands (`kernels/attention_mma.cu`).
+pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 6], s: &Attention, precision: Precision) -> Result<[Launch; 3]> {
+    let tiles = head_dim_tiles(s)?;
+    let [dqkv, dout, qkv, out, lse, delta] = buffers;
+    let (seq, heads) = (Arg::Index(s.seq), Arg::Index(s.heads));
     let delta_args = [delta, dout, out].map(Arg::Ptr).into_iter().chain([Arg::Index(s.batch), seq, heads, Arg::Index(s.head_dim)]);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(key_tile).min(MAX_GRID_Y)), 1),
-        block_dim: (ATTENTION_THREADS, 1, 1),
-        shared_mem_bytes: 0,
+    let (kernels, tile, shared) = match precision {
+        Precision::F32 => (["dkdv", "dq"].map(|k| format!("attention_backward_{k}_{}", s.head_dim)), tiles.f32_backward, 0),
+        tensor_cores => (
+            ["dkdv", "dq"].map(|k| format!("attention_backward_{k}_{tensor_cores}_{}", s.head_dim)),
+            ATTN_MMA_TILE,
+            mma_backward_shared_bytes(tiles, tensor_cores),
+        ),
     };
-    let backward_args =
-        [dqkv, dq, dout, qkv, lse, delta].map(Arg::Ptr).into_iter().chain([seq, heads, i32::from(s.causal).into(), scale.into()]);
-    let n = s.batch * s.seq * width;
-    let dq_args = vec![Arg::Ptr(dqkv), Arg::Ptr(dq), scale.into(), Arg::Index(width), n.into()];
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(s.batch * s.heads), blocks(s.seq.div_ceil(tile).min(MAX_GRID_Y)), 1),
+        block_dim: (blocks(ATTN_THREADS), 1, 1),
+        shared_mem_bytes: blocks(shared),
+    };
+    let args: Vec<Arg> = [dqkv, dout, qkv, lse, delta]
+        .map(Arg::Ptr)
+        .into_iter()
+        .chain([seq, heads, i32::from(s.causal).into(), s.score_scale().into()])
+        .collect();
+    let [dkdv, dq] = kernels;
     Ok([
         Launch::new("attention_backward_delta", warp_per_row(s.batch * s.heads * s.seq), delta_args.collect()),
-        Launch::new(format!("attention_backward_{}", s.head_dim), cfg, backward_args.collect()),
-        Launch::new("attention_backward_dq", elementwise(n), dq_args),
+        Launch::new(dkdv, cfg, args.clone()),
+        Launch::new(dq, cfg, args),
     ])
 }
 
@@ -185,7 +219,7 @@ impl Cuda {
 
     pub(super) fn attention_forward_impl(&self, out: DViewMut<'_>, lse: DViewMut<'_>, qkv: DView<'_>, s: Attention) {
         s.assert_lengths(qkv.len, out.len, lse.len);
-        if let Some(launch) = self.pending.keep(attention_forward_launch([out.ptr, lse.ptr, qkv.ptr], &s)) {
+        if let Some(launch) = self.pending.keep(attention_forward_launch([out.ptr, lse.ptr, qkv.ptr], &s, self.precision)) {
             self.launch(&launch);
         }
     }
@@ -201,18 +235,18 @@ impl Cuda {
     ) {
         s.assert_lengths(qkv.len, out.len, lse.len);
         assert!(dqkv.len == qkv.len && dout.len == out.len, "attention gradient shapes");
-        let unsupported = self.pending.keep(backward_key_tile(&s)).is_none();
+        let unsupported = self.pending.keep(head_dim_tiles(&s)).is_none();
         if unsupported || s.batch * s.heads * s.seq == 0 || self.pending.is_set() {
             return;
         }
-        let (delta_len, dq_len) = attention_backward_scratch(&s);
-        // dq must start at zero: the backward kernel accumulates into it.
-        let scratch = || Ok((self.alloc::<f32>(delta_len)?, self.alloc::<f32>(dq_len)?));
-        let Some((delta, dq)) = self.pending.keep(scratch()) else { return };
-        let buffers = [dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, base_ptr(&delta), base_ptr(&dq)];
-        if let Some(launches) = self.pending.keep(attention_backward_launches(buffers, &s)) {
-            launches.iter().for_each(|l| self.launch(l));
+        let Some(delta) = self.pending.keep(self.alloc::<f32>(s.batch * s.heads * s.seq)) else { return };
+        let buffers = [dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, base_ptr(&delta)];
+        let Some(mut launches) = self.pending.keep(attention_backward_launches(buffers, &s, self.precision)) else { return };
+        // Where the device's shared memory per block is too small, the f32 kernels run.
+        if launches[1..].iter().any(|l| l.cfg.shared_mem_bytes as usize > self.dynamic_shared_limit(&l.kernel)) {
+            launches = attention_backward_launches(buffers, &s, Precision::F32).expect("the f32 kernels take every shape the others take");
         }
+        launches.iter().for_each(|l| self.launch(l));
     }
 
     pub(super) fn embedding_forward_impl(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {
