@@ -7,7 +7,7 @@ Times, with CUDA events (median of repeats), at the shapes optlab's benches use:
   read + written;
 - torch.optim.AdamW(fused=True) over N parameters split into 256 tensors;
 - a bf16 Newton-Schulz 5-step (Keller Jordan's reference) on batched shapes;
-- inverse 4th roots of SPD matrices through torch.linalg.eigh (f32);
+- inverse 4th roots of SPD matrices through torch.linalg.eigh (f32), batched;
 - scaled_dot_product_attention forward, and forward + backward, at the shapes
   of benches/transformer.rs's attention groups: f32, and bf16 on the flash
   backend (the reference of the tensor-core kernels).
@@ -80,15 +80,15 @@ for batch, rows, cols in [(16, 64, 256), (24, 256, 1024), (4, 1024, 4096)]:
 
 def eigh_root(a, p=4, eps=1e-6):
     w, v = torch.linalg.eigh(a)
-    w = (w.clamp(min=0) + eps * w.max()).pow(-1.0 / p)
+    w = (w.clamp(min=0) + eps * w.amax(dim=-1, keepdim=True)).pow(-1.0 / p)
     return (v * w.unsqueeze(-2)) @ v.mT
 
 
-for n in [256, 1024]:
+for count, n in [(1, 256), (8, 256), (1, 1024), (4, 1024), (1, 2048)]:
     g = torch.randn(n, 2 * n, device=dev)
-    a = g @ g.T / (2 * n)
+    a = (g @ g.T / (2 * n)).expand(count, n, n).contiguous()
     ms = timed(lambda: eigh_root(a), repeats=10)
-    emit(kernel="inverse_root_eigh", n=n, ms=ms)
+    emit(kernel="inverse_root_eigh", count=count, n=n, ms=ms)
 
 
 SHAPES = [

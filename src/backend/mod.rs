@@ -364,6 +364,21 @@ pub trait Backend: Send + Sync + 'static {
         p: u32,
         eps: crate::linalg::Epsilon,
     ) -> anyhow::Result<bool>;
+    /// [`Backend::inverse_root`] of several n×n statistics at once (Shampoo's
+    /// same-size sides): `roots[i] ← (stats[i] + εI)^{-1/p}`, one result per pair.
+    /// One at a time unless a backend batches them (CUDA: one coupled Newton
+    /// iteration over the batch).
+    fn inverse_roots<'a>(
+        &self,
+        roots: Vec<Self::ViewMut<'a>>,
+        stats: Vec<Self::View<'a>>,
+        n: usize,
+        p: u32,
+        eps: crate::linalg::Epsilon,
+    ) -> anyhow::Result<Vec<bool>> {
+        assert_eq!(roots.len(), stats.len(), "inverse_roots: one root per statistic");
+        roots.into_iter().zip(stats).map(|(root, stat)| self.inverse_root(root, stat, n, p, eps)).collect()
+    }
     /// Eigenvectors of the symmetric n×n `a` as the columns of `out`, by descending
     /// eigenvalue (see `linalg::sym_eigenvectors`): SOAP's rotation basis.
     /// `Ok(false)` leaves `out` untouched, as for [`Backend::inverse_root`].

@@ -6,6 +6,7 @@
 //! diagonal statistics for a side above a maximum size, and grafting, which
 //! borrows the step size of a simpler optimizer and keeps Shampoo's direction.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::Result;
@@ -136,6 +137,34 @@ impl<B: Backend> Shampoo<B> {
     }
 }
 
+impl<B: Backend> Shampoo<B> {
+    /// Every full side's inverse root from its statistic, the sides of one size
+    /// in one batch. On failure a side keeps its previous root: a stale
+    /// preconditioner beats a NaN.
+    fn refresh_roots(&mut self, backend: &B) -> Result<()> {
+        let mut roots: BTreeMap<usize, Vec<B::ViewMut<'_>>> = BTreeMap::new();
+        let mut stats: BTreeMap<usize, Vec<B::View<'_>>> = BTreeMap::new();
+        for p in &mut self.preconditioners {
+            for (side, dim) in [(&mut p.left, p.rows), (&mut p.right, p.cols)] {
+                if let Side::Full { stat, root } = side {
+                    roots.entry(dim).or_default().push(B::all_mut(root));
+                    stats.entry(dim).or_default().push(B::all(stat));
+                }
+            }
+        }
+        for ((dim, roots), stats) in roots.into_iter().zip(stats.into_values()) {
+            for computed in backend.inverse_roots(roots, stats, dim, ROOT, self.config.epsilon)? {
+                if computed {
+                    self.roots_computed += 1;
+                } else {
+                    self.root_failures += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> UpdateRule<B> for Shampoo<B> {
     fn step(
         &mut self,
@@ -150,24 +179,21 @@ impl<B: Backend> UpdateRule<B> for Shampoo<B> {
         let stat_weight = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
         let refresh = (t - 1).is_multiple_of(c.precondition_frequency.max(1));
         for p in &mut self.preconditioners {
-            let (m, n, r) = (p.rows, p.cols, store.specs[p.param].range());
-            let g = B::view(&store.grads, r.clone());
+            let (m, n, g) = (p.rows, p.cols, B::view(&store.grads, store.specs[p.param].range()));
             // Statistics: L ← β2·L + w·G·Gᵀ (m×m), R ← β2·R + w·Gᵀ·G (n×n).
             for (side, over_rows) in [(&mut p.left, true), (&mut p.right, false)] {
                 match side {
                     Side::Full { stat, .. } => accumulate_gram(backend, stat, g, (m, n), over_rows, stat_weight, c.beta2),
                     Side::Diagonal { stat } => backend.ema_square_sums(B::all_mut(stat), g, m, n, over_rows, c.beta2, stat_weight),
                 }
-                if let (true, Side::Full { stat, root }) = (refresh, side) {
-                    let dim = if over_rows { m } else { n };
-                    // On failure the previous root stays: a stale preconditioner beats a NaN.
-                    if backend.inverse_root(B::all_mut(root), B::all(stat), dim, ROOT, c.epsilon)? {
-                        self.roots_computed += 1;
-                    } else {
-                        self.root_failures += 1;
-                    }
-                }
             }
+        }
+        if refresh {
+            self.refresh_roots(backend)?;
+        }
+        for p in &mut self.preconditioners {
+            let (m, n, r) = (p.rows, p.cols, store.specs[p.param].range());
+            let g = B::view(&store.grads, r.clone());
             // Momentum M = β1·M + (1−β1)·G, then L^{-1/4}·M·R^{-1/4}.
             backend.axpby(B::view_mut(&mut self.momentum, r.clone()), 1.0 - c.beta1, g, c.beta1);
             let eps = c.epsilon.absolute as f32;

@@ -237,6 +237,7 @@ mod tests {
     use cudarc::driver::LaunchConfig;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+    use super::super::inverse_root;
     use super::super::newton_schulz::cublas_path;
     use super::super::newton_schulz::{one_launch, one_launch_schedule};
     use super::super::ops::{adamw_scalars, chunk_list, multi_tensor_launch, nn, softmax_cross_entropy_launch};
@@ -246,7 +247,7 @@ mod tests {
     };
     use super::*;
     use crate::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Precision};
-    use crate::linalg::NsCoefficients;
+    use crate::linalg::{Epsilon, NsCoefficients};
 
     fn random(n: usize, rng: &mut StdRng) -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
@@ -627,29 +628,18 @@ mod tests {
         for (i, v) in [(3, f32::NAN), (500, f32::INFINITY), (999, f32::NEG_INFINITY)] {
             with_non_finite[i] = v;
         }
-        // A 23×23 matrix near the identity, one entry off by the most.
-        let k = 23;
-        let mut near_identity: Vec<f32> =
-            (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 } + 1e-3 * random(1, &mut rng)[0]).collect();
-        near_identity[7 * k + 11] += 0.25;
-        let want_max =
-            near_identity.iter().enumerate().map(|(i, v)| (v - if i / k == i % k { 1.0 } else { 0.0 }).abs()).fold(0.0f32, f32::max);
-
         let mut m = Memory::default();
-        let (d_a, d_b, d_nf, d_near) = (m.alloc(&a), m.alloc(&b), m.alloc(&with_non_finite), m.alloc(&near_identity));
+        let (d_a, d_b, d_nf) = (m.alloc(&a), m.alloc(&b), m.alloc(&with_non_finite));
         let sums = [m.alloc(&[0.0f64]), m.alloc(&[0.0f64]), m.alloc(&[0.0f64])];
-        let (count, max_abs, plus) = (m.alloc(&[0u32]), m.alloc(&[0u32]), m.alloc(&poisoned(k * k)));
+        let count = m.alloc(&[0u32]);
         let launches = vec![
             nn::reduce_f64("sum_squares", sums[0], &[d_a], n),
             nn::reduce_f64("sum_squared_difference", sums[1], &[d_a, d_b], n),
             nn::reduce_f64("dot", sums[2], &[d_a, d_b], n),
             nn::count_non_finite(count, d_nf, n),
-            nn::max_abs_from_identity(max_abs, d_near, k),
-            nn::identity_plus(plus, d_near, 0.5, -2.0, k),
         ];
         let want_sums = [Cpu.sum_squares(&a).unwrap(), Cpu.sum_squared_difference(&a, &b).unwrap(), Cpu.dot(&a, &b).unwrap()];
-        let want_plus: Vec<f32> = near_identity.iter().enumerate().map(|(i, v)| if i / k == i % k { 0.5 } else { 0.0 } - 2.0 * v).collect();
-        for (launches, grid) in geometries(launches, &[X; 6]) {
+        for (launches, grid) in geometries(launches, &[X; 4]) {
             run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
                 let what = |t: &str| format!("{t}, {grid} ({sanitizer:?})");
                 for (name, (sum, want)) in ["sum_squares", "sum_squared_difference", "dot"].iter().zip(sums.iter().zip(want_sums)) {
@@ -657,8 +647,90 @@ mod tests {
                     assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{}: {got} against {want}", what(name));
                 }
                 assert_eq!(m.read::<u32>(count)[0], 3, "{}", what("count_non_finite"));
-                assert_eq!(f32::from_bits(m.read::<u32>(max_abs)[0]), want_max, "{}", what("max_abs_from_identity"));
-                assert_close(&what("identity_plus"), &m.read::<f32>(plus), &want_plus, 1e-7);
+            });
+        }
+    }
+
+    #[test]
+    fn inverse_root_kernels_match_their_definitions() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let eye = |i: usize, n: usize| if i % (n * n) / n == i % n { 1.0f32 } else { 0.0 };
+        // Power iteration, start and one step, over 3 vectors of 37 (the last
+        // product zero); then M₀, X₀ and T (the second matrix done).
+        let (n, batch, p) = (37, 3, 4u32);
+        let eps = Epsilon { absolute: 1e-6, relative: 1e-2 };
+        let v0: Vec<f32> = (0..batch * n)
+            .map(|i| {
+                let golden = 0.618_034_f32 * (i % n) as f32;
+                (0.5 + golden - golden.floor()) / (n as f32).sqrt()
+            })
+            .collect();
+        let mut w = random(batch * n, &mut rng);
+        w[2 * n..].fill(0.0);
+        let lambda: Vec<f32> =
+            (0..batch).map(|b| (0..n).map(|i| f64::from(v0[b * n + i]) * f64::from(w[b * n + i])).sum::<f64>() as f32).collect();
+        let v1: Vec<f32> = w
+            .chunks(n)
+            .flat_map(|c| {
+                let norm = c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+                c.iter().map(move |&x| if norm > 0.0 { x * (1.0 / norm) as f32 } else { 0.0 }).collect::<Vec<_>>()
+            })
+            .collect();
+        let a = random(batch * n * n, &mut rng);
+        let start: Vec<(f32, f32)> = (0..batch * n * n)
+            .map(|i| {
+                let top = lambda[i / (n * n)].max(0.0);
+                let e = eps.absolute as f32 + eps.relative as f32 * top;
+                let z = (1.0 + p as f32) / (2.0 * (top + e));
+                (z * (a[i] + e * eye(i, n)), eye(i, n) * z.powf(1.0 / p as f32))
+            })
+            .collect();
+        let done = [0i32, 1, 0];
+        let factor: Vec<f32> = (0..batch * n * n)
+            .map(|i| if done[i / (n * n)] != 0 { eye(i, n) } else { ((p as f32 + 1.0) * eye(i, n) - start[i].0) / p as f32 })
+            .collect();
+        let mut m = Memory::default();
+        let (d_v, d_w, d_lambda) = (m.alloc(&poisoned(batch * n)), m.alloc(&w), m.alloc(&poisoned(batch)));
+        let (d_m, d_x, d_a, d_t, d_done) =
+            (m.alloc(&poisoned(a.len())), m.alloc(&poisoned(a.len())), m.alloc(&a), m.alloc(&poisoned(a.len())), m.alloc(&done));
+        let launches = vec![
+            inverse_root::launches::power_start(d_v, n, batch),
+            inverse_root::launches::power_step([d_v, d_lambda, d_w], n, batch),
+            inverse_root::launches::start([d_m, d_x, d_a, d_lambda], eps, p, n, batch),
+            inverse_root::launches::factor([d_t, d_m, d_done], p, n, batch),
+        ];
+        for (launches, grid) in geometries(launches, &[X; 4]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                let what = |t: &str| format!("{t}, {grid} ({sanitizer:?})");
+                assert_close(&what("power_iteration_step lambda"), &m.read::<f32>(d_lambda), &lambda, 1e-6);
+                assert_close(&what("power_iteration_step v"), &m.read::<f32>(d_v), &v1, 1e-6);
+                assert_close(&what("newton_start m"), &m.read::<f32>(d_m), &start.iter().map(|s| s.0).collect::<Vec<_>>(), 1e-6);
+                assert_close(&what("newton_start x"), &m.read::<f32>(d_x), &start.iter().map(|s| s.1).collect::<Vec<_>>(), 1e-6);
+                assert_close(&what("newton_factor"), &m.read::<f32>(d_t), &factor, 1e-6);
+            });
+        }
+        // The convergence check over 4 matrices of 300² (2 chunks each): one far
+        // from I, one converged, one with a NaN, one stalled (8e-5 after 1e-4).
+        let n = 300;
+        let deviations = [0.25f32, 1e-6, f32::NAN, 8e-5];
+        let mut near = Vec::with_capacity(4 * n * n);
+        for &d in &deviations {
+            let mut mat: Vec<f32> = (0..n * n).map(|i| eye(i, n)).collect();
+            mat[n * n - 2] += d; // in the second chunk
+            mat[5] += d * 0.5;
+            near.extend(mat);
+        }
+        let mut m = Memory::default();
+        let (d_residual, d_m, d_done, d_err) =
+            (m.alloc(&[7u32; 4]), m.alloc(&near), m.alloc(&[0i32; 4]), m.alloc(&[f32::INFINITY, f32::INFINITY, f32::INFINITY, 1e-4]));
+        let check = inverse_root::launches::check([d_residual, d_m, d_done, d_err], n, 4).to_vec();
+        assert!(check[1].cfg.grid_dim.0 >= 2, "the residual's maximum spans several blocks per matrix");
+        for (launches, grid) in geometries(check, &[X, NONE, X]) {
+            run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
+                let what = format!("newton_residual and newton_converged, {grid} ({sanitizer:?})");
+                assert_eq!(m.read::<i32>(d_done), vec![0, 1, 1, 1], "{what}: done flags");
+                let err = m.read::<f32>(d_err);
+                assert!(err[0] == 0.25 && err[1] == 1e-6 && err[2] == f32::INFINITY && err[3] == 8e-5, "{what}: residuals {err:?}");
             });
         }
     }

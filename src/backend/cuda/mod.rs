@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod emulator;
 mod fault;
+mod inverse_root;
 mod launch;
 mod newton_schulz;
 mod ops;
@@ -116,7 +117,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
             "ema_square_sums",
         ],
     ),
-    ("shampoo", &["identity_plus", "max_abs_from_identity"]),
+    ("shampoo", &["power_iteration_start", "power_iteration_step", "newton_start", "newton_factor", "newton_residual", "newton_converged"]),
     (
         "transformer",
         &["layernorm_forward", "layernorm_backward_dx", "layernorm_backward_params", "embedding_forward", "embedding_backward"],

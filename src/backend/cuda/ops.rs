@@ -4,7 +4,6 @@
 use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Result, anyhow};
 use cudarc::cublas::result as blas;
@@ -138,14 +137,6 @@ pub(super) mod nn {
         let args =
             vec![Arg::Ptr(out), Arg::Ptr(g), Arg::Index(rows), Arg::Index(cols), i32::from(over_rows).into(), beta.into(), weight.into()];
         Launch::new("ema_square_sums", elementwise(if over_rows { rows } else { cols }), args)
-    }
-    /// `out = alpha·I + beta·a` for n×n matrices; a null `a` reads as zero.
-    pub(in super::super) fn identity_plus(out: Ptr, a: Ptr, alpha: f32, beta: f32, n: usize) -> Launch {
-        Launch::new("identity_plus", elementwise(n * n), vec![Arg::Ptr(out), Arg::Ptr(a), alpha.into(), beta.into(), Arg::Index(n)])
-    }
-    /// `max|a − I|` of an n×n matrix as f32 bits into the u32 at `out`, which must start at 0.
-    pub(in super::super) fn max_abs_from_identity(out: Ptr, a: Ptr, n: usize) -> Launch {
-        Launch::new("max_abs_from_identity", elementwise(n * n), vec![Arg::Ptr(out), Arg::Ptr(a), Arg::Index(n)])
     }
     pub(in super::super) fn sgd_scalars(lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) -> Vec<Arg> {
         vec![lr.into(), momentum.into(), i32::from(nesterov).into(), weight_decay.into()]
@@ -312,7 +303,7 @@ impl Cuda {
     }
 
     /// A buffer's contents on the host, after all queued work (the pending failure, if any, is the error).
-    fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+    pub(super) fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
         self.pending.take()?;
         self.stream.clone_dtoh(buf).map_err(|e| anyhow!("CUDA download of {} elements failed: {e:?}", buf.len()))
     }
@@ -327,7 +318,7 @@ impl Cuda {
     }
 
     /// Copies `host` into the device view `out`, waiting so `host` may be dropped.
-    fn write_from_host(&self, out: DViewMut<'_>, host: &[f32]) -> Result<()> {
+    pub(super) fn write_from_host(&self, out: DViewMut<'_>, host: &[f32]) -> Result<()> {
         assert_eq!(out.len, host.len(), "write_from_host: lengths differ");
         self.pending.take()?;
         // SAFETY: `out` is a live view of `host.len()` floats; synchronize before `host` can be dropped.
@@ -347,58 +338,6 @@ impl Cuda {
         let count = chunks.len() / 2;
         let Some(table) = self.pending.keep(self.index_table(chunks)) else { return };
         self.launch(&multi_tensor_launch(kernel, state, base_ptr(&table), count, scalars));
-    }
-
-    /// Coupled Newton iteration for `(A + εI)^{-1/p}` in f32 (Guo & Higham 2006):
-    /// `X₀ = z^{1/p}·I`, `M₀ = z·A`, `T = ((p+1)I − M)/p`, `X ← X·T`, `M ← Tᵖ·M`,
-    /// until `M ≈ I`. Returns the final `max|M − I|`. ε's relative part scales
-    /// ‖A‖_F here (an upper bound of λ_max; the CPU path uses λ_max itself).
-    fn coupled_newton_root(&self, out: sys::CUdeviceptr, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<f32> {
-        const MAX_ITERS: usize = 60;
-        let nn = n * n;
-        let pf = p as f32;
-        // Scratch: damped A, M, T, Tᵖ, and two product targets (kept alive to the end).
-        let bufs: [CudaSlice<f32>; 6] =
-            [self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?, self.alloc(nn)?];
-        let [damped, mut m, t, tp, mut spare, mut x_spare] = bufs.each_ref().map(base_ptr);
-        let e = (eps.absolute + eps.relative * self.sum_squares(a)?.sqrt()) as f32;
-        self.launch(&nn::identity_plus(damped, a.ptr, e, 1.0, n));
-        let z = (1.0 + f64::from(p)) / (2.0 * self.sum_squares(DView { ptr: damped, len: nn, _borrow: std::marker::PhantomData })?.sqrt());
-        let mut x = out;
-        self.launch(&nn::identity_plus(x, 0, z.powf(1.0 / f64::from(p)) as f32, 0.0, n));
-        self.copy_raw(m, damped, nn);
-        self.launch(&nn::scale(m, z as f32, nn));
-        let square = Gemm { m: n, k: n, n, trans_a: false, trans_b: false };
-        let residual = self.alloc::<u32>(1)?;
-        let mut err = f32::INFINITY;
-        for _ in 0..MAX_ITERS {
-            self.launch(&nn::identity_plus(t, m, (pf + 1.0) / pf, -1.0 / pf, n));
-            self.gemm_batched(x_spare, x, t, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
-            std::mem::swap(&mut x, &mut x_spare);
-            self.copy_raw(tp, t, nn);
-            for _ in 1..p {
-                self.gemm_batched(spare, tp, t, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
-                self.copy_raw(tp, spare, nn);
-            }
-            self.gemm_batched(spare, tp, m, square, 1.0, 0.0, 1, [0; 3], Precision::F32);
-            std::mem::swap(&mut m, &mut spare);
-            self.launch(&nn::fill(base_ptr(&residual), 0.0, 1));
-            self.launch(&nn::max_abs_from_identity(base_ptr(&residual), m, n));
-            let next = f32::from_bits(self.host(&residual)?[0]);
-            // Stop once converged, or when f32 round-off stops the progress.
-            let stalled = next > 0.5 * err && next < 1e-3;
-            err = next;
-            if !err.is_finite() || err < 1e-5 || stalled {
-                break;
-            }
-        }
-        if x != out {
-            self.copy_raw(out, x, nn);
-        }
-        // The scratch buffers must outlive the queued work that uses them.
-        self.synchronize()?;
-        drop(bufs);
-        Ok(err)
     }
 }
 
@@ -648,22 +587,10 @@ impl Backend for Cuda {
     }
 
     fn inverse_root(&self, out: DViewMut<'_>, a: DView<'_>, n: usize, p: u32, eps: Epsilon) -> Result<bool> {
-        assert!(out.len == n * n && a.len == n * n, "inverse_root: matrices must be {n}×{n}");
-        if !self.all_finite(a)? {
-            return Ok(false);
-        }
-        // Work in scratch: on failure `out` keeps the caller's previous root.
-        let scratch = self.alloc::<f32>(n * n)?;
-        let residual = self.coupled_newton_root(base_ptr(&scratch), a, n, p, eps)?;
-        if residual.is_finite() && residual < 1e-3 {
-            self.copy_raw(out.ptr, base_ptr(&scratch), n * n);
-            return self.synchronize().map(|()| true);
-        }
-        // The f32 iteration did not converge (ill-conditioned statistic): the CPU's
-        // f64 eigendecomposition decides, and the fallback is counted.
-        self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
-        let Ok(root) = linalg::sym_inverse_root(&self.download(a)?, n, p, eps) else { return Ok(false) };
-        self.write_from_host(out, &root).map(|()| true)
+        Ok(self.inverse_roots_impl(vec![out], vec![a], n, p, eps)?[0])
+    }
+    fn inverse_roots<'a>(&self, roots: Vec<DViewMut<'a>>, stats: Vec<DView<'a>>, n: usize, p: u32, eps: Epsilon) -> Result<Vec<bool>> {
+        self.inverse_roots_impl(roots, stats, n, p, eps)
     }
     /// On the host in f64 (download, `linalg::sym_eigenvectors`, upload): SOAP calls
     /// it once per side every `precondition_frequency` steps, not every step.
