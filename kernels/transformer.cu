@@ -96,7 +96,20 @@ extern "C" __global__ void embedding_forward(float* out, const float* table, con
     GRID_STRIDE(i, n) out[i] = table[(long long)ids[i / dim] * dim + i % dim];
 }
 
-// dtable[ids[i], :] += dout[i, :]; repeated ids accumulate through atomics.
-extern "C" __global__ void embedding_backward(float* dtable, const float* dout, const unsigned int* ids, int dim, long long n) {
-    GRID_STRIDE(i, n) atomicAdd(dtable + (long long)ids[i / dim] * dim + i % dim, dout[i]);
+// dtable[id, :] += every row of dout with that id, in row order: the CPU's
+// order, so the sums agree with it bit for bit, with no atomics. `groups` holds
+// the `count` distinct ids, then where each one's rows start in `rows` (count +
+// 1 offsets), then `rows` (positions in dout, ascending within an id), as
+// src/backend/cuda/transformer.rs builds it. A thread per (id, column); n =
+// count*dim.
+extern "C" __global__ void embedding_backward(float* dtable, const float* dout, const unsigned int* groups, int count, int dim, long long n) {
+    const unsigned int* starts = groups + count;
+    const unsigned int* rows = starts + count + 1;
+    GRID_STRIDE(i, n) {
+        const long long g = i / dim, c = i % dim;
+        float* d = dtable + (long long)groups[g] * dim + c;
+        float acc = *d;
+        for (unsigned int k = starts[g]; k < starts[g + 1]; ++k) acc += dout[(long long)rows[k] * dim + c];
+        *d = acc;
+    }
 }

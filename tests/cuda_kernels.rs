@@ -594,7 +594,8 @@ fn embedding_gather_and_scatter_add() {
             (b.download(v(b, &out)).unwrap(), b.download(v(b, &dtable)).unwrap())
         });
         assert_close(&format!("embedding forward {vocab}x{dim}, {count} ids"), &gpu.0, &cpu.0, 0.0);
-        assert_close(&format!("embedding backward {vocab}x{dim}, {count} ids"), &gpu.1, &cpu.1, 1e-5);
+        // Every id's rows summed in the CPU's order, without atomics: the same bits.
+        assert!(gpu.1.iter().zip(&cpu.1).all(|(g, c)| g.to_bits() == c.to_bits()), "embedding backward {vocab}x{dim}, {count} ids");
     }
 }
 

@@ -242,8 +242,8 @@ mod tests {
     use super::super::newton_schulz::{one_launch, one_launch_schedule};
     use super::super::ops::{adamw_scalars, chunk_list, multi_tensor_launch, nn, softmax_cross_entropy_launch};
     use super::super::transformer::{
-        attention_backward_launches, attention_forward_launch, embedding_launch, layernorm_backward_launches, layernorm_forward_launch,
-        layernorm_partial_len,
+        attention_backward_launches, attention_forward_launch, embedding_backward_launch, embedding_forward_launch, embedding_groups,
+        layernorm_backward_launches, layernorm_forward_launch, layernorm_partial_len,
     };
     use super::*;
     use crate::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Precision};
@@ -803,29 +803,40 @@ mod tests {
     #[test]
     fn embedding_gather_and_scatter_add_match_the_cpu() {
         let mut rng = StdRng::seed_from_u64(19);
-        // Repeated ids accumulate through atomics: 50 ids over 7 rows.
+        // Repeated ids: 50 ids over 7 rows, one row never used.
         let (rows, dim) = (7, 13);
-        let ids: Vec<u32> = (0..50).map(|_| rng.random_range(0..rows as u32)).collect();
+        let ids: Vec<u32> = (0..50).map(|_| rng.random_range(0..rows as u32 - 1)).collect();
         let (table, dout) = (random(rows * dim, &mut rng), random(ids.len() * dim, &mut rng));
         let mut out = poisoned(ids.len() * dim);
         Cpu.embedding_forward(&mut out, &table, &ids, dim);
         let mut dtable = random(rows * dim, &mut rng);
         let start = dtable.clone();
         Cpu.embedding_backward(&mut dtable, &dout, &ids, dim);
+        let groups = embedding_groups(&ids);
+        let distinct = (groups.len() - ids.len() - 1) / 2;
         let mut m = Memory::default();
-        let (d_out, d_table, d_ids) = (m.alloc(&poisoned(out.len())), m.alloc(&table), m.alloc(&ids));
+        let (d_out, d_table, d_ids, d_groups) = (m.alloc(&poisoned(out.len())), m.alloc(&table), m.alloc(&ids), m.alloc(&groups));
         let (d_dtable, d_dout) = (m.alloc(&start), m.alloc(&dout));
         let launches = vec![
-            embedding_launch("embedding_forward", [d_out, d_table, d_ids], ids.len(), dim),
-            embedding_launch("embedding_backward", [d_dtable, d_dout, d_ids], ids.len(), dim),
+            embedding_forward_launch([d_out, d_table, d_ids], ids.len(), dim),
+            embedding_backward_launch([d_dtable, d_dout, d_groups], distinct, dim),
         ];
         for (launches, grid) in geometries(launches, &[X, X]) {
             run_under(&Sanitizer::ALL, &launches, &m, |m, sanitizer| {
                 assert_close(&format!("embedding_forward, {grid} ({sanitizer:?})"), &m.read::<f32>(d_out), &out, 0.0);
-                // Atomic additions land in any order: round-off only.
-                assert_close(&format!("embedding_backward, {grid} ({sanitizer:?})"), &m.read::<f32>(d_dtable), &dtable, 1e-6);
+                // Every id's rows summed in the CPU's order: the same bits.
+                let got: Vec<u32> = m.read::<f32>(d_dtable).iter().map(|x| x.to_bits()).collect();
+                assert!(got == dtable.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "embedding_backward, {grid} ({sanitizer:?})");
             });
         }
+    }
+
+    #[test]
+    fn embedding_groups_list_every_id_once_with_its_rows_in_order() {
+        // ids by row: 3 1 3 0 1 3
+        let groups = embedding_groups(&[3, 1, 3, 0, 1, 3]);
+        assert_eq!(groups, [vec![0, 1, 3], vec![0, 1, 3, 6], vec![3, 1, 4, 0, 2, 5]].concat());
+        assert_eq!(embedding_groups(&[]), vec![0]);
     }
 
     /// f32 → bf16 bits, rounding to nearest even, NaN kept a (quiet) NaN; and back.

@@ -159,11 +159,35 @@ pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 6], s: &At
     ])
 }
 
-/// `kernel(a, b, ids, dim, rows·dim)`: embedding_forward (a = out, b = table)
-/// or embedding_backward (a = dtable, b = dout) over `rows` ids (u32).
-pub(super) fn embedding_launch(kernel: &str, buffers: [sys::CUdeviceptr; 3], rows: usize, dim: usize) -> Launch {
+/// embedding_forward: out[i, :] = table[ids[i], :], buffers [out, table, ids (u32)].
+pub(super) fn embedding_forward_launch(buffers: [sys::CUdeviceptr; 3], rows: usize, dim: usize) -> Launch {
     let n = rows * dim;
-    Launch::new(kernel, elementwise(n), buffers.map(Arg::Ptr).into_iter().chain([Arg::Index(dim), n.into()]).collect())
+    Launch::new("embedding_forward", elementwise(n), buffers.map(Arg::Ptr).into_iter().chain([Arg::Index(dim), n.into()]).collect())
+}
+
+/// The distinct ids in ascending order, then where each one's rows start (one
+/// offset per id and the end), then the rows of each id in ascending order:
+/// embedding_backward's table, so that it sums every id's rows in the CPU's order.
+pub(super) fn embedding_groups(ids: &[u32]) -> Vec<u32> {
+    let mut rows: Vec<u32> = (0..ids.len() as u32).collect();
+    rows.sort_by_key(|&r| ids[r as usize]); // stable: rows stay ascending within an id
+    let (mut distinct, mut starts) = (Vec::new(), Vec::new());
+    for (k, &r) in rows.iter().enumerate() {
+        if distinct.last() != Some(&ids[r as usize]) {
+            distinct.push(ids[r as usize]);
+            starts.push(k as u32);
+        }
+    }
+    starts.push(rows.len() as u32);
+    [distinct, starts, rows].concat()
+}
+
+/// embedding_backward over the `groups` of [`embedding_groups`] for ids of
+/// which `distinct` differ: buffers [dtable, dout, groups].
+pub(super) fn embedding_backward_launch(buffers: [sys::CUdeviceptr; 3], distinct: usize, dim: usize) -> Launch {
+    let n = distinct * dim;
+    let args = buffers.map(Arg::Ptr).into_iter().chain([Arg::Index(distinct), Arg::Index(dim), n.into()]).collect();
+    Launch::new("embedding_backward", elementwise(n), args)
 }
 
 impl Cuda {
@@ -251,26 +275,31 @@ impl Cuda {
 
     pub(super) fn embedding_forward_impl(&self, out: DViewMut<'_>, table: DView<'_>, ids: &[u32], dim: usize) {
         assert_eq!(out.len, ids.len() * dim, "embedding output must be ids×dim");
-        self.embedding_launch("embedding_forward", [out.ptr, table.ptr], ids, dim, table.len);
+        if let Some(ids_dev) = self.upload_ids(ids, ids, dim, table.len) {
+            self.launch(&embedding_forward_launch([out.ptr, table.ptr, base_ptr(&ids_dev)], ids.len(), dim));
+        }
     }
 
     pub(super) fn embedding_backward_impl(&self, dtable: DViewMut<'_>, dout: DView<'_>, ids: &[u32], dim: usize) {
         assert_eq!(dout.len, ids.len() * dim, "embedding gradient must be ids×dim");
-        self.embedding_launch("embedding_backward", [dtable.ptr, dout.ptr], ids, dim, dtable.len);
+        let groups = embedding_groups(ids);
+        let distinct = (groups.len() - ids.len() - 1) / 2;
+        if let Some(groups_dev) = self.upload_ids(&groups, ids, dim, dtable.len) {
+            self.launch(&embedding_backward_launch([dtable.ptr, dout.ptr, base_ptr(&groups_dev)], distinct, dim));
+        }
     }
 
-    /// Checks `ids` against a table of `table_len` values, uploads them, and runs
-    /// `kernel(views[0], views[1], ids, dim, ids·dim)`.
-    fn embedding_launch(&self, kernel: &str, views: [sys::CUdeviceptr; 2], ids: &[u32], dim: usize, table_len: usize) {
+    /// Checks `ids` against a table of `table_len` values and uploads `data`;
+    /// `None` when there is nothing to do or a failure is pending.
+    fn upload_ids(&self, data: &[u32], ids: &[u32], dim: usize, table_len: usize) -> Option<cudarc::driver::CudaSlice<u32>> {
         assert!(dim > 0, "embedding rows of length 0");
         for &id in ids {
             assert!((id as usize + 1) * dim <= table_len, "token id {id} outside a table of {} rows", table_len / dim);
         }
         if ids.is_empty() || self.pending.is_set() {
-            return;
+            return None;
         }
-        let uploaded = self.stream.clone_htod(ids).map_err(|e| anyhow!("CUDA upload of {} token ids failed: {e:?}", ids.len()));
-        let Some(ids_dev) = self.pending.keep(uploaded) else { return };
-        self.launch(&embedding_launch(kernel, [views[0], views[1], base_ptr(&ids_dev)], ids.len(), dim));
+        let uploaded = self.stream.clone_htod(data).map_err(|e| anyhow!("CUDA upload of {} token ids failed: {e:?}", data.len()));
+        self.pending.keep(uploaded)
     }
 }
