@@ -112,26 +112,32 @@ extern "C" __global__ void softmax_cross_entropy(float* dlogits, float* row_loss
     }
 }
 
-// out += sum x^2 (double accumulator; out zeroed by the caller).
-extern "C" __global__ void sum_squares(double* out, const float* x, long long n) {
+// The f64 reductions: each block writes its sum to partial[blockIdx.x] and the
+// host adds the gridDim.x partials in order (src/backend/cuda/ops.rs,
+// reduce_f64): no atomics, so the result is the same on every run.
+
+// Σ x².
+extern "C" __global__ void sum_squares(double* partial, const float* x, long long n) {
     double s = 0.0;
     GRID_STRIDE(i, n) s += (double)x[i] * (double)x[i];
     s = block_sum_d(s);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-extern "C" __global__ void sum_squared_difference(double* out, const float* a, const float* b, long long n) {
+// Σ (a − b)².
+extern "C" __global__ void sum_squared_difference(double* partial, const float* a, const float* b, long long n) {
     double s = 0.0;
     GRID_STRIDE(i, n) { double d = (double)a[i] - (double)b[i]; s += d * d; }
     s = block_sum_d(s);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-extern "C" __global__ void dot(double* out, const float* a, const float* b, long long n) {
+// Σ a·b.
+extern "C" __global__ void dot(double* partial, const float* a, const float* b, long long n) {
     double s = 0.0;
     GRID_STRIDE(i, n) s += (double)a[i] * (double)b[i];
     s = block_sum_d(s);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 // count += number of NaN/Inf entries.

@@ -523,21 +523,47 @@ fn transformer_training_steps_agree_across_backends() {
     let targets: Vec<u8> = (0..3 * 40).map(|_| rng.random_range(0..=255)).collect();
     // Muon's Newton-Schulz reads bf16 operands on the GPU: its parameters agree less closely.
     for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 5e-2)] {
-        let (cpu, gpu) = on_both!(&g, |b| {
-            let (mut v_model, mut g_model) = (Vit::new(b, vit.clone(), 3), Gpt::new(b, gpt.clone(), 4));
-            let (mut v_opt, mut g_opt) = (opt.build(b, &mut v_model.store), opt.build(b, &mut g_model.store));
-            let mut losses = Vec::new();
-            for _ in 0..3 {
-                losses.push(v_model.loss_and_gradients(b, &x, &labels).unwrap().loss);
-                v_opt.step(b, &mut v_model.store, 1.0, None).unwrap();
-                losses.push(g_model.loss_and_gradients(b, &ids, &targets, 3).unwrap().loss);
-                g_opt.step(b, &mut g_model.store, 1.0, None).unwrap();
-            }
-            (losses, b.download(v(b, &v_model.store.values)).unwrap(), b.download(v(b, &g_model.store.values)).unwrap())
-        });
+        let run = TrainingRun { vit: &vit, gpt: &gpt, x: &x, labels: &labels, ids: &ids, targets: &targets, opt: &opt };
+        let (cpu, gpu) = (run.on(&Cpu), run.on(&g));
         assert_close(&format!("{} ViT and GPT losses", opt.name()), &gpu.0, &cpu.0, 1e-3);
         assert_close(&format!("{} ViT parameters after 3 steps", opt.name()), &gpu.1, &cpu.1, bound);
         assert_close(&format!("{} GPT parameters after 3 steps", opt.name()), &gpu.2, &cpu.2, bound);
+    }
+    // Every sum on the GPU has a fixed order (no atomics; cuBLAS's default is
+    // deterministic): at the default tf32, with tensor-core attention, two runs
+    // give the same bits.
+    let g = g.with_precision(Precision::Tf32);
+    let opt = OptimizerConfig::by_name("adamw").unwrap();
+    let run = TrainingRun { vit: &vit, gpt: &gpt, x: &x, labels: &labels, ids: &ids, targets: &targets, opt: &opt };
+    let bits =
+        |(losses, vit, gpt): (Vec<f32>, Vec<f32>, Vec<f32>)| [losses, vit, gpt].concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(run.on(&g)) == bits(run.on(&g)), "two tf32 GPU runs of the ViT and GPT steps differ");
+}
+
+/// Three training steps of a ViT and a GPT from the same seeds.
+struct TrainingRun<'a> {
+    vit: &'a VitConfig,
+    gpt: &'a GptConfig,
+    x: &'a [f32],
+    labels: &'a [u8],
+    ids: &'a [u32],
+    targets: &'a [u8],
+    opt: &'a OptimizerConfig,
+}
+
+impl TrainingRun<'_> {
+    /// (losses, ViT parameters, GPT parameters) after three steps of each on `b`.
+    fn on<B: Backend>(&self, b: &B) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut v_model, mut g_model) = (Vit::new(b, self.vit.clone(), 3), Gpt::new(b, self.gpt.clone(), 4));
+        let (mut v_opt, mut g_opt) = (self.opt.build(b, &mut v_model.store), self.opt.build(b, &mut g_model.store));
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            losses.push(v_model.loss_and_gradients(b, self.x, self.labels).unwrap().loss);
+            v_opt.step(b, &mut v_model.store, 1.0, None).unwrap();
+            losses.push(g_model.loss_and_gradients(b, self.ids, self.targets, 3).unwrap().loss);
+            g_opt.step(b, &mut g_model.store, 1.0, None).unwrap();
+        }
+        (losses, b.download(v(b, &v_model.store.values)).unwrap(), b.download(v(b, &g_model.store.values)).unwrap())
     }
 }
 

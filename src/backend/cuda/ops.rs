@@ -110,11 +110,17 @@ pub(super) mod nn {
         let args = vec![activation_code(kind).into(), Arg::Ptr(dx), Arg::Ptr(dy), Arg::Ptr(x), n.into()];
         Launch::new("activation_backward", elementwise(n), args)
     }
+    /// Blocks of the f64 reductions over `n` values: as many partial sums.
+    pub(in super::super) fn reduce_f64_blocks(n: usize) -> usize {
+        n.div_ceil(256).clamp(1, 1024)
+    }
     /// `kernel` (sum_squares, sum_squared_difference, dot) of the `n` values of
-    /// `inputs` into the f64 at `out`, which must start at 0.
-    pub(in super::super) fn reduce_f64(kernel: &str, out: Ptr, inputs: &[Ptr], n: usize) -> Launch {
-        let args = std::iter::once(out).chain(inputs.iter().copied()).map(Arg::Ptr).chain([n.into()]).collect();
-        Launch::new(kernel, elementwise(n), args)
+    /// `inputs`, one f64 partial sum per block into `partial`
+    /// ([`reduce_f64_blocks`] of them), which the host adds in order.
+    pub(in super::super) fn reduce_f64(kernel: &str, partial: Ptr, inputs: &[Ptr], n: usize) -> Launch {
+        let args = std::iter::once(partial).chain(inputs.iter().copied()).map(Arg::Ptr).chain([n.into()]).collect();
+        let cfg = LaunchConfig { grid_dim: (launch::blocks(reduce_f64_blocks(n)), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        Launch::new(kernel, cfg, args)
     }
     /// Non-finite values of x counted into the u32 at `count`, which must start at 0.
     pub(in super::super) fn count_non_finite(count: Ptr, x: Ptr, n: usize) -> Launch {
@@ -327,10 +333,12 @@ impl Cuda {
         self.synchronize()
     }
 
+    /// A reduction's per-block partial sums, added here in block order: the same
+    /// result on every run, where atomics would add them in any order.
     fn reduce_f64(&self, kernel: &str, inputs: &[sys::CUdeviceptr], n: usize) -> Result<f64> {
-        let out = self.alloc::<f64>(1)?;
-        self.launch(&nn::reduce_f64(kernel, base_ptr(&out), inputs, n));
-        Ok(self.host(&out)?[0])
+        let partial = self.alloc::<f64>(nn::reduce_f64_blocks(n))?;
+        self.launch(&nn::reduce_f64(kernel, base_ptr(&partial), inputs, n));
+        Ok(self.host(&partial)?.iter().sum())
     }
 
     fn multi_tensor(&self, kernel: &str, state: Vec<Arg>, ranges: &[Range<usize>], scalars: Vec<Arg>) {
