@@ -132,13 +132,14 @@ impl Cuda {
                 continue;
             }
             // The f32 iteration did not converge (ill-conditioned or non-finite
-            // statistic): the CPU's f64 eigendecomposition decides, and the
-            // fallback is counted. On failure the caller's root stays.
-            self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
-            computed.push(match linalg::sym_inverse_root(&self.download(stat)?, n, p, eps) {
-                Ok(host) => self.write_from_host(root, &host).map(|()| true)?,
-                Err(_) => false,
-            });
+            // statistic): the CPU's f64 eigendecomposition decides, and a root
+            // it computes is counted. On failure the caller's root stays.
+            let host = linalg::sym_inverse_root(&self.download(stat)?, n, p, eps);
+            if let Ok(host) = &host {
+                self.root_fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.write_from_host(root, host)?;
+            }
+            computed.push(host.is_ok());
         }
         self.synchronize()?;
         Ok(computed)
