@@ -6,6 +6,7 @@ Times, with CUDA events (median of repeats), at the shapes optlab's benches use:
 - device-to-device copy bandwidth (the roofline for fused AdamW), counting bytes
   read + written;
 - torch.optim.AdamW(fused=True) over N parameters split into 256 tensors;
+- column sums of a 2048×1024 matrix added to a vector (a bias gradient);
 - a bf16 Newton-Schulz 5-step (Keller Jordan's reference) on batched shapes;
 - inverse 4th roots of SPD matrices through torch.linalg.eigh (f32), batched;
 - scaled_dot_product_attention forward, and forward + backward, at the shapes
@@ -54,6 +55,11 @@ for n in [1 << 20, 1 << 24]:
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
     ms = timed(opt.step)
     emit(kernel="adamw_fused", n=n, ms=ms, gb_per_s=28 * n / ms / 1e6)
+
+# A GPT bias gradient's column sums (benches/adamw.rs, column_sums): 2048 × 1024.
+x, out = torch.randn(2048, 1024, device=dev), torch.zeros(1024, device=dev)
+ms = timed(lambda: out.add_(x.sum(dim=0)))
+emit(kernel="column_sums", shape=[2048, 1024], ms=ms, gb_per_s=4 * 2048 * 1024 / ms / 1e6)
 
 
 def ns5_bf16(g):
