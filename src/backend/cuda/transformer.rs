@@ -60,6 +60,13 @@ fn head_dim_tiles(s: &Attention) -> Result<&'static HeadDimTiles> {
     })
 }
 
+/// The precision the attention kernels run at: the tensor-core kernels store
+/// their output in f32 pairs, so an output view not 8-byte aligned (an odd
+/// offset into a buffer) takes the f32 kernels instead.
+fn tensor_cores_for(precision: Precision, output: sys::CUdeviceptr) -> Precision {
+    if output % 8 == 0 { precision } else { Precision::F32 }
+}
+
 /// Dynamic shared memory of the tensor-core backward kernels: four operand
 /// tiles and the loop tile's lse and delta (`BackwardShared` in
 /// kernels/attention_mma.cu).
@@ -110,7 +117,7 @@ pub(super) fn layernorm_backward_launches(buffers: [sys::CUdeviceptr; 9], rows: 
 /// out and lse.
 pub(super) fn attention_forward_launch(buffers: [sys::CUdeviceptr; 3], s: &Attention, precision: Precision) -> Result<Launch> {
     head_dim_tiles(s)?;
-    let (kernel, query_tile) = match precision {
+    let (kernel, query_tile) = match tensor_cores_for(precision, buffers[0]) {
         Precision::F32 => (format!("attention_forward_{}", s.head_dim), ATTN_FORWARD_QUERY_TILE),
         tensor_cores => (format!("attention_forward_{tensor_cores}_{}", s.head_dim), ATTN_MMA_TILE),
     };
@@ -133,7 +140,7 @@ pub(super) fn attention_backward_launches(buffers: [sys::CUdeviceptr; 6], s: &At
     let [dqkv, dout, qkv, out, lse, delta] = buffers;
     let (seq, heads) = (Arg::Index(s.seq), Arg::Index(s.heads));
     let delta_args = [delta, dout, out].map(Arg::Ptr).into_iter().chain([Arg::Index(s.batch), seq, heads, Arg::Index(s.head_dim)]);
-    let (kernels, tile, shared) = match precision {
+    let (kernels, tile, shared) = match tensor_cores_for(precision, dqkv) {
         Precision::F32 => (["dkdv", "dq"].map(|k| format!("attention_backward_{k}_{}", s.head_dim)), tiles.f32_backward, 0),
         tensor_cores => (
             ["dkdv", "dq"].map(|k| format!("attention_backward_{k}_{tensor_cores}_{}", s.head_dim)),
@@ -301,5 +308,26 @@ impl Cuda {
         }
         let uploaded = self.stream.clone_htod(data).map_err(|e| anyhow!("CUDA upload of {} token ids failed: {e:?}", data.len()));
         self.pending.keep(uploaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_core_attention_needs_an_aligned_output_and_else_runs_in_f32() {
+        let s = Attention { batch: 2, seq: 70, heads: 2, head_dim: 64, causal: true };
+        let forward = |out, precision| attention_forward_launch([out, 0x1000, 0x2000], &s, precision).unwrap().kernel;
+        assert_eq!(forward(0x3000, Precision::Bf16), "attention_forward_bf16_64");
+        assert_eq!(forward(0x3004, Precision::Bf16), "attention_forward_64");
+        assert_eq!(forward(0x3000, Precision::F32), "attention_forward_64");
+        let backward = |dqkv, precision| attention_backward_launches([dqkv, 0, 0, 0, 0, 0], &s, precision).unwrap();
+        let tf32 = backward(0x3000, Precision::Tf32);
+        assert_eq!([&tf32[1].kernel, &tf32[2].kernel], ["attention_backward_dkdv_tf32_64", "attention_backward_dq_tf32_64"]);
+        // Four operand tiles (64 + 64 + 32 + 32 rows of 64 + 4 floats) and 2 × 32 floats of lse and delta.
+        assert_eq!(tf32[1].cfg.shared_mem_bytes as usize, 192 * 68 * 4 + 2 * 32 * 4);
+        assert_eq!(backward(0x3004, Precision::Tf32)[1].kernel, "attention_backward_dkdv_64");
+        assert!(attention_forward_launch([0; 3], &Attention { head_dim: 48, ..s }, Precision::Bf16).is_err());
     }
 }
