@@ -64,7 +64,7 @@ fn head_dim_tiles(s: &Attention) -> Result<&'static HeadDimTiles> {
 /// their output in f32 pairs, so an output view not 8-byte aligned (an odd
 /// offset into a buffer) takes the f32 kernels instead.
 fn tensor_cores_for(precision: Precision, output: sys::CUdeviceptr) -> Precision {
-    if output % 8 == 0 { precision } else { Precision::F32 }
+    if output.is_multiple_of(8) { precision } else { Precision::F32 }
 }
 
 /// Dynamic shared memory of the tensor-core backward kernels: four operand
