@@ -395,20 +395,25 @@ fn inverse_roots_and_diagonal_statistics() {
             })
             .collect()
     };
-    // Well-conditioned batches (k = 2n, + I/10) must converge on the device; the
-    // rank-deficient ones (k < n: Shampoo's statistics early in training) with
-    // Shampoo's default ε may fall back to the CPU, which is counted. Every root
-    // agrees with the CPU's f64 eigendecomposition to 1e-3 of its largest entry.
+    // Well-conditioned batches (k = 2n, + I/10) must converge on the device, to
+    // 1e-3 of the CPU's f64 root's largest entry. Rank-deficient ones (k < n:
+    // Shampoo's statistics early in training) may fall back to the CPU (counted).
+    // Their bound is f32's: the coupled iteration's error grows with the damped
+    // statistic's condition number, here 1/ε_rel. An f32 model of this iteration
+    // (power iteration, scaling, stopping rule) was off by 8e-5 and 5e-4 at
+    // ε_rel = 1e-4 and by 8e-3 at Shampoo's default 1e-6.
     let default_eps = ShampooConfig::default().epsilon;
+    let well = Epsilon { absolute: 1e-6, relative: 1e-6 };
     let cases = [
-        (1, 2, 1, 0.1, Epsilon { absolute: 1e-6, relative: 1e-6 }, true),
-        (5, 10, 3, 0.1, Epsilon { absolute: 1e-6, relative: 1e-6 }, true),
-        (64, 128, 4, 0.1, Epsilon { absolute: 1e-6, relative: 1e-6 }, true),
-        (256, 512, 2, 0.1, Epsilon { absolute: 1e-6, relative: 1e-6 }, true),
-        (64, 16, 4, 0.0, default_eps, false),
-        (256, 32, 3, 0.0, Epsilon { absolute: 1e-12, relative: 1e-4 }, false),
+        (1, 2, 1, 0.1, well, true, 1e-3),
+        (5, 10, 3, 0.1, well, true, 1e-3),
+        (64, 128, 4, 0.1, well, true, 1e-3),
+        (256, 512, 2, 0.1, well, true, 1e-3),
+        (64, 16, 4, 0.0, Epsilon { absolute: 1e-12, relative: 1e-4 }, false, 2e-3),
+        (256, 32, 3, 0.0, Epsilon { absolute: 1e-12, relative: 1e-4 }, false, 2e-3),
+        (64, 16, 4, 0.0, default_eps, false, 3e-2),
     ];
-    for (n, k, count, shift, eps, must_converge) in cases {
+    for (n, k, count, shift, eps, must_converge, bound) in cases {
         let stats = statistics(n, k, count, shift);
         let fallbacks = g.root_fallbacks();
         let (cpu, gpu) = on_both!(&g, |b| {
@@ -420,10 +425,10 @@ fn inverse_roots_and_diagonal_statistics() {
             roots.iter().map(|r| b.download(v(b, r)).unwrap()).collect::<Vec<_>>()
         });
         let fell_back = g.root_fallbacks() - fallbacks;
-        eprintln!("inverse 4th roots of {count} statistics {n}×{n} of rank ≤ {k}: {fell_back} CPU fallbacks");
+        eprintln!("inverse 4th roots of {count} statistics {n}×{n} of rank ≤ {k}, {eps:?}: {fell_back} CPU fallbacks");
         assert!(!must_converge || fell_back == 0, "{n}×{n}, rank {k}: {fell_back} of {count} roots did not converge on the device");
         for (i, (gpu, cpu)) in gpu.iter().zip(&cpu).enumerate() {
-            assert_close(&format!("inverse 4th root {i} of {count}, n={n}, rank ≤ {k}"), gpu, cpu, 1e-3);
+            assert_close(&format!("inverse 4th root {i} of {count}, n={n}, rank ≤ {k}, {eps:?}"), gpu, cpu, bound);
         }
     }
     for (rows, cols) in [(1, 1), (7, 13), (300, 17)] {
