@@ -3,10 +3,8 @@
 // ever reaches global memory. Mirrors Backend::attention_forward/backward; the
 // CPU reference is src/backend/cpu/transformer.rs.
 //
-// Layouts (as the CPU): qkv is (batch*seq) x (3*heads*D), columns [q | k | v]
-// with head h at h*D in each; out/dout are (batch*seq) x (heads*D); lse and
-// delta are (batch*heads) x seq. Scores are (q.k)*scale with scale = 1/sqrt(D);
-// causal rows i see keys j <= i only.
+// Layouts as the CPU's (attention.cuh). Scores are (q.k)*scale with scale =
+// 1/sqrt(D); causal rows i see keys j <= i only.
 //
 // Forward: a block (4 warps) owns 16 query rows of one (batch, head), 4 rows per
 // warp; for each tile of 32 keys, lane j computes the scores of key j against
@@ -23,6 +21,7 @@
 // bit for bit.
 //
 // Tile sizes and the block size are in tiles.cuh, shared with the launches.
+#include "attention.cuh"
 #include "common.cuh"
 #include "tiles.cuh"
 
@@ -181,53 +180,30 @@ struct BackwardTiles {
     float delta[BQ];
 };
 
-// The addresses of one (batch, head)'s rows in the backward's buffers.
-template <int D>
-struct HeadRows {
-    const float* qkv;   // q of row t at qkv + t*w3, k at + k_off, v at + v_off
-    float* dqkv;        // same layout
-    const float* dout;  // dO of row t at dout + t*wo
-    const float* lse;   // one per row
-    const float* delta;
-    long long w3, wo, k_off, v_off;
-
-    __device__ HeadRows(float* dqkv_all, const float* dout_all, const float* qkv_all, const float* lse_all, const float* delta_all, int seq,
-                        int heads) {
-        const int bh = blockIdx.x, b = bh / heads, h = bh % heads;
-        w3 = 3LL * heads * D;
-        wo = (long long)heads * D;
-        k_off = (long long)heads * D;
-        v_off = 2LL * heads * D;
-        qkv = qkv_all + (long long)b * seq * w3 + (long long)h * D;
-        dqkv = dqkv_all + (long long)b * seq * w3 + (long long)h * D;
-        dout = dout_all + (long long)b * seq * wo + (long long)h * D;
-        lse = lse_all + (long long)bh * seq;
-        delta = delta_all + (long long)bh * seq;
-    }
-};
-
 template <int D, int BQ, int BK>
-__device__ __forceinline__ void load_key_tile(BackwardTiles<D, BQ, BK>& s, const HeadRows<D>& rows, int k0, int seq) {
+__device__ __forceinline__ void load_key_tile(BackwardTiles<D, BQ, BK>& s, const float* qkv, const Head& hd, int k0, int seq) {
+    const float* base = qkv + hd.qkv_offset;
     for (int e = threadIdx.x; e < BK * D; e += ATTN_THREADS) {
         const int c = e / D, d = e % D, t = k0 + c;
         const bool ok = t < seq;
-        s.ks[c][d] = ok ? rows.qkv[t * rows.w3 + rows.k_off + d] : 0.0f;
-        s.vs[c][d] = ok ? rows.qkv[t * rows.w3 + rows.v_off + d] : 0.0f;
+        s.ks[c][d] = ok ? base[t * hd.w3 + hd.k_off + d] : 0.0f;
+        s.vs[c][d] = ok ? base[t * hd.w3 + hd.v_off + d] : 0.0f;
     }
 }
 
 template <int D, int BQ, int BK>
-__device__ __forceinline__ void load_query_tile(BackwardTiles<D, BQ, BK>& s, const HeadRows<D>& rows, int q0, int seq) {
+__device__ __forceinline__ void load_query_tile(BackwardTiles<D, BQ, BK>& s, const float* qkv, const float* dout, const float* lse,
+                                                const float* delta, const Head& hd, int q0, int seq) {
     for (int e = threadIdx.x; e < BQ * D; e += ATTN_THREADS) {
         const int r = e / D, d = e % D, t = q0 + r;
         const bool ok = t < seq;
-        s.qs[r][d] = ok ? rows.qkv[t * rows.w3 + d] : 0.0f;
-        s.dos[r][d] = ok ? rows.dout[t * rows.wo + d] : 0.0f;
+        s.qs[r][d] = ok ? qkv[hd.qkv_offset + t * hd.w3 + d] : 0.0f;
+        s.dos[r][d] = ok ? dout[hd.rows_offset + t * hd.wo + d] : 0.0f;
     }
     for (int r = threadIdx.x; r < BQ; r += ATTN_THREADS) {
         const int t = q0 + r;
-        s.lse[r] = t < seq ? rows.lse[t] : 0.0f;
-        s.delta[r] = t < seq ? rows.delta[t] : 0.0f;
+        s.lse[r] = t < seq ? lse[hd.stats_offset + t] : 0.0f;
+        s.delta[r] = t < seq ? delta[hd.stats_offset + t] : 0.0f;
     }
 }
 
@@ -260,11 +236,12 @@ __device__ __forceinline__ void attention_backward_dkdv_body(float* dqkv, const 
     constexpr int BQ = BK;
     constexpr int PER = BK * D / ATTN_THREADS;  // dK (and dV) entries per thread
     __shared__ BackwardTiles<D, BQ, BK> s;
-    const HeadRows<D> rows(dqkv, dout, qkv, lse, delta, seq, heads);
+    const Head hd(seq, heads, D);
+    float* dbase = dqkv + hd.qkv_offset;
 
     for (int k0 = blockIdx.y * BK; k0 < seq; k0 += gridDim.y * BK) {
         __syncthreads();  // the previous key tile's shared data is consumed
-        load_key_tile(s, rows, k0, seq);
+        load_key_tile(s, qkv, hd, k0, seq);
         float dk[PER], dv[PER];
 #pragma unroll
         for (int k = 0; k < PER; ++k) dk[k] = dv[k] = 0.0f;
@@ -272,7 +249,7 @@ __device__ __forceinline__ void attention_backward_dkdv_body(float* dqkv, const 
         const int q_start = causal ? (k0 / BQ) * BQ : 0;
         for (int q0 = q_start; q0 < seq; q0 += BQ) {
             __syncthreads();  // previous query tile consumed (and the key tile written)
-            load_query_tile(s, rows, q0, seq);
+            load_query_tile(s, qkv, dout, lse, delta, hd, q0, seq);
             __syncthreads();
             score_gradients(s, q0, k0, seq, causal, scale);
             __syncthreads();
@@ -294,8 +271,8 @@ __device__ __forceinline__ void attention_backward_dkdv_body(float* dqkv, const 
         for (int k = 0; k < PER; ++k) {
             const int e = threadIdx.x + k * ATTN_THREADS, c = e / D, d = e % D, j = k0 + c;
             if (j < seq) {
-                rows.dqkv[j * rows.w3 + rows.k_off + d] = dk[k] * scale;
-                rows.dqkv[j * rows.w3 + rows.v_off + d] = dv[k];
+                dbase[j * hd.w3 + hd.k_off + d] = dk[k] * scale;
+                dbase[j * hd.w3 + hd.v_off + d] = dv[k];
             }
         }
     }
@@ -312,18 +289,19 @@ __device__ __forceinline__ void attention_backward_dq_body(float* dqkv, const fl
     constexpr int BK = BQ;
     constexpr int PER = BQ * D / ATTN_THREADS;  // dQ entries per thread
     __shared__ BackwardTiles<D, BQ, BK> s;
-    const HeadRows<D> rows(dqkv, dout, qkv, lse, delta, seq, heads);
+    const Head hd(seq, heads, D);
+    float* dbase = dqkv + hd.qkv_offset;
 
     for (int q0 = blockIdx.y * BQ; q0 < seq; q0 += gridDim.y * BQ) {
         __syncthreads();  // the previous query tile's shared data is consumed
-        load_query_tile(s, rows, q0, seq);
+        load_query_tile(s, qkv, dout, lse, delta, hd, q0, seq);
         float dq[PER];
 #pragma unroll
         for (int k = 0; k < PER; ++k) dq[k] = 0.0f;
         const int k_end = causal ? min(q0 + BQ, seq) : seq;  // no query of this tile sees keys >= k_end
         for (int k0 = 0; k0 < k_end; k0 += BK) {
             __syncthreads();  // previous key tile consumed (and the query tile written)
-            load_key_tile(s, rows, k0, seq);
+            load_key_tile(s, qkv, hd, k0, seq);
             __syncthreads();
             score_gradients(s, q0, k0, seq, causal, scale);
             __syncthreads();
@@ -340,7 +318,7 @@ __device__ __forceinline__ void attention_backward_dq_body(float* dqkv, const fl
 #pragma unroll
         for (int k = 0; k < PER; ++k) {
             const int e = threadIdx.x + k * ATTN_THREADS, r = e / D, d = e % D, i = q0 + r;
-            if (i < seq) rows.dqkv[i * rows.w3 + d] = dq[k] * scale;
+            if (i < seq) dbase[i * hd.w3 + d] = dq[k] * scale;
         }
     }
 }

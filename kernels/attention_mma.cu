@@ -17,6 +17,7 @@
 //   tiles (S, dP, then dQ += dS·K). No atomics: bit-reproducible. Both take
 //   dynamic shared memory (four operand tiles, then lse and delta), more than the
 //   default 48 KiB at large head dims: the backend opts in.
+#include "attention.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 #include "tiles.cuh"
@@ -43,27 +44,6 @@ __device__ __forceinline__ void load_rows(typename Op::Elem* tile, const float* 
         tile[r * (D + Op::PAD) + d] = Op::from_float(i < seq ? src[i * stride + d] : 0.0f);
     }
 }
-
-// Where the rows of this block's (batch, head) live: q of position i at
-// qkv + i*w3 (k at + k_off, v at + v_off), out and dO at + i*wo, lse and delta
-// at + i, each from the offset below.
-struct Head {
-    int b, h;
-    long long w3, wo, k_off, v_off;
-    long long qkv_offset, rows_offset, stats_offset;
-    __device__ Head(int seq, int heads, int D) {
-        const int bh = blockIdx.x;
-        b = bh / heads;
-        h = bh % heads;
-        w3 = 3LL * heads * D;
-        wo = (long long)heads * D;
-        k_off = (long long)heads * D;
-        v_off = 2LL * heads * D;
-        qkv_offset = (long long)b * seq * w3 + (long long)h * D;
-        rows_offset = (long long)b * seq * wo + (long long)h * D;
-        stats_offset = (long long)bh * seq;
-    }
-};
 
 template <int N>
 __device__ __forceinline__ void zero(float (&c)[N][4]) {

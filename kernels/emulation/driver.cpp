@@ -9,6 +9,7 @@
 // argument tags is an error naming both: the check the driver API cannot make.
 #include "cuda_host.h"
 #include "common.cuh"
+#include "attention.cuh"
 #include "mma.cuh"
 
 #include <string>
