@@ -172,10 +172,11 @@ pub(super) fn embedding_forward_launch(buffers: [sys::CUdeviceptr; 3], rows: usi
     Launch::new("embedding_forward", elementwise(n), buffers.map(Arg::Ptr).into_iter().chain([Arg::Index(dim), n.into()]).collect())
 }
 
-/// The distinct ids in ascending order, then where each one's rows start (one
-/// offset per id and the end), then the rows of each id in ascending order:
-/// embedding_backward's table, so that it sums every id's rows in the CPU's order.
-pub(super) fn embedding_groups(ids: &[u32]) -> Vec<u32> {
+/// How many ids differ, and embedding_backward's table: the distinct ids in
+/// ascending order, then where each one's rows start (one offset per id and the
+/// end), then the rows of each id in ascending order, so that the kernel sums
+/// every id's rows in the CPU's order.
+pub(super) fn embedding_groups(ids: &[u32]) -> (usize, Vec<u32>) {
     let mut rows: Vec<u32> = (0..ids.len() as u32).collect();
     rows.sort_by_key(|&r| ids[r as usize]); // stable: rows stay ascending within an id
     let (mut distinct, mut starts) = (Vec::new(), Vec::new());
@@ -186,7 +187,7 @@ pub(super) fn embedding_groups(ids: &[u32]) -> Vec<u32> {
         }
     }
     starts.push(rows.len() as u32);
-    [distinct, starts, rows].concat()
+    (distinct.len(), [distinct, starts, rows].concat())
 }
 
 /// embedding_backward over the `groups` of [`embedding_groups`] for ids of
@@ -289,8 +290,7 @@ impl Cuda {
 
     pub(super) fn embedding_backward_impl(&self, dtable: DViewMut<'_>, dout: DView<'_>, ids: &[u32], dim: usize) {
         assert_eq!(dout.len, ids.len() * dim, "embedding gradient must be ids×dim");
-        let groups = embedding_groups(ids);
-        let distinct = (groups.len() - ids.len() - 1) / 2;
+        let (distinct, groups) = embedding_groups(ids);
         if let Some(groups_dev) = self.upload_ids(&groups, ids, dim, dtable.len) {
             self.launch(&embedding_backward_launch([dtable.ptr, dout.ptr, base_ptr(&groups_dev)], distinct, dim));
         }
