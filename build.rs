@@ -134,12 +134,12 @@ fn main() {
         );
     }
     fs::write(out.join("kernels.rs"), format!("&[\n{entries}]\n")).unwrap();
-    fs::write(out.join("tiles.rs"), tile_constants(&kdir.join("tiles.cuh"))).unwrap();
+    fs::write(out.join("constants.rs"), shared_constants(&kdir.join("constants.cuh"))).unwrap();
 }
 
 /// `pub const NAME: usize = V;` for every `#define NAME V` (V an integer) of
-/// `kernels/tiles.cuh`: the launch geometry Rust shares with the kernels.
-fn tile_constants(header: &Path) -> String {
+/// `kernels/constants.cuh`: the constants Rust shares with the kernels.
+fn shared_constants(header: &Path) -> String {
     let text = fs::read_to_string(header).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));
     let mut consts = String::new();
     for line in text.lines().filter(|l| l.starts_with("#define ")) {

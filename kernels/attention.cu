@@ -20,10 +20,10 @@
 // No atomics: every gradient is summed in a fixed order, so a run reproduces
 // bit for bit.
 //
-// Tile sizes and the block size are in tiles.cuh, shared with the launches.
+// Tile sizes and the block size are in constants.cuh, shared with the launches.
 #include "attention.cuh"
 #include "common.cuh"
-#include "tiles.cuh"
+#include "constants.cuh"
 
 #define ATTN_WARPS (ATTN_THREADS / 32)
 #define FWD_BLOCK_Q ATTN_FORWARD_QUERY_TILE         // query rows per block

@@ -20,7 +20,7 @@
 #include "attention.cuh"
 #include "common.cuh"
 #include "mma.cuh"
-#include "tiles.cuh"
+#include "constants.cuh"
 
 #define MMA_FULL_MASK 0xffffffffu
 static_assert(16 * (ATTN_THREADS / 32) == ATTN_MMA_TILE, "16 rows per warp");

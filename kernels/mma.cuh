@@ -13,7 +13,7 @@
 #pragma once
 
 #include "common.cuh"
-#include "tiles.cuh"
+#include "constants.cuh"
 
 #ifdef OPTLAB_EMULATION
 #define OPTLAB_MMA_BF16(d, a, b) emu::mma_m16n8k16_bf16(d, a, b)

@@ -1,10 +1,7 @@
 // Elementwise, bias, activation, loss and reduction kernels of the MLP path.
 #include "common.cuh"
+#include "constants.cuh"  // ACT_*, shared with Rust
 
-// Activation kinds: must match backend::cuda's ActivationCode.
-#define ACT_RELU 0
-#define ACT_TANH 1
-#define ACT_GELU 2
 #define SQRT_2_OVER_PI 0.7978845608f
 
 extern "C" __global__ void fill(float* x, float value, long long n) {
@@ -56,12 +53,14 @@ extern "C" __global__ void accumulate_column_sums(float* __restrict__ out, const
 __device__ __forceinline__ float act(int kind, float x) {
     if (kind == ACT_RELU) return fmaxf(x, 0.0f);
     if (kind == ACT_TANH) return tanhf(x);
+    if (kind == ACT_SILU) return x / (1.0f + expf(-x));
     return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
 }
 
 __device__ __forceinline__ float act_grad(int kind, float x) {
     if (kind == ACT_RELU) return x > 0.0f ? 1.0f : 0.0f;
     if (kind == ACT_TANH) { float t = tanhf(x); return 1.0f - t * t; }
+    if (kind == ACT_SILU) { float s = 1.0f / (1.0f + expf(-x)); return s * (1.0f + x * (1.0f - s)); }
     float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
     float t = tanhf(u);
     float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
@@ -74,6 +73,20 @@ extern "C" __global__ void activation_forward(int kind, float* y, const float* x
 
 extern "C" __global__ void activation_backward(int kind, float* dx, const float* dy, const float* x, long long n) {
     GRID_STRIDE(i, n) dx[i] = dy[i] * act_grad(kind, x[i]);
+}
+
+// Gated linear unit: out = act(gate) * up (SwiGLU with ACT_SILU).
+extern "C" __global__ void glu_forward(int kind, float* out, const float* gate, const float* up, long long n) {
+    GRID_STRIDE(i, n) out[i] = act(kind, gate[i]) * up[i];
+}
+
+extern "C" __global__ void glu_backward(int kind, float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                                        long long n) {
+    GRID_STRIDE(i, n) {
+        float g = gate[i], d = dout[i];
+        dup[i] = d * act(kind, g);
+        dgate[i] = d * up[i] * act_grad(kind, g);
+    }
 }
 
 // Mean softmax cross-entropy, one warp per row. Writes dlogits (gradient of the

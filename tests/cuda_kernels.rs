@@ -6,7 +6,7 @@
 use optlab::backend::cuda::{Cuda, FUNCTIONS};
 use optlab::backend::{Activation, AdamParams, Attention, Backend, Cpu, DiagonalRule, Gemm, Precision};
 use optlab::linalg::{Epsilon, NsCoefficients};
-use optlab::models::{Classifier, Gpt, GptConfig, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
+use optlab::models::{Classifier, FeedForward, Gpt, GptConfig, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use optlab::optim::{MuonConfig, OptimizerConfig, ShampooConfig};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -198,13 +198,17 @@ fn elementwise_and_bias_ops() {
     for (rows, cols) in [(1, 1), (7, 13), (129, 257)] {
         let n = rows * cols;
         let (x, y0, bias) = (random(n, &mut rng), random(n, &mut rng), random(cols, &mut rng));
-        for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+        for kind in Activation::ALL {
+            // The GLU takes x as its gate, y0 as its up projection and bias (tiled) as dout.
+            let dout: Vec<f32> = bias.iter().copied().cycle().take(n).collect();
             let (cpu, gpu) = on_both!(&g, |b| {
-                let (xb, dy) = (b.upload(&x), b.upload(&y0));
-                let (mut y, mut dx) = (poisoned(b, n), poisoned(b, n));
+                let (xb, dy, doutb) = (b.upload(&x), b.upload(&y0), b.upload(&dout));
+                let [mut y, mut dx, mut glu, mut dgate, mut dup] = std::array::from_fn(|_| poisoned(b, n));
                 b.activation_forward(kind, vm(b, &mut y), v(b, &xb));
                 b.activation_backward(kind, vm(b, &mut dx), v(b, &dy), v(b, &xb));
-                [b.download(v(b, &y)).unwrap(), b.download(v(b, &dx)).unwrap()].concat()
+                b.glu_forward(kind, vm(b, &mut glu), v(b, &xb), v(b, &dy));
+                b.glu_backward(kind, vm(b, &mut dgate), vm(b, &mut dup), v(b, &doutb), v(b, &xb), v(b, &dy));
+                [y, dx, glu, dgate, dup].map(|o| b.download(v(b, &o)).unwrap()).concat()
             });
             assert_close(&format!("activation {kind:?} {rows}x{cols}"), &gpu, &cpu, 1e-5);
         }
@@ -522,10 +526,11 @@ fn transformer_training_steps_agree_across_backends() {
         body: TransformerConfig { dim: 32, depth: 2, heads: 2, mlp_ratio: 4, ..Default::default() },
     };
     let gpt =
-        GptConfig { vocab: 256, seq: 40, body: TransformerConfig { dim: 64, depth: 2, heads: 2, mlp_ratio: 4, ..Default::default() } };
+        // SwiGLU and a tied head here, GELU in the ViT: both feed-forwards run on the device.
+        GptConfig { vocab: 256, seq: 40, body: TransformerConfig { dim: 64, depth: 2, heads: 2, mlp_ratio: 4, feed_forward: FeedForward::Swiglu, ..Default::default() }, tie_embeddings: true };
     let (x, labels) = (random(16 * vit.image_values(), &mut rng), (0..16).map(|i| (i % 10) as u8).collect::<Vec<_>>());
     let ids: Vec<u32> = (0..3 * 40).map(|_| rng.random_range(0..256)).collect();
-    let targets: Vec<u8> = (0..3 * 40).map(|_| rng.random_range(0..=255)).collect();
+    let targets: Vec<u32> = (0..3 * 40).map(|_| rng.random_range(0..256)).collect();
     // Muon's Newton-Schulz reads bf16 operands on the GPU: its parameters agree less closely.
     for (opt, bound) in [(OptimizerConfig::by_name("adamw").unwrap(), 1e-3), (OptimizerConfig::Muon(MuonConfig::default()), 5e-2)] {
         let run = TrainingRun { vit: &vit, gpt: &gpt, x: &x, labels: &labels, ids: &ids, targets: &targets, opt: &opt };
@@ -552,7 +557,7 @@ struct TrainingRun<'a> {
     x: &'a [f32],
     labels: &'a [u8],
     ids: &'a [u32],
-    targets: &'a [u8],
+    targets: &'a [u32],
     opt: &'a OptimizerConfig,
 }
 

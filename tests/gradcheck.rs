@@ -49,7 +49,7 @@ fn dot(y: &[f32], r: &[f32]) -> f64 {
 #[test]
 fn activations() {
     let mut rng = StdRng::seed_from_u64(1);
-    for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+    for kind in Activation::ALL {
         // Keep ReLU inputs away from its kink, where differences are meaningless.
         let x: Vec<f32> = random(37, &mut rng)
             .into_iter()
@@ -64,6 +64,26 @@ fn activations() {
         let mut dx = vec![f32::NAN; 37];
         Cpu.activation_backward(kind, &mut dx, &r, &x);
         assert_close(&format!("{kind:?}"), &dx, &finite_differences(&x, f));
+    }
+}
+
+#[test]
+fn gated_linear_units() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for kind in Activation::ALL {
+        let n = 37;
+        // ReLU's gate away from its kink, as above.
+        let gate: Vec<f32> = random(n, &mut rng).into_iter().map(|v| if v.abs() < 0.1 { v + 0.3 * v.signum() } else { 2.0 * v }).collect();
+        let (up, r) = (random(n, &mut rng), random(n, &mut rng));
+        let f = |gate: &[f32], up: &[f32]| {
+            let mut y = vec![0.0; n];
+            Cpu.glu_forward(kind, &mut y, gate, up);
+            dot(&y, &r)
+        };
+        let (mut dgate, mut dup) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        Cpu.glu_backward(kind, &mut dgate, &mut dup, &r, &gate, &up);
+        assert_close(&format!("{kind:?} GLU d gate"), &dgate, &finite_differences(&gate, |g| f(g, &up)));
+        assert_close(&format!("{kind:?} GLU d up"), &dup, &finite_differences(&up, |u| f(&gate, u)));
     }
 }
 
@@ -118,7 +138,7 @@ fn linear_layer_input_weight_and_bias() {
 #[test]
 fn whole_mlp_every_activation() {
     let mut rng = StdRng::seed_from_u64(4);
-    for activation in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+    for activation in Activation::ALL {
         let config = MlpConfig { input: 6, hidden: vec![7, 5], classes: 4, activation };
         let batch = 3;
         let x = random(batch * 6, &mut rng);
@@ -267,28 +287,41 @@ fn whole_vit_every_parameter() {
 
 #[test]
 fn whole_gpt_every_parameter() {
-    use optlab::models::{Gpt, GptConfig, TransformerConfig};
-    let config = GptConfig { vocab: 7, seq: 5, body: TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2, ..Default::default() } };
-    let (ids, targets) = ([3u32, 1, 4, 1, 5, 2, 6, 5], [1u8, 4, 1, 5, 6, 5, 3, 0]);
-    let theta: Vec<f32> = {
-        let m = Gpt::new(&Cpu, config.clone(), 5);
-        // O(1) embeddings, for the same reason as in the ViT check.
-        let mut t = m.store.values.clone();
-        for s in m.store.specs.iter().filter(|s| s.name.ends_with("_embed")) {
-            t[s.range()].iter_mut().for_each(|v| *v *= 30.0);
+    use optlab::models::{FeedForward, Gpt, GptConfig, TransformerConfig};
+    for (feed_forward, tie_embeddings) in [(FeedForward::Gelu, false), (FeedForward::Swiglu, false), (FeedForward::Gelu, true)] {
+        let body = TransformerConfig { dim: 8, depth: 2, heads: 2, mlp_ratio: 2, feed_forward, ..Default::default() };
+        let config = GptConfig { vocab: 7, seq: 5, body, tie_embeddings };
+        let (ids, targets) = ([3u32, 1, 4, 1, 5, 2, 6, 5], [1u32, 4, 1, 5, 6, 5, 3, 0]);
+        let theta: Vec<f32> = {
+            let m = Gpt::new(&Cpu, config.clone(), 5);
+            // O(1) embeddings, for the same reason as in the ViT check.
+            let mut t = m.store.values.clone();
+            for s in m.store.specs.iter().filter(|s| s.name.ends_with("_embed")) {
+                t[s.range()].iter_mut().for_each(|v| *v *= 30.0);
+            }
+            t
+        };
+        let loss =
+            |t: &[f32]| f64::from(Gpt::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap().loss);
+        let mut model = Gpt::from_values(&Cpu, config.clone(), &theta);
+        model.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap();
+        let what = format!("GPT ({feed_forward:?}, tied {tie_embeddings})");
+        assert_close(&what, &model.store.grads, &finite_differences(&theta, loss));
+        let ups = model.store.specs.iter().filter(|s| s.name.ends_with("mlp.up.weight")).count();
+        assert_eq!(ups, if feed_forward == FeedForward::Swiglu { 2 } else { 0 }, "one up projection per SwiGLU block");
+        let total: usize = model.store.specs.iter().map(|s| s.range().len()).sum();
+        assert_eq!(total, config.parameter_count(), "{what}: parameter_count");
+        assert_eq!(model.store.specs.iter().any(|s| s.name == "head.weight"), !tie_embeddings, "{what}");
+        for s in &model.store.specs {
+            assert!(model.store.grads[s.range()].iter().any(|g| g.abs() > 0.0), "{what}: {} has no gradient", s.name);
         }
-        t
-    };
-    let loss = |t: &[f32]| f64::from(Gpt::from_values(&Cpu, config.clone(), t).loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap().loss);
-    let mut model = Gpt::from_values(&Cpu, config.clone(), &theta);
-    model.loss_and_gradients(&Cpu, &ids, &targets, 2).unwrap();
-    assert_close("GPT", &model.store.grads, &finite_differences(&theta, loss));
-    // Causality: changing the last token of a sequence cannot change earlier logits.
-    let mut m = Gpt::from_values(&Cpu, config.clone(), &theta);
-    let before = m.forward(&Cpu, &ids, 2).clone();
-    let mut changed = ids;
-    changed[3] = 0;
-    let after = m.forward(&Cpu, &changed, 2).clone();
-    assert_eq!(before[..3 * 7], after[..3 * 7], "logits of positions 0..3 must not see position 3");
-    assert_ne!(before[3 * 7..4 * 7], after[3 * 7..4 * 7]);
+        // Causality: changing the last token of a sequence cannot change earlier logits.
+        let mut m = Gpt::from_values(&Cpu, config.clone(), &theta);
+        let before = m.forward(&Cpu, &ids, 2).clone();
+        let mut changed = ids;
+        changed[3] = 0;
+        let after = m.forward(&Cpu, &changed, 2).clone();
+        assert_eq!(before[..3 * 7], after[..3 * 7], "logits of positions 0..3 must not see position 3");
+        assert_ne!(before[3 * 7..4 * 7], after[3 * 7..4 * 7]);
+    }
 }

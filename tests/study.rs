@@ -478,7 +478,7 @@ fn gpt_setup(dir: &Path, extra: &[&str]) -> (GptStudyConfig, Corpus) {
     ];
     let all: Vec<String> = overrides.iter().chain(extra).map(|s| s.to_string()).collect();
     let c = GptStudyConfig::resolve(None, &all).unwrap();
-    let corpus = Corpus::load(Some(&path), 0.2, None).unwrap();
+    let corpus = Corpus::load(Some(&path), 0.2, c.tokenizer, None).unwrap();
     (c, corpus)
 }
 
@@ -503,6 +503,24 @@ fn gpt_study_records_gradient_ranks_and_validation() {
 
 /// Parameters of the test GPT: embeddings, one block's 12 tensors, ln_f, head.
 const GPT_PARAMS: usize = 2 + 12 + 2 + 2;
+
+#[test]
+fn gpt_study_trains_on_bpe_tokens_with_swiglu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, corpus) =
+        gpt_setup(dir.path(), &["tokenizer=\"gpt2\"", "model.feed_forward=\"swiglu\"", "optimizers=[\"adam\"]", "optimizer.adam.lr=0.01"]);
+    assert!(corpus.train.iter().all(|&t| (t as usize) < c.tokenizer.vocab()) && corpus.validation_tokens_per_byte < 0.5);
+    let out = dir.path().join("out");
+    run_protocol("gpt", &c, &GptStudy::new(&c, &corpus).unwrap(), &out, None);
+    // Below a uniform guess over the 50,257 tokens, in bits per held-out byte.
+    let uniform = (50_257f64).log2() * corpus.validation_tokens_per_byte;
+    let val = read_table(&out, &schema::VALIDATION).unwrap();
+    let bpb: Vec<f64> = val.column("bits_per_byte").unwrap().f64().unwrap().iter().map(Option::unwrap).collect();
+    assert!(bpb.last().is_some_and(|&b| b < 0.5 * uniform), "{bpb:?} against uniform {uniform}");
+    // The up projection (w3) is a matrix of its own in the spectra.
+    let params = column_strings(&out, &schema::SPECTRA, "param");
+    assert!(params.iter().any(|p| p == "blocks.0.mlp.up.weight"), "{params:?}");
+}
 
 #[test]
 fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {

@@ -105,6 +105,12 @@ pub enum Activation {
     Tanh,
     /// GELU, tanh approximation (as GPT-2 and `nn.GELU(approximate="tanh")`).
     Gelu,
+    /// SiLU, x·σ(x): the gate of SwiGLU.
+    Silu,
+}
+
+impl Activation {
+    pub const ALL: [Self; 4] = [Self::Relu, Self::Tanh, Self::Gelu, Self::Silu];
 }
 
 impl std::str::FromStr for Activation {
@@ -114,7 +120,8 @@ impl std::str::FromStr for Activation {
             "relu" => Ok(Self::Relu),
             "tanh" => Ok(Self::Tanh),
             "gelu" => Ok(Self::Gelu),
-            _ => anyhow::bail!("unknown activation {s:?} (known: relu, tanh, gelu)"),
+            "silu" => Ok(Self::Silu),
+            _ => anyhow::bail!("unknown activation {s:?} (known: relu, tanh, gelu, silu)"),
         }
     }
 }
@@ -216,13 +223,27 @@ pub trait Backend: Send + Sync + 'static {
     fn activation_forward(&self, kind: Activation, y: Self::ViewMut<'_>, x: Self::View<'_>);
     /// `dx = dy · act'(x)` given the pre-activation `x`.
     fn activation_backward(&self, kind: Activation, dx: Self::ViewMut<'_>, dy: Self::View<'_>, x: Self::View<'_>);
+    /// Gated linear unit `out = act(gate) ⊙ up` (Shazeer 2020, "GLU Variants
+    /// Improve Transformer"; `Silu` makes it SwiGLU).
+    fn glu_forward(&self, kind: Activation, out: Self::ViewMut<'_>, gate: Self::View<'_>, up: Self::View<'_>);
+    /// `dgate = dout ⊙ up ⊙ act'(gate)`, `dup = dout ⊙ act(gate)`.
+    fn glu_backward(
+        &self,
+        kind: Activation,
+        dgate: Self::ViewMut<'_>,
+        dup: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        gate: Self::View<'_>,
+        up: Self::View<'_>,
+    );
     /// Mean softmax cross-entropy of rows×classes logits; writes `dlogits`
-    /// (the gradient of the mean loss) and counts arg-max hits.
+    /// (the gradient of the mean loss) and counts arg-max hits. Labels are
+    /// class bytes (digits) or token ids (a BPE vocabulary).
     fn softmax_cross_entropy(
         &self,
         dlogits: Self::ViewMut<'_>,
         logits: Self::View<'_>,
-        labels: &[u8],
+        labels: &[impl Into<u32> + Copy + Sync],
         classes: usize,
     ) -> anyhow::Result<LossOut>;
 

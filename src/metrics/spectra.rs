@@ -28,14 +28,20 @@ pub fn spectrum(a: &[f32], rows: usize, cols: usize) -> Result<Spectrum> {
     let sigma = singular_values(a, rows, cols)?;
     let frobenius_sq: f64 = a.iter().map(|&x| x as f64 * x as f64).sum();
     let spectral_norm = sigma.first().copied().unwrap_or(0.0) as f64;
-    let total: f64 = sigma.iter().map(|&s| s as f64).sum();
-    let (effective_rank, stable_rank) = if spectral_norm > 0.0 {
-        let entropy: f64 = sigma.iter().map(|&s| s as f64 / total).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum();
-        (entropy.exp(), frobenius_sq / (spectral_norm * spectral_norm))
-    } else {
-        (0.0, 0.0)
-    };
+    let effective_rank = effective_rank(&sigma.iter().map(|&s| f64::from(s)).collect::<Vec<_>>());
+    let stable_rank = if spectral_norm > 0.0 { frobenius_sq / (spectral_norm * spectral_norm) } else { 0.0 };
     Ok(Spectrum { singular_values: sigma, effective_rank, stable_rank, spectral_norm, frobenius_norm: frobenius_sq.sqrt() })
+}
+
+/// exp of the Shannon entropy of σ_i/Σσ over non-negative `sigma` (Roy &
+/// Vetterli 2007); 0 when every σ is 0.
+pub fn effective_rank(sigma: &[f64]) -> f64 {
+    let total: f64 = sigma.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let entropy: f64 = sigma.iter().map(|&s| s / total).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum();
+    entropy.exp()
 }
 
 #[cfg(test)]

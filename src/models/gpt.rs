@@ -1,6 +1,6 @@
 //! A GPT-style language model: token and learned position embeddings, the
-//! causal pre-norm transformer body, and an (untied) linear head predicting the
-//! next token at every position.
+//! causal pre-norm transformer body, and a linear head predicting the next
+//! token at every position, its weight untied or the token table itself.
 
 use super::transformer::{Body, Init, Layout, TransformerConfig};
 use super::{ParamStore, Role};
@@ -10,11 +10,15 @@ use crate::random::{self, Stream};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GptConfig {
-    /// Token ids are `0..vocab` (256 for bytes; at most 256: labels are bytes).
+    /// Token ids are `0..vocab` (256 for bytes, 50,257 for GPT-2's BPE).
     pub vocab: usize,
     /// Longest context (rows of the position table).
     pub seq: usize,
     pub body: TransformerConfig,
+    /// The head's weight is the token embedding table (GPT-2, Radford et al.
+    /// 2019; Press & Wolf 2017), which then takes gradients from both ends;
+    /// the head keeps its own bias.
+    pub tie_embeddings: bool,
 }
 
 impl GptConfig {
@@ -22,7 +26,8 @@ impl GptConfig {
     pub fn parameter_count(&self) -> usize {
         let d = self.body.dim;
         let embeddings = (self.vocab.saturating_add(self.seq)).saturating_mul(d);
-        embeddings.saturating_add(self.body.parameter_count()).saturating_add(d.saturating_mul(self.vocab).saturating_add(self.vocab))
+        let head_weight = if self.tie_embeddings { 0 } else { d.saturating_mul(self.vocab) };
+        embeddings.saturating_add(self.body.parameter_count()).saturating_add(head_weight.saturating_add(self.vocab))
     }
 }
 
@@ -55,14 +60,19 @@ impl<B: Backend> Gpt<B> {
     }
 
     fn build(backend: &B, config: GptConfig, values: impl FnOnce(&Layout) -> Vec<f32>) -> Self {
-        assert!(config.vocab <= 256, "vocab {} > 256: labels are bytes", config.vocab);
         let d = config.body.dim;
         let mut layout = Layout::default();
         let std = config.body.init_std;
         let tokens = layout.push("tok_embed".into(), config.vocab, d, Role::Embedding, Init::Normal(std));
         let positions = layout.push("pos_embed".into(), config.seq, d, Role::Embedding, Init::Normal(std));
         let body = Body::declare(config.body, true, &mut layout);
-        let head = layout.linear("head", d, config.vocab, Role::OutputHead, std);
+        let head = if config.tie_embeddings {
+            // The table is vocab×dim: the head's out×in layout already.
+            let bias = layout.push("head.bias".into(), 1, config.vocab, Role::Vector, Init::Constant(0.0));
+            Linear { weight: tokens, bias, in_dim: d, out_dim: config.vocab }
+        } else {
+            layout.linear("head", d, config.vocab, Role::OutputHead, std)
+        };
         let store = ParamStore::new(backend, &layout.params, &values(&layout)).with_blocks(&layout.blocks);
         Self { config, store, tokens, positions, head, body, work: None }
     }
@@ -99,7 +109,7 @@ impl<B: Backend> Gpt<B> {
 
     /// Mean next-token cross-entropy over every position (`targets[i]` follows
     /// `ids[i]`), forward only: held-out evaluation needs no gradients.
-    pub fn loss(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> anyhow::Result<LossOut> {
+    pub fn loss(&mut self, backend: &B, ids: &[u32], targets: &[u32], batch: usize) -> anyhow::Result<LossOut> {
         assert_eq!(ids.len(), targets.len(), "one target per position");
         self.forward(backend, ids, batch);
         let w = self.work.as_mut().expect("forward made it");
@@ -107,7 +117,7 @@ impl<B: Backend> Gpt<B> {
     }
 
     /// [`Gpt::loss`], then zeroes the gradients and leaves ∂loss/∂θ in the store.
-    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u8], batch: usize) -> anyhow::Result<LossOut> {
+    pub fn loss_and_gradients(&mut self, backend: &B, ids: &[u32], targets: &[u32], batch: usize) -> anyhow::Result<LossOut> {
         let out = self.loss(backend, ids, targets, batch)?;
         self.store.zero_grads(backend);
         let d = self.config.body.dim;

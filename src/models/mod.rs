@@ -17,7 +17,7 @@ use crate::backend::{Backend, LossOut};
 pub use gpt::{Gpt, GptConfig};
 pub use mlp::{Mlp, MlpConfig};
 pub use taps::{LayerTap, LayerTaps};
-pub use transformer::TransformerConfig;
+pub use transformer::{FeedForward, TransformerConfig};
 pub use vit::{Vit, VitConfig};
 
 /// What a study needs of a model: its parameters, logits and gradients for a
@@ -37,7 +37,7 @@ pub trait Classifier<B: Backend> {
 
 /// One probed layer's activations for the last batch.
 pub struct Representation {
-    /// e.g. `fc1`, `blocks.0.mlp.gelu`, `cls`.
+    /// e.g. `fc1`, `blocks.0.mlp.gelu` (or `.swiglu`), `cls`.
     pub name: String,
     pub width: usize,
     /// Rows per example: 1, or the tokens of a sequence (each takes its example's label).

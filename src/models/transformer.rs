@@ -1,6 +1,6 @@
 //! The pre-norm transformer body shared by ViT and GPT: `depth` blocks of
-//! `x + Attn(LN(x))` then `x + MLP(LN(x))` (GELU, `mlp_ratio`× wide), and a final
-//! LayerNorm. Forward keeps what backward needs per block; backward returns the
+//! `x + Attn(LN(x))` then `x + MLP(LN(x))` (GELU or SwiGLU, `mlp_ratio`× wide),
+//! and a final LayerNorm. Forward keeps what backward needs per block; backward returns the
 //! gradient of the body's input and accumulates every parameter gradient.
 
 use rand::{Rng, RngExt};
@@ -10,6 +10,29 @@ use super::{Blocks, ParamStore, Role};
 use crate::backend::{Activation, Attention, Backend};
 use crate::nn::{LayerNorm, LayerNormCache, Linear};
 
+/// The feed-forward half of a block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedForward {
+    /// `fc2(GELU(fc(x)))`: GPT-2 and ViT.
+    #[default]
+    Gelu,
+    /// `fc2(SiLU(fc(x)) ⊙ up(x))` (Shazeer 2020; LLaMA's w2(SiLU(w1 x) ⊙ w3 x),
+    /// with fc = w1, up = w3, fc2 = w2), all `mlp_ratio`× wide as in the seeds'
+    /// gradient-rank GPT; `up` starts like `fc`.
+    Swiglu,
+}
+
+impl FeedForward {
+    /// What the hidden activations are called in the records (`blocks.i.mlp.<this>`).
+    pub fn output_name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::Swiglu => "swiglu",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransformerConfig {
@@ -17,6 +40,7 @@ pub struct TransformerConfig {
     pub depth: usize,
     pub heads: usize,
     pub mlp_ratio: usize,
+    pub feed_forward: FeedForward,
     /// Standard deviation of the normal initialisation of every weight matrix
     /// and embedding (biases start at 0, LayerNorm at γ = 1, β = 0); the
     /// residual projections (`attn.proj`, `mlp.fc2`) get `init_std/sqrt(2·depth)`.
@@ -28,7 +52,7 @@ pub struct TransformerConfig {
 impl Default for TransformerConfig {
     /// The small GPT of the gradient-rank study: 4 layers, width 256, 4 heads.
     fn default() -> Self {
-        Self { dim: 256, depth: 4, heads: 4, mlp_ratio: 4, init_std: 0.02 }
+        Self { dim: 256, depth: 4, heads: 4, mlp_ratio: 4, feed_forward: FeedForward::Gelu, init_std: 0.02 }
     }
 }
 
@@ -51,6 +75,10 @@ impl TransformerConfig {
     /// Parameters of the body (blocks and final LayerNorm), saturating.
     pub fn parameter_count(&self) -> usize {
         let (d, h) = (self.dim, self.dim.saturating_mul(self.mlp_ratio));
+        let up = match self.feed_forward {
+            FeedForward::Gelu => 0,
+            FeedForward::Swiglu => d.saturating_mul(h).saturating_add(h),
+        };
         let block = d
             .saturating_mul(3 * d + 3)
             .saturating_add(d.saturating_mul(d + 1))
@@ -58,7 +86,8 @@ impl TransformerConfig {
             .saturating_add(h)
             .saturating_add(h.saturating_mul(d))
             .saturating_add(d)
-            .saturating_add(4 * d);
+            .saturating_add(4 * d)
+            .saturating_add(up);
         block.saturating_mul(self.depth).saturating_add(2 * d)
     }
 }
@@ -127,6 +156,8 @@ pub struct Block {
     proj: Linear,
     ln2: LayerNorm,
     fc: Linear,
+    /// SwiGLU's up projection (w3).
+    up: Option<Linear>,
     fc2: Linear,
 }
 
@@ -142,6 +173,8 @@ struct BlockCache<B: Backend> {
     ln2: B::Buf,
     ln2_stats: LayerNormCache<B>,
     fc: B::Buf,
+    /// SwiGLU's up projection (empty for GELU).
+    up: B::Buf,
     act: B::Buf,
 }
 
@@ -149,6 +182,7 @@ struct BlockCache<B: Backend> {
 struct Scratch<B: Backend> {
     d_act: B::Buf,
     d_fc: B::Buf,
+    d_up: B::Buf,
     d_ln2: B::Buf,
     d_mid: B::Buf,
     d_att: B::Buf,
@@ -173,6 +207,7 @@ impl<B: Backend> Workspace<B> {
         let rows = shape.batch * shape.seq;
         let (d, h) = (c.dim, c.dim * c.mlp_ratio);
         let z = |n: usize| backend.zeros(rows * n);
+        let up = if c.feed_forward == FeedForward::Swiglu { h } else { 0 };
         let block = || BlockCache {
             x: z(d),
             ln1: z(d),
@@ -184,11 +219,13 @@ impl<B: Backend> Workspace<B> {
             ln2: z(d),
             ln2_stats: LayerNormCache::new(backend, rows),
             fc: z(h),
+            up: z(up),
             act: z(h),
         };
         let scratch = Scratch {
             d_act: z(h),
             d_fc: z(h),
+            d_up: z(up),
             d_ln2: z(d),
             d_mid: z(d),
             d_att: z(d),
@@ -233,14 +270,11 @@ impl<B: Backend> Body<B> {
                 // Q, K and V of a head are row blocks of qkv; its share of proj, a column block.
                 let head_dim = d / config.heads;
                 layout.blocks.extend([(qkv.weight, Blocks::Rows(head_dim)), (proj.weight, Blocks::Cols(head_dim))]);
-                Block {
-                    ln1,
-                    qkv,
-                    proj,
-                    ln2: layout.layernorm(&format!("{p}.ln2"), d),
-                    fc: layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix, std),
-                    fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix, residual),
-                }
+                let ln2 = layout.layernorm(&format!("{p}.ln2"), d);
+                let fc = layout.linear(&format!("{p}.mlp.fc"), d, h, Role::HiddenMatrix, std);
+                let up = (config.feed_forward == FeedForward::Swiglu)
+                    .then(|| layout.linear(&format!("{p}.mlp.up"), d, h, Role::HiddenMatrix, std));
+                Block { ln1, qkv, proj, ln2, fc, up, fc2: layout.linear(&format!("{p}.mlp.fc2"), h, d, Role::HiddenMatrix, residual) }
             })
             .collect();
         let final_ln = layout.layernorm("ln_f", d);
@@ -280,7 +314,13 @@ impl<B: Backend> Body<B> {
             backend.axpby(B::all_mut(&mut c.mid), 1.0, B::all(&c.x), 1.0);
             block.ln2.forward(backend, store, &mut c.ln2, &mut c.ln2_stats, &c.mid);
             block.fc.forward(backend, store, &mut c.fc, &c.ln2, rows);
-            backend.activation_forward(Activation::Gelu, B::all_mut(&mut c.act), B::all(&c.fc));
+            match block.up {
+                None => backend.activation_forward(Activation::Gelu, B::all_mut(&mut c.act), B::all(&c.fc)),
+                Some(up) => {
+                    up.forward(backend, store, &mut c.up, &c.ln2, rows);
+                    backend.glu_forward(Activation::Silu, B::all_mut(&mut c.act), B::all(&c.fc), B::all(&c.up));
+                }
+            }
             block.fc2.forward(backend, store, next, &c.act, rows);
             backend.axpby(B::all_mut(next), 1.0, B::all(&c.mid), 1.0);
         }
@@ -305,8 +345,20 @@ impl<B: Backend> Body<B> {
         for (block, c) in self.blocks.iter().zip(&work.blocks).rev() {
             // MLP branch, then its residual.
             block.fc2.backward(backend, store, Some(&mut s.d_act), d_out, &c.act, rows);
-            backend.activation_backward(Activation::Gelu, B::all_mut(&mut s.d_fc), B::all(&s.d_act), B::all(&c.fc));
-            block.fc.backward(backend, store, Some(&mut s.d_ln2), &s.d_fc, &c.ln2, rows);
+            match block.up {
+                None => {
+                    backend.activation_backward(Activation::Gelu, B::all_mut(&mut s.d_fc), B::all(&s.d_act), B::all(&c.fc));
+                    block.fc.backward(backend, store, Some(&mut s.d_ln2), &s.d_fc, &c.ln2, rows);
+                }
+                Some(up) => {
+                    let (dgate, dup) = (B::all_mut(&mut s.d_fc), B::all_mut(&mut s.d_up));
+                    backend.glu_backward(Activation::Silu, dgate, dup, B::all(&s.d_act), B::all(&c.fc), B::all(&c.up));
+                    block.fc.backward(backend, store, Some(&mut s.d_ln2), &s.d_fc, &c.ln2, rows);
+                    // d_mid is free until ln2's backward writes it: it holds up's share of ∂LN2.
+                    up.backward(backend, store, Some(&mut s.d_mid), &s.d_up, &c.ln2, rows);
+                    backend.axpby(B::all_mut(&mut s.d_ln2), 1.0, B::all(&s.d_mid), 1.0);
+                }
+            }
             block.ln2.backward(backend, store, &mut s.d_mid, &s.d_ln2, &c.mid, &c.ln2_stats);
             backend.axpby(B::all_mut(&mut s.d_mid), 1.0, B::all(d_out), 1.0);
             // Attention branch, then its residual.
@@ -320,7 +372,8 @@ impl<B: Backend> Body<B> {
         d_out
     }
 
-    /// GELU outputs of each block's MLP from the last forward (rows × hidden).
+    /// Each block's hidden MLP activations from the last forward (rows × hidden):
+    /// GELU's outputs, or SwiGLU's gated product (fc2's input).
     pub fn mlp_activations(&self, backend: &B) -> anyhow::Result<Vec<Vec<f32>>> {
         self.work.as_ref().map_or_else(|| Ok(Vec::new()), |w| w.blocks.iter().map(|c| backend.download(B::all(&c.act))).collect())
     }

@@ -190,7 +190,7 @@ impl<B: Backend> Classifier<B> for Vit<B> {
             .into_iter()
             .enumerate()
             .map(|(i, values)| Representation {
-                name: format!("blocks.{i}.mlp.gelu"),
+                name: format!("blocks.{i}.mlp.{}", body.feed_forward.output_name()),
                 width: body.dim * body.mlp_ratio,
                 rows_per_example: seq,
                 values,

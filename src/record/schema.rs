@@ -179,7 +179,7 @@ pub const ACTIVATIONS: Table = Table {
         col(
             "name",
             Kind::Str,
-            "`fc1`, `fc2`, … (MLP hidden layers after the activation); `blocks.i.mlp.gelu` (a ViT block's GELU outputs, every token); `cls` (the ViT's class token after the final LayerNorm).",
+            "`fc1`, `fc2`, … (MLP hidden layers after the activation); `blocks.i.mlp.gelu` or `blocks.i.mlp.swiglu` (a ViT block's GELU outputs or SwiGLU products, every token); `cls` (the ViT's class token after the final LayerNorm).",
         ),
         col("width", Kind::I64, "Units in the layer."),
         col("zero_fraction", Kind::F64, "Fraction of (row, unit) activations exactly 0 (ReLU sparsity)."),
@@ -195,6 +195,11 @@ pub const ACTIVATIONS: Table = Table {
             Kind::ListF64,
             "width×width row-major sample covariance of the rows (per-example layers only: MLP layers, `cls`); null for token-level layers.",
         ),
+        opt(
+            "effective_rank",
+            Kind::F64,
+            "Effective rank (Roy & Vetterli 2007) of the centered rows: of the square roots of `covariance`'s eigenvalues (the rows' singular values up to a common factor); null where `covariance` is.",
+        ),
     ],
 };
 
@@ -204,8 +209,12 @@ pub const VALIDATION: Table = Table {
     columns: &[
         RUN,
         STEP,
-        col("loss", Kind::F64, "Mean next-byte cross-entropy (nats) over `eval_batches` fixed held-out batches."),
-        col("bits_per_byte", Kind::F64, "loss / ln 2."),
+        col("loss", Kind::F64, "Mean next-token cross-entropy (nats) over `eval_batches` fixed held-out batches."),
+        col(
+            "bits_per_byte",
+            Kind::F64,
+            "Held-out loss in bits per byte of text, loss × (held-out tokens ÷ held-out bytes) / ln 2, so byte and BPE runs compare (loss / ln 2 for bytes).",
+        ),
     ],
 };
 

@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+mod activation;
 mod fast_math;
 pub mod simd;
 mod transformer;
@@ -29,9 +30,6 @@ pub fn join_thread_pool() -> bool {
     rayon::ThreadPoolBuilder::new().use_current_thread().build_global().is_ok()
 }
 
-/// GELU tanh approximation constant sqrt(2/π).
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-
 /// Elementwise ops split into chunks of this many values across threads: large
 /// enough that scheduling is noise, small enough to use both cores on a layer.
 /// Reductions sum per-chunk partials in chunk order, so results do not depend
@@ -54,14 +52,15 @@ fn par_zip(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     });
 }
 
-/// `dx = dy·f'(x)` on all threads, `df` inlined (a generic, not a `fn` pointer).
-fn par_times_derivative(dx: &mut [f32], dy: &[f32], x: &[f32], df: impl Fn(f32) -> f32 + Sync) {
-    assert!(dx.len() == dy.len() && dy.len() == x.len());
-    let chunks = dx.par_chunks_mut(PAR_CHUNK).zip(dy.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK));
-    chunks.for_each(|((dx, dy), x)| {
+/// `out = a·f(x)` on all threads, `f` inlined (a generic, not a `fn` pointer):
+/// an activation's backward (`a` = dy, `f` = act') and a GLU's forward.
+fn par_product(out: &mut [f32], a: &[f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    assert!(out.len() == a.len() && a.len() == x.len());
+    let chunks = out.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK));
+    chunks.for_each(|((out, a), x)| {
         simd::vectorized(
             #[inline(always)]
-            || dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = dy * df(x)),
+            || out.iter_mut().zip(a).zip(x).for_each(|((o, &a), &x)| *o = a * f(x)),
         )
     });
 }
@@ -205,29 +204,42 @@ impl Backend for Cpu {
         partials.iter().for_each(|p| out.iter_mut().zip(p).for_each(|(o, s)| *o += s));
     }
 
-    // One closure per kind, not a `fn` pointer: the call inlines and the loop vectorises.
     fn activation_forward(&self, kind: Activation, y: &mut [f32], x: &[f32]) {
-        match kind {
-            Activation::Relu => par_zip(y, x, |y, x| *y = x.max(0.0)),
-            Activation::Tanh => par_zip(y, x, |y, x| *y = fast_math::tanh(x)),
-            Activation::Gelu => par_zip(y, x, |y, x| *y = 0.5 * x * (1.0 + fast_math::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))),
-        }
+        activation::with_activation!(kind, |f, _df| par_zip(y, x, |y, x| *y = f(x)))
     }
 
     fn activation_backward(&self, kind: Activation, dx: &mut [f32], dy: &[f32], x: &[f32]) {
-        match kind {
-            Activation::Relu => par_times_derivative(dx, dy, x, |x| if x > 0.0 { 1.0 } else { 0.0 }),
-            Activation::Tanh => par_times_derivative(dx, dy, x, |x| 1.0 - fast_math::tanh(x).powi(2)),
-            Activation::Gelu => par_times_derivative(dx, dy, x, |x| {
-                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                let t = fast_math::tanh(u);
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
-            }),
-        }
+        activation::with_activation!(kind, |_f, df| par_product(dx, dy, x, df))
     }
 
-    fn softmax_cross_entropy(&self, dlogits: &mut [f32], logits: &[f32], labels: &[u8], classes: usize) -> Result<LossOut> {
+    fn glu_forward(&self, kind: Activation, out: &mut [f32], gate: &[f32], up: &[f32]) {
+        activation::with_activation!(kind, |f, _df| par_product(out, up, gate, f))
+    }
+
+    fn glu_backward(&self, kind: Activation, dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+        assert!(dgate.len() == dup.len() && dup.len() == dout.len() && dout.len() == gate.len() && gate.len() == up.len());
+        let chunks = dgate.par_chunks_mut(PAR_CHUNK).zip(dup.par_chunks_mut(PAR_CHUNK));
+        let chunks = chunks.zip(dout.par_chunks(PAR_CHUNK)).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK));
+        activation::with_activation!(kind, |f, df| chunks.for_each(|((((dgate, dup), dout), gate), up)| {
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for ((((dg, du), &d), &g), &u) in dgate.iter_mut().zip(dup.iter_mut()).zip(dout).zip(gate).zip(up) {
+                        *du = d * f(g);
+                        *dg = d * u * df(g);
+                    }
+                },
+            )
+        }))
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        dlogits: &mut [f32],
+        logits: &[f32],
+        labels: &[impl Into<u32> + Copy + Sync],
+        classes: usize,
+    ) -> Result<LossOut> {
         assert_eq!(logits.len(), labels.len() * classes, "logits must be batch×classes");
         assert_eq!(dlogits.len(), logits.len());
         let inv_batch = 1.0 / labels.len() as f32;
@@ -241,7 +253,7 @@ impl Backend for Cpu {
                     || {
                         let (mut loss, mut correct) = (0.0f64, 0);
                         for ((row, drow), &label) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(labels) {
-                            let label = label as usize;
+                            let label = label.into() as usize;
                             assert!(label < classes, "label {label} out of range for {classes} classes");
                             let (argmax, max) =
                                 row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });

@@ -555,6 +555,7 @@ mod tests {
         let (d_x, d_dy, d_v0, d_bias) = (m.alloc(&x), m.alloc(&dy), m.alloc(&v0), m.alloc(&bias));
         let (d_d_rows, d_d_cols) = (m.alloc(&d_rows), m.alloc(&d_cols));
         let d_y0 = m.alloc(&y0);
+        let d_scratch = m.alloc(&poisoned(n));
         // (what, device output, launch, its initial contents, the CPU's op on them)
         type CpuOp = Box<dyn Fn(&mut [f32])>;
         let mut cases: Vec<(String, CUdeviceptr, Launch, Vec<f32>, CpuOp)> = Vec::new();
@@ -576,7 +577,7 @@ mod tests {
             &|o| nn::accumulate_column_sums(o, d_x, rows, cols),
             Box::new(move |o| Cpu.accumulate_column_sums(o, &xc)),
         );
-        for kind in [Activation::Relu, Activation::Tanh, Activation::Gelu] {
+        for kind in Activation::ALL {
             let xc = x.clone();
             case(
                 &format!("{kind:?} forward"),
@@ -587,6 +588,21 @@ mod tests {
             let (xc, dyc) = (x.clone(), dy.clone());
             let cpu = Box::new(move |o: &mut [f32]| Cpu.activation_backward(kind, o, &dyc, &xc));
             case(&format!("{kind:?} backward"), &poison, &|o| nn::activation_backward(kind, o, d_dy, d_x, n), cpu);
+            // GLU with x as the gate, y0 as the up projection; each backward output checked in turn.
+            let (xc, uc) = (x.clone(), y0.clone());
+            let cpu = Box::new(move |o: &mut [f32]| Cpu.glu_forward(kind, o, &xc, &uc));
+            case(&format!("{kind:?} GLU forward"), &poison, &|o| nn::glu_forward(kind, o, d_x, d_y0, n), cpu);
+            for gate_out in [true, false] {
+                let (xc, uc, dyc) = (x.clone(), y0.clone(), dy.clone());
+                let cpu = Box::new(move |o: &mut [f32]| {
+                    let mut other = vec![0.0; o.len()];
+                    let (dgate, dup) = if gate_out { (o, &mut other[..]) } else { (&mut other[..], o) };
+                    Cpu.glu_backward(kind, dgate, dup, &dyc, &xc, &uc);
+                });
+                let launch =
+                    |o| nn::glu_backward(kind, if gate_out { [o, d_scratch, d_dy, d_x, d_y0] } else { [d_scratch, o, d_dy, d_x, d_y0] }, n);
+                case(&format!("{kind:?} GLU backward ({})", if gate_out { "dgate" } else { "dup" }), &poison, &launch, cpu);
+            }
         }
         let xc = x.clone();
         case("ema_square", &v0, &|o| nn::ema_square(o, d_x, 0.9, n), Box::new(move |o| Cpu.ema_square(o, &xc, 0.9)));

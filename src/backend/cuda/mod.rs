@@ -15,9 +15,10 @@ mod newton_schulz;
 mod ops;
 mod transformer;
 
-/// Launch geometry shared with the kernels, generated from `kernels/tiles.cuh`.
-mod tiles {
-    include!(concat!(env!("OUT_DIR"), "/tiles.rs"));
+/// Constants shared with the kernels (launch geometry, activation codes),
+/// generated from `kernels/constants.cuh`.
+mod constants {
+    include!(concat!(env!("OUT_DIR"), "/constants.rs"));
 }
 
 use std::collections::HashMap;
@@ -106,6 +107,8 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
             "accumulate_column_sums",
             "activation_forward",
             "activation_backward",
+            "glu_forward",
+            "glu_backward",
             "softmax_cross_entropy",
             "sum_squares",
             "sum_squared_difference",

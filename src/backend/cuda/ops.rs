@@ -11,7 +11,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg, result as driver, sys};
 
 use super::launch::{self, Arg, Launch};
-use super::{Cuda, DView, DViewMut, DeviceBuf, base_ptr, elementwise, offset};
+use super::{Cuda, DView, DViewMut, DeviceBuf, base_ptr, constants, elementwise, offset};
 use crate::backend::{Activation, AdamParams, Attention, Backend, DiagonalRule, Gemm, LossOut, Precision};
 use crate::linalg::{self, Epsilon, NsCoefficients};
 
@@ -110,6 +110,14 @@ pub(super) mod nn {
         let args = vec![activation_code(kind).into(), Arg::Ptr(dx), Arg::Ptr(dy), Arg::Ptr(x), n.into()];
         Launch::new("activation_backward", elementwise(n), args)
     }
+    pub(in super::super) fn glu_forward(kind: Activation, out: Ptr, gate: Ptr, up: Ptr, n: usize) -> Launch {
+        let args = vec![activation_code(kind).into(), Arg::Ptr(out), Arg::Ptr(gate), Arg::Ptr(up), n.into()];
+        Launch::new("glu_forward", elementwise(n), args)
+    }
+    pub(in super::super) fn glu_backward(kind: Activation, [dgate, dup, dout, gate, up]: [Ptr; 5], n: usize) -> Launch {
+        let args = std::iter::once(activation_code(kind).into()).chain([dgate, dup, dout, gate, up].map(Arg::Ptr)).chain([n.into()]);
+        Launch::new("glu_backward", elementwise(n), args.collect())
+    }
     /// Blocks of the f64 reductions over `n` values: as many partial sums.
     pub(in super::super) fn reduce_f64_blocks(n: usize) -> usize {
         n.div_ceil(256).clamp(1, 1024)
@@ -178,13 +186,15 @@ pub(super) mod nn {
     }
 }
 
+/// The kernels' code for `kind` (`ACT_*` of kernels/constants.cuh).
 fn activation_code(kind: Activation) -> i32 {
-    // Must match ACT_* in kernels/nn.cu.
-    match kind {
-        Activation::Relu => 0,
-        Activation::Tanh => 1,
-        Activation::Gelu => 2,
-    }
+    let code = match kind {
+        Activation::Relu => constants::ACT_RELU,
+        Activation::Tanh => constants::ACT_TANH,
+        Activation::Gelu => constants::ACT_GELU,
+        Activation::Silu => constants::ACT_SILU,
+    };
+    code as i32
 }
 
 impl Cuda {
@@ -446,12 +456,27 @@ impl Backend for Cuda {
         assert!(dx.len == dy.len && dy.len == x.len);
         self.launch(&nn::activation_backward(kind, dx.ptr, dy.ptr, x.ptr, x.len));
     }
-    fn softmax_cross_entropy(&self, dlogits: DViewMut<'_>, logits: DView<'_>, labels: &[u8], classes: usize) -> Result<LossOut> {
+    fn glu_forward(&self, kind: Activation, out: DViewMut<'_>, gate: DView<'_>, up: DView<'_>) {
+        assert!(out.len == gate.len && gate.len == up.len);
+        self.launch(&nn::glu_forward(kind, out.ptr, gate.ptr, up.ptr, out.len));
+    }
+    fn glu_backward(&self, kind: Activation, dgate: DViewMut<'_>, dup: DViewMut<'_>, dout: DView<'_>, gate: DView<'_>, up: DView<'_>) {
+        assert!(dgate.len == dup.len && dup.len == dout.len && dout.len == gate.len && gate.len == up.len);
+        self.launch(&nn::glu_backward(kind, [dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr], dout.len));
+    }
+    fn softmax_cross_entropy(
+        &self,
+        dlogits: DViewMut<'_>,
+        logits: DView<'_>,
+        labels: &[impl Into<u32> + Copy + Sync],
+        classes: usize,
+    ) -> Result<LossOut> {
         let rows = labels.len();
         assert_eq!(logits.len, rows * classes, "logits must be batch×classes");
         assert_eq!(dlogits.len, logits.len);
+        assert!(classes <= i32::MAX as usize, "{classes} classes do not fit the kernel's int labels");
+        let labels: Vec<i32> = labels.iter().map(|&l| l.into() as i32).collect();
         assert!(labels.iter().all(|&l| (l as usize) < classes), "label out of range for {classes} classes");
-        let labels: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
         self.pending.take()?;
         let labels = self.stream.clone_htod(&labels).map_err(|e| anyhow!("CUDA upload of {rows} labels failed: {e:?}"))?;
         let (loss, correct) = (self.alloc::<f32>(rows)?, self.alloc::<i32>(rows)?);

@@ -11,17 +11,17 @@
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::{LaunchConfig, sys};
 
-use super::launch::{Arg, Launch, blocks};
-use super::ops::nn;
-use super::tiles::{
+use super::constants::{
     ATTN_BACKWARD_TILE_16, ATTN_BACKWARD_TILE_32, ATTN_BACKWARD_TILE_64, ATTN_BACKWARD_TILE_128, ATTN_FORWARD_QUERY_TILE,
     ATTN_MMA_LOOP_TILE_16, ATTN_MMA_LOOP_TILE_32, ATTN_MMA_LOOP_TILE_64, ATTN_MMA_LOOP_TILE_128, ATTN_MMA_TILE, ATTN_THREADS, MMA_PAD_BF16,
     MMA_PAD_TF32,
 };
+use super::launch::{Arg, Launch, blocks};
+use super::ops::nn;
 use super::{Cuda, DView, DViewMut, base_ptr, elementwise, offset};
 use crate::backend::{Attention, Precision};
 
-/// Tiles of the attention kernels at one head dim (`kernels/tiles.cuh`).
+/// Tiles of the attention kernels at one head dim (`kernels/constants.cuh`).
 struct HeadDimTiles {
     head_dim: usize,
     /// Keys (and queries) per tile of the f32 backward kernels.

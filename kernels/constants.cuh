@@ -1,6 +1,6 @@
-// Launch-geometry constants the Rust side needs too. build.rs turns every
+// Constants the Rust side needs too. build.rs turns every
 // `#define NAME <integer>` here into `pub const NAME: usize` in
-// $OUT_DIR/tiles.rs (src/backend/cuda/mod.rs, `tiles`), so each has one home.
+// $OUT_DIR/constants.rs (src/backend/cuda/mod.rs, `constants`), so each has one home.
 #pragma once
 
 // kernels/attention.cu (f32): threads per block, query rows per forward block,
@@ -24,3 +24,9 @@
 // kernels/mma.cuh: row padding of shared operand tiles, in elements (16 bytes).
 #define MMA_PAD_BF16 8
 #define MMA_PAD_TF32 4
+
+// kernels/nn.cu: the activation kinds of activation_forward/backward and the GLU kernels.
+#define ACT_RELU 0
+#define ACT_TANH 1
+#define ACT_GELU 2
+#define ACT_SILU 3
