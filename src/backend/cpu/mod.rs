@@ -190,6 +190,23 @@ impl Backend for Cpu {
     fn accumulate_column_sums(&self, out: &mut [f32], x: &[f32]) {
         let n = out.len();
         assert_eq!(x.len() % n, 0, "column count must divide the matrix");
+        if rows_per_chunk(n) == 1 {
+            // Rows wider than a chunk (a 50k-token head's bias): the partials
+            // below would be the rows themselves, a copy of all of x. Adding
+            // the rows in order into column blocks gives the same bits.
+            out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(block, out)| {
+                let columns = block * PAR_CHUNK..block * PAR_CHUNK + out.len();
+                simd::vectorized(
+                    #[inline(always)]
+                    || {
+                        for row in x.chunks_exact(n) {
+                            out.iter_mut().zip(&row[columns.clone()]).for_each(|(o, x)| *o += x);
+                        }
+                    },
+                )
+            });
+            return;
+        }
         let partials: Vec<Vec<f32>> = x
             .par_chunks(rows_per_chunk(n) * n)
             .map(|rows| {
@@ -514,5 +531,32 @@ impl Backend for Cpu {
             }
         }
         out.iter_mut().zip(&sums).for_each(|(o, &s)| *o = beta * *o + weight * s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_sums_add_rows_in_order_at_every_width() {
+        // Narrow rows take per-chunk partials, rows wider than a chunk take
+        // column blocks: both must add each column's rows in row order.
+        for n in [3, 257, PAR_CHUNK + 5] {
+            let rows = 7;
+            let x: Vec<f32> = (0..rows * n).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
+            let mut out: Vec<f32> = (0..n).map(|c| c as f32 * 1e-3).collect();
+            let mut want = out.clone();
+            for row in x.chunks_exact(n) {
+                want.iter_mut().zip(row).for_each(|(w, v)| *w += v);
+            }
+            Cpu.accumulate_column_sums(&mut out, &x);
+            if rows_per_chunk(n) == 1 {
+                assert_eq!(out, want, "width {n}: the same bits as adding rows in order");
+            } else {
+                let err = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-5, "width {n}: {err}");
+            }
+        }
     }
 }
