@@ -105,6 +105,17 @@ fn study_writes_every_table_and_shows_forgetting() {
     }
     let table = summary::render(&summaries);
     assert!(table.contains("muon") && table.contains("erank:fc1"), "{table}");
+    // Each hidden layer's representations, with a rank no larger than its width
+    // and cosines that are cosines.
+    for s in &summaries {
+        let names: Vec<&str> = s.representations.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, c.hidden.iter().enumerate().map(|(i, _)| format!("fc{}", i + 1)).collect::<Vec<_>>(), "{}", s.label);
+        for (r, &width) in s.representations.iter().zip(&c.hidden) {
+            assert!(r.effective_rank.mean >= 1.0 && r.effective_rank.mean <= width as f64, "{}: {r:?}", s.label);
+            assert!(r.cosine_mean.mean.abs() <= 1.0 && r.cosine_sd.mean >= 0.0, "{}: {r:?}", s.label);
+        }
+    }
+    assert!(table.contains("representations after the last task"), "{table}");
     // The summary's numbers are the accuracy table's, in f64: the final
     // all-class accuracy equals the all-class row after the last task, exactly.
     let runs = read_table(dir.path(), &schema::RUNS).unwrap();

@@ -36,8 +36,8 @@ enum Command {
     /// The same study with a small Vision Transformer, trained on all classes
     /// at once by default (`--protocol class-incremental` for the split tasks).
     Vit(Box<SplitMnistArgs>),
-    /// The gradient-rank study of a small byte-level GPT (Adam vs Muon by
-    /// default) on Shakespeare or any text file.
+    /// The gradient-rank study of a small GPT (Adam vs Muon by default) on
+    /// Shakespeare or any text file, as bytes or GPT-2 BPE tokens.
     Gpt(Box<GptArgs>),
     /// Run a grid of studies from a spec (see `src/experiments/sweep.rs`): each
     /// cell an ordinary study folder, run by worker processes; run the same

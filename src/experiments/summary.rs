@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::folder::saved_config;
 use super::study::{Status, run_id, saved_state};
 use crate::metrics::Interval;
-use crate::record::columns::{floats, ints, strings};
+use crate::record::columns::{floats, ints, lists, strings};
 use crate::record::{read_table, schema};
 
 /// The report of any study folder, finished or not: its summary table (from
@@ -78,11 +78,36 @@ pub struct OptimizerSummary {
     pub forgetting: Interval,
     /// Effective rank of each weight matrix at the last probe, averaged over seeds.
     pub effective_rank: Vec<(String, f64)>,
-    /// Effective rank of each per-example representation (MLP layers, the
-    /// ViT's `cls`) after the last task, averaged over seeds.
-    pub representation_rank: Vec<(String, f64)>,
+    /// Each probed representation after the last task.
+    pub representations: Vec<RepresentationSummary>,
     /// Each completed seed's final accuracy and forgetting (for paired differences).
     pub by_seed: BTreeMap<u64, (f64, f64)>,
+}
+
+/// One probed representation (`fc1`, `cls`, …) after the last task, over completed runs.
+#[derive(Clone, Debug)]
+pub struct RepresentationSummary {
+    pub name: String,
+    /// Effective rank of the centered representations (per-example layers only).
+    pub effective_rank: Interval,
+    /// Mean and standard deviation of the off-diagonal class-mean cosines:
+    /// Pascanu et al. (2025, Figure 4) find them lower and more varied under Shampoo.
+    pub cosine_mean: Interval,
+    pub cosine_sd: Interval,
+    pub dead_units: Interval,
+}
+
+/// What one run's `activations` row says of a representation: effective rank,
+/// off-diagonal class-mean cosine mean and sd, dead-unit fraction.
+type RepresentationRow = (String, Option<f64>, f64, f64, Option<f64>);
+
+/// Mean and standard deviation of the finite off-diagonal entries of a
+/// row-major square matrix (NaN when there are none).
+fn off_diagonal_mean_sd(m: &[f64]) -> (f64, f64) {
+    let n = (m.len() as f64).sqrt() as usize;
+    let xs: Vec<f64> = (0..n * n).filter(|&k| k / n != k % n).map(|k| m[k]).filter(|v| v.is_finite()).collect();
+    let mu = mean(&xs);
+    (mu, (xs.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / xs.len() as f64).sqrt())
 }
 
 /// Per run, the items recorded at its largest key (a step, a task): later keys
@@ -187,16 +212,15 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
         }
     }
     let acts = read_table(dir, &schema::ACTIVATIONS)?;
+    let (r_run, r_after, r_name) = (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?);
+    let (r_cosine, r_dead) = (lists(&acts, "class_cosine")?, floats(&acts, "dead_unit_fraction")?);
     // Folders written before the column existed have no representation ranks.
-    let (r_run, r_after, r_name, r_rank) = if acts.column("effective_rank").is_ok() {
-        (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?, floats(&acts, "effective_rank")?)
-    } else {
-        Default::default()
-    };
-    let mut last_reps = Latest::default();
+    let r_rank = if acts.column("effective_rank").is_ok() { floats(&acts, "effective_rank")? } else { vec![None; acts.height()] };
+    let mut last_reps: Latest<RepresentationRow> = Latest::default();
     for k in 0..r_run.len() {
-        if let (Some(after), Some(rank)) = (r_after[k], r_rank[k]) {
-            last_reps.add(&r_run[k], after, (r_name[k].clone(), rank));
+        if let Some(after) = r_after[k] {
+            let (cos_mean, cos_sd) = off_diagonal_mean_sd(&r_cosine[k]);
+            last_reps.add(&r_run[k], after, (r_name[k].clone(), r_rank[k], cos_mean, cos_sd, r_dead[k]));
         }
     }
 
@@ -215,16 +239,33 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             let tasks = done.iter().map(|&k| last_row.get(&run_ids[k]).len()).max().unwrap_or(0);
             let accuracy_on = |k: usize, j: usize| last_row.get(&run_ids[k]).iter().find(|(eval, _)| *eval == j as i64).map(|(_, a)| *a);
             let per_task = (0..tasks).map(|j| mean(&done.iter().filter_map(|&k| accuracy_on(k, j)).collect::<Vec<_>>())).collect();
-            // Mean over completed runs of each name's last value, in name order.
-            let mean_by_name = |latest: &Latest<(String, f64)>| -> Vec<(String, f64)> {
-                let mut by_name: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-                for &k in &done {
-                    for (name, r) in latest.get(&run_ids[k]) {
-                        by_name.entry(name.clone()).or_default().push(*r);
-                    }
+            let mut ranks: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for &k in &done {
+                for (param, r) in last_ranks.get(&run_ids[k]) {
+                    ranks.entry(param.clone()).or_default().push(*r);
                 }
-                by_name.into_iter().map(|(p, rs)| (p, mean(&rs))).collect()
+            }
+            // In the order the layers were probed.
+            let mut reps: Vec<(String, Vec<&RepresentationRow>)> = Vec::new();
+            for row in done.iter().flat_map(|&k| last_reps.get(&run_ids[k])) {
+                match reps.iter_mut().find(|(name, _)| *name == row.0) {
+                    Some((_, rows)) => rows.push(row),
+                    None => reps.push((row.0.clone(), vec![row])),
+                }
+            }
+            let over = |rows: &[&RepresentationRow], pick: fn(&RepresentationRow) -> Option<f64>| {
+                Interval::of(&rows.iter().filter_map(|r| pick(r)).filter(|v| v.is_finite()).collect::<Vec<_>>())
             };
+            let representations = reps
+                .into_iter()
+                .map(|(name, rows)| RepresentationSummary {
+                    name,
+                    effective_rank: over(&rows, |r| r.1),
+                    cosine_mean: over(&rows, |r| Some(r.2)),
+                    cosine_sd: over(&rows, |r| Some(r.3)),
+                    dead_units: over(&rows, |r| r.4),
+                })
+                .collect();
             let by_seed = done.iter().filter_map(|&k| Some((seeds[k]? as u64, (final_all[k]?, forgetting[k]?)))).collect();
             OptimizerSummary {
                 label,
@@ -235,8 +276,8 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
                 per_task,
                 backward_transfer: collect(&bwt),
                 forgetting: collect(&forgetting),
-                effective_rank: mean_by_name(&last_ranks),
-                representation_rank: mean_by_name(&last_reps),
+                effective_rank: ranks.into_iter().map(|(p, rs)| (p, mean(&rs))).collect(),
+                representations,
                 by_seed,
             }
         })
@@ -259,27 +300,45 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
     let tasks = summaries.iter().map(|s| s.per_task.len()).max().unwrap_or(0);
     let params: Vec<String> =
         summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
-    let reps: Vec<String> = summaries.first().map(|s| s.representation_rank.iter().map(|(p, _)| p.clone()).collect()).unwrap_or_default();
     // Long preset labels widen the first column rather than shift the rest.
     let w = summaries.iter().map(|s| s.label.len()).max().unwrap_or(0).max(12);
     let mut out = format!("{:<w$} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
     write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
     params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
-    reps.iter().for_each(|p| write!(out, " {:>9}", format!("rep:{p}")).unwrap());
     out.push('\n');
     for s in summaries {
         write!(out, "{:<w$} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
         (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
         write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
-        s.effective_rank.iter().chain(&s.representation_rank).for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
+        s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
         out.push('\n');
     }
+    out += &render_representations(summaries, w);
     let metric = |pick: fn(&(f64, f64)) -> f64| -> Vec<(String, BTreeMap<u64, f64>)> {
         summaries.iter().map(|s| (s.label.clone(), s.by_seed.iter().map(|(seed, v)| (*seed, pick(v))).collect())).collect()
     };
     out += &paired_differences("final accuracy (all)", &metric(|v| v.0));
     out += &paired_differences("forgetting", &metric(|v| v.1));
+    out
+}
+
+/// Each optimizer's representations after the last task: effective rank,
+/// class-mean cosine (mean and spread of the off-diagonal), dead units.
+fn render_representations(summaries: &[OptimizerSummary], w: usize) -> String {
+    if summaries.iter().all(|s| s.representations.is_empty()) {
+        return String::new();
+    }
+    let lw = summaries.iter().flat_map(|s| &s.representations).map(|r| r.name.len()).max().unwrap_or(0).max(5);
+    let mut out = format!("representations after the last task (± 95% interval over seeds):\n{:<w$} {:<lw$}", "optimizer", "layer");
+    writeln!(out, " {:>15} {:>17} {:>17} {:>17}", "effective rank", "class cos mean", "class cos sd", "dead units").unwrap();
+    for s in summaries {
+        for r in &s.representations {
+            write!(out, "{:<w$} {:<lw$} {:>15}", s.label, r.name, interval(r.effective_rank, 1)).unwrap();
+            writeln!(out, " {:>17} {:>17} {:>17}", interval(r.cosine_mean, 4), interval(r.cosine_sd, 4), interval(r.dead_units, 4))
+                .unwrap();
+        }
+    }
     out
 }
 
