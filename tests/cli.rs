@@ -338,6 +338,41 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
     assert_clear_error(&o, "must be fresh", "reused seeds");
 }
 
+#[test]
+fn a_gpt_sweep_selects_on_validation_loss_and_reports_the_test_split() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_gpt(dir.path());
+    let corpus = dir.path().join("corpus.txt");
+    let spec = dir.path().join("tune.toml");
+    let text = format!(
+        "study = \"gpt\"\nseeds = [0, 1]\n[set]\ncorpus = {:?}\nmodel = {{ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }}\n\
+         seq = 16\nbatch_size = 2\nsteps = 20\neval_every = 10\neval_batches = 1\nprobe_every = 0\ntest_fraction = 0.1\n\
+         [optimizers.adam]\nlr = [1e-5, 1e-2]\n[optimizers.muon]\nlr = [0.02]\n[select]\nseeds = [10, 11, 12, 13, 14]\n",
+        corpus.display().to_string()
+    );
+    // Without a test split, the selection is refused before anything runs.
+    std::fs::write(&spec, text.replace("test_fraction = 0.1\n", "")).unwrap();
+    let out = dir.path().join("sweep");
+    let args = ["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
+    assert_clear_error(&exp(&args), "[select] needs test_fraction > 0", "a gpt selection without a test split");
+    assert!(!out.exists(), "the refused sweep wrote its folder");
+    std::fs::write(&spec, text).unwrap();
+    let o = exp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Adam's choice is its lower mean validation loss, written down with both candidates.
+    let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
+    let adam = selection["adam"].as_table().unwrap();
+    let means = adam["mean_validation_loss"].as_table().unwrap();
+    let best = means.iter().min_by(|a, b| a.1.as_float().partial_cmp(&b.1.as_float()).unwrap()).unwrap().0;
+    assert_eq!((adam["chosen_cell"].as_str(), best.as_str()), (Some("0001"), "0001"), "{adam:?}");
+    // The reruns hold test losses for the fresh seeds, and the table shows them.
+    let runs = optlab::record::read_table(&out.join("final/muon"), &optlab::record::schema::RUNS).unwrap();
+    let test: Vec<f64> = runs.column("final_test_loss").unwrap().f64().unwrap().iter().flatten().collect();
+    assert!(test.len() == 5 && test.iter().all(|l| l.is_finite() && *l > 0.0), "{test:?}");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("on the test split") && table.contains("test bits/byte") && table.contains("adam − muon"), "{table}");
+}
+
 /// Every step's loss by (run, step): the record of a study, in a fixed order.
 fn losses(dir: &Path) -> Vec<(String, i64, f64)> {
     let df = optlab::record::read_table(dir, &optlab::record::schema::STEPS).unwrap();

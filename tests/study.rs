@@ -489,7 +489,7 @@ fn gpt_setup(dir: &Path, extra: &[&str]) -> (GptStudyConfig, Corpus) {
     ];
     let all: Vec<String> = overrides.iter().chain(extra).map(|s| s.to_string()).collect();
     let c = GptStudyConfig::resolve(None, &all).unwrap();
-    let corpus = Corpus::load(Some(&path), 0.2, c.tokenizer, None).unwrap();
+    let corpus = Corpus::load(Some(&path), 0.2, c.test_fraction, c.tokenizer, None).unwrap();
     (c, corpus)
 }
 
@@ -520,11 +520,11 @@ fn gpt_study_trains_on_bpe_tokens_with_swiglu() {
     let dir = tempfile::tempdir().unwrap();
     let (c, corpus) =
         gpt_setup(dir.path(), &["tokenizer=\"gpt2\"", "model.feed_forward=\"swiglu\"", "optimizers=[\"adam\"]", "optimizer.adam.lr=0.01"]);
-    assert!(corpus.train.iter().all(|&t| (t as usize) < c.tokenizer.vocab()) && corpus.validation_tokens_per_byte < 0.5);
+    assert!(corpus.train.iter().all(|&t| (t as usize) < c.tokenizer.vocab()) && corpus.validation.tokens_per_byte < 0.5);
     let out = dir.path().join("out");
     run_protocol("gpt", &c, &GptStudy::new(&c, &corpus).unwrap(), &out, None);
     // Below a uniform guess over the 50,257 tokens, in bits per held-out byte.
-    let uniform = (50_257f64).log2() * corpus.validation_tokens_per_byte;
+    let uniform = (50_257f64).log2() * corpus.validation.tokens_per_byte;
     let val = read_table(&out, &schema::VALIDATION).unwrap();
     let bpb: Vec<f64> = val.column("bits_per_byte").unwrap().f64().unwrap().iter().map(Option::unwrap).collect();
     assert!(bpb.last().is_some_and(|&b| b < 0.5 * uniform), "{bpb:?} against uniform {uniform}");
@@ -536,8 +536,10 @@ fn gpt_study_trains_on_bpe_tokens_with_swiglu() {
 #[test]
 fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {
     let dir = tempfile::tempdir().unwrap();
-    // With a warmup-and-cosine schedule, which resumes from the step alone.
-    let (c, corpus) = gpt_setup(dir.path(), &["schedule={ warmup_steps = 5, decay = \"cosine\", final_fraction = 0.1 }"]);
+    // With a warmup-and-cosine schedule, which resumes from the step alone, and
+    // a test split, whose loss is checkpointed beside validation's.
+    let (c, corpus) =
+        gpt_setup(dir.path(), &["schedule={ warmup_steps = 5, decay = \"cosine\", final_fraction = 0.1 }", "test_fraction=0.2"]);
     let study = GptStudy::new(&c, &corpus).unwrap();
     let (whole, pieces) = (dir.path().join("whole"), dir.path().join("pieces"));
     run_protocol("gpt", &c, &study, &whole, None);
@@ -548,12 +550,17 @@ fn gpt_pause_and_resume_reproduce_an_uninterrupted_study() {
     for (table, col) in [
         (&schema::STEPS, "loss"),
         (&schema::VALIDATION, "loss"),
+        (&schema::VALIDATION, "test_loss"),
         (&schema::SPECTRA, "effective_rank"),
         (&schema::PARAM_STEPS, "update_norm"),
     ] {
         assert_eq!(column_f64(&whole, table, col), column_f64(&pieces, table, col), "{}.{col} differs after pause/resume", table.name);
     }
-    assert_eq!(column_f64(&whole, &schema::RUNS, "final_validation_loss"), column_f64(&pieces, &schema::RUNS, "final_validation_loss"));
+    for col in ["final_validation_loss", "final_test_loss"] {
+        assert_eq!(column_f64(&whole, &schema::RUNS, col), column_f64(&pieces, &schema::RUNS, col), "{col}");
+    }
+    let test = column_f64(&whole, &schema::RUNS, "final_test_loss");
+    assert!(!test.is_empty() && test.iter().all(|l| l.is_some_and(f64::is_finite)), "{test:?}");
     // The lr column follows the schedule: Adam's 3e-4 warms up over 5 steps, then
     // falls along a cosine to a tenth of it at step 30.
     let steps = read_table(&whole, &schema::STEPS).unwrap();

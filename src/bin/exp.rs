@@ -10,7 +10,7 @@ use optlab::backend::cuda::Cuda;
 use optlab::backend::{Backend, Cpu, Precision, kernels};
 use optlab::data::text::Corpus;
 use optlab::data::{self, DatasetName};
-use optlab::experiments::config::read_preset;
+use optlab::experiments::config::{VIT_DEFAULTS, read_preset};
 use optlab::experiments::gpt::{GptStudy, GptStudyConfig};
 use optlab::experiments::provenance::{self, Provenance};
 use optlab::experiments::slurm::{self, Cluster, Progress};
@@ -286,7 +286,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::SplitMnist(args) => split_mnist_study(&args, "split-mnist", &[]),
-        Command::Vit(args) => split_mnist_study(&args, "vit", &["model=\"vit\"", "protocol=\"joint\""]),
+        Command::Vit(args) => split_mnist_study(&args, "vit", &VIT_DEFAULTS),
         Command::Gpt(args) => gpt_study(&args),
         Command::Sweep(args) if args.slurm => sweep_on_slurm(&args),
         Command::Sweep(args) => sweep(&args),
@@ -412,7 +412,13 @@ fn gpt_study(args: &GptArgs) -> Result<()> {
     overrides.extend(args.steps.map(|n| format!("steps={n}")));
     overrides.extend(args.corpus.as_ref().map(|c| format!("corpus={:?}", c.display().to_string())));
     let config: GptStudyConfig = s.resolve("gpt", &[], overrides)?;
-    let corpus = Corpus::load(config.corpus.as_deref(), config.validation_fraction, config.tokenizer, args.data_dir.as_deref())?;
+    let corpus = Corpus::load(
+        config.corpus.as_deref(),
+        config.validation_fraction,
+        config.test_fraction,
+        config.tokenizer,
+        args.data_dir.as_deref(),
+    )?;
     let protocol = GptStudy::new(&config, &corpus)?;
     let out = s.out("gpt");
     let stop_after = args.stop_after_steps.map(|n| n.div_ceil(config.eval_every) as usize);

@@ -49,36 +49,63 @@ impl Tokenizer {
     }
 }
 
-/// A corpus split into a training and a held-out tail, as token ids.
+/// A corpus split into a training part and held-out tails, as token ids.
 #[derive(Debug)]
 pub struct Corpus {
     pub train: Vec<u32>,
-    pub validation: Vec<u32>,
-    /// Held-out tokens per held-out byte: turns a loss per token into bits per
-    /// byte, comparable across tokenizers.
-    pub validation_tokens_per_byte: f64,
+    pub validation: HeldOut,
+    /// The last part of the text, apart from validation: what a sweep reports
+    /// once it has chosen on validation (absent without `test_fraction`).
+    pub test: Option<HeldOut>,
     /// The file it came from, and the SHA-256 of all its bytes (provenance).
     pub source: String,
     pub sha256: String,
 }
 
+/// A held-out part of a corpus.
+#[derive(Debug)]
+pub struct HeldOut {
+    pub tokens: Vec<u32>,
+    /// Tokens per byte of this text: turns a loss per token into bits per
+    /// byte, comparable across tokenizers.
+    pub tokens_per_byte: f64,
+}
+
+impl HeldOut {
+    fn encode(text: &[u8], tokenizer: Tokenizer) -> Result<Self> {
+        let tokens = tokenizer.encode(text)?;
+        Ok(Self { tokens_per_byte: tokens.len() as f64 / text.len().max(1) as f64, tokens })
+    }
+}
+
 impl Corpus {
     /// Reads `path`, or the default Shakespeare (looked for in `data_dir`, then
     /// `$OPTLAB_DATA_DIR`, then the cache, each in a `shakespeare/` sub-folder;
-    /// fetched into the first if absent), holds out the last
-    /// `validation_fraction` of the bytes (the same text for every tokenizer),
-    /// and tokenizes each part.
-    pub fn load(path: Option<&Path>, validation_fraction: f64, tokenizer: Tokenizer, data_dir: Option<&Path>) -> Result<Self> {
+    /// fetched into the first if absent), splits its bytes (the same text for
+    /// every tokenizer) into training, then `validation_fraction`, then the
+    /// last `test_fraction` (none if 0), and tokenizes each part.
+    pub fn load(
+        path: Option<&Path>,
+        validation_fraction: f64,
+        test_fraction: f64,
+        tokenizer: Tokenizer,
+        data_dir: Option<&Path>,
+    ) -> Result<Self> {
         let (bytes, source) = match path {
             Some(p) => (std::fs::read(p).with_context(|| format!("reading corpus {}", p.display()))?, p.display().to_string()),
             None => (shakespeare(data_dir)?, format!("{}/{}", SHAKESPEARE.name, SHAKESPEARE.files[0].stem)),
         };
         let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
-        let split = ((bytes.len() as f64) * (1.0 - validation_fraction)) as usize;
-        let (train, validation) = bytes.split_at(split);
-        let (train, held_out) = (tokenizer.encode(train)?, tokenizer.encode(validation)?);
-        let validation_tokens_per_byte = held_out.len() as f64 / validation.len().max(1) as f64;
-        Ok(Self { train, validation: held_out, validation_tokens_per_byte, source, sha256 })
+        let at = |fraction: f64| ((bytes.len() as f64) * (1.0 - fraction)) as usize;
+        let (rest, test) = bytes.split_at(at(test_fraction));
+        let (train, validation) = rest.split_at(at(test_fraction + validation_fraction));
+        Ok(Self {
+            train: tokenizer.encode(train)?,
+            validation: HeldOut::encode(validation, tokenizer)?,
+            test: if test_fraction > 0.0 { Some(HeldOut::encode(test, tokenizer)?) } else { None },
+            source,
+            sha256,
+        })
     }
 
     /// `batch` random windows of `seq` + 1 tokens: inputs and next-token targets.
@@ -187,9 +214,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.txt");
         std::fs::write(&p, vec![b'a'; 1000]).unwrap();
-        let c = Corpus::load(Some(&p), 0.1, Tokenizer::Bytes, None).unwrap();
-        assert_eq!((c.train.len(), c.validation.len(), c.validation_tokens_per_byte), (900, 100, 1.0));
-        let missing = Corpus::load(Some(&dir.path().join("missing.txt")), 0.1, Tokenizer::Bytes, None);
+        let c = Corpus::load(Some(&p), 0.1, 0.0, Tokenizer::Bytes, None).unwrap();
+        assert_eq!((c.train.len(), c.validation.tokens.len(), c.validation.tokens_per_byte), (900, 100, 1.0));
+        assert!(c.test.is_none());
+        // A test split is the last part; validation comes just before it.
+        let text: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &text).unwrap();
+        let c = Corpus::load(Some(&p), 0.1, 0.2, Tokenizer::Bytes, None).unwrap();
+        let test = c.test.unwrap().tokens;
+        let as_bytes = |t: &[u32]| t.iter().map(|&b| b as u8).collect::<Vec<u8>>();
+        assert_eq!(
+            (as_bytes(&c.train), as_bytes(&c.validation.tokens), as_bytes(&test)),
+            (text[..700].to_vec(), text[700..800].to_vec(), text[800..].to_vec())
+        );
+        let missing = Corpus::load(Some(&dir.path().join("missing.txt")), 0.1, 0.0, Tokenizer::Bytes, None);
         assert!(missing.unwrap_err().to_string().contains("missing.txt"));
     }
 
@@ -214,9 +252,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.txt");
         std::fs::write(&p, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
-        let c = Corpus::load(Some(&p), 0.25, Tokenizer::Gpt2, None).unwrap();
+        let c = Corpus::load(Some(&p), 0.25, 0.0, Tokenizer::Gpt2, None).unwrap();
         // About one token per word: far fewer tokens than bytes.
-        assert!(c.validation_tokens_per_byte > 0.1 && c.validation_tokens_per_byte < 0.4, "{}", c.validation_tokens_per_byte);
-        assert!(c.train.len() > 3 * c.validation.len() - 20);
+        let per_byte = c.validation.tokens_per_byte;
+        assert!(per_byte > 0.1 && per_byte < 0.4, "{per_byte}");
+        assert!(c.train.len() > 3 * c.validation.tokens.len() - 20);
     }
 }

@@ -171,6 +171,10 @@ impl Default for VitSettings {
     }
 }
 
+/// What `exp vit` sets before a preset and the flags: the ViT, trained on all
+/// classes at once.
+pub const VIT_DEFAULTS: [&str; 2] = ["model=\"vit\"", "protocol=\"joint\""];
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitMnistConfig {

@@ -30,6 +30,10 @@ pub struct GptStudyConfig {
     /// `bytes` (vocabulary 256) or `gpt2` (GPT-2's BPE, 50,257 tokens).
     pub tokenizer: Tokenizer,
     pub validation_fraction: f64,
+    /// The last this fraction of the text, after the validation part, held out
+    /// as a test split: what a sweep's `[select]` reports once it has chosen on
+    /// validation (0: none, every held-out number is validation's).
+    pub test_fraction: f64,
     pub seq: usize,
     pub batch_size: usize,
     pub steps: u64,
@@ -59,6 +63,7 @@ impl Default for GptStudyConfig {
             corpus: None,
             tokenizer: Tokenizer::Bytes,
             validation_fraction: 0.1,
+            test_fraction: 0.0,
             seq: 256,
             batch_size: 8,
             steps: 200,
@@ -103,6 +108,12 @@ impl StudyConfig for GptStudyConfig {
             "validation_fraction must be in (0, 1), got {}",
             self.validation_fraction
         );
+        ensure!(
+            self.test_fraction >= 0.0 && self.validation_fraction + self.test_fraction < 1.0,
+            "test_fraction must be ≥ 0 and leave text to train on beside validation_fraction {}, got {}",
+            self.validation_fraction,
+            self.test_fraction
+        );
         self.schedule.validate(Some(self.steps))?;
         ensure!(self.grad_clip.is_finite() && self.grad_clip >= 0.0, "grad_clip must be ≥ 0 (0: no clipping), got {}", self.grad_clip);
         self.model.validate("model")?;
@@ -141,19 +152,30 @@ impl GptStudyConfig {
 pub struct GptStudy<'a> {
     config: &'a GptStudyConfig,
     corpus: &'a Corpus,
-    /// The same held-out batches for every run.
+    /// The same held-out batches for every run: validation's, and the test
+    /// split's (none without one).
     eval: Vec<(Vec<u32>, Vec<u32>)>,
+    test: Vec<(Vec<u32>, Vec<u32>)>,
 }
 
 impl<'a> GptStudy<'a> {
     /// Fails if the corpus is too short for the configured sequences.
     pub fn new(config: &'a GptStudyConfig, corpus: &'a Corpus) -> Result<Self> {
         let mut rng = random::rng(0, Stream::Evaluation, 0);
-        let eval = (0..config.eval_batches)
-            .map(|_| Corpus::sample(&corpus.validation, config.batch_size, config.seq, &mut rng))
-            .collect::<Result<_>>()?;
+        let mut batches = |part: &[u32]| -> Result<Vec<_>> {
+            (0..config.eval_batches).map(|_| Corpus::sample(part, config.batch_size, config.seq, &mut rng)).collect()
+        };
+        let eval = batches(&corpus.validation.tokens)?;
+        let test = corpus.test.as_ref().map_or(Ok(Vec::new()), |t| batches(&t.tokens))?;
         Corpus::sample(&corpus.train, 1, config.seq, &mut rng)?;
-        Ok(Self { config, corpus, eval })
+        Ok(Self { config, corpus, eval, test })
+    }
+
+    /// Mean next-token loss over fixed held-out batches.
+    fn held_out_loss<B: Backend>(&self, backend: &B, model: &mut Gpt<B>, batches: &[(Vec<u32>, Vec<u32>)]) -> Result<f64> {
+        let b = self.config.batch_size;
+        let total = batches.iter().map(|(i, t)| Ok(f64::from(model.loss(backend, i, t, b)?.loss))).sum::<Result<f64>>()?;
+        Ok(total / batches.len() as f64)
     }
 }
 
@@ -207,23 +229,28 @@ impl<B: Backend> Protocol<B> for GptStudy<'_> {
     }
 
     fn evaluate(&self, backend: &B, model: &mut Gpt<B>, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()> {
-        let b = self.config.batch_size;
-        let total = self.eval.iter().map(|(i, t)| Ok(f64::from(model.loss(backend, i, t, b)?.loss))).sum::<Result<f64>>()?;
-        let mean = total / self.eval.len() as f64;
-        *scores = vec![mean];
+        let validation = self.held_out_loss(backend, model, &self.eval)?;
+        let test = match &self.corpus.test {
+            Some(part) => Some((self.held_out_loss(backend, model, &self.test)?, part.tokens_per_byte)),
+            None => None,
+        };
+        *scores = [Some(validation), test.map(|t| t.0)].into_iter().flatten().collect();
+        let bits_per_byte = |loss: f64, tokens_per_byte: f64| loss * tokens_per_byte / std::f64::consts::LN_2;
         records.push(
             &schema::VALIDATION,
             vec![
                 ("run", at.run.into()),
                 ("step", at.step.into()),
-                ("loss", mean.into()),
-                ("bits_per_byte", (mean * self.corpus.validation_tokens_per_byte / std::f64::consts::LN_2).into()),
+                ("loss", validation.into()),
+                ("bits_per_byte", bits_per_byte(validation, self.corpus.validation.tokens_per_byte).into()),
+                ("test_loss", test.map(|t| t.0).into()),
+                ("test_bits_per_byte", test.map(|(loss, per_byte)| bits_per_byte(loss, per_byte)).into()),
             ],
         )
     }
 
     fn summary(&self, scores: &[f64]) -> Summary {
-        Summary { final_validation_loss: scores.first().copied(), ..Summary::default() }
+        Summary { final_validation_loss: scores.first().copied(), final_test_loss: scores.get(1).copied(), ..Summary::default() }
     }
 
     fn settings(&self) -> Settings {

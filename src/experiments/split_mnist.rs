@@ -179,6 +179,7 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
             backward_transfer: Some(r.backward_transfer()),
             forgetting: Some(r.forgetting()),
             final_validation_loss: None,
+            final_test_loss: None,
         }
     }
 

@@ -80,6 +80,7 @@ pub struct Summary {
     pub backward_transfer: Option<f64>,
     pub forgetting: Option<f64>,
     pub final_validation_loss: Option<f64>,
+    pub final_test_loss: Option<f64>,
 }
 
 /// How a run ended in this invocation.
@@ -477,6 +478,7 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
             ("forgetting", s.forgetting.into()),
             ("final_validation_accuracy", s.final_validation_accuracy.into()),
             ("final_validation_loss", s.final_validation_loss.into()),
+            ("final_test_loss", s.final_test_loss.into()),
             ("seconds", seconds.into()),
             ("session", self.provenance.session.as_str().into()),
             ("git_commit", self.provenance.git_commit.as_str().into()),

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use polars::prelude::DataFrame;
 
 use super::folder::saved_config;
 use super::study::{Status, run_id, saved_state};
@@ -36,7 +37,7 @@ pub fn report(dir: &Path) -> Result<String> {
     let mut out = if !has_runs {
         String::from("no run has finished yet\n")
     } else if kind == "gpt" {
-        render_gpt(dir, &labels)?
+        render_gpt(&[dir.to_path_buf()], &labels)?
     } else {
         render(&summarize(dir, &labels)?)
     };
@@ -214,8 +215,8 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     let acts = read_table(dir, &schema::ACTIVATIONS)?;
     let (r_run, r_after, r_name) = (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?);
     let (r_cosine, r_dead) = (lists(&acts, "class_cosine")?, floats(&acts, "dead_unit_fraction")?);
-    // Folders written before the column existed have no representation ranks.
-    let r_rank = if acts.column("effective_rank").is_ok() { floats(&acts, "effective_rank")? } else { vec![None; acts.height()] };
+    // Null in folders written before the column existed.
+    let r_rank = floats(&acts, "effective_rank")?;
     let mut last_reps: Latest<RepresentationRow> = Latest::default();
     for k in 0..r_run.len() {
         if let Some(after) = r_after[k] {
@@ -342,23 +343,44 @@ fn render_representations(summaries: &[OptimizerSummary], w: usize) -> String {
     out
 }
 
-/// The GPT study's table: per optimizer, held-out bits per byte and the
-/// effective rank of gradients and updates by matrix kind (each run's mean over
-/// layers), first probe → last, with 95% intervals over seeds; then the paired
-/// differences of bits per byte and of each last gradient rank.
-pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
-    let runs = read_table(dir, &schema::RUNS)?;
+/// The GPT study's table: per optimizer, held-out bits per byte (validation's,
+/// and the test split's when the study has one) and the effective rank of
+/// gradients and updates by matrix kind (each run's mean over layers), first
+/// probe → last, with 95% intervals over seeds; then the paired differences of
+/// bits per byte and of each last gradient rank. Several folders (a sweep's
+/// reruns, one per optimizer) make one table.
+pub fn render_gpt(dirs: &[PathBuf], order: &[String]) -> Result<String> {
+    let read = |table| -> Result<DataFrame> {
+        let mut frames = dirs.iter().map(|d| read_table(d, table));
+        let mut all = frames.next().context("no study folder to summarize")??;
+        for f in frames {
+            all.vstack_mut(&f?)?;
+        }
+        Ok(all)
+    };
+    let runs = read(&schema::RUNS)?;
     let (run_ids, labels, seeds) = (strings(&runs, "run")?, strings(&runs, "optimizer")?, ints(&runs, "seed")?);
     let run_of = |id: &str| run_ids.iter().position(|r| r == id).and_then(|i| Some((labels[i].clone(), seeds[i]? as u64)));
-    let val = read_table(dir, &schema::VALIDATION)?;
-    let (v_run, v_step, v_bpb) = (strings(&val, "run")?, ints(&val, "step")?, floats(&val, "bits_per_byte")?);
-    let mut last_val = Latest::default();
-    for k in 0..v_run.len() {
-        if let (Some(step), Some(bpb)) = (v_step[k], v_bpb[k]) {
-            last_val.add(&v_run[k], step, bpb);
-        }
+    let val = read(&schema::VALIDATION)?;
+    let (v_run, v_step) = (strings(&val, "run")?, ints(&val, "step")?);
+    let v_test = floats(&val, "test_bits_per_byte")?;
+    let mut splits = vec![("val bits/byte", floats(&val, "bits_per_byte")?)];
+    if v_test.iter().any(Option::is_some) {
+        splits.push(("test bits/byte", v_test));
     }
-    let sp = read_table(dir, &schema::SPECTRA)?;
+    let splits: Vec<(&str, Latest<f64>)> = splits
+        .into_iter()
+        .map(|(name, bpb)| {
+            let mut last = Latest::default();
+            for k in 0..v_run.len() {
+                if let (Some(step), Some(b)) = (v_step[k], bpb[k]) {
+                    last.add(v_run[k].as_str(), step, b);
+                }
+            }
+            (name, last)
+        })
+        .collect();
+    let sp = read(&schema::SPECTRA)?;
     let (s_run, s_step, s_param, s_tensor, s_rank) =
         (strings(&sp, "run")?, ints(&sp, "step")?, strings(&sp, "param")?, strings(&sp, "tensor")?, floats(&sp, "effective_rank")?);
     // Matrix kinds by name; `up` is SwiGLU's w3, shown only when present.
@@ -389,26 +411,33 @@ pub fn render_gpt(dir: &Path, order: &[String]) -> Result<String> {
     ordered.extend(labels.iter().filter(|l| !order.contains(l)).cloned().collect::<std::collections::BTreeSet<_>>());
     let shown: Vec<usize> = (0..KINDS.len()).filter(|&k| ranks.keys().any(|(_, t, kind)| t == "gradient" && *kind == k)).collect();
     let w = ordered.iter().map(String::len).max().unwrap_or(0).max(10);
-    let mut out = format!("{:<w$} {:>4} {:>19}", "optimizer", "runs", "val bits/byte");
+    let mut out = format!("{:<w$} {:>4}", "optimizer", "runs");
+    for (name, _) in &splits {
+        write!(out, " {name:>19}").unwrap();
+    }
     for &k in &shown {
         write!(out, " {:>14}", format!("grad:{}", KINDS[k].1)).unwrap();
     }
     writeln!(out, " {:>14} {:>14}", "update:fc", "post-NS:fc").unwrap();
     let fc = KINDS.iter().position(|(_, short)| *short == "fc").expect("fc is a kind");
-    let mut bpb_by_seed = Vec::new();
+    let mut bpb_by_seed = vec![Vec::new(); splits.len()];
     for label in &ordered {
         let mine: Vec<(&String, u64)> =
             run_ids.iter().enumerate().filter(|(i, _)| labels[*i] == *label).filter_map(|(i, r)| Some((r, seeds[i]? as u64))).collect();
-        let bpb: BTreeMap<u64, f64> = mine.iter().filter_map(|(r, seed)| last_val.get(r).first().map(|&b| (*seed, b))).collect();
-        write!(out, "{:<w$} {:>4} {:>19}", label, mine.len(), interval(Interval::of(&bpb.values().copied().collect::<Vec<_>>()), 3))
-            .unwrap();
+        write!(out, "{:<w$} {:>4}", label, mine.len()).unwrap();
+        for ((_, last), by_seed) in splits.iter().zip(&mut bpb_by_seed) {
+            let bpb: BTreeMap<u64, f64> = mine.iter().filter_map(|(r, seed)| last.get(r).first().map(|&b| (*seed, b))).collect();
+            write!(out, " {:>19}", interval(Interval::of(&bpb.values().copied().collect::<Vec<_>>()), 3)).unwrap();
+            by_seed.push((label.clone(), bpb));
+        }
         for &k in &shown {
             write!(out, " {:>14}", first_last(label, "gradient", k)).unwrap();
         }
         writeln!(out, " {:>14} {:>14}", first_last(label, "update", fc), first_last(label, "muon_post_orthogonalization", fc)).unwrap();
-        bpb_by_seed.push((label.clone(), bpb));
     }
-    out += &paired_differences("val bits/byte", &bpb_by_seed);
+    for ((name, _), by_seed) in splits.iter().zip(&bpb_by_seed) {
+        out += &paired_differences(name, by_seed);
+    }
     for &k in &shown {
         let values: Vec<(String, BTreeMap<u64, f64>)> =
             ordered.iter().filter_map(|l| last_ranks(l, "gradient", k).map(|r| (l.clone(), r))).collect();

@@ -59,10 +59,12 @@ pub struct SweepSpec {
     pub select: Option<Select>,
 }
 
-/// The honest way to tune: each optimizer's best cell by mean
-/// `final_validation_accuracy` over the tuning seeds (the examples held out by
-/// `validation_fraction`; the test sets play no part), rerun with `seeds` (at
-/// least 5, none of the tuning seeds) and reported on the test sets.
+/// The honest way to tune: each optimizer's best cell by its mean validation
+/// score over the tuning seeds (`final_validation_accuracy` on the examples
+/// held out by `validation_fraction`, or for `gpt` the lowest
+/// `final_validation_loss`; the test data play no part), rerun with `seeds` (at
+/// least 5, none of the tuning seeds) and reported on the test data (for `gpt`
+/// the split held out by `test_fraction`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Select {
@@ -148,6 +150,33 @@ impl SweepSpec {
         Ok(spec)
     }
 
+    /// Resolves every cell's configuration, as its `exp` process will, so that a
+    /// bad value stops the sweep before anything runs; with `[select]`, checks
+    /// that every cell holds out the data the selection needs.
+    pub fn check_cells(&self, cells: &[Cell]) -> Result<()> {
+        use super::{SplitMnistConfig, StudyConfig, config, gpt::GptStudyConfig};
+        let preset = self.preset.as_deref().map(config::read_preset).transpose()?;
+        for cell in cells {
+            let defaults: &[&str] = if self.study == "vit" { &config::VIT_DEFAULTS } else { &[] };
+            let overrides: Vec<String> = defaults.iter().map(|d| d.to_string()).chain(cell.overrides.iter().cloned()).collect();
+            let context = || format!("sweep cell {} ({})", cell.name, cell.overrides.join(" "));
+            let holds_out = match self.study.as_str() {
+                "gpt" => GptStudyConfig::resolve(preset.as_ref(), &overrides).with_context(context)?.test_fraction > 0.0,
+                _ => SplitMnistConfig::resolve(preset.as_ref(), &overrides).with_context(context)?.validation_fraction > 0.0,
+            };
+            if self.select.is_some() && !holds_out {
+                let key = if self.study == "gpt" { "test_fraction" } else { "validation_fraction" };
+                bail!("{}: [select] needs {key} > 0 (in [set] or the preset)", context());
+            }
+        }
+        Ok(())
+    }
+
+    /// The column `[select]` chooses on, and whether higher is better.
+    fn selection_metric(&self) -> (&'static str, bool) {
+        if self.study == "gpt" { ("final_validation_loss", false) } else { ("final_validation_accuracy", true) }
+    }
+
     /// Every cell, in a fixed order: optimizers by name, then the grid's and
     /// zipped axes' points, then the optimizer's own axes.
     pub fn cells(&self) -> Result<Vec<Cell>> {
@@ -155,7 +184,6 @@ impl SweepSpec {
         ensure!(!self.seeds.is_empty(), "a sweep needs at least one seed");
         ensure!(!self.optimizers.is_empty(), "a sweep needs at least one [optimizers.LABEL] table");
         if let Some(select) = &self.select {
-            ensure!(self.study != "gpt", "[select] needs a test set apart from validation; exp gpt has one held-out split only");
             ensure!(select.seeds.len() >= 5, "[select] seeds: at least 5 fresh seeds, got {}", select.seeds.len());
             let reused: Vec<&u64> = select.seeds.iter().filter(|s| self.seeds.contains(s)).collect();
             ensure!(reused.is_empty(), "[select] seeds must be fresh, but {reused:?} also tuned");
@@ -270,7 +298,7 @@ pub struct SweepResult {
 pub struct Choice {
     pub optimizer: String,
     pub chosen: String,
-    /// Mean final validation accuracy of every finished cell of this optimizer.
+    /// Mean validation score (the spec's `selection_metric`) of every finished cell of this optimizer.
     pub candidates: Vec<(String, f64)>,
     pub rerun: Cell,
 }
@@ -293,6 +321,7 @@ pub struct Selection {
 /// spec) and returns the cells.
 pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
     let cells = spec.cells()?;
+    spec.check_cells(&cells)?;
     settle_manifest(root, &cells)?;
     let saved = root.join(SPEC);
     if !saved.exists() {
@@ -342,20 +371,20 @@ pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
 pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
     let select = spec.select.as_ref().context("the sweep has no [select]")?;
     let cells = spec.cells()?;
+    let (metric, higher_is_better) = spec.selection_metric();
     let mut choices = Vec::new();
     for label in spec.optimizers.keys() {
         let mut candidates = Vec::new();
         for job in grid_jobs(root, &cells).iter().filter(|j| &j.cell.optimizer == label) {
-            let values = column(&job.dir, "final_validation_accuracy");
+            let values = column(&job.dir, metric);
             if values.len() == spec.seeds.len() {
                 candidates.push((job.cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
-            } else if column(&job.dir, "final_all_accuracy").len() == spec.seeds.len() {
-                bail!("cell {} has no validation accuracy: [select] needs validation_fraction > 0 in [set]", job.cell.name);
             }
         }
         // The first of the best: ties go to the earlier cell.
+        let better = |a: f64, b: f64| if higher_is_better { a > b } else { a < b };
         let Some((chosen, _)) = candidates.iter().fold(None::<&(String, f64)>, |best, c| match best {
-            Some(b) if b.1 >= c.1 => Some(b),
+            Some(b) if !better(c.1, b.1) => Some(b),
             _ => Some(c),
         }) else {
             bail!("no cell of optimizer {label} finished with every seed: nothing to select");
@@ -366,7 +395,7 @@ pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
         let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
         choices.push(Choice { optimizer: label.clone(), chosen: chosen.clone(), candidates, rerun });
     }
-    write_selection(root, &choices)?;
+    write_selection(root, &choices, (metric, higher_is_better))?;
     Ok(choices)
 }
 
@@ -384,8 +413,9 @@ pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
         .map(|(label, t)| {
             let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides: strings(t.get("overrides")) };
             let chosen = t.get("chosen_cell").and_then(toml::Value::as_str).unwrap_or_default().to_string();
-            let candidates = t
-                .get("mean_validation_accuracy")
+            let candidates = [MEAN_OF_ACCURACY, MEAN_OF_LOSS]
+                .into_iter()
+                .find_map(|key| t.get(key))
                 .and_then(toml::Value::as_table)
                 .into_iter()
                 .flatten()
@@ -396,22 +426,29 @@ pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
         .collect())
 }
 
+/// `selection.toml`'s key of every candidate's mean, by the metric chosen on.
+const MEAN_OF_ACCURACY: &str = "mean_validation_accuracy";
+const MEAN_OF_LOSS: &str = "mean_validation_loss";
+
 /// `selection.toml`: the rule, and per optimizer the chosen cell, its values and
-/// every candidate's mean validation accuracy.
-fn write_selection(root: &Path, choices: &[Choice]) -> Result<()> {
+/// every candidate's mean validation score.
+fn write_selection(root: &Path, choices: &[Choice], (metric, higher_is_better): (&str, bool)) -> Result<()> {
+    let (best, means_key) = if higher_is_better { ("highest", MEAN_OF_ACCURACY) } else { ("lowest", MEAN_OF_LOSS) };
     let mut table = toml::Table::new();
     table.insert(
         "rule".into(),
-        "each optimizer's cell with the highest mean final_validation_accuracy over the tuning seeds (ties: the earlier cell), \
-         rerun with the fresh seeds of [select]; test numbers come from the reruns only"
-            .into(),
+        format!(
+            "each optimizer's cell with the {best} mean {metric} over the tuning seeds (ties: the earlier cell), \
+             rerun with the fresh seeds of [select]; test numbers come from the reruns only"
+        )
+        .into(),
     );
     for c in choices {
         let mut t = toml::Table::new();
         t.insert("chosen_cell".into(), c.chosen.clone().into());
         t.insert("overrides".into(), c.rerun.overrides.clone().into());
         let means: toml::Table = c.candidates.iter().map(|(n, v)| (n.clone(), toml::Value::from(*v))).collect();
-        t.insert("mean_validation_accuracy".into(), means.into());
+        t.insert(means_key.into(), means.into());
         table.insert(c.optimizer.clone(), t.into());
     }
     let path = root.join(SELECTION);
@@ -570,8 +607,9 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
     if result.selected.is_empty() {
         return Ok(out);
     }
-    writeln!(out, "\nselected on validation (selection.toml), rerun with fresh seeds, on the test sets:").unwrap();
-    let mut summaries = Vec::new();
+    let test = if spec.study == "gpt" { "the test split" } else { "the test sets" };
+    writeln!(out, "\nselected on validation (selection.toml), rerun with fresh seeds, on {test}:").unwrap();
+    let mut finished = Vec::new();
     for Selection { choice: c, end } in &result.selected {
         writeln!(out, "  {}: cell {} ({})", c.optimizer, c.chosen, c.rerun.overrides[fixed..].join(" ")).unwrap();
         if let CellEnd::Failed(why) = end {
@@ -579,10 +617,21 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         } else if *end == CellEnd::Unfinished {
             writeln!(out, "    rerun not finished").unwrap();
         } else {
-            summaries.extend(super::summary::summarize(&root.join("final").join(&c.optimizer), std::slice::from_ref(&c.optimizer))?);
+            finished.push(c.optimizer.clone());
         }
     }
-    out += &super::summary::render(&summaries);
+    let dirs: Vec<PathBuf> = finished.iter().map(|label| root.join("final").join(label)).collect();
+    if spec.study == "gpt" {
+        if !dirs.is_empty() {
+            out += &super::summary::render_gpt(&dirs, &finished)?;
+        }
+    } else {
+        let mut summaries = Vec::new();
+        for (dir, label) in dirs.iter().zip(&finished) {
+            summaries.extend(super::summary::summarize(dir, std::slice::from_ref(label))?);
+        }
+        out += &super::summary::render(&summaries);
+    }
     Ok(out)
 }
 
@@ -641,21 +690,33 @@ mod tests {
 
     #[test]
     fn every_sweep_in_experiments_resolves_every_cell() {
-        use crate::experiments::{SplitMnistConfig, StudyConfig, gpt::GptStudyConfig};
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/sweeps");
         let specs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         assert!(!specs.is_empty());
         for path in specs {
             let spec = SweepSpec::read(&path).unwrap();
-            let preset = spec.preset.as_deref().map(|p| crate::experiments::config::read_preset(p).unwrap());
-            for cell in spec.cells().unwrap() {
-                let checked = match spec.study.as_str() {
-                    "gpt" => GptStudyConfig::resolve(preset.as_ref(), &cell.overrides).map(drop),
-                    _ => SplitMnistConfig::resolve(preset.as_ref(), &cell.overrides).map(drop),
-                };
-                checked.unwrap_or_else(|e| panic!("{} cell {}: {e:#}", path.display(), cell.name));
-            }
+            spec.check_cells(&spec.cells().unwrap()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
+    }
+
+    #[test]
+    fn a_selection_needs_its_held_out_data_before_anything_runs() {
+        let without = |study: &str| {
+            spec(&format!("study = \"{study}\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1]\n[select]\nseeds = [1, 2, 3, 4, 5]\n"))
+        };
+        for (study, key) in [("split-mnist", "validation_fraction"), ("vit", "validation_fraction"), ("gpt", "test_fraction")] {
+            let s = without(study);
+            let e = s.check_cells(&s.cells().unwrap()).unwrap_err().to_string();
+            assert!(e.contains(&format!("[select] needs {key} > 0")), "{study}: {e}");
+            let mut held_out = s.clone();
+            held_out.set.insert(key.into(), 0.1.into());
+            held_out.check_cells(&held_out.cells().unwrap()).unwrap();
+        }
+        // A bad value in any cell stops the sweep, naming the cell.
+        let mut bad = without("gpt");
+        bad.set.insert("test_fraction".into(), 0.95.into());
+        let e = format!("{:#}", bad.check_cells(&bad.cells().unwrap()).unwrap_err());
+        assert!(e.contains("sweep cell 0000") && e.contains("test_fraction must be"), "{e}");
     }
 
     #[test]

@@ -182,9 +182,9 @@ pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
         .collect();
     parts.sort();
     let mut frames = parts.iter().map(|p| {
-        anyhow::Ok(
-            ParquetReader::new(File::open(p)?).finish().map_err(anyhow::Error::from).with_context(|| format!("reading {}", p.display()))?,
-        )
+        let df =
+            ParquetReader::new(File::open(p)?).finish().map_err(anyhow::Error::from).with_context(|| format!("reading {}", p.display()))?;
+        with_current_columns(df, table).with_context(|| format!("reading {}", p.display()))
     });
     let Some(first) = frames.next() else { bail!("no Parquet parts in {}", dir.display()) };
     let mut df = first?;
@@ -192,4 +192,52 @@ pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
         df.vstack_mut(&f?)?;
     }
     Ok(df)
+}
+
+/// A part written before a nullable column joined its table reads back with
+/// that column null, so the parts of a study resumed by newer code still stack.
+fn with_current_columns(mut df: DataFrame, table: &Table) -> Result<DataFrame> {
+    for c in table.columns {
+        if df.column(c.name).is_err() {
+            ensure!(c.nullable, "no column {} (not nullable in table {}): not a part of this table", c.name, table.name);
+            let dtype = match c.kind {
+                Kind::Str => DataType::String,
+                Kind::I64 => DataType::Int64,
+                Kind::F64 => DataType::Float64,
+                Kind::Bool => DataType::Boolean,
+                Kind::ListF32 => DataType::List(Box::new(DataType::Float32)),
+                Kind::ListF64 => DataType::List(Box::new(DataType::Float64)),
+            };
+            df.with_column(Column::full_null(c.name.into(), df.height(), &dtype))?;
+        }
+    }
+    Ok(df.select(table.columns.iter().map(|c| c.name))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::schema::{Column as Col, Kind};
+
+    const fn column(name: &'static str, nullable: bool) -> Col {
+        Col { name, kind: Kind::F64, nullable, doc: "" }
+    }
+    static OLD: Table = Table { name: "t", doc: "", columns: &[column("a", false)] };
+    static NEW: Table = Table { name: "t", doc: "", columns: &[column("a", false), column("b", true)] };
+
+    #[test]
+    fn parts_from_before_a_nullable_column_read_back_with_it_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = TableWriter::new(dir.path(), &OLD, "r", 1).unwrap();
+        old.push(vec![("a", 1.0.into())]).unwrap();
+        let mut new = TableWriter::new(dir.path(), &NEW, "s", 1).unwrap();
+        new.push(vec![("a", 2.0.into()), ("b", 3.0.into())]).unwrap();
+        let df = read_table(dir.path(), &NEW).unwrap();
+        let b: Vec<Option<f64>> = df.column("b").unwrap().f64().unwrap().iter().collect();
+        assert_eq!(b, [None, Some(3.0)]);
+        // A missing column that may not be null is no part of the table.
+        static STRICT: Table = Table { name: "t", doc: "", columns: &[column("a", false), column("c", false)] };
+        let e = format!("{:#}", read_table(dir.path(), &STRICT).unwrap_err());
+        assert!(e.contains("no column c"), "{e}");
+    }
 }

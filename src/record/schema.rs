@@ -215,6 +215,12 @@ pub const VALIDATION: Table = Table {
             Kind::F64,
             "Held-out loss in bits per byte of text, loss × (held-out tokens ÷ held-out bytes) / ln 2, so byte and BPE runs compare (loss / ln 2 for bytes).",
         ),
+        opt(
+            "test_loss",
+            Kind::F64,
+            "The same on fixed batches of the test split (`test_fraction`, the text's last part); null without one.",
+        ),
+        opt("test_bits_per_byte", Kind::F64, "`test_loss` in bits per byte of the test split's text; null without one."),
     ],
 };
 
@@ -269,6 +275,11 @@ pub const RUNS: Table = Table {
             "final_validation_loss",
             Kind::F64,
             "Language-model studies: held-out loss (nats) at the last evaluation (null unless completed).",
+        ),
+        opt(
+            "final_test_loss",
+            Kind::F64,
+            "Language-model studies with a test split (`test_fraction`): its loss (nats) at the last evaluation (null otherwise).",
         ),
         col("seconds", Kind::F64, "Wall time spent training the run, summed over every session that worked on it."),
         col(
