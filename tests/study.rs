@@ -104,7 +104,7 @@ fn study_writes_every_table_and_shows_forgetting() {
         assert!(tensors.iter().any(|t| t == kind), "no {kind} spectra");
     }
     let table = summary::render(&summaries);
-    assert!(table.contains("muon") && table.contains("erank:fc1"), "{table}");
+    assert!(table.contains("muon") && table.contains("erank:fc1") && table.contains("BWT"), "{table}");
     // Each hidden layer's representations, with a rank no larger than its width
     // and cosines that are cosines.
     for s in &summaries {
@@ -452,6 +452,20 @@ fn vit_joint_study_learns_and_probes_its_class_token() {
     for o in &s {
         assert!(o.final_all.mean > 0.5, "{}: ViT accuracy {:?}", o.label, o.final_all);
     }
+    // One task has nothing to forget: the table shows the training loss of the
+    // last epoch, which is each run's mean over its epoch-3 steps, and no forgetting.
+    let table = summary::render(&s);
+    assert!(table.contains("train loss") && !table.contains("BWT") && !table.contains("forgetting"), "{table}");
+    let steps = read_table(dir.path(), &schema::STEPS).unwrap();
+    let (run, epoch, loss) = (
+        steps.column("run").unwrap().str().unwrap(),
+        steps.column("epoch").unwrap().i64().unwrap(),
+        steps.column("loss").unwrap().f64().unwrap(),
+    );
+    let last_epoch: Vec<f64> =
+        (0..steps.height()).filter(|&k| run.get(k) == Some("adamw-s0") && epoch.get(k) == Some(3)).map(|k| loss.get(k).unwrap()).collect();
+    let want = last_epoch.iter().sum::<f64>() / last_epoch.len() as f64;
+    assert!(!last_epoch.is_empty() && (s[0].train_loss.mean - want).abs() < 1e-12, "{:?} against {want}", s[0].train_loss);
     // Muon orthogonalized the attention and MLP matrices; the class token was probed.
     let params = column_strings(dir.path(), &schema::SPECTRA, "param");
     assert!(

@@ -73,6 +73,8 @@ pub struct OptimizerSummary {
     pub failed: usize,
     /// Final accuracy on all classes: mean and 95% interval over completed runs.
     pub final_all: Interval,
+    /// Mean training loss over each run's last epoch (of its last task).
+    pub train_loss: Interval,
     /// R[T−1][j] averaged over seeds: accuracy on each task after the last one.
     pub per_task: Vec<f64>,
     pub backward_transfer: Interval,
@@ -212,6 +214,15 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             last_ranks.add(&s_run[k], step, (s_param[k].clone(), rank));
         }
     }
+    let steps = read_table(dir, &schema::STEPS)?;
+    let (t_run, t_task, t_epoch, t_loss) =
+        (strings(&steps, "run")?, ints(&steps, "task")?, ints(&steps, "epoch")?, floats(&steps, "loss")?);
+    let mut last_epoch = Latest::default();
+    for k in 0..t_run.len() {
+        if let (Some(task), Some(epoch), Some(loss)) = (t_task[k], t_epoch[k], t_loss[k]) {
+            last_epoch.add(&t_run[k], (task << 32) + epoch, loss);
+        }
+    }
     let acts = read_table(dir, &schema::ACTIVATIONS)?;
     let (r_run, r_after, r_name) = (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?);
     let (r_cosine, r_dead) = (lists(&acts, "class_cosine")?, floats(&acts, "dead_unit_fraction")?);
@@ -274,6 +285,9 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
                 diverged: rows.iter().filter(|&&k| status[k] == "diverged").count(),
                 failed: rows.iter().filter(|&&k| status[k] == "failed").count(),
                 final_all: collect(&final_all),
+                train_loss: Interval::of(
+                    &done.iter().map(|&k| mean(last_epoch.get(&run_ids[k]))).filter(|l| l.is_finite()).collect::<Vec<_>>(),
+                ),
                 per_task,
                 backward_transfer: collect(&bwt),
                 forgetting: collect(&forgetting),
@@ -303,15 +317,22 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
         summaries.first().map(|s| s.effective_rank.iter().map(|(p, _)| p.replace(".weight", "")).collect()).unwrap_or_default();
     // Long preset labels widen the first column rather than shift the rest.
     let w = summaries.iter().map(|s| s.label.len()).max().unwrap_or(0).max(12);
-    let mut out = format!("{:<w$} {:>9} {:>17}", "optimizer", "runs", "final acc (all)");
+    // One task (joint training) has nothing to forget.
+    let sequential = tasks > 1;
+    let mut out = format!("{:<w$} {:>9} {:>17} {:>17}", "optimizer", "runs", "final acc (all)", "train loss");
     (0..tasks).for_each(|j| write!(out, " {:>6}", format!("T{j}")).unwrap());
-    write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
+    if sequential {
+        write!(out, " {:>17} {:>17}", "BWT", "forgetting").unwrap();
+    }
     params.iter().for_each(|p| write!(out, " {:>9}", format!("erank:{p}")).unwrap());
     out.push('\n');
     for s in summaries {
-        write!(out, "{:<w$} {:>9} {:>17}", s.label, run_count(s.runs, s.diverged, s.failed), interval(s.final_all, 4)).unwrap();
+        let runs = run_count(s.runs, s.diverged, s.failed);
+        write!(out, "{:<w$} {:>9} {:>17} {:>17}", s.label, runs, interval(s.final_all, 4), interval(s.train_loss, 4)).unwrap();
         (0..tasks).for_each(|j| write!(out, " {:>6}", s.per_task.get(j).map_or("—".into(), |a| format!("{a:.3}"))).unwrap());
-        write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
+        if sequential {
+            write!(out, " {:>17} {:>17}", interval(s.backward_transfer, 4), interval(s.forgetting, 4)).unwrap();
+        }
         s.effective_rank.iter().for_each(|(_, r)| write!(out, " {r:>9.1}").unwrap());
         out.push('\n');
     }
@@ -320,7 +341,9 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
         summaries.iter().map(|s| (s.label.clone(), s.by_seed.iter().map(|(seed, v)| (*seed, pick(v))).collect())).collect()
     };
     out += &paired_differences("final accuracy (all)", &metric(|v| v.0));
-    out += &paired_differences("forgetting", &metric(|v| v.1));
+    if sequential {
+        out += &paired_differences("forgetting", &metric(|v| v.1));
+    }
     out
 }
 

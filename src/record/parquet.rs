@@ -196,10 +196,11 @@ pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
 
 /// A part written before a nullable column joined its table reads back with
 /// that column null, so the parts of a study resumed by newer code still stack.
+/// (A missing column that cannot be null stays missing: its readers know what
+/// folders from before it meant.)
 fn with_current_columns(mut df: DataFrame, table: &Table) -> Result<DataFrame> {
-    for c in table.columns {
+    for c in table.columns.iter().filter(|c| c.nullable) {
         if df.column(c.name).is_err() {
-            ensure!(c.nullable, "no column {} (not nullable in table {}): not a part of this table", c.name, table.name);
             let dtype = match c.kind {
                 Kind::Str => DataType::String,
                 Kind::I64 => DataType::Int64,
@@ -211,7 +212,8 @@ fn with_current_columns(mut df: DataFrame, table: &Table) -> Result<DataFrame> {
             df.with_column(Column::full_null(c.name.into(), df.height(), &dtype))?;
         }
     }
-    Ok(df.select(table.columns.iter().map(|c| c.name))?)
+    let present: Vec<&str> = table.columns.iter().map(|c| c.name).filter(|n| df.column(n).is_ok()).collect();
+    Ok(df.select(present)?)
 }
 
 #[cfg(test)]
@@ -235,9 +237,11 @@ mod tests {
         let df = read_table(dir.path(), &NEW).unwrap();
         let b: Vec<Option<f64>> = df.column("b").unwrap().f64().unwrap().iter().collect();
         assert_eq!(b, [None, Some(3.0)]);
-        // A missing column that may not be null is no part of the table.
+        // A missing column that cannot be null stays missing, for its readers to judge.
         static STRICT: Table = Table { name: "t", doc: "", columns: &[column("a", false), column("c", false)] };
-        let e = format!("{:#}", read_table(dir.path(), &STRICT).unwrap_err());
-        assert!(e.contains("no column c"), "{e}");
+        let old_only = tempfile::tempdir().unwrap();
+        TableWriter::new(old_only.path(), &OLD, "r", 1).unwrap().push(vec![("a", 1.0.into())]).unwrap();
+        let df = read_table(old_only.path(), &STRICT).unwrap();
+        assert!(df.column("a").is_ok() && df.column("c").is_err());
     }
 }
