@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::config::{StudyConfig, check_optimizers, check_seeds, positive};
@@ -162,11 +162,14 @@ impl<'a> GptStudy<'a> {
     /// Fails if the corpus is too short for the configured sequences.
     pub fn new(config: &'a GptStudyConfig, corpus: &'a Corpus) -> Result<Self> {
         let mut rng = random::rng(0, Stream::Evaluation, 0);
-        let mut batches = |part: &[u32]| -> Result<Vec<_>> {
-            (0..config.eval_batches).map(|_| Corpus::sample(part, config.batch_size, config.seq, &mut rng)).collect()
+        let mut batches = |part: &[u32], name: &str, fraction: f64| -> Result<Vec<_>> {
+            (0..config.eval_batches)
+                .map(|_| Corpus::sample(part, config.batch_size, config.seq, &mut rng))
+                .collect::<Result<_>>()
+                .with_context(|| format!("the {name} text ({name}_fraction {fraction})"))
         };
-        let eval = batches(&corpus.validation.tokens)?;
-        let test = corpus.test.as_ref().map_or(Ok(Vec::new()), |t| batches(&t.tokens))?;
+        let eval = batches(&corpus.validation.tokens, "validation", config.validation_fraction)?;
+        let test = corpus.test.as_ref().map_or(Ok(Vec::new()), |t| batches(&t.tokens, "test", config.test_fraction))?;
         Corpus::sample(&corpus.train, 1, config.seq, &mut rng)?;
         Ok(Self { config, corpus, eval, test })
     }
