@@ -38,14 +38,12 @@ impl Tokenizer {
         }
     }
 
-    pub fn encode(self, bytes: &[u8]) -> Result<Vec<u32>> {
-        Ok(match self {
+    pub fn encode(self, bytes: &[u8]) -> Vec<u32> {
+        match self {
             Self::Bytes => bytes.iter().map(|&b| u32::from(b)).collect(),
-            Self::Gpt2 => {
-                let bpe = tiktoken_rs::r50k_base().map_err(|e| anyhow::anyhow!("cannot load GPT-2's BPE ranks: {e}"))?;
-                bpe.encode_ordinary(&String::from_utf8_lossy(bytes))
-            }
-        })
+            // The ranks compiled into the crate, parsed once per process.
+            Self::Gpt2 => tiktoken_rs::r50k_base_singleton().encode_ordinary(&String::from_utf8_lossy(bytes)),
+        }
     }
 }
 
@@ -72,9 +70,9 @@ pub struct HeldOut {
 }
 
 impl HeldOut {
-    fn encode(text: &[u8], tokenizer: Tokenizer) -> Result<Self> {
-        let tokens = tokenizer.encode(text)?;
-        Ok(Self { tokens_per_byte: tokens.len() as f64 / text.len().max(1) as f64, tokens })
+    fn encode(text: &[u8], tokenizer: Tokenizer) -> Self {
+        let tokens = tokenizer.encode(text);
+        Self { tokens_per_byte: tokens.len() as f64 / text.len().max(1) as f64, tokens }
     }
 }
 
@@ -100,9 +98,9 @@ impl Corpus {
         let (rest, test) = bytes.split_at(at(test_fraction));
         let (train, validation) = rest.split_at(at(test_fraction + validation_fraction));
         Ok(Self {
-            train: tokenizer.encode(train)?,
-            validation: HeldOut::encode(validation, tokenizer)?,
-            test: if test_fraction > 0.0 { Some(HeldOut::encode(test, tokenizer)?) } else { None },
+            train: tokenizer.encode(train),
+            validation: HeldOut::encode(validation, tokenizer),
+            test: (test_fraction > 0.0).then(|| HeldOut::encode(test, tokenizer)),
             source,
             sha256,
         })
@@ -234,16 +232,16 @@ mod tests {
     #[test]
     fn gpt2_bpe_matches_known_ids_and_its_vocabulary() {
         // Token ids of GPT-2's tokenizer (tiktoken r50k_base / Hugging Face "gpt2").
-        assert_eq!(Tokenizer::Gpt2.encode(b"Hello world").unwrap(), [15496, 995]);
-        assert_eq!(Tokenizer::Gpt2.encode(b"To be, or not to be").unwrap(), [2514, 307, 11, 393, 407, 284, 307]);
+        assert_eq!(Tokenizer::Gpt2.encode(b"Hello world"), [15496, 995]);
+        assert_eq!(Tokenizer::Gpt2.encode(b"To be, or not to be"), [2514, 307, 11, 393, 407, 284, 307]);
         // The last id is <|endoftext|>, 50256: the vocabulary is 50,257, and plain
         // text never produces the special token.
         let bpe = tiktoken_rs::r50k_base().unwrap();
         assert_eq!(bpe.encode_with_special_tokens("<|endoftext|>"), [50256]);
         assert_eq!(Tokenizer::Gpt2.vocab(), 50_257);
-        assert!(Tokenizer::Gpt2.encode(b"<|endoftext|>").unwrap().iter().all(|&t| t < 50256));
+        assert!(Tokenizer::Gpt2.encode(b"<|endoftext|>").iter().all(|&t| t < 50256));
         // Bytes that are not UTF-8 still encode, and every id is in range.
-        let ids = Tokenizer::Gpt2.encode(&[0xff, b'a', 0xfe]).unwrap();
+        let ids = Tokenizer::Gpt2.encode(&[0xff, b'a', 0xfe]);
         assert!(!ids.is_empty() && ids.iter().all(|&t| (t as usize) < Tokenizer::Gpt2.vocab()));
     }
 
