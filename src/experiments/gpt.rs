@@ -30,9 +30,9 @@ pub struct GptStudyConfig {
     /// `bytes` (vocabulary 256) or `gpt2` (GPT-2's BPE, 50,257 tokens).
     pub tokenizer: Tokenizer,
     pub validation_fraction: f64,
-    /// The last this fraction of the text, after the validation part, held out
-    /// as a test split: what a sweep's `[select]` reports once it has chosen on
-    /// validation (0: none, every held-out number is validation's).
+    /// This fraction of the text, at its end after the validation part, held
+    /// out as a test split: what a sweep's `[select]` reports once it has
+    /// chosen on validation (0: none, every held-out number is validation's).
     pub test_fraction: f64,
     pub seq: usize,
     pub batch_size: usize,
