@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use polars::prelude::DataFrame;
+use anyhow::Result;
 
 use super::folder::saved_config;
 use super::study::{Status, run_id, saved_state};
 use crate::metrics::Interval;
 use crate::record::columns::{floats, ints, lists, strings};
-use crate::record::{read_table, schema};
+use crate::record::{read_table, read_tables, schema};
 
 /// The report of any study folder, finished or not: its summary table (from
 /// the runs that finished) and the runs still missing, with how far each got.
@@ -373,14 +372,8 @@ fn render_representations(summaries: &[OptimizerSummary], w: usize) -> String {
 /// bits per byte and of each last gradient rank. Several folders (a sweep's
 /// reruns, one per optimizer) make one table.
 pub fn render_gpt(dirs: &[PathBuf], order: &[String]) -> Result<String> {
-    let read = |table| -> Result<DataFrame> {
-        let mut frames = dirs.iter().map(|d| read_table(d, table));
-        let mut all = frames.next().context("no study folder to summarize")??;
-        for f in frames {
-            all.vstack_mut(&f?)?;
-        }
-        Ok(all)
-    };
+    let roots: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let read = |table| read_tables(&roots, table);
     let runs = read(&schema::RUNS)?;
     let (run_ids, labels, seeds) = (strings(&runs, "run")?, strings(&runs, "optimizer")?, ints(&runs, "seed")?);
     let run_of = |id: &str| run_ids.iter().position(|r| r == id).and_then(|i| Some((labels[i].clone(), seeds[i]? as u64)));

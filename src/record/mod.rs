@@ -5,4 +5,4 @@ pub mod columns;
 pub mod parquet;
 pub mod schema;
 
-pub use parquet::{TableWriter, Value, check_part, read_table};
+pub use parquet::{TableWriter, Value, check_part, read_table, read_tables};

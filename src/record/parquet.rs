@@ -174,19 +174,30 @@ pub fn check_part(path: &Path) -> Result<()> {
 
 /// Reads every finished part of a table under `root` into one frame.
 pub fn read_table(root: &Path, table: &Table) -> Result<DataFrame> {
-    let dir = root.join(table.name);
-    let mut parts: Vec<PathBuf> = fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    parts.sort();
+    read_tables(&[root], table)
+}
+
+/// Reads every finished part of a table under each of `roots` (several
+/// studies' folders, e.g. a sweep's reruns) into one frame.
+pub fn read_tables(roots: &[&Path], table: &Table) -> Result<DataFrame> {
+    let mut parts = Vec::new();
+    for root in roots {
+        let dir = root.join(table.name);
+        let mut mine: Vec<PathBuf> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        ensure!(!mine.is_empty(), "no Parquet parts in {}", dir.display());
+        mine.sort();
+        parts.extend(mine);
+    }
     let mut frames = parts.iter().map(|p| {
         let df =
             ParquetReader::new(File::open(p)?).finish().map_err(anyhow::Error::from).with_context(|| format!("reading {}", p.display()))?;
         with_current_columns(df, table).with_context(|| format!("reading {}", p.display()))
     });
-    let Some(first) = frames.next() else { bail!("no Parquet parts in {}", dir.display()) };
+    let Some(first) = frames.next() else { bail!("no study folder to read table {} from", table.name) };
     let mut df = first?;
     for f in frames {
         df.vstack_mut(&f?)?;
