@@ -31,6 +31,17 @@ fn tiny_gpt(dir: &Path) -> Vec<String> {
     args.iter().chain(&more).map(|s| s.to_string()).collect()
 }
 
+/// A sweep spec of tiny GPT studies on `tiny_gpt`'s corpus, seeds 0 and 1:
+/// `rest` ends its `[set]` and adds the optimizers' axes.
+fn tiny_gpt_sweep(dir: &Path, rest: &str) -> String {
+    tiny_gpt(dir);
+    format!(
+        "study = \"gpt\"\nseeds = [0, 1]\n[set]\ncorpus = {:?}\nmodel = {{ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }}\n\
+         seq = 16\nbatch_size = 2\neval_batches = 1\nprobe_every = 0\n{rest}",
+        dir.join("corpus.txt").display().to_string()
+    )
+}
+
 fn with(base: &[String], extra: &[&str]) -> Vec<String> {
     base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
 }
@@ -230,19 +241,12 @@ fn a_failed_run_is_recorded_and_the_exit_status_says_so() {
 #[test]
 fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    tiny_gpt(dir.path());
-    let corpus = dir.path().join("corpus.txt");
     let spec = dir.path().join("lr.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "study = \"gpt\"\nseeds = [0, 1]\n[set]\ncorpus = {:?}\nmodel = {{ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }}\n\
-             seq = 16\nbatch_size = 2\nsteps = 200\neval_every = 20\neval_batches = 1\nprobe_every = 0\n\
-             [optimizers.adam]\nlr = [1e-3, 1e-2, 3e-2]\n[optimizers.muon]\nlr = [0.02, -1.0]\n",
-            corpus.display().to_string()
-        ),
-    )
-    .unwrap();
+    let text = tiny_gpt_sweep(
+        dir.path(),
+        "steps = 200\neval_every = 20\n[optimizers.adam]\nlr = [1e-3, 1e-2, 3e-2]\n[optimizers.muon]\nlr = [0.02, -1.0]\n",
+    );
+    std::fs::write(&spec, text).unwrap();
     let out = dir.path().join("sweep");
     let args = ["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--jobs", "2"];
     // Killed mid-way (the cells it started go on or die; none is lost)...
@@ -344,14 +348,11 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
 #[test]
 fn a_gpt_sweep_selects_on_validation_loss_and_reports_the_test_split() {
     let dir = tempfile::tempdir().unwrap();
-    tiny_gpt(dir.path());
-    let corpus = dir.path().join("corpus.txt");
     let spec = dir.path().join("tune.toml");
-    let text = format!(
-        "study = \"gpt\"\nseeds = [0, 1]\n[set]\ncorpus = {:?}\nmodel = {{ dim = 16, depth = 1, heads = 2, mlp_ratio = 2 }}\n\
-         seq = 16\nbatch_size = 2\nsteps = 20\neval_every = 10\neval_batches = 1\nprobe_every = 0\ntest_fraction = 0.1\n\
+    let text = tiny_gpt_sweep(
+        dir.path(),
+        "steps = 20\neval_every = 10\ntest_fraction = 0.1\n\
          [optimizers.adam]\nlr = [1e-5, 1e-2]\n[optimizers.muon]\nlr = [0.02]\n[select]\nseeds = [10, 11, 12, 13, 14]\n",
-        corpus.display().to_string()
     );
     // Without a test split, the selection is refused before anything runs.
     std::fs::write(&spec, text.replace("test_fraction = 0.1\n", "")).unwrap();
