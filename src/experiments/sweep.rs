@@ -487,45 +487,58 @@ pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<su
 }
 
 /// The grid's tuning curves, when every optimizer's cells sweep one numeric
-/// value of the same name (e.g. each its own `lr`): the metric the selection
-/// uses (validation accuracy with `[select]`, else final accuracy; held-out
-/// loss for `gpt`) of each finished cell's seeds.
+/// value of the same name (see [`tuning_axis`]): the metric the selection uses
+/// (validation accuracy with `[select]`, else final accuracy; held-out loss for
+/// `gpt`) of each finished cell's seeds.
 pub fn tuning_curves(spec: &SweepSpec, root: &Path) -> Result<Option<TuningCurves>> {
     let cells = spec.cells()?;
-    let fixed = spec.set.len() + 2;
     let metric = match (spec.study.as_str(), &spec.select) {
         ("gpt", _) => "final_validation_loss",
         (_, Some(_)) => "final_validation_accuracy",
         _ => "final_all_accuracy",
     };
-    let mut axis: Option<String> = None;
+    let Some((axis, swept)) = tuning_axis(spec, &cells) else { return Ok(None) };
     let mut lines = BTreeMap::new();
+    for (label, points) in swept {
+        let mut line: Vec<(f64, Vec<f64>)> = points
+            .into_iter()
+            .map(|(cell, value)| (value, column(&root.join("cells").join(cell), metric)))
+            .filter(|(_, metric)| !metric.is_empty())
+            .collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        lines.insert(label, line);
+    }
+    let values: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
+    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let log_x = lo > 0.0 && hi / lo >= 10.0;
+    Ok((!values.is_empty()).then(|| TuningCurves { axis, metric: metric.to_string(), log_x, lines }))
+}
+
+/// The axis every optimizer's cells sweep, when each sweeps exactly one numeric
+/// key of the same name (each its own `lr`; a wrapper's `base.lr` counts as its
+/// `lr`, since its base takes the steps), with each optimizer's (cell name,
+/// value) points.
+#[allow(clippy::type_complexity)]
+fn tuning_axis<'a>(spec: &SweepSpec, cells: &'a [Cell]) -> Option<(String, BTreeMap<String, Vec<(&'a str, f64)>>)> {
+    let fixed = spec.set.len() + 2;
+    let mut axis: Option<&str> = None;
+    let mut swept = BTreeMap::new();
     for label in spec.optimizers.keys() {
         let own: Vec<&Cell> = cells.iter().filter(|c| &c.optimizer == label).collect();
         let points: Vec<BTreeMap<&str, &str>> =
             own.iter().map(|c| c.overrides[fixed..].iter().filter_map(|o| o.split_once('=')).collect()).collect();
         let varying: Vec<&str> = points[0].keys().copied().filter(|k| points.iter().any(|p| p.get(k) != points[0].get(k))).collect();
-        let [key] = varying[..] else { return Ok(None) };
-        let name = key.strip_prefix(&format!("optimizer.{label}.")).unwrap_or(key);
-        if axis.get_or_insert_with(|| name.to_string()) != name {
-            return Ok(None);
+        let [key] = varying[..] else { return None };
+        let own_key = key.strip_prefix(&format!("optimizer.{label}.")).unwrap_or(key);
+        let name = own_key.strip_prefix("base.").unwrap_or(own_key);
+        if *axis.get_or_insert(name) != name {
+            return None;
         }
-        let mut line = Vec::new();
-        for (cell, point) in own.iter().zip(&points) {
-            let Ok(value) = point[key].parse::<f64>() else { return Ok(None) };
-            let metric = column(&root.join("cells").join(&cell.name), metric);
-            if !metric.is_empty() {
-                line.push((value, metric));
-            }
-        }
-        line.sort_by(|a, b| a.0.total_cmp(&b.0));
-        lines.insert(label.clone(), line);
+        let values =
+            own.iter().zip(&points).map(|(cell, point)| Some((cell.name.as_str(), point[key].parse().ok()?))).collect::<Option<_>>()?;
+        swept.insert(label.clone(), values);
     }
-    let Some(axis) = axis else { return Ok(None) };
-    let values: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
-    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let log_x = lo > 0.0 && hi / lo >= 10.0;
-    Ok((!values.is_empty()).then(|| TuningCurves { axis, metric: metric.to_string(), log_x, lines }))
+    Some((axis?.to_string(), swept))
 }
 
 /// The values of a `runs` column in a cell's study (empty if none finished).
@@ -685,6 +698,19 @@ mod tests {
         );
         assert!(cells[3].overrides.contains(&"batch_size=4".to_string()) && cells[3].overrides.contains(&"eval_every=10".to_string()));
         assert_eq!(cells.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()[..2], ["0000", "0001"]);
+    }
+
+    #[test]
+    fn tuning_curves_share_an_axis_by_name_and_a_base_rate_is_a_rate() {
+        let axis = |axes: &str| {
+            let s = spec(&format!("study = \"split-mnist\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.01, 0.1]\n{axes}"));
+            tuning_axis(&s, &s.cells().unwrap())
+                .map(|(axis, swept)| (axis, swept.into_iter().map(|(l, v)| (l, v.len())).collect::<Vec<_>>()))
+        };
+        let shared = axis("[optimizers.oblique]\n\"base.lr\" = [1e-3, 1e-2, 0.1]\n");
+        assert_eq!(shared, Some(("lr".to_string(), vec![("oblique".to_string(), 3), ("sgd".to_string(), 2)])));
+        assert_eq!(axis("[optimizers.kfac]\ndamping = [1e-3, 1e-2]\n"), None, "lr and damping do not share an axis");
+        assert_eq!(axis("[optimizers.muon]\nlr = [0.01]\n\"aux_adamw.lr\" = [1e-4, 1e-3]\n"), None, "an auxiliary rate is not the rate");
     }
 
     #[test]
