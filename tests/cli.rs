@@ -2,7 +2,7 @@
 //! clear error that writes nothing; two processes on one study; kills at random
 //! moments followed by `--resume`; the schema listing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,14 @@ fn tiny_gpt_sweep(dir: &Path, rest: &str) -> String {
          seq = 16\nbatch_size = 2\neval_batches = 1\nprobe_every = 0\n{rest}",
         dir.join("corpus.txt").display().to_string()
     )
+}
+
+/// Writes `tiny_gpt_sweep(dir, rest)` to a spec file: the spec's path, and the
+/// sweep folder to give `--out`.
+fn write_tiny_gpt_sweep(dir: &Path, rest: &str) -> (PathBuf, PathBuf) {
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, tiny_gpt_sweep(dir, rest)).unwrap();
+    (spec, dir.join("sweep"))
 }
 
 fn with(base: &[String], extra: &[&str]) -> Vec<String> {
@@ -241,13 +249,10 @@ fn a_failed_run_is_recorded_and_the_exit_status_says_so() {
 #[test]
 fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("lr.toml");
-    let text = tiny_gpt_sweep(
+    let (spec, out) = write_tiny_gpt_sweep(
         dir.path(),
         "steps = 200\neval_every = 20\n[optimizers.adam]\nlr = [1e-3, 1e-2, 3e-2]\n[optimizers.muon]\nlr = [0.02, -1.0]\n",
     );
-    std::fs::write(&spec, text).unwrap();
-    let out = dir.path().join("sweep");
     let args = ["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu", "--jobs", "2"];
     // Killed mid-way (the cells it started go on or die; none is lost)...
     let mut first = Command::new(env!("CARGO_BIN_EXE_exp")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -375,6 +380,29 @@ fn a_gpt_sweep_selects_on_validation_loss_and_reports_the_test_split() {
     assert!(test.len() == 5 && test.iter().all(|l| l.is_finite() && *l > 0.0), "{test:?}");
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("on the test split") && table.contains("test bits/byte") && table.contains("adam − muon"), "{table}");
+}
+
+#[test]
+fn a_grid_without_selection_compares_the_optimizers_at_each_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, out) = write_tiny_gpt_sweep(
+        dir.path(),
+        "steps = 6\neval_every = 3\n[grid]\nseq = [8, 16]\n[optimizers.adam]\nlr = [1e-3]\n[optimizers.muon]\nlr = [0.02]\n",
+    );
+    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One table per point, each comparing both optimizers on paired seeds.
+    let table = String::from_utf8_lossy(&o.stdout);
+    for point in ["at seq=8", "at seq=16"] {
+        let part = table.split(point).nth(1).unwrap_or_else(|| panic!("no table {point}: {table}"));
+        assert!(part.contains("adam − muon"), "{table}");
+    }
+    // ...and one folder of figures per point.
+    let o = exp(&["plot", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for point in ["seq-8", "seq-16"] {
+        assert!(out.join("figures").join(point).join("loss.png").is_file(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
 }
 
 /// Every step's loss by (run, step): the record of a study, in a fixed order.

@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plot { dir } => {
             let drawn = if sweep::is_sweep(&dir) {
                 let (spec, state) = sweep::state(&dir)?;
-                sweep::plot(&dir, &spec, &state)?
+                sweep::plot(&dir, &spec, &state)?.into_iter().flat_map(|(_, figures)| figures).collect()
             } else {
                 folder::saved_config(&dir)?;
                 figures::plot_study(&dir)?

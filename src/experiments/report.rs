@@ -57,8 +57,19 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     let table = sweep::render(&spec, &state, root)?;
     let mut parts = vec![Part::Heading("Results".into()), Part::Text(table.clone())];
     let finals = sweep::finished_reruns(root, &state);
-    let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds.";
-    figure_parts(&mut parts, Some(note), sweep::plot(root, &spec, &state));
+    let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds, \
+                or (a grid without selection over shared axes) the optimizers' cells at each point of those axes.";
+    parts.push(Part::Heading("Figures".into()));
+    parts.push(Part::Note(note.into()));
+    match sweep::plot(root, &spec, &state) {
+        Ok(groups) => {
+            for (point, figures) in groups {
+                parts.extend(point.map(|p| Part::Heading(format!("Figures at {p}"))));
+                parts.extend(figures.into_iter().map(Part::Figure));
+            }
+        }
+        Err(e) => parts.push(Part::Note(format!("No figures: {e:#}."))),
+    }
     if root.join("selection.toml").exists() {
         parts.push(Part::Heading("Selection (selection.toml)".into()));
         parts.push(Part::Text(read(&root.join("selection.toml"))?));

@@ -473,17 +473,54 @@ pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
 /// has them) and the finished reruns' figures, side by side.
-pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<super::figures::Figure>> {
+pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(Option<String>, Vec<super::figures::Figure>)>> {
     let out = root.join("figures");
     let mut drawn = Vec::new();
     if let Some(curves) = tuning_curves(spec, root)? {
-        drawn.push(super::figures::plot_tuning(&out, &curves)?);
+        drawn.push((None, vec![super::figures::plot_tuning(&out, &curves)?]));
     }
     let finals = finished_reruns(root, state);
     if !finals.is_empty() {
-        drawn.extend(super::figures::plot(&finals, &out)?);
+        drawn.push((None, super::figures::plot(&finals, &out)?));
+    }
+    for (point, cells) in shared_points(spec, &finished_cells(state)).into_iter().flatten() {
+        let dirs: Vec<PathBuf> = cells.iter().map(|c| root.join("cells").join(&c.name)).collect();
+        drawn.push((Some(point.clone()), super::figures::plot(&dirs, &out.join(slug(&point)))?));
     }
     Ok(drawn)
+}
+
+/// The grid cells that finished.
+fn finished_cells(state: &SweepResult) -> Vec<Cell> {
+    state.cells.iter().filter(|(_, end)| matches!(end, CellEnd::AlreadyDone | CellEnd::Finished)).map(|(c, _)| c.clone()).collect()
+}
+
+/// A sweep without `[select]` over shared axes (`[grid]`, `[[zip]]`), e.g.
+/// widths or datasets with each optimizer at one fixed rate, compares the
+/// optimizers at each point of those axes: `cells` grouped by that point (in
+/// cell order), one cell per optimizer. None for any other sweep, or when an
+/// optimizer's own axes give it several cells at one point.
+fn shared_points<'a>(spec: &SweepSpec, cells: &'a [Cell]) -> Option<Vec<(String, Vec<&'a Cell>)>> {
+    if spec.select.is_some() || (spec.grid.is_empty() && spec.zip.is_empty()) {
+        return None;
+    }
+    let fixed = spec.set.len() + 2;
+    let mut points: Vec<(String, Vec<&Cell>)> = Vec::new();
+    for cell in cells {
+        let point = cell.overrides[fixed..].iter().filter(|o| !o.starts_with("optimizer.")).cloned().collect::<Vec<_>>().join(" ");
+        match points.iter_mut().find(|(p, _)| *p == point) {
+            Some((_, group)) if group.iter().any(|c| c.optimizer == cell.optimizer) => return None,
+            Some((_, group)) => group.push(cell),
+            None => points.push((point, vec![cell])),
+        }
+    }
+    Some(points)
+}
+
+/// A folder name for a point such as `dataset="mnist" hidden=[8, 8]`.
+fn slug(point: &str) -> String {
+    let mapped: String = point.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    mapped.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-")
 }
 
 /// The grid's tuning curves, when every optimizer's cells sweep one numeric
@@ -626,6 +663,12 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         let own = cell.overrides[fixed..].join(" ");
         writeln!(out, "{:<6} {:<10} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
     }
+    for (point, cells) in shared_points(spec, &finished_cells(result)).into_iter().flatten() {
+        let dirs: Vec<PathBuf> = cells.iter().map(|c| root.join("cells").join(&c.name)).collect();
+        let labels: Vec<String> = cells.iter().map(|c| c.optimizer.clone()).collect();
+        writeln!(out, "\nat {point}, on {}:", if spec.study == "gpt" { "the held-out text" } else { "the test sets" }).unwrap();
+        out += &table(spec, &dirs, &labels)?;
+    }
     if result.selected.is_empty() {
         return Ok(out);
     }
@@ -643,18 +686,23 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         }
     }
     let dirs: Vec<PathBuf> = finished.iter().map(|label| root.join("final").join(label)).collect();
-    if spec.study == "gpt" {
-        if !dirs.is_empty() {
-            out += &super::summary::render_gpt(&dirs, &finished)?;
-        }
-    } else {
-        let mut summaries = Vec::new();
-        for (dir, label) in dirs.iter().zip(&finished) {
-            summaries.extend(super::summary::summarize(dir, std::slice::from_ref(label))?);
-        }
-        out += &super::summary::render(&summaries);
-    }
+    out += &table(spec, &dirs, &finished)?;
     Ok(out)
+}
+
+/// The study table of studies read together, one optimizer label per folder.
+fn table(spec: &SweepSpec, dirs: &[PathBuf], labels: &[String]) -> Result<String> {
+    if dirs.is_empty() {
+        return Ok(String::new());
+    }
+    if spec.study == "gpt" {
+        return super::summary::render_gpt(dirs, labels);
+    }
+    let mut summaries = Vec::new();
+    for (dir, label) in dirs.iter().zip(labels) {
+        summaries.extend(super::summary::summarize(dir, std::slice::from_ref(label))?);
+    }
+    Ok(super::summary::render(&summaries))
 }
 
 fn log_path(root: &Path, cell: &Cell) -> PathBuf {
@@ -711,6 +759,23 @@ mod tests {
         assert_eq!(shared, Some(("lr".to_string(), vec![("oblique".to_string(), 3), ("sgd".to_string(), 2)])));
         assert_eq!(axis("[optimizers.kfac]\ndamping = [1e-3, 1e-2]\n"), None, "lr and damping do not share an axis");
         assert_eq!(axis("[optimizers.muon]\nlr = [0.01]\n\"aux_adamw.lr\" = [1e-4, 1e-3]\n"), None, "an auxiliary rate is not the rate");
+    }
+
+    #[test]
+    fn a_grid_without_selection_compares_the_optimizers_at_each_shared_point() {
+        let text = "study = \"split-mnist\"\nseeds = [0]\n[grid]\nhidden = [[8], [64]]\n[optimizers.sgd]\nlr = [0.1]\n[optimizers.muon]\nlr = [0.02]\n";
+        let s = spec(text);
+        let cells = s.cells().unwrap();
+        let points = shared_points(&s, &cells).expect("one cell per optimizer and point");
+        let names: Vec<(&str, Vec<&str>)> = points.iter().map(|(p, c)| (p.as_str(), c.iter().map(|c| c.name.as_str()).collect())).collect();
+        assert_eq!(names, [("hidden=[8]", vec!["0000", "0002"]), ("hidden=[64]", vec!["0001", "0003"])]);
+        assert_eq!(slug("dataset=\"fashion-mnist\" hidden=[8, 8]"), "dataset-fashion-mnist-hidden-8-8");
+        let two_rates = spec(&text.replace("lr = [0.1]", "lr = [0.1, 0.3]"));
+        assert!(shared_points(&two_rates, &two_rates.cells().unwrap()).is_none(), "two sgd cells at one point");
+        let no_axes = spec(&text.replace("[grid]\nhidden = [[8], [64]]\n", ""));
+        assert!(shared_points(&no_axes, &no_axes.cells().unwrap()).is_none());
+        let selected = spec(&format!("{text}[select]\nseeds = [1, 2, 3, 4, 5]\n"));
+        assert!(shared_points(&selected, &selected.cells().unwrap()).is_none());
     }
 
     #[test]
