@@ -643,7 +643,9 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
     use std::fmt::Write as _;
     let column = if spec.study == "gpt" { "final_validation_loss" } else { "final_all_accuracy" };
     let fixed = spec.set.len() + 2;
-    let mut out = format!("{:<6} {:<10} {:<20} {:<44} {}\n", "cell", "optimizer", column, "values", "status");
+    // Long labels widen their column rather than shift the rest.
+    let w = results.iter().map(|(c, _)| c.optimizer.len()).max().unwrap_or(0).max(10);
+    let mut out = format!("{:<6} {:<w$} {:<20} {:<44} {}\n", "cell", "optimizer", column, "values", "status");
     for (cell, end) in results {
         let values = self::column(&root.join("cells").join(&cell.name), column);
         let metric = match values.len() {
@@ -661,7 +663,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
             CellEnd::Failed(why) => format!("FAILED ({why})"),
         };
         let own = cell.overrides[fixed..].join(" ");
-        writeln!(out, "{:<6} {:<10} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
+        writeln!(out, "{:<6} {:<w$} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
     }
     for (point, cells) in shared_points(spec, &finished_cells(result)).into_iter().flatten() {
         let dirs: Vec<PathBuf> = cells.iter().map(|c| root.join("cells").join(&c.name)).collect();
