@@ -45,7 +45,7 @@ fn study_parts(dir: &Path) -> Result<(String, String, Vec<Part>)> {
     let (kind, _) = super::folder::saved_config(dir)?;
     let table = summary::report(dir)?;
     let mut parts = vec![Part::Heading("Results".into()), Part::Text(table.clone())];
-    figure_parts(&mut parts, None, figures::plot_study(dir));
+    figure_parts(&mut parts, None, figures::plot_study(dir).map(|figures| vec![(None, figures)]));
     parts.push(Part::Heading("Configuration (config.toml)".into()));
     parts.push(Part::Text(read(&dir.join("config.toml"))?));
     provenance_parts(&mut parts, dir)?;
@@ -59,17 +59,7 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     let finals = sweep::finished_reruns(root, &state);
     let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds, \
                 or (a grid without selection over shared axes) the optimizers' cells at each point of those axes.";
-    parts.push(Part::Heading("Figures".into()));
-    parts.push(Part::Note(note.into()));
-    match sweep::plot(root, &spec, &state) {
-        Ok(groups) => {
-            for (point, figures) in groups {
-                parts.extend(point.map(|p| Part::Heading(format!("Figures at {p}"))));
-                parts.extend(figures.into_iter().map(Part::Figure));
-            }
-        }
-        Err(e) => parts.push(Part::Note(format!("No figures: {e:#}."))),
-    }
+    figure_parts(&mut parts, Some(note), sweep::plot(root, &spec, &state));
     if root.join("selection.toml").exists() {
         parts.push(Part::Heading("Selection (selection.toml)".into()));
         parts.push(Part::Text(read(&root.join("selection.toml"))?));
@@ -83,11 +73,18 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     Ok((format!("optlab {} sweep: {}", spec.study, name_of(root)), table, parts))
 }
 
-fn figure_parts(parts: &mut Vec<Part>, note: Option<&str>, figures: Result<Vec<Figure>>) {
+/// The figures, in groups: a group with a point (of a sweep's shared axes)
+/// gets its own heading.
+fn figure_parts(parts: &mut Vec<Part>, note: Option<&str>, groups: Result<Vec<(Option<String>, Vec<Figure>)>>) {
     parts.push(Part::Heading("Figures".into()));
     parts.extend(note.map(|n| Part::Note(n.into())));
-    match figures {
-        Ok(figures) => parts.extend(figures.into_iter().map(Part::Figure)),
+    match groups {
+        Ok(groups) => {
+            for (point, figures) in groups {
+                parts.extend(point.map(|p| Part::Heading(format!("Figures at {p}"))));
+                parts.extend(figures.into_iter().map(Part::Figure));
+            }
+        }
         Err(e) => parts.push(Part::Note(format!("No figures: {e:#}."))),
     }
 }
