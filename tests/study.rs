@@ -175,6 +175,38 @@ fn figures_are_drawn_from_the_tables() {
 }
 
 #[test]
+fn representations_every_epoch_record_each_epochs_end_and_summarise_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["protocol=\"joint\"", "optimizers=[\"adamw\"]", "representations_every_epoch=true"]);
+    let split = Split { train: blobs(12, 1), test: blobs(20, 2) };
+    run_tasks(&c, &make_tasks(&c, &split).unwrap(), dir.path(), None);
+    // 120 examples in batches of 16: 8 steps an epoch, 3 epochs, one task.
+    let acts = read_table(dir.path(), &schema::ACTIVATIONS).unwrap();
+    let (name, step) = (acts.column("name").unwrap().str().unwrap(), acts.column("step").unwrap().i64().unwrap());
+    let fc2: Vec<usize> = (0..acts.height()).filter(|&k| name.get(k) == Some("fc2")).collect();
+    assert_eq!(fc2.iter().map(|&k| step.get(k).unwrap()).collect::<Vec<_>>(), [8, 16, 24], "one row per epoch's end");
+    // The rank changes as training goes, and the summary takes the last one.
+    let rank = acts.column("effective_rank").unwrap().f64().unwrap();
+    let ranks: Vec<f64> = fc2.iter().map(|&k| rank.get(k).unwrap()).collect();
+    assert!(ranks[0] != ranks[2], "{ranks:?}");
+    let s = summary::summarize(dir.path(), &c.optimizers).unwrap();
+    let fc2_summary = s[0].representations.iter().find(|r| r.name == "fc2").unwrap();
+    assert_eq!((fc2_summary.effective_rank.n, fc2_summary.effective_rank.mean), (1, ranks[2]));
+    // The sparsity figure draws every evaluation, rank included.
+    optlab::experiments::figures::plot_study(dir.path()).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("figures/sparsity.svg")).unwrap();
+    assert!(svg.contains("fc2: effective rank") && svg.matches("<circle").count() >= 3 * 3 * 2, "{svg}");
+
+    // Off (the default): the task's end only.
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&["protocol=\"joint\"", "optimizers=[\"adamw\"]"]);
+    run_tasks(&c, &make_tasks(&c, &split).unwrap(), dir.path(), None);
+    let steps: Vec<Option<i64>> =
+        read_table(dir.path(), &schema::ACTIVATIONS).unwrap().column("step").unwrap().i64().unwrap().iter().collect();
+    assert_eq!(steps, [Some(24), Some(24)], "fc1 and fc2 at the end");
+}
+
+#[test]
 fn tables_show_intervals_over_seeds_and_paired_differences() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&["optimizers=[\"sgd\", \"adamw\"]", "seeds=[0, 1, 2]", "epochs_per_task=1"]);

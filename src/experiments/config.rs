@@ -199,6 +199,10 @@ pub struct SplitMnistConfig {
     pub optimizer: BTreeMap<String, toml::Table>,
     /// Spectra every this many steps (and always at task boundaries); 0 = boundaries only.
     pub probe_every: u64,
+    /// The representations on the test sets at the end of every epoch too, not
+    /// only of every task: how rank and sparsity form during training (`000`'s
+    /// "checkpoints between epochs").
+    pub representations_every_epoch: bool,
     /// Standardize pixels with the training set's mean and std.
     pub standardize: bool,
     /// Cap on training examples per task (quick checks); None = all.
@@ -234,6 +238,7 @@ impl Default for SplitMnistConfig {
             optimizers: ["sgd", "adamw", "muon", "shampoo"].map(String::from).to_vec(),
             optimizer: BTreeMap::new(),
             probe_every: 50,
+            representations_every_epoch: false,
             standardize: true,
             max_train_per_task: None,
             eval_batch: 1000,

@@ -113,7 +113,7 @@ pub fn accuracy_row(
     ]
 }
 
-pub fn activation_rows(run: &str, after_task: usize, representations: &[Representation], labels: &[u8]) -> anyhow::Result<Vec<Row>> {
+pub fn activation_rows(run: &str, after_task: usize, step: u64, representations: &[Representation], labels: &[u8]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (layer, r) in representations.iter().enumerate() {
         let (acts, width) = (&r.values, r.width);
@@ -124,6 +124,7 @@ pub fn activation_rows(run: &str, after_task: usize, representations: &[Represen
         rows.push(vec![
             ("run", run.into()),
             ("after_task", after_task.into()),
+            ("step", step.into()),
             ("layer", (layer + 1).into()),
             ("name", r.name.as_str().into()),
             ("width", width.into()),

@@ -17,7 +17,7 @@ use super::trainer::{BatchLoss, Settings};
 use crate::backend::Backend;
 use crate::data::{self, Dataset, Task, shuffled_batches};
 use crate::metrics::AccuracyMatrix;
-use crate::models::{Classifier, ParamStore};
+use crate::models::{Classifier, ParamStore, Representation};
 use crate::random::{self, Stream};
 use crate::record::schema;
 
@@ -153,15 +153,22 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
         let (hits, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch)?;
         let test_sizes: Vec<usize> = self.tasks.iter().map(|task| task.test.len()).collect();
         self.accuracy_rows(&hits, &test_sizes, "test", at, &mut scores[..t * t], records)?;
-        for row in probes::activation_rows(at.run, at.segment, &representations, &self.union_test.labels)? {
-            records.push(&schema::ACTIVATIONS, row)?;
-        }
+        self.representation_rows(&representations, at, records)?;
         if scores.len() > t * t {
             let (hits, _) = probes::evaluate(model.as_mut(), backend, &self.union_validation, self.config.eval_batch)?;
             let sizes: Vec<usize> = self.held_out.iter().map(Vec::len).collect();
             self.accuracy_rows(&hits, &sizes, "validation", at, &mut scores[t * t..], records)?;
         }
         Ok(())
+    }
+
+    /// The representations on the test sets, when configured every epoch.
+    fn epoch_end(&self, backend: &B, model: &mut Self::Model, at: Evaluation, records: &mut Records) -> Result<()> {
+        if !self.config.representations_every_epoch {
+            return Ok(());
+        }
+        let (_, representations) = probes::evaluate(model.as_mut(), backend, &self.union_test, self.config.eval_batch)?;
+        self.representation_rows(&representations, at, records)
     }
 
     fn summary(&self, scores: &[f64]) -> Summary {
@@ -203,6 +210,13 @@ impl<B: Backend> Protocol<B> for SplitStudy<'_> {
 }
 
 impl SplitStudy<'_> {
+    fn representation_rows(&self, representations: &[Representation], at: Evaluation, records: &mut Records) -> Result<()> {
+        for row in probes::activation_rows(at.run, at.segment, at.step, representations, &self.union_test.labels)? {
+            records.push(&schema::ACTIVATIONS, row)?;
+        }
+        Ok(())
+    }
+
     /// One task's rows of the accuracy matrix (and the all-classes row) from the
     /// hits of one pass over a union of per-task sets of `sizes`.
     fn accuracy_rows(

@@ -51,6 +51,11 @@ pub trait Protocol<B: Backend> {
     /// Measurements at the end of `segment` (accuracy matrix, held-out loss), into
     /// `records` and `scores`, the run's checkpointed numbers.
     fn evaluate(&self, backend: &B, model: &mut Self::Model, at: Evaluation, scores: &mut Vec<f64>, records: &mut Records) -> Result<()>;
+    /// Measurements at the end of an epoch inside `segment` (its last epoch
+    /// ends at `evaluate`): how the solution forms, not a score.
+    fn epoch_end(&self, _backend: &B, _model: &mut Self::Model, _at: Evaluation, _records: &mut Records) -> Result<()> {
+        Ok(())
+    }
     /// The summary columns of the `runs` row of a completed run (null otherwise).
     fn summary(&self, scores: &[f64]) -> Summary;
     /// Clipping, probing and the learning-rate schedule (`total_steps` is
@@ -344,7 +349,7 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
             let mut rec = Records::new(self.root, &self.id, segment)?;
             self.at.set("drawing the segment's batches");
             let batches = p.batches(self.seed, segment)?;
-            for (epoch, batch) in &batches {
+            for (k, (epoch, batch)) in batches.iter().enumerate() {
                 let at = Position { run: &self.id, task, epoch: *epoch };
                 self.at.step.set(trainer.steps() + 1);
                 self.at.set("forward and backward");
@@ -365,6 +370,10 @@ impl<B: Backend, P: Protocol<B>> Run<'_, B, P> {
                     return Ok(RunEnd::Diverged { step });
                 }
                 progress.inc(1);
+                if batches.get(k + 1).is_some_and(|(next, _)| next != epoch) {
+                    self.at.set("measurements at the epoch's end");
+                    p.epoch_end(b, &mut model, Evaluation { run: &self.id, segment, step: trainer.steps() }, &mut rec)?;
+                }
             }
             let step = trainer.steps();
             self.at.step.set(step);

@@ -225,13 +225,14 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     let acts = read_table(dir, &schema::ACTIVATIONS)?;
     let (r_run, r_after, r_name) = (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?);
     let (r_cosine, r_dead) = (lists(&acts, "class_cosine")?, floats(&acts, "dead_unit_fraction")?);
-    // Null in folders written before the column existed.
-    let r_rank = floats(&acts, "effective_rank")?;
+    // Null in folders written before the columns existed (one row per layer
+    // and task then, so the task orders them).
+    let (r_rank, r_step) = (floats(&acts, "effective_rank")?, ints(&acts, "step")?);
     let mut last_reps: Latest<RepresentationRow> = Latest::default();
     for k in 0..r_run.len() {
-        if let Some(after) = r_after[k] {
+        if let Some(when) = r_step[k].or(r_after[k]) {
             let (cos_mean, cos_sd) = off_diagonal_mean_sd(&r_cosine[k]);
-            last_reps.add(&r_run[k], after, (r_name[k].clone(), r_rank[k], cos_mean, cos_sd, r_dead[k]));
+            last_reps.add(&r_run[k], when, (r_name[k].clone(), r_rank[k], cos_mean, cos_sd, r_dead[k]));
         }
     }
 

@@ -171,10 +171,11 @@ pub const ACCURACY: Table = Table {
 
 pub const ACTIVATIONS: Table = Table {
     name: "activations",
-    doc: "Representations on the union of every task's test set after each task, per hidden layer.",
+    doc: "Representations on the union of every task's test set after each task (and each epoch, with `representations_every_epoch`), per hidden layer.",
     columns: &[
         RUN,
-        col("after_task", Kind::I64, "The last task trained."),
+        col("after_task", Kind::I64, "The task being trained (its last epoch: the task is done)."),
+        opt("step", Kind::I64, "Optimizer steps taken so far in this run; null in folders written before the column existed."),
         col("layer", Kind::I64, "Probed layer, in order (1 = first)."),
         col(
             "name",

@@ -25,15 +25,19 @@ pub(super) type Stage = (i64, i64);
 /// Singular values at each stage, one list per seed.
 pub(super) type Spectra = BTreeMap<Stage, Vec<Vec<f64>>>;
 
-/// Class-mean cosine matrices after the last task, one per seed (row-major).
+/// Class-mean cosine matrices at the last evaluation, one per seed (row-major).
 pub(super) struct Cosines {
     pub after: i64,
+    /// The evaluation's step (its task, in folders from before steps were recorded).
+    pub when: i64,
     pub seeds: Vec<Vec<f64>>,
 }
 
-/// One seed's covariance of a layer's units after the last task (row-major).
+/// One seed's covariance of a layer's units at the last evaluation (row-major).
 pub(super) struct Covariance {
     pub after: i64,
+    /// As `Cosines::when`.
+    pub when: i64,
     pub seed: i64,
     pub width: usize,
     pub values: Vec<f64>,
@@ -59,8 +63,9 @@ pub(super) struct StudyData {
     pub spectra: BTreeMap<(String, String), Spectra>,
     /// label → (after, eval) → test accuracies, one per seed.
     pub accuracy: BTreeMap<String, BTreeMap<(i64, i64), Vec<f64>>>,
-    /// (layer, label) → after task → [zero, near-zero, dead-unit] fractions, one per seed.
-    pub sparsity: BTreeMap<(Layer, String), BySeed<[f64; 3]>>,
+    /// (layer, label) → step of each evaluation → [zero, near-zero, dead-unit
+    /// fractions, effective rank (NaN for token layers)], one per seed.
+    pub sparsity: BTreeMap<(Layer, String), BySeed<[f64; 4]>>,
     pub cosine: BTreeMap<(Layer, String), Cosines>,
     /// The lowest seed's: units of different seeds do not correspond.
     pub covariance: BTreeMap<(Layer, String), Covariance>,
@@ -108,19 +113,25 @@ impl StudyData {
         if let Ok(spectra) = read_table(dir, &schema::SPECTRA) {
             self.add_spectra(&spectra)?;
         }
+        // (run, task) → the step of the evaluation at the task's end.
+        let mut task_end: BTreeMap<(String, i64), i64> = BTreeMap::new();
         if let Ok(acc) = read_table(dir, &schema::ACCURACY) {
             let (run, after, eval, a) =
                 (strings(&acc, "run")?, ints(&acc, "after_task")?, ints(&acc, "eval_task")?, floats(&acc, "accuracy")?);
+            let at = ints(&acc, "step")?;
             // Folders written before the column existed hold test rows only.
             let split = if acc.column("split").is_ok() { strings(&acc, "split")? } else { vec!["test".into(); acc.height()] };
             for k in (0..run.len()).filter(|&k| split[k] == "test") {
                 if let (Some(i), Some(j), Some(v)) = (after[k], eval[k], a[k]) {
                     self.accuracy.entry(label_of(&run[k]).to_string()).or_default().entry((i, j)).or_default().push(v);
+                    if let Some(s) = at[k] {
+                        task_end.insert((run[k].clone(), i), s);
+                    }
                 }
             }
         }
         if let Ok(act) = read_table(dir, &schema::ACTIVATIONS) {
-            self.add_activations(&act)?;
+            self.add_activations(&act, &task_end)?;
         }
         Ok(())
     }
@@ -157,23 +168,25 @@ impl StudyData {
         Ok(())
     }
 
-    fn add_activations(&mut self, act: &DataFrame) -> Result<()> {
+    /// `task_end` gives the step of a row written before `step` was recorded.
+    fn add_activations(&mut self, act: &DataFrame, task_end: &BTreeMap<(String, i64), i64>) -> Result<()> {
         let (run, after, layer, name) = (strings(act, "run")?, ints(act, "after_task")?, ints(act, "layer")?, strings(act, "name")?);
         let (zero, near, dead) = (floats(act, "zero_fraction")?, floats(act, "near_zero_fraction")?, floats(act, "dead_unit_fraction")?);
-        let (cosine, width) = (lists(act, "class_cosine")?, ints(act, "width")?);
-        let covariance = lists(act, "covariance")?;
+        let (cosine, width, rank) = (lists(act, "class_cosine")?, ints(act, "width")?, floats(act, "effective_rank")?);
+        let (covariance, at) = (lists(act, "covariance")?, ints(act, "step")?);
         for k in 0..run.len() {
             let (Some(after), Some(layer)) = (after[k], layer[k]) else { continue };
+            let Some(when) = at[k].or_else(|| task_end.get(&(run[k].clone(), after)).copied()) else { continue };
             let key = ((layer, name[k].clone()), label_of(&run[k]).to_string());
-            let fractions = [zero[k].unwrap_or(f64::NAN), near[k].unwrap_or(f64::NAN), dead[k].unwrap_or(f64::NAN)];
-            self.sparsity.entry(key.clone()).or_default().entry(after).or_default().push(fractions);
+            let measures = [zero[k], near[k], dead[k], rank[k]].map(|v| v.unwrap_or(f64::NAN));
+            self.sparsity.entry(key.clone()).or_default().entry(when).or_default().push(measures);
             let n = (cosine[k].len() as f64).sqrt() as usize;
             if n > 0 && n * n == cosine[k].len() {
-                let entry = self.cosine.entry(key.clone()).or_insert(Cosines { after, seeds: Vec::new() });
-                if after > entry.after {
-                    *entry = Cosines { after, seeds: Vec::new() };
+                let entry = self.cosine.entry(key.clone()).or_insert(Cosines { after, when, seeds: Vec::new() });
+                if when > entry.when {
+                    *entry = Cosines { after, when, seeds: Vec::new() };
                 }
-                if after == entry.after {
+                if when == entry.when {
                     entry.seeds.push(cosine[k].clone());
                 }
             }
@@ -182,9 +195,9 @@ impl StudyData {
                 let seed = run[k].rsplit_once("-s").and_then(|(_, s)| s.parse().ok()).unwrap_or(0);
                 let values = covariance[k].clone();
                 match self.covariance.get(&key) {
-                    Some(c) if (c.after, -c.seed) > (after, -seed) => {}
+                    Some(c) if (c.when, -c.seed) > (when, -seed) => {}
                     _ => {
-                        self.covariance.insert(key, Covariance { after, seed, width, values });
+                        self.covariance.insert(key, Covariance { after, when, seed, width, values });
                     }
                 }
             }

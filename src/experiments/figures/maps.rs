@@ -86,7 +86,7 @@ pub(super) fn class_cosine<DB: DrawingBackend>(data: &StudyData, area: &DrawingA
     let grid = area.split_evenly((layers.len().max(1), data.labels.len().max(1)));
     for (r, layer) in layers.iter().enumerate() {
         for (c, label) in data.labels.iter().enumerate() {
-            let Some(Cosines { after, seeds }) = data.cosine.get(&((*layer).clone(), label.clone())) else { continue };
+            let Some(Cosines { after, seeds, .. }) = data.cosine.get(&((*layer).clone(), label.clone())) else { continue };
             let n = (seeds[0].len() as f64).sqrt() as usize;
             let value = |i: usize, j: usize| Some(seeds.iter().map(|s| s[i * n + j]).sum::<f64>() / seeds.len() as f64);
             // ReLU layers' class means never point apart: a 0..1 scale shows them better.
@@ -106,7 +106,8 @@ pub(super) fn covariance<DB: DrawingBackend>(data: &StudyData, area: &DrawingAre
     let grid = area.split_evenly((layers.len().max(1), data.labels.len().max(1)));
     for (r, layer) in layers.iter().enumerate() {
         for (c, label) in data.labels.iter().enumerate() {
-            let Some(Covariance { after, seed, width: w, values: cov }) = data.covariance.get(&((*layer).clone(), label.clone())) else {
+            let Some(Covariance { after, seed, width: w, values: cov, .. }) = data.covariance.get(&((*layer).clone(), label.clone()))
+            else {
                 continue;
             };
             let w = *w;
