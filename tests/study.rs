@@ -197,13 +197,15 @@ fn representations_every_epoch_record_each_epochs_end_and_summarise_the_last() {
     let svg = std::fs::read_to_string(dir.path().join("figures/sparsity.svg")).unwrap();
     assert!(svg.contains("fc2: effective rank") && svg.matches("<circle").count() >= 3 * 3 * 2, "{svg}");
 
-    // Off (the default): the task's end only.
+    // Off (the default): the task's end only, and training is the same.
+    let every_epoch = dir;
     let dir = tempfile::tempdir().unwrap();
     let c = config(&["protocol=\"joint\"", "optimizers=[\"adamw\"]"]);
     run_tasks(&c, &make_tasks(&c, &split).unwrap(), dir.path(), None);
     let steps: Vec<Option<i64>> =
         read_table(dir.path(), &schema::ACTIVATIONS).unwrap().column("step").unwrap().i64().unwrap().iter().collect();
     assert_eq!(steps, [Some(24), Some(24)], "fc1 and fc2 at the end");
+    assert_eq!(column_f64(dir.path(), &schema::STEPS, "loss"), column_f64(every_epoch.path(), &schema::STEPS, "loss"));
 }
 
 #[test]
