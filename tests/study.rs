@@ -172,6 +172,12 @@ fn figures_are_drawn_from_the_tables() {
     assert!(svg("sparsity").contains("fc1: dead units") && svg("class_cosine").contains("fc2 after task 4"));
     // Two seeds: the curves carry 95% bands (filled polygons) beside their lines.
     assert!(svg("effective_rank").contains("<polygon"), "no interval band");
+    // A corrupt part is an error naming it, not a figure left out.
+    let part = std::fs::read_dir(dir.path().join("activations")).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&part, b"not parquet").unwrap();
+    let Err(e) = optlab::experiments::figures::plot_study(dir.path()) else { panic!("a corrupt part was drawn around") };
+    let e = format!("{e:#}");
+    assert!(e.contains(&part.display().to_string()), "{e}");
 }
 
 #[test]

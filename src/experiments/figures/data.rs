@@ -16,6 +16,15 @@ pub(super) fn label_of(run: &str) -> &str {
     run.rsplit_once("-s").map_or(run, |(label, _)| label)
 }
 
+/// A table that not every study writes (no spectra without probes, no
+/// accuracy for a language model): None when it has no parts, an error when a
+/// part is unreadable, so a corrupt table is never drawn as an absent one.
+fn optional_table(dir: &Path, table: &schema::Table) -> Result<Option<DataFrame>> {
+    let parts = std::fs::read_dir(dir.join(table.name)).into_iter().flatten().flatten();
+    let written = parts.map(|e| e.path()).any(|p| p.extension().is_some_and(|x| x == "parquet"));
+    written.then(|| read_table(dir, table)).transpose()
+}
+
 /// A probed layer: its place in the model and its name.
 pub(super) type Layer = (i64, String);
 /// A value at each step (or task), one per seed.
@@ -110,12 +119,12 @@ impl StudyData {
         self.loss.values_mut().for_each(|v| v.sort_by_key(|p| p.0));
         // Studies drawn together share their protocol, so their boundaries agree.
         self.boundaries = first_step_of_task.into_iter().filter(|(t, _)| *t > 0).map(|(_, s)| s - 1).collect();
-        if let Ok(spectra) = read_table(dir, &schema::SPECTRA) {
+        if let Some(spectra) = optional_table(dir, &schema::SPECTRA)? {
             self.add_spectra(&spectra)?;
         }
         // (run, task) → the step of the evaluation at the task's end.
         let mut task_end: BTreeMap<(String, i64), i64> = BTreeMap::new();
-        if let Ok(acc) = read_table(dir, &schema::ACCURACY) {
+        if let Some(acc) = optional_table(dir, &schema::ACCURACY)? {
             let (run, after, eval, a) =
                 (strings(&acc, "run")?, ints(&acc, "after_task")?, ints(&acc, "eval_task")?, floats(&acc, "accuracy")?);
             let at = ints(&acc, "step")?;
@@ -130,7 +139,7 @@ impl StudyData {
                 }
             }
         }
-        if let Ok(act) = read_table(dir, &schema::ACTIVATIONS) {
+        if let Some(act) = optional_table(dir, &schema::ACTIVATIONS)? {
             self.add_activations(&act, &task_end)?;
         }
         Ok(())
