@@ -367,12 +367,12 @@ pub fn run_task(root: &Path, phase: Phase, index: usize, workers: &Workers) -> R
 
 /// The grid's studies, one per cell.
 pub fn grid_jobs(root: &Path, cells: &[Cell]) -> Vec<Job> {
-    cells.iter().map(|c| Job { cell: c.clone(), dir: root.join("cells").join(&c.name) }).collect()
+    cells.iter().map(|c| Job { cell: c.clone(), dir: cell_dir(root, &c.name) }).collect()
 }
 
 /// The reruns of the chosen cells, one per optimizer.
 pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
-    choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: root.join("final").join(&c.optimizer) }).collect()
+    choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: rerun_dir(root, &c.optimizer) }).collect()
 }
 
 /// Applies the selection rule to the finished grid cells and writes it down
@@ -468,7 +468,7 @@ fn write_selection(root: &Path, choices: &[Choice], (metric, higher_is_better): 
 
 /// The study folders of the reruns that finished.
 pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
-    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| root.join("final").join(&s.choice.optimizer)).collect()
+    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| rerun_dir(root, &s.choice.optimizer)).collect()
 }
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
@@ -484,7 +484,7 @@ pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(O
         drawn.push((None, super::figures::plot(&finals, &out)?));
     }
     for (point, cells) in shared_points(spec, &finished_cells(state)).into_iter().flatten() {
-        let dirs: Vec<PathBuf> = cells.iter().map(|c| root.join("cells").join(&c.name)).collect();
+        let dirs: Vec<PathBuf> = cells.iter().map(|c| cell_dir(root, &c.name)).collect();
         drawn.push((Some(point.clone()), super::figures::plot(&dirs, &out.join(slug(&point)))?));
     }
     Ok(drawn)
@@ -539,7 +539,7 @@ pub fn tuning_curves(spec: &SweepSpec, root: &Path) -> Result<Option<TuningCurve
     for (label, points) in swept {
         let mut line: Vec<(f64, Vec<f64>)> = points
             .into_iter()
-            .map(|(cell, value)| (value, column(&root.join("cells").join(cell), metric)))
+            .map(|(cell, value)| (value, column(&cell_dir(root, cell), metric)))
             .filter(|(_, metric)| !metric.is_empty())
             .collect();
         line.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -647,7 +647,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
     let w = results.iter().map(|(c, _)| c.optimizer.len()).max().unwrap_or(0).max(10);
     let mut out = format!("{:<6} {:<w$} {:<20} {:<44} {}\n", "cell", "optimizer", column, "values", "status");
     for (cell, end) in results {
-        let values = self::column(&root.join("cells").join(&cell.name), column);
+        let values = self::column(&cell_dir(root, &cell.name), column);
         let metric = match values.len() {
             0 => "—".to_string(),
             1 => format!("{:.4}", values[0]),
@@ -666,7 +666,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         writeln!(out, "{:<6} {:<w$} {:<20} {:<44} {status}", cell.name, cell.optimizer, metric, own).unwrap();
     }
     for (point, cells) in shared_points(spec, &finished_cells(result)).into_iter().flatten() {
-        let dirs: Vec<PathBuf> = cells.iter().map(|c| root.join("cells").join(&c.name)).collect();
+        let dirs: Vec<PathBuf> = cells.iter().map(|c| cell_dir(root, &c.name)).collect();
         let labels: Vec<String> = cells.iter().map(|c| c.optimizer.clone()).collect();
         writeln!(out, "\nat {point}, on {}:", if spec.study == "gpt" { "the held-out text" } else { "the test sets" }).unwrap();
         out += &table(spec, &dirs, &labels)?;
@@ -687,7 +687,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
             finished.push(c.optimizer.clone());
         }
     }
-    let dirs: Vec<PathBuf> = finished.iter().map(|label| root.join("final").join(label)).collect();
+    let dirs: Vec<PathBuf> = finished.iter().map(|label| rerun_dir(root, label)).collect();
     out += &table(spec, &dirs, &finished)?;
     Ok(out)
 }
@@ -705,6 +705,16 @@ fn table(spec: &SweepSpec, dirs: &[PathBuf], labels: &[String]) -> Result<String
         summaries.extend(super::summary::summarize(dir, std::slice::from_ref(label))?);
     }
     Ok(super::summary::render(&summaries))
+}
+
+/// A grid cell's study folder.
+fn cell_dir(root: &Path, name: &str) -> PathBuf {
+    root.join("cells").join(name)
+}
+
+/// The study folder of an optimizer's rerun with fresh seeds.
+fn rerun_dir(root: &Path, optimizer: &str) -> PathBuf {
+    root.join("final").join(optimizer)
 }
 
 fn log_path(root: &Path, cell: &Cell) -> PathBuf {
