@@ -198,6 +198,10 @@ fn representations_every_epoch_record_each_epochs_end_and_summarise_the_last() {
     let s = summary::summarize(dir.path(), &c.optimizers).unwrap();
     let fc2_summary = s[0].representations.iter().find(|r| r.name == "fc2").unwrap();
     assert_eq!((fc2_summary.effective_rank.n, fc2_summary.effective_rank.mean), (1, ranks[2]));
+    // ReLU's sparsity is its exact zeros.
+    let zeros = acts.column("zero_fraction").unwrap().f64().unwrap().get(fc2[2]).unwrap();
+    assert!(zeros > 0.0 && fc2_summary.sparsity.mean == zeros, "{:?} against {zeros}", fc2_summary.sparsity);
+    assert!(summary::render(&s).contains(&format!("{zeros:.4}")));
     // The sparsity figure draws every evaluation, rank included.
     optlab::experiments::figures::plot_study(dir.path()).unwrap();
     let svg = std::fs::read_to_string(dir.path().join("figures/sparsity.svg")).unwrap();

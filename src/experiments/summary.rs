@@ -97,11 +97,19 @@ pub struct RepresentationSummary {
     pub cosine_mean: Interval,
     pub cosine_sd: Interval,
     pub dead_units: Interval,
+    /// Fraction of activations that are off (`metrics::sparsity`).
+    pub sparsity: Interval,
 }
 
-/// What one run's `activations` row says of a representation: effective rank,
-/// off-diagonal class-mean cosine mean and sd, dead-unit fraction.
-type RepresentationRow = (String, Option<f64>, f64, f64, Option<f64>);
+/// What one run's `activations` row says of a representation.
+struct RepresentationRow {
+    name: String,
+    effective_rank: Option<f64>,
+    /// Off-diagonal class-mean cosines: mean and standard deviation.
+    cosine: (f64, f64),
+    dead_units: Option<f64>,
+    sparsity: f64,
+}
 
 /// Mean and standard deviation of the finite off-diagonal entries of a
 /// row-major square matrix (NaN when there are none).
@@ -225,14 +233,22 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
     let acts = read_table(dir, &schema::ACTIVATIONS)?;
     let (r_run, r_after, r_name) = (strings(&acts, "run")?, ints(&acts, "after_task")?, strings(&acts, "name")?);
     let (r_cosine, r_dead) = (lists(&acts, "class_cosine")?, floats(&acts, "dead_unit_fraction")?);
+    let (r_zero, r_near) = (floats(&acts, "zero_fraction")?, floats(&acts, "near_zero_fraction")?);
     // Null in folders written before the columns existed (one row per layer
     // and task then, so the task orders them).
     let (r_rank, r_step) = (floats(&acts, "effective_rank")?, ints(&acts, "step")?);
     let mut last_reps: Latest<RepresentationRow> = Latest::default();
     for k in 0..r_run.len() {
         if let Some(when) = r_step[k].or(r_after[k]) {
-            let (cos_mean, cos_sd) = off_diagonal_mean_sd(&r_cosine[k]);
-            last_reps.add(&r_run[k], when, (r_name[k].clone(), r_rank[k], cos_mean, cos_sd, r_dead[k]));
+            let sparsity = crate::metrics::sparsity(r_zero[k].unwrap_or(f64::NAN), r_near[k].unwrap_or(f64::NAN));
+            let row = RepresentationRow {
+                name: r_name[k].clone(),
+                effective_rank: r_rank[k],
+                cosine: off_diagonal_mean_sd(&r_cosine[k]),
+                dead_units: r_dead[k],
+                sparsity,
+            };
+            last_reps.add(&r_run[k], when, row);
         }
     }
 
@@ -260,9 +276,9 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
             // In the order the layers were probed.
             let mut reps: Vec<(String, Vec<&RepresentationRow>)> = Vec::new();
             for row in done.iter().flat_map(|&k| last_reps.get(&run_ids[k])) {
-                match reps.iter_mut().find(|(name, _)| *name == row.0) {
+                match reps.iter_mut().find(|(name, _)| *name == row.name) {
                     Some((_, rows)) => rows.push(row),
-                    None => reps.push((row.0.clone(), vec![row])),
+                    None => reps.push((row.name.clone(), vec![row])),
                 }
             }
             let over = |rows: &[&RepresentationRow], pick: fn(&RepresentationRow) -> Option<f64>| {
@@ -272,10 +288,11 @@ pub fn summarize(dir: &Path, order: &[String]) -> Result<Vec<OptimizerSummary>> 
                 .into_iter()
                 .map(|(name, rows)| RepresentationSummary {
                     name,
-                    effective_rank: over(&rows, |r| r.1),
-                    cosine_mean: over(&rows, |r| Some(r.2)),
-                    cosine_sd: over(&rows, |r| Some(r.3)),
-                    dead_units: over(&rows, |r| r.4),
+                    effective_rank: over(&rows, |r| r.effective_rank),
+                    cosine_mean: over(&rows, |r| Some(r.cosine.0)),
+                    cosine_sd: over(&rows, |r| Some(r.cosine.1)),
+                    dead_units: over(&rows, |r| r.dead_units),
+                    sparsity: over(&rows, |r| Some(r.sparsity)),
                 })
                 .collect();
             let by_seed = done.iter().filter_map(|&k| Some((seeds[k]? as u64, (final_all[k]?, forgetting[k]?)))).collect();
@@ -348,19 +365,21 @@ pub fn render(summaries: &[OptimizerSummary]) -> String {
 }
 
 /// Each optimizer's representations after the last task: effective rank,
-/// class-mean cosine (mean and spread of the off-diagonal), dead units.
+/// class-mean cosine (mean and spread of the off-diagonal), dead units, and
+/// the fraction of activations that are off.
 fn render_representations(summaries: &[OptimizerSummary], w: usize) -> String {
     if summaries.iter().all(|s| s.representations.is_empty()) {
         return String::new();
     }
     let lw = summaries.iter().flat_map(|s| &s.representations).map(|r| r.name.len()).max().unwrap_or(0).max(5);
     let mut out = format!("representations after the last task (± 95% interval over seeds):\n{:<w$} {:<lw$}", "optimizer", "layer");
-    writeln!(out, " {:>15} {:>17} {:>17} {:>17}", "effective rank", "class cos mean", "class cos sd", "dead units").unwrap();
+    writeln!(out, " {:>15} {:>17} {:>17} {:>17} {:>17}", "effective rank", "class cos mean", "class cos sd", "dead units", "sparsity")
+        .unwrap();
     for s in summaries {
         for r in &s.representations {
             write!(out, "{:<w$} {:<lw$} {:>15}", s.label, r.name, interval(r.effective_rank, 1)).unwrap();
-            writeln!(out, " {:>17} {:>17} {:>17}", interval(r.cosine_mean, 4), interval(r.cosine_sd, 4), interval(r.dead_units, 4))
-                .unwrap();
+            let (cos_mean, cos_sd) = (interval(r.cosine_mean, 4), interval(r.cosine_sd, 4));
+            writeln!(out, " {cos_mean:>17} {cos_sd:>17} {:>17} {:>17}", interval(r.dead_units, 4), interval(r.sparsity, 4)).unwrap();
         }
     }
     out

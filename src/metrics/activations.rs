@@ -79,6 +79,13 @@ pub fn near_zero_fraction(acts: &[f32]) -> f64 {
     acts.iter().filter(|a| a.abs() < NEAR_ZERO).count() as f64 / acts.len() as f64
 }
 
+/// A layer's sparsity from its two fractions: exact zeros where the layer
+/// produces any (ReLU), else |a| < [`NEAR_ZERO`] (GELU, SwiGLU, a normalized
+/// token), whose exact zeros are 0 whatever the layer does.
+pub fn sparsity(zero_fraction: f64, near_zero_fraction: f64) -> f64 {
+    if zero_fraction > 0.0 { zero_fraction } else { near_zero_fraction }
+}
+
 /// Sample covariance (width×width, row-major, divisor n − 1) of the rows of
 /// `acts`; NaN with fewer than two rows.
 pub fn covariance(acts: &[f32], width: usize) -> Vec<f64> {
@@ -184,6 +191,14 @@ mod tests {
         let cos = class_mean_cosine(&[1.0, -1.0, 2.0], 1, &[0, 0, 1], 2);
         assert!(cos[0].is_nan() && cos[1].is_nan() && cos[2].is_nan());
         assert_eq!(cos[3], 1.0);
+    }
+
+    #[test]
+    fn sparsity_is_exact_zeros_where_there_are_any() {
+        // ReLU: the zeros, not the small positive values too.
+        assert_eq!(super::sparsity(0.25, 0.5), 0.25);
+        // GELU: never exactly 0, so |a| < 0.01.
+        assert_eq!(super::sparsity(0.0, 0.125), 0.125);
     }
 
     #[test]

@@ -72,9 +72,9 @@ pub(super) struct StudyData {
     pub spectra: BTreeMap<(String, String), Spectra>,
     /// label → (after, eval) → test accuracies, one per seed.
     pub accuracy: BTreeMap<String, BTreeMap<(i64, i64), Vec<f64>>>,
-    /// (layer, label) → step of each evaluation → [zero, near-zero, dead-unit
-    /// fractions, effective rank (NaN for token layers)], one per seed.
-    pub sparsity: BTreeMap<(Layer, String), BySeed<[f64; 4]>>,
+    /// (layer, label) → step of each evaluation → [dead units, sparsity
+    /// (`metrics::sparsity`), effective rank (NaN for token layers)], one per seed.
+    pub sparsity: BTreeMap<(Layer, String), BySeed<[f64; 3]>>,
     pub cosine: BTreeMap<(Layer, String), Cosines>,
     /// The lowest seed's: units of different seeds do not correspond.
     pub covariance: BTreeMap<(Layer, String), Covariance>,
@@ -187,7 +187,8 @@ impl StudyData {
             let (Some(after), Some(layer)) = (after[k], layer[k]) else { continue };
             let Some(when) = at[k].or_else(|| task_end.get(&(run[k].clone(), after)).copied()) else { continue };
             let key = ((layer, name[k].clone()), label_of(&run[k]).to_string());
-            let measures = [zero[k], near[k], dead[k], rank[k]].map(|v| v.unwrap_or(f64::NAN));
+            let [zero, near, dead, rank] = [zero[k], near[k], dead[k], rank[k]].map(|v| v.unwrap_or(f64::NAN));
+            let measures = [dead, crate::metrics::sparsity(zero, near), rank];
             self.sparsity.entry(key.clone()).or_default().entry(when).or_default().push(measures);
             let n = (cosine[k].len() as f64).sqrt() as usize;
             if n > 0 && n * n == cosine[k].len() {

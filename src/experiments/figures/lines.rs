@@ -243,34 +243,27 @@ fn stage_shade(t: f64) -> RGBColor {
 }
 
 /// Per probed layer (columns), at every evaluation against step: dead units,
-/// zero activations (|a| < 0.01 for GELU, which is never exactly 0), and the
-/// representations' effective rank where the layer has one (rows).
+/// sparsity (`metrics::sparsity`), and the representations' effective rank
+/// where the layer has one (rows).
 pub(super) fn sparsity<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shift>) -> Result<()> {
     let layers: Vec<&(i64, String)> = data.sparsity.keys().map(|(l, _)| l).collect::<BTreeSet<_>>().into_iter().collect();
-    let grid = area.split_evenly((SPARSITY_ROWS, layers.len().max(1)));
+    let grid = area.split_evenly((SPARSITY_ROWS.len(), layers.len().max(1)));
     let max_step = data.sparsity.values().flat_map(|by| by.keys()).max().copied().unwrap_or(1).max(1) as f64;
-    for (row, what) in ["dead units", "zero activations", "effective rank"].into_iter().enumerate() {
+    for (index, what) in SPARSITY_ROWS.into_iter().enumerate() {
         for (c, layer) in layers.iter().enumerate() {
-            let gelu = layer.1.contains("gelu");
-            let index = match row {
-                0 => 2,
-                1 if gelu => 1,
-                1 => 0,
-                _ => 3,
-            };
             let lines: Vec<(&String, Vec<(f64, Interval)>)> = data
                 .sparsity
                 .iter()
                 .filter(|((l, _), _)| l == *layer)
                 .map(|((_, label), by)| {
-                    let finite = |seeds: &Vec<[f64; 4]>| seeds.iter().map(|m| m[index]).filter(|v| v.is_finite()).collect::<Vec<f64>>();
+                    let finite = |seeds: &Vec<[f64; 3]>| seeds.iter().map(|m| m[index]).filter(|v| v.is_finite()).collect::<Vec<f64>>();
                     let by_step = by.iter().map(|(s, seeds)| (*s as f64, finite(seeds))).filter(|(_, v)| !v.is_empty());
                     (label, by_step.map(|(s, v)| (s, Interval::of(&v))).collect())
                 })
                 .collect();
-            let y = if index == 3 { up_to(&lines.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()) } else { 0.0..1.0 };
-            let title = format!("{}: {}", layer.1, if row == 1 && gelu { "|a| < 0.01" } else { what });
-            let mut chart = chart(&grid[row * layers.len() + c], &title, 0.0..max_step, 10, y.clone())?;
+            let y = if index == 2 { up_to(&lines.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()) } else { 0.0..1.0 };
+            let title = format!("{}: {what}", layer.1);
+            let mut chart = chart(&grid[index * layers.len() + c], &title, 0.0..max_step, 10, y.clone())?;
             boundaries(&mut chart, data, y.clone())?;
             for (label, curve) in lines.iter().filter(|(_, l)| !l.is_empty()) {
                 mean_line(&mut chart, curve, &y, colour(data, label), label, true)?;
@@ -281,8 +274,8 @@ pub(super) fn sparsity<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<
     Ok(())
 }
 
-/// Rows of the sparsity figure.
-pub(super) const SPARSITY_ROWS: usize = 3;
+/// Rows of the sparsity figure, in the order `StudyData::sparsity` holds them.
+pub(super) const SPARSITY_ROWS: [&str; 3] = ["dead units", "sparsity", "effective rank"];
 
 /// A sweep's tuning curves: per optimizer, a final metric over the tuning
 /// seeds against the one value its cells sweep (e.g. `lr`).

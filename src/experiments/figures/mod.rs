@@ -132,8 +132,9 @@ impl Kind {
             Kind::Sparsity => {
                 "the test sets' representations at every evaluation (each task's end; each epoch's with \
                  `representations_every_epoch`) against step, per probed layer: the fraction of dead units (0 on every test \
-                 example; top), of activations that are 0, or |a| < 0.01 for GELU (middle), and their effective rank (bottom; \
-                 per-example layers), mean over seeds with 95% intervals"
+                 example; top), the fraction of activations that are off (exact zeros where the layer has any, as after ReLU; else \
+                 |a| < 0.01, as for GELU; middle), and their effective rank (bottom; per-example layers), mean over seeds with 95% \
+                 intervals"
             }
             Kind::AccuracyMatrix => {
                 "R[i][j], test accuracy on task j (column) after training task i (row, first at the top), mean over seeds, a panel per optimizer"
@@ -158,7 +159,7 @@ impl Kind {
             Kind::StableRank => some(data.stable_ranks.is_empty(), grid(lines::matrices(data.stable_ranks.keys().map(|k| &k.0))).0, 300),
             Kind::DirectionRank => some(data.directions.is_empty(), grid(lines::matrices(data.directions.keys().map(|k| &k.0))).0, 300),
             Kind::Spectra => some(data.spectra.is_empty(), lines::spectra_params(data).len(), 280),
-            Kind::Sparsity => some(data.sparsity.is_empty(), lines::SPARSITY_ROWS, 350),
+            Kind::Sparsity => some(data.sparsity.is_empty(), lines::SPARSITY_ROWS.len(), 350),
             Kind::AccuracyMatrix => some(data.accuracy.is_empty(), 1, 800),
             Kind::ClassCosine => some(data.cosine.is_empty(), maps::layers(data.cosine.keys()).len(), 320),
             Kind::Covariance => some(data.covariance.is_empty(), maps::layers(data.covariance.keys()).len(), 320),
