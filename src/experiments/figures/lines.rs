@@ -261,9 +261,14 @@ pub(super) fn sparsity<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<
                     (label, by_step.map(|(s, v)| (s, Interval::of(&v))).collect())
                 })
                 .collect();
+            // Token-level layers have no effective rank: their panel stays blank.
+            if lines.iter().all(|(_, l)| l.is_empty()) {
+                continue;
+            }
             let y = if index == 2 { up_to(&lines.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()) } else { 0.0..1.0 };
             let title = format!("{}: {what}", layer.1);
-            let mut chart = chart(&grid[index * layers.len() + c], &title, 0.0..max_step, 10, y.clone())?;
+            // Room past the last evaluation, the end of the run, so its dot is not on the frame.
+            let mut chart = chart(&grid[index * layers.len() + c], &title, 0.0..max_step * 1.04, 5, y.clone())?;
             boundaries(&mut chart, data, y.clone())?;
             for (label, curve) in lines.iter().filter(|(_, l)| !l.is_empty()) {
                 mean_line(&mut chart, curve, &y, colour(data, label), label, true)?;
