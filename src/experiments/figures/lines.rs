@@ -94,9 +94,13 @@ pub(super) fn loss<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, 
     let max_step = data.loss.values().flat_map(|v| v.iter().map(|p| p.0)).max().unwrap_or(1).max(1);
     let losses = data.loss.values().flat_map(|v| v.iter().map(|p| p.1)).filter(|l| l.is_finite() && *l > 0.0);
     let (lo, hi) = losses.fold((f64::MAX, f64::MIN), |(lo, hi), l| (lo.min(l), hi.max(l)));
-    let (lo, hi) = if lo > hi { (1e-3, 10.0) } else { (lo * 0.8, hi * 1.2) };
+    // Whole decades: plotters labels a log axis at powers of ten and the points
+    // after each, so a range inside one decade (a GPT's loss, 1.3 to 5.6) had none.
+    let decade = |v: f64, round: fn(f64) -> f64| 10f64.powf(round(v.log10()));
+    let (lo, hi) = if lo > hi { (1e-3, 10.0) } else { (decade(lo, f64::floor), decade(hi * 1.01, f64::ceil)) };
+    let caption = if data.boundaries.is_empty() { "training loss" } else { "training loss (task boundaries dashed)" };
     let mut chart = ChartBuilder::on(area)
-        .caption("training loss (task boundaries dashed)", (FONT, 28))
+        .caption(caption, (FONT, 28))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)

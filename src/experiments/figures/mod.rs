@@ -116,7 +116,7 @@ impl Kind {
 
     fn caption(self) -> &'static str {
         match self {
-            Kind::Loss => "every run's training loss against step (log scale), task boundaries dashed",
+            Kind::Loss => "every run's training loss against step (log scale), task boundaries (where the study has tasks) dashed",
             Kind::EffectiveRank => "each weight matrix's effective rank against step: mean over seeds per optimizer, shaded 95% interval",
             Kind::StableRank => {
                 "each weight matrix's stable rank ‖W‖_F²/‖W‖₂² against step: mean over seeds per optimizer, shaded 95% interval"
