@@ -25,6 +25,12 @@
 #define MMA_PAD_BF16 8
 #define MMA_PAD_TF32 4
 
+// kernels/newton_schulz.cu: threads per block of the one-launch kernel, and the
+// largest short side it takes (at 128 the Gram matrix and the polynomial take
+// 100 of the 227 KiB of shared memory).
+#define NS_THREADS 512
+#define NS_ONE_LAUNCH_MAX_SHORT 128
+
 // kernels/nn.cu: the activation kinds of activation_forward/backward and the GLU kernels.
 #define ACT_RELU 0
 #define ACT_TANH 1

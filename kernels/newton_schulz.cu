@@ -13,133 +13,95 @@
 // null space amplifies any rounding by a per step) at 3–12%, where keeping X in
 // bf16 gave 30–75%.
 //
-// - newton_schulz_in_shared_memory: the whole iteration in one launch, one block
-//   per matrix, for a short side up to 128 that fits in shared memory.
+// - newton_schulz_in_shared_memory: the whole iteration in one launch on tensor
+//   cores, one block per matrix, for a short side up to 128 that fits in shared
+//   memory.
 // - square_sum_partials, frobenius_scales, scale_to_bf16 (normalization),
 //   polynomial_shifts, shifted_to_bf16 (P − βI) and newton_schulz_update: the
 //   steps around cuBLAS's strided-batched GEMMs for larger matrices.
 #include "common.cuh"
+#include "constants.cuh"
+#include "mma.cuh"
 
-#define NS_THREADS 512  // threads of newton_schulz_in_shared_memory (ONE_LAUNCH_THREADS in Rust)
-#define NS_TILE 4       // a thread's register tile is NS_TILE rows × NS_TILE (Gram) or 2 (update) columns
-
-// The two bf16 of a 32-bit word (element 2k in the low half, 2k+1 in the high), as f32.
-__device__ __forceinline__ float2 bf16_pair(unsigned int w) {
-    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-}
+#define NS_WARPS (NS_THREADS / 32)
+#define NS_ROW_BLOCKS (NS_ONE_LAUNCH_MAX_SHORT / 16)  // 16-row blocks of the largest short side
 
 // ---------------------------------------------------------------------------
-// One launch per batch, in shared memory.
+// One launch per batch, in shared memory, on tensor cores (kernels/mma.cuh).
 //
-// Shared memory (dynamic), for short side s and long side l:
-//   A  f32 s × lda        the Gram matrix (its pad columns stay 0)
-//   P  f32 s × lda        the shifted polynomial P − βI
-//   Xb bf16 s × 2·ldw     X's operand copy, two per 32-bit word
-// with lda = 2·ns_padded_pairs(s) floats and ldw = ns_padded_pairs(l) words: an odd
-// number of pairs per row, so the rows that a warp reads at once fall in distinct
-// banks. The f32 master X lives in the output range itself.
-// src/backend/cuda/newton_schulz.rs computes the same size (one_launch_shared_bytes).
-
-__device__ __forceinline__ int ns_padded_pairs(int n) { return ((n + 1) / 2) | 1; }
+// Shared memory (dynamic), for short side s and long side l rounded up to 16
+// (sp, lp), rows and columns past s and l held at 0:
+//   A   f32  sp × (sp + MMA_PAD_TF32)   the Gram matrix
+//   Pb  bf16 sp × (sp + MMA_PAD_BF16)   the shifted polynomial P − βI
+//   Xb  bf16 sp × (lp + MMA_PAD_BF16)   X's operand copy
+// The f32 master X lives in the output range itself. src/backend/cuda/newton_schulz.rs
+// computes the same size (one_launch_shared_bytes).
+//
+// A step, with the cuBLAS path's operand types: A = Xb·Xbᵀ (bf16 operands);
+// P − βI = c·A·A + b·A − βI with A·A from tf32 operands (A keeps 10 mantissa
+// bits, not bf16's 7: A·A's error reaches every entry of P) and β = tr(P)/s = (c·‖A‖²_F + b·tr A)/s taken
+// from A before P exists, so that P goes straight to bf16; then
+// X ← (a + β)·X + (P − βI)·Xb.
 
 // Element (i, j) of the wide orientation in the row-major input or output.
 __device__ __forceinline__ long long ns_index(int i, int j, int s, int l, bool tall) {
     return tall ? (long long)j * s + i : (long long)i * l + j;
 }
 
-// Rows of bf16 pairs in shared memory, `ld` words per row.
-struct Bf16Rows {
-    const unsigned int* w;
-    int ld;
-    __device__ float2 pair(int row, int k2) const { return bf16_pair(w[row * ld + k2]); }
-};
+__device__ __forceinline__ int ns_round16(int n) { return (n + 15) & ~15; }
 
-// Rows of f32 in shared memory, `ld` floats per row, read two at a time.
-struct F32Rows {
-    const float* a;
-    int ld;
-    __device__ float2 pair(int row, int k2) const {
-        const float* p = a + row * ld + 2 * k2;
-        return make_float2(p[0], p[1]);
+// tf32 operands from f32 values not yet rounded: cvt.rna on the way into the
+// fragments (the tensor cores would otherwise truncate).
+struct MmaTf32Rounded : MmaTf32 {
+    template <int N>
+    static __device__ __forceinline__ void round(unsigned (&r)[N]) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) r[i] = OPTLAB_TO_TF32(__uint_as_float(r[i]));
+    }
+    static __device__ __forceinline__ void load_a(unsigned (&a)[4], const float* tile, int stride) {
+        MmaTf32::load_a(a, tile, stride);
+        round(a);
+    }
+    static __device__ __forceinline__ void load_b_transposed(unsigned (&b)[2], const float* tile, int stride) {
+        MmaTf32::load_b_transposed(b, tile, stride);
+        round(b);
     }
 };
 
-// Lanes sharing one tile of symmetric_product (a power of two ≤ 32): more lanes
-// split the sum over k, for when there are fewer tiles than threads. Minimizes
-// rounds × (pairs per lane + shuffle steps of the lanes' reduction).
-__device__ int ns_lanes_per_tile(int tiles, int pairs) {
-    int best = 1, best_cost = 0x7fffffff;
-    for (int q = 1, levels = 0; q <= 32; q *= 2, ++levels) {
-        const int slots = NS_THREADS / q;
-        const int cost = (tiles + slots - 1) / slots * ((pairs + q - 1) / q + levels);
-        if (cost < best_cost) {
-            best = q;
-            best_cost = cost;
+// C = R·Rᵀ over the first `k_len` columns of R (a multiple of Op::K; R's rows
+// and columns past the real ones are 0), for the s×s symmetric C: warp w takes
+// the 16×16 blocks (bi ≤ bj) w, w + NS_WARPS, … of the upper triangle and hands
+// each entry (i, j < s) to store(i, j, value, mirror): a block off the diagonal
+// stores (j, i) too (mirror = true); a diagonal block's lanes hold both. No
+// barrier inside: the caller syncs.
+template <class Op, class Store>
+__device__ void ns_symmetric_product(const typename Op::Elem* r, int stride, int k_len, int s, Store store) {
+    const int nb = (s + 15) / 16, blocks = nb * (nb + 1) / 2;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int block = threadIdx.x >> 5; block < blocks; block += NS_WARPS) {  // warp-uniform
+        int bi = 0, bj = block;  // block of the upper triangle, row by row
+        while (bj >= nb - bi) {
+            bj -= nb - bi;
+            ++bi;
         }
-    }
-    return best;
-}
-
-// C = alpha·R·Rᵀ (+ beta·add) for the s rows of R, summed over `pairs` pairs of
-// columns; C and add have `ldc` floats per row. C is symmetric: only the tiles
-// (gi ≤ gj) of the upper triangle are computed, each entry stored at (i, j) and
-// (j, i). Row group g holds rows g, g + G, g + 2G, g + 3G (G = groups), so a
-// warp's lanes read consecutive rows. No barrier inside: the caller syncs.
-template <class Rows>
-__device__ void symmetric_product(float* c, int ldc, Rows r, int pairs, int s, float alpha, const float* add, float beta) {
-    const int groups = (s + NS_TILE - 1) / NS_TILE, tiles = groups * (groups + 1) / 2;
-    const int q = ns_lanes_per_tile(tiles, pairs), slots = NS_THREADS / q;
-    const int lane = threadIdx.x % q;
-    // Every thread runs every round (the lanes' shuffles need the whole warp).
-    for (int first = 0; first < tiles; first += slots) {
-        const int t = first + (int)threadIdx.x / q;
-        const bool live = t < tiles;
-        int gi = 0, gj = live ? t : 0;  // tile t of the upper triangle, row by row
-        while (gj >= groups - gi) {
-            gj -= groups - gi;
-            ++gi;
-        }
-        gj += gi;
-        int ri[NS_TILE], rj[NS_TILE];
+        bj += bi;
+        float c[2][4] = {};
+        for (int k = 0; k < k_len; k += Op::K) {
+            unsigned a[4], b[2];
+            Op::load_a(a, r + bi * 16 * stride + k, stride);
 #pragma unroll
-        for (int u = 0; u < NS_TILE; ++u) {
-            ri[u] = min(gi + groups * u, s - 1);  // rows past s read row s−1; never stored
-            rj[u] = min(gj + groups * u, s - 1);
-        }
-        float acc[NS_TILE][NS_TILE] = {};
-        if (live) {
-            for (int k2 = lane; k2 < pairs; k2 += q) {
-                float2 x[NS_TILE], y[NS_TILE];
-#pragma unroll
-                for (int u = 0; u < NS_TILE; ++u) {
-                    x[u] = r.pair(ri[u], k2);
-                    y[u] = r.pair(rj[u], k2);
-                }
-#pragma unroll
-                for (int u = 0; u < NS_TILE; ++u)
-#pragma unroll
-                    for (int v = 0; v < NS_TILE; ++v) acc[u][v] = fmaf(x[u].y, y[v].y, fmaf(x[u].x, y[v].x, acc[u][v]));
+            for (int n = 0; n < 2; ++n) {
+                Op::load_b_transposed(b, r + (bj * 16 + 8 * n) * stride + k, stride);
+                Op::mma(c[n], a, b);
             }
         }
-        for (int o = q / 2; o > 0; o /= 2)
 #pragma unroll
-            for (int u = 0; u < NS_TILE; ++u)
+        for (int n = 0; n < 2; ++n)
 #pragma unroll
-                for (int v = 0; v < NS_TILE; ++v) acc[u][v] += __shfl_xor_sync(0xffffffffu, acc[u][v], o);
-        if (live && lane == 0) {
-#pragma unroll
-            for (int u = 0; u < NS_TILE; ++u)
-#pragma unroll
-                for (int v = 0; v < NS_TILE; ++v) {
-                    const int i = gi + groups * u, j = gj + groups * v;
-                    if (i < s && j < s) {
-                        float e = alpha * acc[u][v];
-                        if (add) e = fmaf(beta, add[i * ldc + j], e);
-                        c[i * ldc + j] = e;
-                        c[j * ldc + i] = e;
-                    }
-                }
-        }
+            for (int e = 0; e < 4; ++e) {
+                const int i = bi * 16 + g + 8 * (e >> 1), j = bj * 16 + 8 * n + 2 * t + (e & 1);
+                if (i < s && j < s) store(i, j, c[n][e], bi != bj);
+            }
     }
 }
 
@@ -150,94 +112,95 @@ extern "C" __global__ void __launch_bounds__(NS_THREADS)
     newton_schulz_in_shared_memory(float* out, const float* in, const long long* offsets, int rows, int cols, int steps,
                                    const float* schedule, float factor, float eps) {
     OPTLAB_DYNAMIC_SHARED(float, ns_shared);
-    __shared__ float inv_norm, a_shifted;
+    __shared__ float inv_norm, shift, a_shifted;
     const bool tall = rows > cols;
     const int s = tall ? cols : rows, l = tall ? rows : cols;
-    const int lda = 2 * ns_padded_pairs(s), ldw = ns_padded_pairs(l), words = (l + 1) / 2;
+    const int sp = ns_round16(s), nb = sp / 16;
+    const int lda = sp + MMA_PAD_TF32, ldp = sp + MMA_PAD_BF16, ldx = ns_round16(l) + MMA_PAD_BF16;
     float* gram = ns_shared;
-    float* poly = gram + s * lda;
-    unsigned int* xw = (unsigned int*)(poly + s * lda);
+    unsigned short* pb = (unsigned short*)(gram + sp * lda);
+    unsigned short* xb = pb + sp * ldp;
     const float* g = in + offsets[blockIdx.x];
     float* x = out + offsets[blockIdx.x];
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
     // X = G / (factor·‖G‖_F + eps), ‖G‖² summed in f64 as the CPU.
     double sq = 0.0;
     for (int e = tid; e < s * l; e += NS_THREADS) sq += (double)g[e] * (double)g[e];
     sq = block_sum_d(sq);
     if (tid == 0) inv_norm = 1.0f / (factor * (float)sqrt(sq) + eps);
-    for (int e = tid; e < s * lda; e += NS_THREADS) gram[e] = 0.0f;  // A·A reads A's pad column
+    const int shared_words = sp * lda + (sp * ldp + sp * ldx) / 2;  // every pad at 0, once
+    for (int e = tid; e < shared_words; e += NS_THREADS) ns_shared[e] = 0.0f;
     __syncthreads();
-    for (int e = tid; e < s * words; e += NS_THREADS) {
-        const int i = e / words, w = e % words;
-        unsigned int packed = 0;
-        for (int h = 0; h < 2 && 2 * w + h < l; ++h) {
-            const long long at = ns_index(i, 2 * w + h, s, l, tall);
-            const float v = g[at] * inv_norm;
-            x[at] = v;
-            packed |= bf16_bits(v) << (16 * h);
-        }
-        xw[i * ldw + w] = packed;  // a missing odd column stays 0 for the Gram sums
+    for (int e = tid; e < s * l; e += NS_THREADS) {
+        const int i = e / l, j = e % l;
+        const long long at = ns_index(i, j, s, l, tall);
+        const float v = g[at] * inv_norm;
+        x[at] = v;
+        xb[i * ldx + j] = (unsigned short)bf16_bits(v);
     }
     __syncthreads();
 
-    const int groups = (s + NS_TILE - 1) / NS_TILE;
-    // The update covers whole columns per round (all row groups of `per_round` words),
-    // so it can overwrite them in place once the round has read them.
-    const int per_round = NS_THREADS / groups;
     for (int step = 0; step < steps; ++step) {
         const float a = schedule[3 * step], b = schedule[3 * step + 1], c = schedule[3 * step + 2];
-        symmetric_product(gram, lda, Bf16Rows{xw, ldw}, words, s, 1.0f, nullptr, 0.0f);
+        ns_symmetric_product<MmaBf16>(xb, ldx, ns_round16(l), s, [&](int i, int j, float v, bool mirror) {
+            gram[i * lda + j] = v;
+            if (mirror) gram[j * lda + i] = v;
+        });
         __syncthreads();
-        // P = c·A·A + b·A: A is symmetric, so A·A's (i, j) is row i · row j.
-        symmetric_product(poly, lda, F32Rows{gram, lda}, (s + 1) / 2, s, c, gram, b);
-        __syncthreads();
-        if (tid < 32) {
-            float trace = 0.0f;
-            for (int i = tid; i < s; i += 32) trace += poly[i * lda + i];
-            const float beta = warp_sum(trace) / s;
-            for (int i = tid; i < s; i += 32) poly[i * lda + i] -= beta;
-            if (tid == 0) a_shifted = a + beta;
+        double trace = 0.0, square = 0.0;
+        for (int e = tid; e < s * s; e += NS_THREADS) {
+            const float v = gram[e / s * lda + e % s];
+            square += (double)v * v;
+            if (e / s == e % s) trace += v;
+        }
+        trace = block_sum_d(trace);
+        square = block_sum_d(square);
+        if (tid == 0) {
+            shift = (float)((c * square + b * trace) / s);
+            a_shifted = a + shift;
         }
         __syncthreads();
-        // X ← (a + β)·X + (P − βI)·Xb; P is symmetric, so P[i][k] is read as P[k][i]:
-        // the lanes of a warp take consecutive row groups, hence consecutive i.
-        for (int w0 = 0; w0 < words; w0 += per_round) {
-            const int w = w0 + tid / groups, gi = tid % groups;
-            const bool live = tid < per_round * groups && w < words;
-            int ri[NS_TILE];
+        const float beta = shift;
+        ns_symmetric_product<MmaTf32Rounded>(gram, lda, sp, s, [&](int i, int j, float v, bool mirror) {
+            const unsigned short p = (unsigned short)bf16_bits(fmaf(c, v, b * gram[i * lda + j]) - (i == j ? beta : 0.0f));
+            pb[i * ldp + j] = p;
+            if (mirror) pb[j * ldp + i] = p;
+        });
+        __syncthreads();
+        // X ← (a + β)·X + (P − βI)·Xb, a warp per 8-column strip of X: it reads
+        // the strip's column of Xb whole before overwriting it, and no other warp
+        // reads that strip.
+        const float a_new = a_shifted;
+        const int g_row = lane >> 2, t = lane & 3;
+        for (int strip = warp; strip < (l + 7) / 8; strip += NS_WARPS) {
+            float acc[NS_ROW_BLOCKS][4] = {};
+            for (int k = 0; k < sp; k += 16) {
+                unsigned bx[2];
+                MmaBf16::load_b(bx, xb + k * ldx + strip * 8, ldx);
 #pragma unroll
-            for (int u = 0; u < NS_TILE; ++u) ri[u] = min(gi + groups * u, s - 1);
-            float acc[NS_TILE][2] = {};
-            if (live) {
-                for (int k = 0; k < s; ++k) {
-                    const float2 y = bf16_pair(xw[k * ldw + w]);
-#pragma unroll
-                    for (int u = 0; u < NS_TILE; ++u) {
-                        const float p = poly[k * lda + ri[u]];
-                        acc[u][0] = fmaf(p, y.x, acc[u][0]);
-                        acc[u][1] = fmaf(p, y.y, acc[u][1]);
+                for (int rb = 0; rb < NS_ROW_BLOCKS; ++rb)
+                    if (rb < nb) {
+                        unsigned ap[4];
+                        MmaBf16::load_a(ap, pb + rb * 16 * ldp + k, ldp);
+                        MmaBf16::mma(acc[rb], ap, bx);
                     }
-                }
             }
-            __syncthreads();  // this round's columns are read by all before any is overwritten
-            if (live) {
+            __syncwarp();  // every lane's reads of the strip before any write
 #pragma unroll
-                for (int u = 0; u < NS_TILE; ++u) {
-                    const int i = gi + groups * u;
-                    if (i >= s) continue;
-                    unsigned int packed = 0;
-                    for (int h = 0; h < 2 && 2 * w + h < l; ++h) {
-                        const long long at = ns_index(i, 2 * w + h, s, l, tall);
-                        const float v = fmaf(a_shifted, x[at], acc[u][h]);
+            for (int rb = 0; rb < NS_ROW_BLOCKS; ++rb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = rb * 16 + g_row + 8 * (e >> 1), j = strip * 8 + 2 * t + (e & 1);
+                    if (rb < nb && i < s && j < l) {
+                        const long long at = ns_index(i, j, s, l, tall);
+                        const float v = fmaf(a_new, x[at], acc[rb][e]);
                         x[at] = v;
-                        packed |= bf16_bits(v) << (16 * h);
+                        xb[i * ldx + j] = (unsigned short)bf16_bits(v);
                     }
-                    xw[i * ldw + w] = packed;
                 }
-            }
         }
-        __syncthreads();  // X complete before the next Gram matrix
+        __syncthreads();  // X complete before the next Gram matrix, and shift read by all
     }
 }
 

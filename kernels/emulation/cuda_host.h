@@ -7,7 +7,8 @@
 // `__shared__` variables are function statics and every block sees them
 // uninitialised as on a GPU (the previous block's values). Per the CUDA C++
 // Programming Guide:
-// - `__syncthreads` is a barrier of the block's threads that have not exited;
+// - `__syncthreads` is a barrier of the block's threads that have not exited,
+//   `__syncwarp` one of the warp's;
 // - `__shfl_*_sync` exchange values within a warp of 32 consecutive threads
 //   (a barrier of the warp's live lanes, values through per-warp slots); a lane
 //   reading from an exited lane, or a mask naming other lanes than the warp's
@@ -236,6 +237,11 @@ inline void launch(dim3 grid, dim3 block_dim, std::size_t shared_bytes, const st
 #define gridDim (emu::g_grid)
 
 inline void __syncthreads() { emu::g_block->sync->arrive_and_wait(); }
+// A barrier of the warp's lanes; only the warp's live lanes as the mask.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != emu::warp_lanes()) emu::fail("__syncwarp mask differs from the warp's lanes");
+    emu::g_block->warps[emu::t_linear / emu::kWarp]->arrive_and_wait();
+}
 template <class T>
 T __shfl_sync(unsigned mask, T v, int src_lane) {
     return emu::shuffle(mask, v, src_lane);

@@ -1,6 +1,7 @@
 //! CUDA batched Newton-Schulz for Muon (`kernels/newton_schulz.cu`; the CPU's
-//! `linalg::newton_schulz` is the reference). Both paths read the GEMM operands
-//! in bf16 and accumulate in f32, with an f32 master X and the polynomial's mean
+//! `linalg::newton_schulz` is the reference). Both paths take X·Xᵀ and (P − βI)·X
+//! from bf16 operands and A·A from tf32, accumulate in f32, and keep an f32
+//! master X with the polynomial's mean
 //! diagonal applied to it (why: the kernel file's header), so results agree with
 //! the CPU to ~1e-2 of max |X| after 5 steps, not to f32 round-off.
 
@@ -9,6 +10,7 @@ use std::ops::Range;
 use anyhow::{Result, anyhow};
 use cudarc::driver::{LaunchConfig, sys};
 
+use super::constants::{MMA_PAD_BF16, MMA_PAD_TF32, NS_ONE_LAUNCH_MAX_SHORT, NS_THREADS};
 use super::launch::{Arg, Launch, blocks};
 use super::{Cuda, DeviceBuf, base_ptr, elementwise, offset};
 use crate::backend::{Gemm, Precision};
@@ -16,24 +18,19 @@ use crate::linalg::{self, NsCoefficients};
 
 /// The one-launch kernel's entry point.
 pub(super) const ONE_LAUNCH_KERNEL: &str = "newton_schulz_in_shared_memory";
-/// Its threads per block (`NS_THREADS` in the kernel).
-const ONE_LAUNCH_THREADS: u32 = 512;
-/// Largest short side it takes: at 128 the f32 Gram matrix and polynomial already
-/// take 130 of the 227 KiB of shared memory, and a block's 512 threads run out of
-/// Gram tiles to share.
-const ONE_LAUNCH_MAX_SHORT: usize = 128;
 /// Values per block of the cuBLAS path's partial sums of squares (at most
 /// `MAX_NORM_CHUNKS` blocks per matrix).
 const NORM_CHUNK: usize = 16_384;
 const MAX_NORM_CHUNKS: usize = 256;
 
 /// Dynamic shared memory of the one-launch kernel for short side `s` and long side
-/// `l`, laid out as in the kernel: the Gram matrix and the polynomial in f32 and
-/// X in bf16, each row padded to an odd number of element pairs:
-/// `2·s·pad(s)·4 + s·pad(l)·2` bytes with `pad(n) = 2·(⌈n/2⌉ | 1)`.
+/// `l`, laid out as in the kernel, with both sides rounded up to 16 (`sp`, `lp`):
+/// the Gram matrix in f32, the shifted polynomial and X in bf16, each row padded
+/// for the tensor cores' fragment loads:
+/// `sp·(sp + MMA_PAD_TF32)·4 + sp·(sp + MMA_PAD_BF16)·2 + sp·(lp + MMA_PAD_BF16)·2` bytes.
 fn one_launch_shared_bytes(s: usize, l: usize) -> usize {
-    let padded = |n: usize| 2 * (n.div_ceil(2) | 1);
-    2 * s * padded(s) * 4 + s * padded(l) * 2
+    let (sp, lp) = (s.next_multiple_of(16), l.next_multiple_of(16));
+    sp * (sp + MMA_PAD_TF32) * 4 + sp * (sp + MMA_PAD_BF16) * 2 + sp * (lp + MMA_PAD_BF16) * 2
 }
 
 /// (a, b, c) of each step as the one-launch kernel reads them; at least one
@@ -54,7 +51,7 @@ pub(super) fn one_launch(
     let [out, input, offsets, schedule] = buffers;
     let cfg = LaunchConfig {
         grid_dim: (blocks(batch), 1, 1),
-        block_dim: (ONE_LAUNCH_THREADS, 1, 1),
+        block_dim: (NS_THREADS as u32, 1, 1),
         shared_mem_bytes: one_launch_shared_bytes(rows.min(cols), rows.max(cols)) as u32,
     };
     let args = vec![
@@ -137,13 +134,14 @@ pub(super) mod cublas_path {
 impl Cuda {
     /// Whether [`Backend::newton_schulz_batched`](crate::backend::Backend::newton_schulz_batched)
     /// runs rows×cols matrices in one launch, one block per matrix with the whole
-    /// iteration in shared memory: when the short side s is at most 128 and X (bf16)
-    /// with its s×s Gram matrix and polynomial (f32) fit in the device's opt-in
-    /// shared memory per block (227 KiB on H100 and H200: up to 64×1546 or 128×385).
+    /// iteration in shared memory on tensor cores: when the short side s is at most
+    /// 128 and X (bf16) with its s×s Gram matrix (f32) and polynomial (bf16) fit in
+    /// the device's opt-in shared memory per block (227 KiB on H100 and H200: up to
+    /// 64×1600 or 128×496).
     /// Otherwise every step is three cuBLAS GEMMs and three grid-wide kernels.
     pub fn newton_schulz_in_one_launch(&self, rows: usize, cols: usize) -> bool {
         let (short, long) = (rows.min(cols), rows.max(cols));
-        short <= ONE_LAUNCH_MAX_SHORT && one_launch_shared_bytes(short, long) <= self.dynamic_shared_limit(ONE_LAUNCH_KERNEL)
+        short <= NS_ONE_LAUNCH_MAX_SHORT && one_launch_shared_bytes(short, long) <= self.dynamic_shared_limit(ONE_LAUNCH_KERNEL)
     }
 
     #[allow(clippy::too_many_arguments)]
