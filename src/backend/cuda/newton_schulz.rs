@@ -1,9 +1,9 @@
 //! CUDA batched Newton-Schulz for Muon (`kernels/newton_schulz.cu`; the CPU's
 //! `linalg::newton_schulz` is the reference). Both paths take X·Xᵀ and (P − βI)·X
 //! from bf16 operands and A·A from tf32, accumulate in f32, and keep an f32
-//! master X with the polynomial's mean
-//! diagonal applied to it (why: the kernel file's header), so results agree with
-//! the CPU to ~1e-2 of max |X| after 5 steps, not to f32 round-off.
+//! master X with the polynomial's mean diagonal applied to it (why: the kernel
+//! file's header), so results agree with the CPU to ~1e-2 of max |X| after 5
+//! steps, not to f32 round-off.
 
 use std::ops::Range;
 
