@@ -39,9 +39,9 @@
 //
 // A step, with the cuBLAS path's operand types: A = Xb·Xbᵀ (bf16 operands);
 // P − βI = c·A·A + b·A − βI with A·A from tf32 operands (A keeps 10 mantissa
-// bits, not bf16's 7: A·A's error reaches every entry of P) and β = tr(P)/s = (c·‖A‖²_F + b·tr A)/s taken
-// from A before P exists, so that P goes straight to bf16; then
-// X ← (a + β)·X + (P − βI)·Xb.
+// bits, not bf16's 7: A·A's error reaches every entry of P) and
+// β = tr(P)/s = (c·‖A‖²_F + b·tr A)/s taken from A before P exists, so that P
+// goes straight to bf16; then X ← (a + β)·X + (P − βI)·Xb.
 
 // Element (i, j) of the wide orientation in the row-major input or output.
 __device__ __forceinline__ long long ns_index(int i, int j, int s, int l, bool tall) {
@@ -115,8 +115,8 @@ extern "C" __global__ void __launch_bounds__(NS_THREADS)
     __shared__ float inv_norm, shift, a_shifted;
     const bool tall = rows > cols;
     const int s = tall ? cols : rows, l = tall ? rows : cols;
-    const int sp = ns_round16(s), nb = sp / 16;
-    const int lda = sp + MMA_PAD_TF32, ldp = sp + MMA_PAD_BF16, ldx = ns_round16(l) + MMA_PAD_BF16;
+    const int sp = ns_round16(s), lp = ns_round16(l), nb = sp / 16;
+    const int lda = sp + MMA_PAD_TF32, ldp = sp + MMA_PAD_BF16, ldx = lp + MMA_PAD_BF16;
     float* gram = ns_shared;
     unsigned short* pb = (unsigned short*)(gram + sp * lda);
     unsigned short* xb = pb + sp * ldp;
@@ -143,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(NS_THREADS)
 
     for (int step = 0; step < steps; ++step) {
         const float a = schedule[3 * step], b = schedule[3 * step + 1], c = schedule[3 * step + 2];
-        ns_symmetric_product<MmaBf16>(xb, ldx, ns_round16(l), s, [&](int i, int j, float v, bool mirror) {
+        ns_symmetric_product<MmaBf16>(xb, ldx, lp, s, [&](int i, int j, float v, bool mirror) {
             gram[i * lda + j] = v;
             if (mirror) gram[j * lda + i] = v;
         });
