@@ -383,6 +383,58 @@ fn a_gpt_sweep_selects_on_validation_loss_and_reports_the_test_split() {
 }
 
 #[test]
+fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, out) = write_tiny_gpt_sweep(
+        dir.path(),
+        "steps = 20\neval_every = 10\ntest_fraction = 0.1\n[grid]\nseq = [8, 16]\n\
+         [optimizers.adam]\nlr = [1e-5, 1e-2]\n[optimizers.muon]\nlr = [0.002, 0.02]\n[select]\nseeds = [10, 11, 12, 13, 14]\nper_point = true\n",
+    );
+    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A choice per optimizer and point, each the best of that point's cells only.
+    let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
+    let cells: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("cells.toml")).unwrap()).unwrap();
+    let overrides_of = |name: &str| {
+        let cell = cells["cell"].as_array().unwrap().iter().find(|c| c["name"].as_str() == Some(name)).unwrap();
+        cell["overrides"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    for (point, seq) in [("seq-8", "seq=8"), ("seq-16", "seq=16")] {
+        for label in ["adam", "muon"] {
+            let t = selection[&format!("{point}/{label}")].as_table().unwrap_or_else(|| panic!("{point}/{label}: {selection:?}"));
+            assert_eq!((t["optimizer"].as_str(), t["point"].as_str()), (Some(label), Some(seq)));
+            let means = t["mean_validation_loss"].as_table().unwrap();
+            assert_eq!(means.len(), 2, "{point}/{label}: only its point's two cells compete: {means:?}");
+            assert!(means.keys().all(|cell| overrides_of(cell).contains(&seq.to_string())), "{point}/{label}: {means:?}");
+            let best = means.iter().min_by(|a, b| a.1.as_float().partial_cmp(&b.1.as_float()).unwrap()).unwrap().0;
+            assert_eq!(t["chosen_cell"].as_str(), Some(best.as_str()), "{point}/{label}: {t:?}");
+            let runs = optlab::record::read_table(&out.join("final").join(point).join(label), &optlab::record::schema::RUNS).unwrap();
+            let seeds: Vec<i64> = runs.column("seed").unwrap().i64().unwrap().iter().flatten().collect();
+            assert_eq!(seeds, [10, 11, 12, 13, 14], "{point}/{label}");
+        }
+    }
+    // One test table per point, in the grid's order; exp report reprints the sweep's table.
+    let table = String::from_utf8_lossy(&o.stdout);
+    for point in ["selected at seq=8 on validation", "selected at seq=16 on validation"] {
+        let part = table.split(point).nth(1).unwrap_or_else(|| panic!("no table {point}: {table}"));
+        assert!(part.contains("adam − muon"), "{table}");
+    }
+    assert!(table.find("selected at seq=8").unwrap() < table.find("selected at seq=16").unwrap(), "in the grid's order: {table}");
+    let again = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 8);
+    let report = exp(&["report", out.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
+    // Each point's tuning curves and reruns' figures in its own folder.
+    let o = exp(&["plot", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for point in ["seq-8", "seq-16"] {
+        for figure in ["tuning.png", "loss.png"] {
+            assert!(out.join("figures").join(point).join(figure).is_file(), "{point}/{figure}: {}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+}
+
+#[test]
 fn a_grid_without_selection_compares_the_optimizers_at_each_point() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, out) = write_tiny_gpt_sweep(

@@ -291,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(args) if args.slurm => sweep_on_slurm(&args),
         Command::Sweep(args) => sweep(&args),
         Command::SweepTask { dir, phase, index, threads, compute } => {
-            let exe = std::env::current_exe().context("locating the exp binary")?;
+            let exe = own_binary()?;
             let extra = compute.args();
             let workers = Workers { exe: &exe, extra_args: &extra, jobs: 1, threads };
             match sweep::run_task(&dir, phase, index, &workers)? {
@@ -499,7 +499,7 @@ fn sweep(args: &SweepArgs) -> Result<()> {
     let out = sweep_folder(args);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let jobs = args.jobs.unwrap_or((cores / args.threads).max(1));
-    let exe = std::env::current_exe().context("locating the exp binary")?;
+    let exe = own_binary()?;
     let extra = args.compute.args();
     eprintln!(
         "sweep: {} cells of exp {}, {jobs} at a time × {} threads → {}",
@@ -523,6 +523,14 @@ fn sweep(args: &SweepArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The binary this process runs, for the sweep's cells: on Linux the running
+/// file itself (`/proc/self/exe`), so that rebuilding `exp` while a sweep runs
+/// neither breaks it (the old path is gone) nor mixes two builds in one sweep.
+fn own_binary() -> Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() { Ok(running.to_path_buf()) } else { std::env::current_exe().context("locating the exp binary") }
 }
 
 /// The summary table (when any run finished), where the results are, and an

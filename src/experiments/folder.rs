@@ -141,10 +141,16 @@ fn refuse_study_files(root: &Path) -> Result<()> {
 
 fn write_config(root: &Path, kind: &str, config: &toml::Table) -> Result<()> {
     let text = format!("{STUDY_KEY} = {}\n{}", toml::Value::from(kind), toml::to_string_pretty(config)?);
-    let path = root.join(CONFIG);
-    let tmp = root.join(format!("{CONFIG}.tmp"));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    write_atomically(&root.join(CONFIG), &text)
+}
+
+/// Writes `text` to `path` through a temporary file beside it, so a reader (or
+/// a kill) never sees half a file.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Every key of `saved` whose value `new` changes (dotted paths, with both

@@ -58,9 +58,7 @@ impl Provenance {
         let dir = root.join(FOLDER);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.toml", self.session));
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        super::folder::write_atomically(&path, &toml::to_string_pretty(self)?)
     }
 
     /// Marks the session ended now and rewrites its file.

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 
 use super::figures::{self, Figure};
+use super::folder::write_atomically;
 use super::{summary, sweep};
 
 /// One part of a report.
@@ -162,12 +163,6 @@ fn name_of(dir: &Path) -> String {
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

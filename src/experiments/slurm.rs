@@ -98,9 +98,7 @@ pub fn advance(spec: &SweepSpec, root: &Path, cluster: &Cluster, after: Option<P
             studies: todo.iter().map(|(_, j)| j.cell.name.clone()).collect(),
             at: super::provenance::utc(std::time::SystemTime::now(), true),
         });
-        let tmp = record_path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string_pretty(&record)?)?;
-        std::fs::rename(&tmp, &record_path).with_context(|| format!("writing {}", record_path.display()))?;
+        super::folder::write_atomically(&record_path, &toml::to_string_pretty(&record)?)?;
         return Ok(Progress::Submitted { phase, studies: todo.len(), array, then });
     }
     Ok(Progress::Done)

@@ -186,9 +186,7 @@ pub fn run_study<B: Backend, P: Protocol<B>, C: StudyConfig>(
     let _folder = if resume { StudyFolder::resume(out, kind, &table)? } else { StudyFolder::create(out, kind, &table)? };
     provenance.write(out)?;
     for (name, contents) in protocol.study_files() {
-        let (path, tmp) = (out.join(name), out.join(format!("{name}.tmp")));
-        std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        super::folder::write_atomically(&out.join(name), &contents)?;
     }
     let report = run_all(backend, protocol, out, &config.named_optimizers()?, config.seeds(), stop_after, provenance, progress)?;
     provenance.finish(out)?;

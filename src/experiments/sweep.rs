@@ -18,6 +18,9 @@
 //! lr = [0.01, 0.05, 0.1]
 //! [optimizers.adamw]
 //! lr = [1e-4, 1e-3]
+//! [select]                               # optional: tune on validation
+//! seeds = [100, 101, 102, 103, 104]      # fresh seeds for the chosen cells
+//! per_point = true                       # a choice at every shared point
 //! ```
 //!
 //! Each cell trains one optimizer label at one point of its own axes and of the
@@ -32,6 +35,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::figures::TuningCurves;
+use super::folder::write_atomically;
 
 /// A sweep as written by a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,10 +73,16 @@ pub struct SweepSpec {
 #[serde(deny_unknown_fields)]
 pub struct Select {
     pub seeds: Vec<u64>,
+    /// Choose each optimizer's cell separately at every point of the shared
+    /// axes (`[grid]`, `[[zip]]`), e.g. a rate per width and dataset, rather
+    /// than one cell across them: a rate tuned at one width need not suit
+    /// another (Yang et al. 2021, "Tensor Programs V", arXiv 2203.03466).
+    #[serde(default)]
+    pub per_point: bool,
 }
 
 /// One study of the sweep: an optimizer label and the overrides of its point.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     pub name: String,
     pub optimizer: String,
@@ -267,9 +277,7 @@ pub fn settle_manifest(root: &Path, cells: &[Cell]) -> Result<()> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-            let tmp = path.with_extension("toml.tmp");
-            std::fs::write(&tmp, toml::to_string_pretty(&Manifest { cell: cells.to_vec() })?)?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+            write_atomically(&path, &toml::to_string_pretty(&Manifest { cell: cells.to_vec() })?)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -303,9 +311,12 @@ pub struct SweepResult {
     pub selected: Vec<Selection>,
 }
 
-/// One optimizer's chosen cell and its rerun with fresh seeds.
+/// One optimizer's chosen cell (at one shared point with `per_point`) and its
+/// rerun with fresh seeds.
 pub struct Choice {
     pub optimizer: String,
+    /// The shared point chosen at (see [`point_of`]); empty without `per_point`.
+    pub point: String,
     pub chosen: String,
     /// Mean validation score (the spec's `selection_metric`) of every finished cell of this optimizer.
     pub candidates: Vec<(String, f64)>,
@@ -317,6 +328,25 @@ impl SweepResult {
     pub fn unfinished(&self) -> Vec<&str> {
         let ends = self.cells.iter().map(|(c, e)| (c, e)).chain(self.selected.iter().map(|s| (&s.choice.rerun, &s.end)));
         ends.filter(|(_, e)| matches!(e, CellEnd::Failed(_) | CellEnd::Unfinished)).map(|(c, _)| c.name.as_str()).collect()
+    }
+}
+
+impl Choice {
+    fn new(optimizer: &str, point: String, chosen: String, candidates: Vec<(String, f64)>, overrides: Vec<String>) -> Self {
+        let mut choice = Choice { optimizer: optimizer.into(), point, chosen, candidates, rerun: Cell::default() };
+        let name = format!("final-{}", choice.key().replace('/', "-"));
+        choice.rerun = Cell { name, optimizer: optimizer.into(), overrides };
+        choice
+    }
+
+    /// Its entry in `selection.toml`: the label, or with a point `<point>/<label>`.
+    fn key(&self) -> String {
+        if self.point.is_empty() { self.optimizer.clone() } else { format!("{}/{}", slug(&self.point), self.optimizer) }
+    }
+
+    /// The study folder of its rerun with fresh seeds.
+    fn rerun_dir(&self, root: &Path) -> PathBuf {
+        root.join("final").join(self.key())
     }
 }
 
@@ -332,10 +362,9 @@ pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
     let cells = spec.cells()?;
     spec.check_held_out(&cells)?;
     settle_manifest(root, &cells)?;
-    let saved = root.join(SPEC);
-    if !saved.exists() {
-        std::fs::write(&saved, toml::to_string_pretty(spec)?).with_context(|| format!("writing {}", saved.display()))?;
-    }
+    // Rewritten each time: the manifest has checked the cells, and what may
+    // differ (e.g. `[select]`) is what this run will do.
+    write_atomically(&root.join(SPEC), &toml::to_string_pretty(spec)?)?;
     Ok(cells)
 }
 
@@ -372,22 +401,24 @@ pub fn grid_jobs(root: &Path, cells: &[Cell]) -> Vec<Job> {
 
 /// The reruns of the chosen cells, one per optimizer.
 pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
-    choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: rerun_dir(root, &c.optimizer) }).collect()
+    choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: c.rerun_dir(root) }).collect()
 }
 
 /// Applies the selection rule to the finished grid cells and writes it down
-/// (`selection.toml`).
+/// (`selection.toml`): a choice per optimizer, or with `per_point` per
+/// optimizer and shared point, in the order of their `selection.toml` keys.
 pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
     let select = spec.select.as_ref().context("the sweep has no [select]")?;
     let cells = spec.cells()?;
     let (metric, higher_is_better) = spec.selection_metric();
+    let point = |cell: &Cell| if select.per_point { point_of(spec, cell) } else { String::new() };
     let mut choices = Vec::new();
-    for label in spec.optimizers.keys() {
+    for ((label, at), group) in group_in_order(&cells, |c| (c.optimizer.clone(), point(c))) {
         let mut candidates = Vec::new();
-        for job in grid_jobs(root, &cells).iter().filter(|j| &j.cell.optimizer == label) {
-            let values = column(&job.dir, metric);
+        for cell in group {
+            let values = column(&cell_dir(root, &cell.name), metric);
             if values.len() == spec.seeds.len() {
-                candidates.push((job.cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
+                candidates.push((cell.name.clone(), values.iter().sum::<f64>() / values.len() as f64));
             }
         }
         // The first of the best: ties go to the earlier cell.
@@ -396,19 +427,20 @@ pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
             Some(b) if !better(c.1, b.1) => Some(b),
             _ => Some(c),
         }) else {
-            bail!("no cell of optimizer {label} finished with every seed: nothing to select");
+            let at = if at.is_empty() { String::new() } else { format!(" at {at}") };
+            bail!("no cell of optimizer {label}{at} finished with every seed: nothing to select");
         };
         let base = cells.iter().find(|c| &c.name == chosen).expect("a candidate is a cell");
         let seeds = format!("seeds={:?}", select.seeds);
         let overrides = base.overrides.iter().map(|o| if o.starts_with("seeds=") { seeds.clone() } else { o.clone() }).collect();
-        let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides };
-        choices.push(Choice { optimizer: label.clone(), chosen: chosen.clone(), candidates, rerun });
+        choices.push(Choice::new(&label, at, chosen.clone(), candidates, overrides));
     }
+    choices.sort_by_key(Choice::key);
     write_selection(root, &choices, (metric, higher_is_better))?;
     Ok(choices)
 }
 
-/// The choices `selection.toml` records.
+/// The choices `selection.toml` records, in its order (that of [`choose`]).
 pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
     let path = root.join(SELECTION);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -419,9 +451,10 @@ pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
     Ok(table
         .iter()
         .filter_map(|(label, v)| Some((label, v.as_table()?)))
-        .map(|(label, t)| {
-            let rerun = Cell { name: format!("final-{label}"), optimizer: label.clone(), overrides: strings(t.get("overrides")) };
-            let chosen = t.get("chosen_cell").and_then(toml::Value::as_str).unwrap_or_default().to_string();
+        .map(|(key, t)| {
+            let text = |name: &str| t.get(name).and_then(toml::Value::as_str).map(String::from);
+            let optimizer = text("optimizer").unwrap_or_else(|| key.clone());
+            let chosen = text("chosen_cell").unwrap_or_default();
             let candidates = [MEAN_OF_ACCURACY, MEAN_OF_LOSS]
                 .into_iter()
                 .find_map(|key| t.get(key))
@@ -430,7 +463,7 @@ pub fn read_choices(root: &Path) -> Result<Vec<Choice>> {
                 .flatten()
                 .filter_map(|(n, v)| Some((n.clone(), v.as_float()?)))
                 .collect();
-            Choice { optimizer: label.clone(), chosen, candidates, rerun }
+            Choice::new(&optimizer, text("point").unwrap_or_default(), chosen, candidates, strings(t.get("overrides")))
         })
         .collect())
 }
@@ -454,21 +487,22 @@ fn write_selection(root: &Path, choices: &[Choice], (metric, higher_is_better): 
     );
     for c in choices {
         let mut t = toml::Table::new();
+        if !c.point.is_empty() {
+            t.insert("optimizer".into(), c.optimizer.clone().into());
+            t.insert("point".into(), c.point.clone().into());
+        }
         t.insert("chosen_cell".into(), c.chosen.clone().into());
         t.insert("overrides".into(), c.rerun.overrides.clone().into());
         let means: toml::Table = c.candidates.iter().map(|(n, v)| (n.clone(), toml::Value::from(*v))).collect();
         t.insert(means_key.into(), means.into());
-        table.insert(c.optimizer.clone(), t.into());
+        table.insert(c.key(), t.into());
     }
-    let path = root.join(SELECTION);
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, toml::to_string_pretty(&table)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    write_atomically(&root.join(SELECTION), &toml::to_string_pretty(&table)?)
 }
 
 /// The study folders of the reruns that finished.
 pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
-    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| rerun_dir(root, &s.choice.optimizer)).collect()
+    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| s.choice.rerun_dir(root)).collect()
 }
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
@@ -476,12 +510,28 @@ pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
 pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(Option<String>, Vec<super::figures::Figure>)>> {
     let out = root.join("figures");
     let mut drawn = Vec::new();
-    if let Some(curves) = tuning_curves(spec, root)? {
-        drawn.push((None, vec![super::figures::plot_tuning(&out, &curves)?]));
-    }
-    let finals = finished_reruns(root, state);
-    if !finals.is_empty() {
-        drawn.push((None, super::figures::plot(&finals, &out)?));
+    let cells = spec.cells()?;
+    let per_point = spec.select.as_ref().is_some_and(|s| s.per_point);
+    let groups = if per_point { group_in_order(&cells, |c| point_of(spec, c)) } else { vec![(String::new(), cells.iter().collect())] };
+    for (point, cells) in groups {
+        let (at, out) = if point.is_empty() { (None, out.clone()) } else { (Some(point.clone()), out.join(slug(&point))) };
+        let mut figures = Vec::new();
+        let cells: Vec<Cell> = cells.into_iter().cloned().collect();
+        if let Some(curves) = tuning_curves(spec, root, &cells)? {
+            figures.push(super::figures::plot_tuning(&out, &curves)?);
+        }
+        let finals: Vec<PathBuf> = state
+            .selected
+            .iter()
+            .filter(|s| s.choice.point == point && s.end == CellEnd::AlreadyDone)
+            .map(|s| s.choice.rerun_dir(root))
+            .collect();
+        if !finals.is_empty() {
+            figures.extend(super::figures::plot(&finals, &out)?);
+        }
+        if !figures.is_empty() {
+            drawn.push((at, figures));
+        }
     }
     for (point, cells) in shared_points(spec, &finished_cells(state)).into_iter().flatten() {
         let dirs: Vec<PathBuf> = cells.iter().map(|c| cell_dir(root, &c.name)).collect();
@@ -504,17 +554,16 @@ fn shared_points<'a>(spec: &SweepSpec, cells: &'a [Cell]) -> Option<Vec<(String,
     if spec.select.is_some() || (spec.grid.is_empty() && spec.zip.is_empty()) {
         return None;
     }
+    let points = group_in_order(cells, |c| point_of(spec, c));
+    let one_each = points.iter().all(|(_, group)| group_in_order(group, |c| c.optimizer.clone()).len() == group.len());
+    one_each.then_some(points)
+}
+
+/// A cell's point of the shared axes (`[grid]`, `[[zip]]`), as its overrides,
+/// e.g. `dataset="mnist" hidden=[8, 8]`; empty without shared axes.
+fn point_of(spec: &SweepSpec, cell: &Cell) -> String {
     let fixed = spec.set.len() + 2;
-    let mut points: Vec<(String, Vec<&Cell>)> = Vec::new();
-    for cell in cells {
-        let point = cell.overrides[fixed..].iter().filter(|o| !o.starts_with("optimizer.")).cloned().collect::<Vec<_>>().join(" ");
-        match points.iter_mut().find(|(p, _)| *p == point) {
-            Some((_, group)) if group.iter().any(|c| c.optimizer == cell.optimizer) => return None,
-            Some((_, group)) => group.push(cell),
-            None => points.push((point, vec![cell])),
-        }
-    }
-    Some(points)
+    cell.overrides[fixed..].iter().filter(|o| !o.starts_with("optimizer.")).cloned().collect::<Vec<_>>().join(" ")
 }
 
 /// A folder name for a point such as `dataset="mnist" hidden=[8, 8]`.
@@ -523,18 +572,18 @@ fn slug(point: &str) -> String {
     mapped.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-")
 }
 
-/// The grid's tuning curves, when every optimizer's cells sweep one numeric
-/// value of the same name (see [`tuning_axis`]): the metric the selection uses
-/// (validation accuracy with `[select]`, else final accuracy; held-out loss for
-/// `gpt`) of each finished cell's seeds.
-pub fn tuning_curves(spec: &SweepSpec, root: &Path) -> Result<Option<TuningCurves>> {
-    let cells = spec.cells()?;
+/// The tuning curves of `cells` (the grid's, or one shared point's with
+/// `per_point`), when every optimizer's cells sweep one numeric value of the
+/// same name (see [`tuning_axis`]): the metric the selection uses (validation
+/// accuracy with `[select]`, else final accuracy; held-out loss for `gpt`) of
+/// each finished cell's seeds.
+fn tuning_curves(spec: &SweepSpec, root: &Path, cells: &[Cell]) -> Result<Option<TuningCurves>> {
     let metric = match (spec.study.as_str(), &spec.select) {
         ("gpt", _) => "final_validation_loss",
         (_, Some(_)) => "final_validation_accuracy",
         _ => "final_all_accuracy",
     };
-    let Some((axis, swept)) = tuning_axis(spec, &cells) else { return Ok(None) };
+    let Some((axis, swept)) = tuning_axis(spec, cells) else { return Ok(None) };
     let mut lines = BTreeMap::new();
     for (label, points) in swept {
         let mut line: Vec<(f64, Vec<f64>)> = points
@@ -564,7 +613,7 @@ fn tuning_axis<'a>(spec: &SweepSpec, cells: &'a [Cell]) -> Option<(String, BTree
         let own: Vec<&Cell> = cells.iter().filter(|c| &c.optimizer == label).collect();
         let points: Vec<BTreeMap<&str, &str>> =
             own.iter().map(|c| c.overrides[fixed..].iter().filter_map(|o| o.split_once('=')).collect()).collect();
-        let varying: Vec<&str> = points[0].keys().copied().filter(|k| points.iter().any(|p| p.get(k) != points[0].get(k))).collect();
+        let varying: Vec<&str> = points.first()?.keys().copied().filter(|k| points.iter().any(|p| p.get(k) != points[0].get(k))).collect();
         let [key] = varying[..] else { return None };
         let own_key = key.strip_prefix(&format!("optimizer.{label}.")).unwrap_or(key);
         let name = own_key.strip_prefix("base.").unwrap_or(own_key);
@@ -675,21 +724,40 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         return Ok(out);
     }
     let test = if spec.study == "gpt" { "the test split" } else { "the test sets" };
-    writeln!(out, "\nselected on validation (selection.toml), rerun with fresh seeds, on {test}:").unwrap();
-    let mut finished = Vec::new();
-    for Selection { choice: c, end } in &result.selected {
-        writeln!(out, "  {}: cell {} ({})", c.optimizer, c.chosen, c.rerun.overrides[fixed..].join(" ")).unwrap();
-        if let CellEnd::Failed(why) = end {
-            writeln!(out, "    rerun FAILED ({why})").unwrap();
-        } else if *end == CellEnd::Unfinished {
-            writeln!(out, "    rerun not finished").unwrap();
-        } else {
-            finished.push(c.optimizer.clone());
+    let points: Vec<String> = group_in_order(&spec.cells()?, |c| point_of(spec, c)).into_iter().map(|(p, _)| p).collect();
+    let mut selected = group_in_order(&result.selected, |s| s.choice.point.clone());
+    selected.sort_by_key(|(p, _)| points.iter().position(|q| q == p));
+    for (point, selected) in selected {
+        let at = if point.is_empty() { String::new() } else { format!(" at {point}") };
+        writeln!(out, "\nselected{at} on validation (selection.toml), rerun with fresh seeds, on {test}:").unwrap();
+        let (mut dirs, mut labels) = (Vec::new(), Vec::new());
+        for Selection { choice: c, end } in selected {
+            writeln!(out, "  {}: cell {} ({})", c.optimizer, c.chosen, c.rerun.overrides[fixed..].join(" ")).unwrap();
+            if let CellEnd::Failed(why) = end {
+                writeln!(out, "    rerun FAILED ({why})").unwrap();
+            } else if *end == CellEnd::Unfinished {
+                writeln!(out, "    rerun not finished").unwrap();
+            } else {
+                dirs.push(c.rerun_dir(root));
+                labels.push(c.optimizer.clone());
+            }
+        }
+        out += &table(spec, &dirs, &labels)?;
+    }
+    Ok(out)
+}
+
+/// `items` grouped by `key`, groups and members in order of first appearance.
+fn group_in_order<T, K: PartialEq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<(K, Vec<&T>)> {
+    let mut groups: Vec<(K, Vec<&T>)> = Vec::new();
+    for item in items {
+        let k = key(item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((k, vec![item])),
         }
     }
-    let dirs: Vec<PathBuf> = finished.iter().map(|label| rerun_dir(root, label)).collect();
-    out += &table(spec, &dirs, &finished)?;
-    Ok(out)
+    groups
 }
 
 /// The study table of studies read together, one optimizer label per folder.
@@ -710,11 +778,6 @@ fn table(spec: &SweepSpec, dirs: &[PathBuf], labels: &[String]) -> Result<String
 /// A grid cell's study folder.
 fn cell_dir(root: &Path, name: &str) -> PathBuf {
     root.join("cells").join(name)
-}
-
-/// The study folder of an optimizer's rerun with fresh seeds.
-fn rerun_dir(root: &Path, optimizer: &str) -> PathBuf {
-    root.join("final").join(optimizer)
 }
 
 fn log_path(root: &Path, cell: &Cell) -> PathBuf {
@@ -842,5 +905,15 @@ mod tests {
         settle_manifest(dir.path(), &s.cells().unwrap()).unwrap();
         let other = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1, 0.3]\n");
         assert!(settle_manifest(dir.path(), &other.cells().unwrap()).unwrap_err().to_string().contains("other cells"));
+        // The same cells under another [select]: the folder's copy of the spec is the one run last.
+        let dir = tempfile::tempdir().unwrap();
+        let tuned = spec(
+            "study = \"gpt\"\nseeds = [0]\n[set]\ntest_fraction = 0.1\n[optimizers.sgd]\nlr = [0.1]\n[select]\nseeds = [1, 2, 3, 4, 5]\n",
+        );
+        prepare(&tuned, dir.path()).unwrap();
+        let mut per_point = tuned.clone();
+        per_point.select.as_mut().unwrap().per_point = true;
+        prepare(&per_point, dir.path()).unwrap();
+        assert_eq!(SweepSpec::read(&dir.path().join(SPEC)).unwrap(), per_point);
     }
 }
