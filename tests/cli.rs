@@ -383,6 +383,36 @@ fn a_gpt_sweep_selects_on_validation_loss_and_reports_the_test_split() {
 }
 
 #[test]
+fn a_sweep_extended_past_its_edge_keeps_its_cells_and_sets_a_changed_rerun_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let rest = "steps = 20\neval_every = 10\ntest_fraction = 0.1\n[optimizers.adam]\nlr = [1e-5, 1e-4]\n[optimizers.muon]\nlr = [0.02]\n\
+                [select]\nseeds = [10, 11, 12, 13, 14]\n";
+    let (spec, out) = write_tiny_gpt_sweep(dir.path(), rest);
+    let args = ["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"];
+    assert!(exp(&args).status.success());
+    let chosen = |key: &str| {
+        let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
+        selection[key]["chosen_cell"].as_str().unwrap().to_string()
+    };
+    let before = chosen("adam");
+    // A rate past the edge: the three cells run are done before, the new one is 0003 and wins.
+    std::fs::write(&spec, tiny_gpt_sweep(dir.path(), &rest.replace("[1e-5, 1e-4]", "[1e-5, 1e-4, 1e-2]"))).unwrap();
+    let o = exp(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("done before").count(), 3, "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(chosen("adam"), "0003");
+    assert_eq!(chosen("muon"), "0002", "an unchanged choice keeps its rerun");
+    // The old choice's rerun is kept aside; the new one ran with the new rate.
+    let aside = out.join("superseded").join(format!("adam-{before}"));
+    assert_eq!(optlab::record::read_table(&aside, &optlab::record::schema::RUNS).unwrap().height(), 5, "{}", aside.display());
+    let config = std::fs::read_to_string(out.join("final/adam/config.toml")).unwrap();
+    assert!(config.contains("lr = 0.01"), "{config}");
+    // A spec that drops a cell is refused.
+    std::fs::write(&spec, tiny_gpt_sweep(dir.path(), &rest.replace("[1e-5, 1e-4]", "[1e-5]"))).unwrap();
+    assert_clear_error(&exp(&args), "holds a sweep of other cells", "a spec without a cell run before");
+}
+
+#[test]
 fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, out) = write_tiny_gpt_sweep(

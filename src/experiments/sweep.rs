@@ -26,7 +26,8 @@
 //! Each cell trains one optimizer label at one point of its own axes and of the
 //! shared ones, over all the seeds: `cells/<n>` with its overrides listed in the
 //! sweep's `cells.toml`. A sweep's cells are fixed by its spec: running it
-//! again with another spec in the same folder is refused.
+//! again in the same folder with another spec is refused, unless that spec
+//! only adds cells (which then run beside the finished ones).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,7 +137,7 @@ pub fn state(root: &Path) -> Result<(SweepSpec, SweepResult)> {
             })
             .collect()
     };
-    let cells = state(grid_jobs(root, &spec.cells()?), &spec.seeds);
+    let cells = state(grid_jobs(root, &manifest(root)?), &spec.seeds);
     let selected = match &spec.select {
         Some(select) if root.join(SELECTION).exists() => {
             let choices = read_choices(root)?;
@@ -254,33 +255,61 @@ fn product(a: &[Vec<String>], b: &[Vec<String>]) -> Vec<Vec<String>> {
     a.iter().flat_map(|x| b.iter().map(move |y| [x.clone(), y.clone()].concat())).collect()
 }
 
-/// The sweep folder's record of its cells: written once, then the identity any
-/// rerun must match.
-pub fn settle_manifest(root: &Path, cells: &[Cell]) -> Result<()> {
-    #[derive(Serialize, Deserialize)]
-    struct Manifest {
-        cell: Vec<Cell>,
+/// The sweep folder's record of its cells, `cells.toml`.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    cell: Vec<Cell>,
+}
+
+const MANIFEST: &str = "cells.toml";
+
+/// The sweep folder's record of its cells: written on the first run, then the
+/// identity any rerun must keep. A spec may add cells (e.g. rates past the edge
+/// of a grid whose best cell sat on it): every saved cell keeps its name and
+/// folder, and new ones are numbered after them. Returns `cells` under those
+/// names, in the spec's order.
+pub fn settle_manifest(root: &Path, cells: &[Cell]) -> Result<Vec<Cell>> {
+    let path = root.join(MANIFEST);
+    let saved = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<Manifest>(&text).with_context(|| format!("{} is not a sweep manifest", path.display()))?.cell,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let same = |a: &Cell, b: &Cell| a.optimizer == b.optimizer && a.overrides == b.overrides;
+    let dropped = saved.iter().filter(|s| !cells.iter().any(|c| same(c, s))).count();
+    if dropped > 0 {
+        bail!(
+            "{} holds a sweep of other cells ({dropped} of its {} are not in this spec, or have other values); \
+             rerun it with its own spec or one that only adds cells, or choose another --out",
+            root.display(),
+            saved.len()
+        );
     }
-    let path = root.join("cells.toml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let saved: Manifest = toml::from_str(&text).with_context(|| format!("{} is not a sweep manifest", path.display()))?;
-            if saved.cell != cells {
-                bail!(
-                    "{} holds a sweep of other cells ({} saved, {} now, or other values); rerun it with its own spec, or choose another --out",
-                    root.display(),
-                    saved.cell.len(),
-                    cells.len()
-                );
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-            write_atomically(&path, &toml::to_string_pretty(&Manifest { cell: cells.to_vec() })?)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    let mut next = saved.iter().filter_map(|c| c.name.parse::<usize>().ok()).max().map_or(0, |n| n + 1);
+    let mut named: Vec<Cell> = Vec::new();
+    for cell in cells {
+        ensure!(!named.iter().any(|c| same(c, cell)), "the spec lists one cell twice: {} {}", cell.optimizer, cell.overrides.join(" "));
+        let name = saved.iter().find(|s| same(s, cell)).map_or_else(
+            || {
+                next += 1;
+                format!("{:04}", next - 1)
+            },
+            |s| s.name.clone(),
+        );
+        named.push(Cell { name, ..cell.clone() });
     }
+    if named != saved {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        write_atomically(&path, &toml::to_string_pretty(&Manifest { cell: named.clone() })?)?;
+    }
+    Ok(named)
+}
+
+/// The cells of a sweep's folder under their names (see [`settle_manifest`]).
+fn manifest(root: &Path) -> Result<Vec<Cell>> {
+    let path = root.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(toml::from_str::<Manifest>(&text).with_context(|| format!("{} is not a sweep manifest", path.display()))?.cell)
 }
 
 /// How a cell ended in this invocation.
@@ -361,7 +390,7 @@ pub struct Selection {
 pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
     let cells = spec.cells()?;
     spec.check_held_out(&cells)?;
-    settle_manifest(root, &cells)?;
+    let cells = settle_manifest(root, &cells)?;
     // Rewritten each time: the manifest has checked the cells, and what may
     // differ (e.g. `[select]`) is what this run will do.
     write_atomically(&root.join(SPEC), &toml::to_string_pretty(spec)?)?;
@@ -386,7 +415,7 @@ pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResu
 pub fn run_task(root: &Path, phase: Phase, index: usize, workers: &Workers) -> Result<CellEnd> {
     let spec = SweepSpec::read(&root.join(SPEC))?;
     let (jobs, seeds) = match (phase, &spec.select) {
-        (Phase::Grid, _) => (grid_jobs(root, &spec.cells()?), &spec.seeds),
+        (Phase::Grid, _) => (grid_jobs(root, &manifest(root)?), &spec.seeds),
         (Phase::Final, Some(select)) => (final_jobs(root, &read_choices(root)?), &select.seeds),
         (Phase::Final, None) => bail!("{} has no [select]: there is no final phase", root.join(SPEC).display()),
     };
@@ -399,7 +428,7 @@ pub fn grid_jobs(root: &Path, cells: &[Cell]) -> Vec<Job> {
     cells.iter().map(|c| Job { cell: c.clone(), dir: cell_dir(root, &c.name) }).collect()
 }
 
-/// The reruns of the chosen cells, one per optimizer.
+/// The reruns of the chosen cells, one per choice.
 pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
     choices.iter().map(|c| Job { cell: c.rerun.clone(), dir: c.rerun_dir(root) }).collect()
 }
@@ -409,7 +438,7 @@ pub fn final_jobs(root: &Path, choices: &[Choice]) -> Vec<Job> {
 /// optimizer and shared point, in the order of their `selection.toml` keys.
 pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
     let select = spec.select.as_ref().context("the sweep has no [select]")?;
-    let cells = spec.cells()?;
+    let cells = manifest(root)?;
     let (metric, higher_is_better) = spec.selection_metric();
     let point = |cell: &Cell| if select.per_point { point_of(spec, cell) } else { String::new() };
     let mut choices = Vec::new();
@@ -436,8 +465,29 @@ pub fn choose(spec: &SweepSpec, root: &Path) -> Result<Vec<Choice>> {
         choices.push(Choice::new(&label, at, chosen.clone(), candidates, overrides));
     }
     choices.sort_by_key(Choice::key);
+    set_aside_changed_reruns(root, &choices)?;
     write_selection(root, &choices, (metric, higher_is_better))?;
     Ok(choices)
+}
+
+/// Moves the rerun of every choice that `choices` change (cells added to the
+/// grid beat the one chosen before) to `superseded/<key>-<old cell>/`, so its
+/// runs are kept and the new choice reruns in a clean folder.
+fn set_aside_changed_reruns(root: &Path, choices: &[Choice]) -> Result<()> {
+    if !root.join(SELECTION).exists() {
+        return Ok(());
+    }
+    for old in read_choices(root)? {
+        let changed = choices.iter().any(|c| c.key() == old.key() && c.chosen != old.chosen);
+        let dir = old.rerun_dir(root);
+        if changed && dir.exists() {
+            let aside = root.join("superseded").join(format!("{}-{}", old.key(), old.chosen));
+            std::fs::create_dir_all(aside.parent().expect("under the root"))?;
+            std::fs::rename(&dir, &aside).with_context(|| format!("moving {} to {}", dir.display(), aside.display()))?;
+            eprintln!("sweep: {} now chooses another cell; its rerun of cell {} is kept in {}", old.key(), old.chosen, aside.display());
+        }
+    }
+    Ok(())
 }
 
 /// The choices `selection.toml` records, in its order (that of [`choose`]).
@@ -506,11 +556,12 @@ pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
 }
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
-/// has them) and the finished reruns' figures, side by side.
+/// has them) and the finished reruns' figures, side by side (with `per_point`,
+/// a group of them per shared point in `figures/<point>/`).
 pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(Option<String>, Vec<super::figures::Figure>)>> {
     let out = root.join("figures");
     let mut drawn = Vec::new();
-    let cells = spec.cells()?;
+    let cells = manifest(root)?;
     let per_point = spec.select.as_ref().is_some_and(|s| s.per_point);
     let groups = if per_point { group_in_order(&cells, |c| point_of(spec, c)) } else { vec![(String::new(), cells.iter().collect())] };
     for (point, cells) in groups {
@@ -724,7 +775,7 @@ pub fn render(spec: &SweepSpec, result: &SweepResult, root: &Path) -> Result<Str
         return Ok(out);
     }
     let test = if spec.study == "gpt" { "the test split" } else { "the test sets" };
-    let points: Vec<String> = group_in_order(&spec.cells()?, |c| point_of(spec, c)).into_iter().map(|(p, _)| p).collect();
+    let points: Vec<String> = group_in_order(results, |(c, _)| point_of(spec, c)).into_iter().map(|(p, _)| p).collect();
     let mut selected = group_in_order(&result.selected, |s| s.choice.point.clone());
     selected.sort_by_key(|(p, _)| points.iter().position(|q| q == p));
     for (point, selected) in selected {
@@ -898,13 +949,22 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_keeps_its_cells() {
+    fn a_folder_keeps_its_cells_and_may_gain_more() {
         let dir = tempfile::tempdir().unwrap();
-        let s = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1, 0.2]\n");
-        settle_manifest(dir.path(), &s.cells().unwrap()).unwrap();
-        settle_manifest(dir.path(), &s.cells().unwrap()).unwrap();
-        let other = spec("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = [0.1, 0.3]\n");
-        assert!(settle_manifest(dir.path(), &other.cells().unwrap()).unwrap_err().to_string().contains("other cells"));
+        let rates = |lr: &str| spec(&format!("study = \"gpt\"\nseeds = [0]\n[optimizers.sgd]\nlr = {lr}\n")).cells().unwrap();
+        let names = |cells: Vec<Cell>| cells.into_iter().map(|c| (c.name, c.overrides.last().unwrap().clone())).collect::<Vec<_>>();
+        let first = names(settle_manifest(dir.path(), &rates("[0.1, 0.2]")).unwrap());
+        assert_eq!(first, [("0000".into(), "optimizer.sgd.lr=0.1".into()), ("0001".into(), "optimizer.sgd.lr=0.2".into())]);
+        assert_eq!(names(settle_manifest(dir.path(), &rates("[0.1, 0.2]")).unwrap()), first);
+        // Added cells are numbered after the saved ones, which keep their names.
+        let more = names(settle_manifest(dir.path(), &rates("[0.05, 0.1, 0.2]")).unwrap());
+        assert_eq!(more[0], ("0002".into(), "optimizer.sgd.lr=0.05".into()));
+        assert_eq!(more[1..], first[..]);
+        assert_eq!(names(manifest(dir.path()).unwrap()), more);
+        let e = settle_manifest(dir.path(), &rates("[0.1, 0.3]")).unwrap_err().to_string();
+        assert!(e.contains("holds a sweep of other cells (2 of its 3"), "{e}");
+        let e = settle_manifest(tempfile::tempdir().unwrap().path(), &rates("[0.1, 0.1]")).unwrap_err().to_string();
+        assert!(e.contains("lists one cell twice"), "{e}");
         // The same cells under another [select]: the folder's copy of the spec is the one run last.
         let dir = tempfile::tempdir().unwrap();
         let tuned = spec(
