@@ -422,6 +422,10 @@ fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
     );
     let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Cells run the sweep's own binary and record the name it was started by.
+    let provenance = std::fs::read_dir(out.join("cells/0000/provenance")).unwrap().next().unwrap().unwrap().path();
+    let provenance: toml::Table = toml::from_str(&std::fs::read_to_string(provenance).unwrap()).unwrap();
+    assert_eq!(provenance["command_line"][0].as_str(), Some(env!("CARGO_BIN_EXE_exp")));
     // A choice per optimizer and point, each the best of that point's cells only.
     let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
     let cells: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("cells.toml")).unwrap()).unwrap();

@@ -704,6 +704,12 @@ fn run_cells(spec: &SweepSpec, root: &Path, cells: &[Job], seeds: &[u64], worker
             }
             let log = std::fs::File::create(log_path(root, cell))?;
             let mut cmd = std::process::Command::new(workers.exe);
+            // The name the sweep was started by, for the cells' provenance,
+            // when `exe` is `/proc/self/exe`.
+            #[cfg(unix)]
+            if let Some(name) = std::env::args_os().next() {
+                std::os::unix::process::CommandExt::arg0(&mut cmd, name);
+            }
             cmd.arg(&spec.study).arg("--out").arg(dir);
             if dir.join("config.toml").exists() {
                 cmd.arg("--resume");
