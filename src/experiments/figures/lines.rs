@@ -86,8 +86,14 @@ fn intervals<'a>(by_x: impl IntoIterator<Item = (f64, &'a Vec<f64>)>) -> Vec<(f6
 
 /// The range of the intervals' means and ends, from 0, with headroom.
 fn up_to(lines: &[Vec<(f64, Interval)>]) -> Range<f64> {
-    let top = lines.iter().flatten().map(|(_, i)| i.mean + if i.n > 1 { i.half_width } else { 0.0 }).fold(0.0, f64::max);
-    0.0..(top * 1.1).max(1e-9)
+    0.0..(spread(lines).end * 1.1).max(1e-9)
+}
+
+/// The lowest and highest point of the lines' intervals.
+fn spread(lines: &[Vec<(f64, Interval)>]) -> Range<f64> {
+    let band = |i: &Interval| if i.n > 1 { i.half_width } else { 0.0 };
+    let points = || lines.iter().flatten().map(|(_, i)| i);
+    points().map(|i| i.mean - band(i)).fold(f64::MAX, f64::min)..points().map(|i| i.mean + band(i)).fold(0.0, f64::max)
 }
 
 pub(super) fn loss<DB: DrawingBackend>(data: &StudyData, area: &DrawingArea<DB, Shift>) -> Result<()> {
@@ -306,7 +312,10 @@ impl TuningCurves {
         let xs = curves.iter().flatten().map(|p| p.0);
         let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let pad = ((hi - lo) * 0.05).max(1e-3);
-        let y = up_to(&curves);
+        // The metric's own range: the optima of tuned rates differ by tenths of a point.
+        let Range { start: bottom, end: top } = spread(&curves);
+        let margin = ((top - bottom) * 0.05).max(1e-3);
+        let y = bottom - margin..top + margin;
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{} against {}", self.metric, self.axis), (FONT, 24))
             .margin(20)
