@@ -458,6 +458,8 @@ fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 8);
     let report = exp(&["report", out.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
+    let written = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(written.contains("Provenance of final/seq-8/adam") && written.contains("Provenance of final/seq-16/adam"), "{written}");
     // Each point's tuning curves and reruns' figures in its own folder.
     let o = exp(&["plot", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -49,7 +49,7 @@ fn study_parts(dir: &Path) -> Result<(String, String, Vec<Part>)> {
     figure_parts(&mut parts, None, figures::plot_study(dir).map(|figures| vec![(None, figures)]));
     parts.push(Part::Heading("Configuration (config.toml)".into()));
     parts.push(Part::Text(read(&dir.join("config.toml"))?));
-    provenance_parts(&mut parts, dir)?;
+    provenance_parts(&mut parts, dir, &name_of(dir))?;
     Ok((format!("optlab {kind} study: {}", name_of(dir)), table, parts))
 }
 
@@ -68,7 +68,9 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     parts.push(Part::Heading("Specification (sweep.toml)".into()));
     parts.push(Part::Text(read(&root.join(sweep::SPEC))?));
     for dir in &finals {
-        provenance_parts(&mut parts, dir)?;
+        // By path: reruns chosen per point share their optimizer's name.
+        let name = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
+        provenance_parts(&mut parts, dir, &name)?;
     }
     parts.push(Part::Note("Every cell's study folder under cells/ keeps its own config.toml and provenance/.".into()));
     Ok((format!("optlab {} sweep: {}", spec.study, name_of(root)), table, parts))
@@ -91,12 +93,12 @@ fn figure_parts(parts: &mut Vec<Part>, note: Option<&str>, groups: Result<Vec<(O
 }
 
 /// Every session that worked on the study: its command, code, machine and times.
-fn provenance_parts(parts: &mut Vec<Part>, dir: &Path) -> Result<()> {
+fn provenance_parts(parts: &mut Vec<Part>, dir: &Path, name: &str) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("provenance"))
         .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
         .unwrap_or_default();
     files.sort();
-    parts.push(Part::Heading(format!("Provenance of {}", name_of(dir))));
+    parts.push(Part::Heading(format!("Provenance of {name}")));
     if files.is_empty() {
         parts.push(Part::Note("No provenance recorded.".into()));
     }
