@@ -385,6 +385,13 @@ pub struct Selection {
     pub end: CellEnd,
 }
 
+impl Selection {
+    /// Its rerun's study folder, once the rerun has finished.
+    fn finished_dir(&self, root: &Path) -> Option<PathBuf> {
+        (self.end == CellEnd::AlreadyDone).then(|| self.choice.rerun_dir(root))
+    }
+}
+
 /// Settles the sweep's folder for `spec` (its cells' manifest and a copy of the
 /// spec) and returns the cells.
 pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
@@ -552,7 +559,7 @@ fn write_selection(root: &Path, choices: &[Choice], (metric, higher_is_better): 
 
 /// The study folders of the reruns that finished.
 pub fn finished_reruns(root: &Path, state: &SweepResult) -> Vec<PathBuf> {
-    state.selected.iter().filter(|s| s.end == CellEnd::AlreadyDone).map(|s| s.choice.rerun_dir(root)).collect()
+    state.selected.iter().filter_map(|s| s.finished_dir(root)).collect()
 }
 
 /// A sweep's figures in `<sweep>/figures/`: the tuning curves (when the grid
@@ -571,12 +578,7 @@ pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(O
         if let Some(curves) = tuning_curves(spec, root, &cells)? {
             figures.push(super::figures::plot_tuning(&out, &curves)?);
         }
-        let finals: Vec<PathBuf> = state
-            .selected
-            .iter()
-            .filter(|s| s.choice.point == point && s.end == CellEnd::AlreadyDone)
-            .map(|s| s.choice.rerun_dir(root))
-            .collect();
+        let finals: Vec<PathBuf> = state.selected.iter().filter(|s| s.choice.point == point).filter_map(|s| s.finished_dir(root)).collect();
         if !finals.is_empty() {
             figures.extend(super::figures::plot(&finals, &out)?);
         }
