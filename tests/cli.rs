@@ -407,6 +407,12 @@ fn a_sweep_extended_past_its_edge_keeps_its_cells_and_sets_a_changed_rerun_aside
     assert_eq!(optlab::record::read_table(&aside, &optlab::record::schema::RUNS).unwrap().height(), 5, "{}", aside.display());
     let config = std::fs::read_to_string(out.join("final/adam/config.toml")).unwrap();
     assert!(config.contains("lr = 0.01"), "{config}");
+    // While another process drives the sweep, a second one is refused and changes nothing.
+    let before = snapshot(&out);
+    let held = optlab::experiments::folder::lock(&out, false).unwrap();
+    assert_clear_error(&exp(&args), "another exp process is working on", "a second sweep on one folder");
+    assert!(snapshot(&out) == before, "the refused sweep touched its folder");
+    drop(held);
     // A spec that drops a cell is refused.
     std::fs::write(&spec, tiny_gpt_sweep(dir.path(), &rest.replace("[1e-5, 1e-4]", "[1e-5]"))).unwrap();
     assert_clear_error(&exp(&args), "holds a sweep of other cells", "a spec without a cell run before");

@@ -62,7 +62,7 @@ struct Record {
 /// (`after = None`) resubmits everything unfinished.
 pub fn advance(spec: &SweepSpec, root: &Path, cluster: &Cluster, after: Option<Phase>) -> Result<Progress> {
     let root = std::path::absolute(root)?;
-    let cells = sweep::prepare(spec, &root)?;
+    let (cells, _lock) = sweep::prepare(spec, &root)?;
     let dir = root.join("slurm");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = super::folder::lock(&dir, after.is_some())?;

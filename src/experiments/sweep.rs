@@ -299,7 +299,6 @@ pub fn settle_manifest(root: &Path, cells: &[Cell]) -> Result<Vec<Cell>> {
         named.push(Cell { name, ..cell.clone() });
     }
     if named != saved {
-        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         write_atomically(&path, &toml::to_string_pretty(&Manifest { cell: named.clone() })?)?;
     }
     Ok(named)
@@ -393,21 +392,25 @@ impl Selection {
 }
 
 /// Settles the sweep's folder for `spec` (its cells' manifest and a copy of the
-/// spec) and returns the cells.
-pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<Vec<Cell>> {
+/// spec) and returns the cells, with the folder's lock: one process drives a
+/// sweep at a time, since a second would rewrite its manifest and choices (and
+/// move superseded reruns) under the first's running cells.
+pub fn prepare(spec: &SweepSpec, root: &Path) -> Result<(Vec<Cell>, std::fs::File)> {
     let cells = spec.cells()?;
     spec.check_held_out(&cells)?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let lock = super::folder::lock(root, false)?;
     let cells = settle_manifest(root, &cells)?;
     // Rewritten each time: the manifest has checked the cells, and what may
     // differ (e.g. `[select]`) is what this run will do.
     write_atomically(&root.join(SPEC), &toml::to_string_pretty(spec)?)?;
-    Ok(cells)
+    Ok((cells, lock))
 }
 
 /// Runs every grid cell not finished yet, then (with `[select]`) each
 /// optimizer's best cell again with fresh seeds; writes `selection.toml`.
 pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResult> {
-    let cells = prepare(spec, root)?;
+    let (cells, _lock) = prepare(spec, root)?;
     let ends = run_cells(spec, root, &grid_jobs(root, &cells), &spec.seeds, workers)?;
     let cells: Vec<(Cell, CellEnd)> = cells.into_iter().zip(ends).collect();
     let Some(select) = &spec.select else { return Ok(SweepResult { cells, selected: Vec::new() }) };
