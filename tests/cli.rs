@@ -419,6 +419,18 @@ fn a_sweep_extended_past_its_edge_keeps_its_cells_and_sets_a_changed_rerun_aside
 }
 
 #[test]
+fn a_selection_whose_cells_all_failed_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, out) = write_tiny_gpt_sweep(
+        dir.path(),
+        "steps = -5\ntest_fraction = 0.1\n[optimizers.adam]\nlr = [1e-3]\n[select]\nseeds = [10, 11, 12, 13, 14]\n",
+    );
+    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    assert_clear_error(&o, "1 grid cells failed", "a grid that all failed");
+    assert!(stderr(&o).contains("`steps`") && stderr(&o).contains("nothing to select"), "{}", stderr(&o));
+}
+
+#[test]
 fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, out) = write_tiny_gpt_sweep(

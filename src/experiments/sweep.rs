@@ -414,7 +414,15 @@ pub fn run(spec: &SweepSpec, root: &Path, workers: &Workers) -> Result<SweepResu
     let ends = run_cells(spec, root, &grid_jobs(root, &cells), &spec.seeds, workers)?;
     let cells: Vec<(Cell, CellEnd)> = cells.into_iter().zip(ends).collect();
     let Some(select) = &spec.select else { return Ok(SweepResult { cells, selected: Vec::new() }) };
-    let choices = choose(spec, root)?;
+    let failed: Vec<String> = cells
+        .iter()
+        .filter_map(|(c, end)| if let CellEnd::Failed(why) = end { Some(format!("{}: {why}", c.name)) } else { None })
+        .collect();
+    // Without this, cells that all failed left only "nothing to select".
+    let choices = choose(spec, root).with_context(|| match failed.first() {
+        Some(first) => format!("{} grid cells failed (logs in {}); the first, {first}", failed.len(), root.join("logs").display()),
+        None => "choosing the cells to rerun".into(),
+    })?;
     let ends = run_cells(spec, root, &final_jobs(root, &choices), &select.seeds, workers)?;
     let selected = choices.into_iter().zip(ends).map(|(choice, end)| Selection { choice, end }).collect();
     Ok(SweepResult { cells, selected })
