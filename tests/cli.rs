@@ -299,6 +299,7 @@ fn a_sweep_runs_its_cells_survives_a_kill_and_resumes() {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("alt=\"tuning\"") && out.join("figures/tuning.svg").exists(), "no tuning figure");
     assert!(std::fs::read_to_string(out.join("figures/tuning.svg")).unwrap().contains("final_validation_loss against lr"));
+    assert!(!out.join("figures/tuning_representations.svg").exists(), "a GPT study probes no representations");
     // Another spec in the same folder is refused.
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("3e-2", "5e-2")).unwrap();
     assert_clear_error(&exp(&args), "holds a sweep of other cells", "another spec");
@@ -344,6 +345,11 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 4);
     let report = exp(&["report", out.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
+    // Beside the tuning curves, the hidden layer's representations against the swept rate.
+    let svg = std::fs::read_to_string(out.join("figures/tuning_representations.svg")).unwrap();
+    for panel in ["effective rank of fc1 against lr", "sparsity of fc1 against lr"] {
+        assert!(svg.contains(panel), "no panel {panel}");
+    }
     // Too few fresh seeds, or seeds that also tuned, are refused before anything runs.
     std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("[10, 11, 12, 13, 14]", "[1, 11, 12, 13, 14]")).unwrap();
     let o = exp(&["sweep", spec.to_str().unwrap(), "--out", dir.path().join("other").to_str().unwrap()]);

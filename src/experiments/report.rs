@@ -58,7 +58,8 @@ fn sweep_parts(root: &Path) -> Result<(String, String, Vec<Part>)> {
     let table = sweep::render(&spec, &state, root)?;
     let mut parts = vec![Part::Heading("Results".into()), Part::Text(table.clone())];
     let finals = sweep::finished_reruns(root, &state);
-    let note = "The grid's tuning curves (when each optimizer sweeps one value), then the reruns of the chosen cells with the fresh seeds, \
+    let note = "The grid's tuning curves (when each optimizer sweeps one value: the selection's metric, and the representations' \
+                rank and sparsity, against it), then the reruns of the chosen cells with the fresh seeds, \
                 or (a grid without selection over shared axes) the optimizers' cells at each point of those axes.";
     figure_parts(&mut parts, Some(note), sweep::plot(root, &spec, &state));
     if root.join("selection.toml").exists() {

@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use super::figures::TuningCurves;
 use super::folder::write_atomically;
+use super::summary::summarize;
+use crate::metrics::Interval;
 
 /// A sweep as written by a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -586,8 +588,11 @@ pub fn plot(root: &Path, spec: &SweepSpec, state: &SweepResult) -> Result<Vec<(O
         let (at, out) = if point.is_empty() { (None, out.clone()) } else { (Some(point.clone()), out.join(slug(&point))) };
         let mut figures = Vec::new();
         let cells: Vec<Cell> = cells.into_iter().cloned().collect();
-        if let Some(curves) = tuning_curves(spec, root, &cells)? {
-            figures.push(super::figures::plot_tuning(&out, &curves)?);
+        if let Some((curves, representations)) = tuning_curves(spec, root, &cells)?.split_first() {
+            figures.push(super::figures::plot_tuning(&out, curves)?);
+            if !representations.is_empty() {
+                figures.push(super::figures::plot_tuning_representations(&out, representations)?);
+            }
         }
         let finals: Vec<PathBuf> = state.selected.iter().filter(|s| s.choice.point == point).filter_map(|s| s.finished_dir(root)).collect();
         if !finals.is_empty() {
@@ -638,30 +643,58 @@ fn slug(point: &str) -> String {
 
 /// The tuning curves of `cells` (the grid's, or one shared point's with
 /// `per_point`), when every optimizer's cells sweep one numeric value of the
-/// same name (see [`tuning_axis`]): the metric the selection uses (validation
-/// accuracy with `[select]`, else final accuracy; held-out loss for `gpt`) of
-/// each finished cell's seeds.
-fn tuning_curves(spec: &SweepSpec, root: &Path, cells: &[Cell]) -> Result<Option<TuningCurves>> {
+/// same name (see [`tuning_axis`]), from each finished cell's seeds: first the
+/// metric the selection uses (validation accuracy with `[select]`, else final
+/// accuracy; held-out loss for `gpt`), then, where the study probes
+/// representations, each probed layer's effective rank and sparsity after
+/// training (so a difference between optimizers can be set beside what their
+/// rates alone do). Empty without such an axis.
+fn tuning_curves(spec: &SweepSpec, root: &Path, cells: &[Cell]) -> Result<Vec<TuningCurves>> {
     let metric = match (spec.study.as_str(), &spec.select) {
         ("gpt", _) => "final_validation_loss",
         (_, Some(_)) => "final_validation_accuracy",
         _ => "final_all_accuracy",
     };
-    let Some((axis, swept)) = tuning_axis(spec, cells) else { return Ok(None) };
-    let mut lines = BTreeMap::new();
-    for (label, points) in swept {
-        let mut line: Vec<(f64, Vec<f64>)> = points
-            .into_iter()
-            .map(|(cell, value)| (value, column(&cell_dir(root, cell), metric)))
-            .filter(|(_, metric)| !metric.is_empty())
-            .collect();
-        line.sort_by(|a, b| a.0.total_cmp(&b.0));
-        lines.insert(label, line);
+    let Some((axis, swept)) = tuning_axis(spec, cells) else { return Ok(Vec::new()) };
+    let panel = |metric: String| TuningCurves { axis: axis.clone(), metric, log_x: false, lines: BTreeMap::new() };
+    // The selection's metric first, the representations' in the order met.
+    let mut panels = vec![panel(metric.to_string())];
+    let mut add = |metric: String, label: &str, value: f64, over_seeds: Interval| {
+        if over_seeds.n == 0 {
+            return;
+        }
+        let at = panels.iter().position(|p| p.metric == metric).unwrap_or_else(|| {
+            panels.push(panel(metric));
+            panels.len() - 1
+        });
+        panels[at].lines.entry(label.to_string()).or_default().push((value, over_seeds));
+    };
+    for (label, points) in &swept {
+        for &(cell, value) in points {
+            let dir = cell_dir(root, cell);
+            let scores = column(&dir, metric);
+            if scores.is_empty() {
+                continue;
+            }
+            add(metric.to_string(), label, value, Interval::of(&scores));
+            if spec.study != "gpt" {
+                for layer in summarize(&dir, &[])?.into_iter().flat_map(|s| s.representations) {
+                    add(format!("effective rank of {}", layer.name), label, value, layer.effective_rank);
+                    add(format!("sparsity of {}", layer.name), label, value, layer.sparsity);
+                }
+            }
+        }
     }
-    let values: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
+    let values: Vec<f64> = panels[0].lines.values().flatten().map(|p| p.0).collect();
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
     let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let log_x = lo > 0.0 && hi / lo >= 10.0;
-    Ok((!values.is_empty()).then(|| TuningCurves { axis, metric: metric.to_string(), log_x, lines }))
+    for panel in &mut panels {
+        panel.log_x = lo > 0.0 && hi / lo >= 10.0;
+        panel.lines.values_mut().for_each(|line| line.sort_by(|a, b| a.0.total_cmp(&b.0)));
+    }
+    Ok(panels)
 }
 
 /// The axis every optimizer's cells sweep, when each sweeps exactly one numeric
@@ -840,7 +873,7 @@ fn table(spec: &SweepSpec, dirs: &[PathBuf], labels: &[String]) -> Result<String
     }
     let mut summaries = Vec::new();
     for (dir, label) in dirs.iter().zip(labels) {
-        summaries.extend(super::summary::summarize(dir, std::slice::from_ref(label))?);
+        summaries.extend(summarize(dir, std::slice::from_ref(label))?);
     }
     Ok(super::summary::render(&summaries))
 }

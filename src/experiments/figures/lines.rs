@@ -299,16 +299,15 @@ pub struct TuningCurves {
     pub metric: String,
     /// Swept on a log scale (every value > 0, spanning a factor of 10 or more).
     pub log_x: bool,
-    /// optimizer → (value, the metric of each seed).
-    pub lines: BTreeMap<String, Vec<(f64, Vec<f64>)>>,
+    /// optimizer → (value, the metric over the tuning seeds), by value.
+    pub lines: BTreeMap<String, Vec<(f64, Interval)>>,
 }
 
 impl TuningCurves {
-    pub(super) fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, Shift>) -> Result<()> {
-        area.fill(&WHITE).map_err(err)?;
+    /// One panel; `size` is its caption's font size.
+    pub(super) fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, size: u32) -> Result<()> {
         let x = |v: f64| if self.log_x { v.log10() } else { v };
-        let curves: Vec<Vec<(f64, Interval)>> =
-            self.lines.values().map(|l| l.iter().map(|(v, m)| (x(*v), Interval::of(m))).collect()).collect();
+        let curves: Vec<Vec<(f64, Interval)>> = self.lines.values().map(|l| l.iter().map(|(v, i)| (x(*v), *i)).collect()).collect();
         let xs = curves.iter().flatten().map(|p| p.0);
         let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let pad = ((hi - lo) * 0.05).max(1e-3);
@@ -316,11 +315,11 @@ impl TuningCurves {
         let Range { start: bottom, end: top } = spread(&curves);
         let margin = ((top - bottom) * 0.05).max(1e-3);
         let y = bottom - margin..top + margin;
-        let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{} against {}", self.metric, self.axis), (FONT, 24))
-            .margin(20)
-            .x_label_area_size(50)
-            .y_label_area_size(70)
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{} against {}", self.metric, self.axis), (FONT, size))
+            .margin(size / 2)
+            .x_label_area_size(size * 2)
+            .y_label_area_size(size * 3)
             .build_cartesian_2d(lo - pad..hi + pad, y.clone())
             .map_err(err)?;
         let log_x = self.log_x;
@@ -329,14 +328,13 @@ impl TuningCurves {
             .x_desc(self.axis.as_str())
             .y_desc(self.metric.as_str())
             .x_label_formatter(&|v| if log_x { format!("{:.0e}", 10f64.powf(*v)) } else { format!("{v}") })
-            .label_style((FONT, 16))
+            .label_style((FONT, size * 2 / 3))
             .draw()
             .map_err(err)?;
         for (i, (label, curve)) in self.lines.keys().zip(&curves).enumerate() {
             let c = Palette99::pick(i).to_rgba();
             mean_line(&mut chart, curve, &y, RGBColor(c.0, c.1, c.2), label, true)?;
         }
-        legend(&mut chart)?;
-        area.present().map_err(err)
+        legend(&mut chart)
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! - `lines`: the loss, effective and stable ranks, the ranks of what moved each matrix
 //!   (Muon before and after Newton-Schulz), singular-value spectra at task
-//!   boundaries, dead units and sparsity, and a sweep's tuning curves;
+//!   boundaries, dead units and sparsity, and a sweep's tuning curves (its
+//!   metric, and its representations, against the swept value);
 //! - `maps`: heatmaps of the accuracy matrix, class-mean cosines and
 //!   covariances.
 
@@ -67,10 +68,40 @@ pub fn plot(dirs: &[PathBuf], out: &Path) -> Result<Vec<Figure>> {
 
 /// A sweep's tuning curves (see [`TuningCurves`]) as `out/tuning.png` and `.svg`.
 pub fn plot_tuning(out: &Path, curves: &TuningCurves) -> Result<Figure> {
+    let caption = "each optimizer's final metric against the swept value, mean over the tuning seeds with 95% intervals";
+    write_panels(out, "tuning", caption, 700, std::slice::from_ref(curves), 1, 24)
+}
+
+/// What the swept value did to a sweep's representations: each probed layer's
+/// effective rank and sparsity after training against it (one row of two
+/// panels per layer), as `out/tuning_representations.png` and `.svg`.
+pub fn plot_tuning_representations(out: &Path, panels: &[TuningCurves]) -> Result<Figure> {
+    let caption = "each probed layer's representations after training against the swept value: their effective rank (left) \
+                   and the fraction of activations that are off (right; exact zeros after ReLU, |a| < 0.01 after GELU), mean \
+                   over the tuning seeds with 95% intervals; shows how much of a difference between optimizers their rates make";
+    write_panels(out, "tuning_representations", caption, rows_height(panels.len().div_ceil(2), 350), panels, 2, 18)
+}
+
+/// `panels` in rows of `columns`, captions in font `size`.
+fn write_panels(
+    out: &Path,
+    name: &'static str,
+    caption: &'static str,
+    height: u32,
+    panels: &[TuningCurves],
+    columns: usize,
+    size: u32,
+) -> Result<Figure> {
     register_font()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let caption = "each optimizer's final metric against the swept value, mean over the tuning seeds with 95% intervals";
-    write(out, "tuning", caption, 700, |a| curves.draw(a), |a| curves.draw(a))
+    fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, panels: &[TuningCurves], columns: usize, size: u32) -> Result<()> {
+        area.fill(&WHITE).map_err(err)?;
+        for (curves, panel) in panels.iter().zip(area.split_evenly((panels.len().div_ceil(columns), columns))) {
+            curves.draw(&panel, size)?;
+        }
+        area.present().map_err(err)
+    }
+    write(out, name, caption, height, |a| draw(a, panels, columns, size), |a| draw(a, panels, columns, size))
 }
 
 /// The kinds of figure of a study.
