@@ -44,6 +44,11 @@ fn tiny_gpt_sweep(dir: &Path, rest: &str) -> String {
 
 /// Writes `tiny_gpt_sweep(dir, rest)` to a spec file: the spec's path, and the
 /// sweep folder to give `--out`.
+/// `exp sweep SPEC --out OUT --device cpu`.
+fn sweep_on_cpu(spec: &Path, out: &Path) -> Output {
+    exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
+}
+
 fn write_tiny_gpt_sweep(dir: &Path, rest: &str) -> (PathBuf, PathBuf) {
     let spec = dir.join("spec.toml");
     std::fs::write(&spec, tiny_gpt_sweep(dir, rest)).unwrap();
@@ -323,7 +328,7 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
     )
     .unwrap();
     let out = dir.path().join("sweep");
-    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = sweep_on_cpu(&spec, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     // The choice is each optimizer's best mean validation accuracy, written down with every candidate.
     let selection: toml::Table = toml::from_str(&std::fs::read_to_string(out.join("selection.toml")).unwrap()).unwrap();
@@ -341,7 +346,7 @@ fn a_sweep_selects_on_validation_and_reports_fresh_seeds_on_test() {
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("selected on validation") && table.contains("over 5 seeds"), "{table}");
     // Run again, every cell is done; exp report on the folder prints the same table.
-    let again = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let again = sweep_on_cpu(&spec, &out);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 4);
     let report = exp(&["report", out.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
@@ -431,7 +436,7 @@ fn a_selection_whose_cells_all_failed_says_why() {
         dir.path(),
         "steps = -5\ntest_fraction = 0.1\n[optimizers.adam]\nlr = [1e-3]\n[select]\nseeds = [10, 11, 12, 13, 14]\n",
     );
-    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = sweep_on_cpu(&spec, &out);
     assert_clear_error(&o, "1 grid cells failed", "a grid that all failed");
     assert!(stderr(&o).contains("`steps`") && stderr(&o).contains("nothing to select"), "{}", stderr(&o));
 }
@@ -444,7 +449,7 @@ fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
         "steps = 20\neval_every = 10\ntest_fraction = 0.1\n[grid]\nseq = [8, 16]\n\
          [optimizers.adam]\nlr = [1e-5, 1e-2]\n[optimizers.muon]\nlr = [0.002, 0.02]\n[select]\nseeds = [10, 11, 12, 13, 14]\nper_point = true\n",
     );
-    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = sweep_on_cpu(&spec, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     // Cells run the sweep's own binary and record the name it was started by.
     let provenance = std::fs::read_dir(out.join("cells/0000/provenance")).unwrap().next().unwrap().unwrap().path();
@@ -478,7 +483,7 @@ fn a_selection_per_point_tunes_each_optimizer_at_every_shared_point() {
         assert!(part.contains("adam − muon"), "{table}");
     }
     assert!(table.find("selected at seq=8").unwrap() < table.find("selected at seq=16").unwrap(), "in the grid's order: {table}");
-    let again = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let again = sweep_on_cpu(&spec, &out);
     assert!(again.status.success() && String::from_utf8_lossy(&again.stdout).matches("done before").count() == 8);
     let report = exp(&["report", out.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&report.stdout), String::from_utf8_lossy(&again.stdout), "exp report reprints the sweep's table");
@@ -501,7 +506,7 @@ fn a_grid_without_selection_compares_the_optimizers_at_each_point() {
         dir.path(),
         "steps = 6\neval_every = 3\n[grid]\nseq = [8, 16]\n[optimizers.adam]\nlr = [1e-3]\n[optimizers.muon]\nlr = [0.02]\n",
     );
-    let o = exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = sweep_on_cpu(&spec, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     // One table per point, each comparing both optimizers on paired seeds.
     let table = String::from_utf8_lossy(&o.stdout);
