@@ -28,10 +28,13 @@
 //!   ⟨G, WΩ⟩ = ⟨S, Ω⟩) the step is A = WΩ, Ω = argmax ⟨S, Ω⟩ over ‖Ω‖₂ ≤ 1,
 //!   tr Ω = 0. One linear constraint, so the dual is one number λ:
 //!   Ω(λ) = msign(S − λI), and ψ(λ) = tr Ω(λ)/√n is nonincreasing (−ψ·√n is the
-//!   derivative of the convex ‖S − λI‖_*). λ is bracketed from tr S/n and found
-//!   by Illinois regula falsi within `dual_steps` evaluations, stopping once
-//!   |ψ| < tol; otherwise Ω is the traceless mix of the bracket ends' directions
-//!   (both are optimal at a kink of the dual, where ψ jumps). The retraction is
+//!   derivative of the convex f(λ) = ‖S − λI‖_*). λ is bracketed from tr S/n and
+//!   found by cutting planes on f (the next λ where the bracket ends' supporting
+//!   lines meet) within `dual_steps` evaluations, stopping once |ψ| < tol, or
+//!   once the traceless mix of the ends' directions is within a relative tol of
+//!   the ends' smaller f (a bound on every feasible Ω's value): at a kink of f,
+//!   where ψ jumps (S − λI singular, as at λ = 0 for a minibatch gradient of rank
+//!   below n), |ψ| never falls below tol and this mix is the step. The retraction is
 //!   the group's own, W ← W·exp(−lr·Ω) (det exp(X) = e^{tr X} = 1), then scaled to
 //!   det 1 at round-off. At the first step W is scaled to |det W| = 1 (its first
 //!   row negated if det W < 0). A non-square matrix has no determinant: it takes
@@ -98,7 +101,8 @@ pub struct ManifoldMuonConfig {
     pub dual_lr: f32,
     /// K: the most dual ascent iterations per step.
     pub dual_steps: usize,
-    /// The dual ascent stops once ‖WᵀA + AᵀW‖_F/p is below this.
+    /// The dual ascent stops once ‖WᵀA + AᵀW‖_F/p is below this (SL-Muon: once
+    /// |ψ| is, or the step's relative duality gap).
     pub dual_tol: f32,
     /// Optimizer of every parameter that is not a hidden matrix.
     pub aux_adamw: AdamWConfig,
@@ -217,68 +221,82 @@ fn expm(x: MatRef<'_, f64>) -> Mat<f64> {
     sum
 }
 
+/// One point of SL-Muon's dual: Ω(λ) = msign(S − λI), ψ(λ) = tr Ω/√n, the value
+/// ⟨S, Ω⟩ of Ω and the dual function f(λ) = ‖S − λI‖_* = ⟨S − λI, Ω⟩, which
+/// bounds the value of every traceless Ω of unit spectral norm from above (weak
+/// duality).
+struct DualPoint {
+    lambda: f64,
+    omega: Mat<f64>,
+    psi: f64,
+    value: f64,
+    dual: f64,
+}
+
+impl DualPoint {
+    fn at(s: MatRef<'_, f64>, lambda: f64) -> Result<Self> {
+        let n = s.nrows();
+        let omega = orthogonal_factor((s - Mat::<f64>::identity(n, n) * Scale(lambda)).as_ref(), true)?;
+        let trace = omega.diagonal().column_vector().sum();
+        let value = (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| s[(i, j)] * omega[(i, j)]).sum::<f64>();
+        Ok(Self { lambda, psi: trace / (n as f64).sqrt(), value, dual: value - lambda * trace, omega })
+    }
+}
+
 /// SL-Muon's step (see the module documentation).
 fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
     let (n, lr) = (w.nrows(), f64::from(config.lr));
     let s = w.transpose() * g;
-    let identity = Mat::<f64>::identity(n, n);
-    let psi = |omega: &Mat<f64>| omega.diagonal().column_vector().sum() / (n as f64).sqrt();
     let tol = f64::from(config.dual_tol);
-    // One point of the dual: λ, ψ(λ) and Ω(λ).
-    let at = |lambda: f64| -> Result<(f64, f64, Mat<f64>)> {
-        let omega = orthogonal_factor((&s - &identity * Scale(lambda)).as_ref(), true)?;
-        Ok((lambda, psi(&omega), omega))
-    };
     let mut evaluations = 1;
-    let first = at(s.diagonal().column_vector().sum() / n as f64)?;
-    let omega = if first.1.abs() < tol {
-        first.2
+    let first = DualPoint::at(s.as_ref(), s.diagonal().column_vector().sum() / n as f64)?;
+    let omega = if first.psi.abs() < tol {
+        first.omega
     } else {
         // Bracket the root: ψ > 0 below it, < 0 above it, stepping away from the
         // start by doubling widths.
         let mut width = (s.norm_l2() / (n as f64).sqrt()).max(f64::MIN_POSITIVE);
-        let towards = first.1.signum();
+        let towards = first.psi.signum();
         let mut near = first;
         let mut far = loop {
-            let next = at(near.0 + towards * width)?;
+            let next = DualPoint::at(s.as_ref(), near.lambda + towards * width)?;
             evaluations += 1;
-            if next.1.signum() != towards || next.1.abs() < tol {
+            if next.psi.signum() != towards || next.psi.abs() < tol {
                 break next;
             }
             anyhow::ensure!(evaluations < config.dual_steps, "SL-Muon's dual did not bracket its root in {} steps", config.dual_steps);
             (near, width) = (next, width * 2.0);
         };
-        // Illinois: regula falsi, halving the weight of an end kept twice running.
-        let (mut near_weight, mut far_weight) = (near.1, far.1);
-        let mut replaced_near_last = None;
+        // Cutting planes: f(λ) = ‖S − λI‖_* is convex with slope −tr Ω(λ), so each
+        // point gives a supporting line λ ↦ ⟨S, Ω⟩ − λ·tr Ω. The ends' two lines
+        // meet at the minimum of that model, evaluated next: at a kink of f (ψ
+        // jumps where S − λI is singular, as at λ = 0 for a minibatch gradient of
+        // rank below n) this takes a few steps where regula falsi on ψ crawls. The
+        // model's minimum, the value of the ends' traceless mix, bounds f's minimum
+        // from below and the ends' smaller f from above; once they agree within a
+        // relative tol, that mix is the step.
         loop {
-            if far.1.abs() < tol {
-                break far.2;
+            if far.psi.abs() < tol {
+                break far.omega;
             }
-            if evaluations >= config.dual_steps {
-                // A kink of the dual: both ends are optimal there, and this mix is traceless.
-                let theta = far.1 / (far.1 - near.1);
-                break &near.2 * Scale(theta) + &far.2 * Scale(1.0 - theta);
+            // θ·ψ(near) + (1 − θ)·ψ(far) = 0: the ends' traceless mix.
+            let theta = far.psi / (far.psi - near.psi);
+            let (mixed, dual) = (theta * near.value + (1.0 - theta) * far.value, near.dual.min(far.dual));
+            if dual - mixed <= tol * dual.abs() || evaluations >= config.dual_steps {
+                break &near.omega * Scale(theta) + &far.omega * Scale(1.0 - theta);
             }
-            let next = at((near.0 * far_weight - far.0 * near_weight) / (far_weight - near_weight))?;
+            let (lo, hi) = (near.lambda.min(far.lambda), near.lambda.max(far.lambda));
+            let meet = (near.value - far.value) / ((near.psi - far.psi) * (n as f64).sqrt());
+            let next = DualPoint::at(s.as_ref(), if lo < meet && meet < hi { meet } else { (lo + hi) / 2.0 })?;
             evaluations += 1;
-            let weight = next.1;
-            if next.1.abs() >= tol && next.1.signum() == near.1.signum() {
-                (near, near_weight) = (next, weight);
-                if replaced_near_last == Some(true) {
-                    far_weight /= 2.0;
-                }
-                replaced_near_last = Some(true);
+            if next.psi.abs() < tol || next.psi.signum() != near.psi.signum() {
+                far = next;
             } else {
-                (far, far_weight) = (next, weight);
-                if replaced_near_last == Some(false) {
-                    near_weight /= 2.0;
-                }
-                replaced_near_last = Some(false);
+                near = next;
             }
         }
     };
-    let tangent_residual = psi(&omega).abs();
+    let tangent_residual = (omega.diagonal().column_vector().sum() / (n as f64).sqrt()).abs();
     let moved = w * expm((&omega * Scale(-lr)).as_ref());
     let (sign, log_det) = sign_and_log_det(moved.as_ref())?;
     if !(sign > 0.0 && log_det.is_finite()) {
