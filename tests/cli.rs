@@ -42,13 +42,13 @@ fn tiny_gpt_sweep(dir: &Path, rest: &str) -> String {
     )
 }
 
-/// Writes `tiny_gpt_sweep(dir, rest)` to a spec file: the spec's path, and the
-/// sweep folder to give `--out`.
 /// `exp sweep SPEC --out OUT --device cpu`.
 fn sweep_on_cpu(spec: &Path, out: &Path) -> Output {
     exp(&["sweep", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
 }
 
+/// Writes `tiny_gpt_sweep(dir, rest)` to a spec file: the spec's path, and the
+/// sweep folder to give `--out`.
 fn write_tiny_gpt_sweep(dir: &Path, rest: &str) -> (PathBuf, PathBuf) {
     let spec = dir.join("spec.toml");
     std::fs::write(&spec, tiny_gpt_sweep(dir, rest)).unwrap();

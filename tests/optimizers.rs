@@ -797,6 +797,11 @@ fn nuclear(m: &faer::Mat<f64>) -> f64 {
     singular_values(&x, m.nrows(), m.ncols()).unwrap().iter().map(|&s| f64::from(s)).sum()
 }
 
+/// ‖m‖₂, the largest singular value (f64).
+fn spectral(m: &faer::Mat<f64>) -> f64 {
+    m.singular_values().unwrap().into_iter().fold(0.0, f64::max)
+}
+
 fn inner(a: &faer::Mat<f64>, b: &faer::Mat<f64>) -> f64 {
     (0..a.nrows()).flat_map(|i| (0..a.ncols()).map(move |j| (i, j))).map(|(i, j)| a[(i, j)] * b[(i, j)]).sum()
 }
@@ -926,7 +931,6 @@ fn sl_muon_step_is_tangent_unit_and_beats_the_projected_gradient() {
     use optlab::optim::manifold_muon::manifold_step;
     let mut rng = StdRng::seed_from_u64(31);
     let config = ManifoldMuonConfig { manifold: Manifold::SpecialLinear, lr: 0.05, ..Default::default() };
-    let spectral = |x: &faer::Mat<f64>| x.singular_values().unwrap().into_iter().fold(0.0, f64::max);
     for n in [2, 6, 17] {
         let w = unit_determinant(n, &mut rng);
         let g = mat(&random(n * n, &mut rng), n, n);
@@ -973,8 +977,8 @@ fn sl_muon_solves_a_minibatch_gradients_dual_at_its_kink_in_few_evaluations() {
     let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
     let omega = w.partial_piv_lu().solve(&step.direction);
     let trace = omega.diagonal().column_vector().sum();
-    let spectral = omega.singular_values().unwrap().into_iter().fold(0.0, f64::max);
-    assert!(trace.abs() < 1e-8 && spectral < 1.0 + 1e-9, "tr Ω = {trace}, ‖Ω‖₂ = {spectral}");
+    let norm = spectral(&omega);
+    assert!(trace.abs() < 1e-8 && norm < 1.0 + 1e-9, "tr Ω = {trace}, ‖Ω‖₂ = {norm}");
     // Weak duality: every feasible Ω is worth at most min_λ ‖S − λI‖_* (convex in
     // λ, minimised here by golden section); the step must reach that bound.
     let s = w.transpose() * &g;
@@ -1030,7 +1034,6 @@ fn symplectic_step_at_the_identity_is_the_projected_gradient_and_stays_symplecti
     let jo = &j * omega;
     assert!((&jo - jo.transpose()).norm_l2() < 1e-12 && step.tangent_residual < 1e-12);
     let projected = (&g + &j * g.transpose() * &j) * faer::Scale(0.5);
-    let spectral = |x: &faer::Mat<f64>| x.singular_values().unwrap().into_iter().fold(0.0, f64::max);
     assert!((spectral(omega) - 1.0).abs() < 1e-12);
     let expected = inner(&projected, &projected) / spectral(&projected);
     assert!((inner(&g, omega) - expected).abs() < 1e-9, "{} vs {expected}", inner(&g, omega));
