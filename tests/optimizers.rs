@@ -1368,3 +1368,84 @@ fn psgd_kron_fits_the_whitening_preconditioner() {
         assert!(err < 0.1, "{name}: ‖P·S − c·I‖/‖c·I‖ = {err}; P·S = {ps:?}");
     }
 }
+
+/// W with rows i and j turned by θ in their plane: exp(−θ(eᵢeⱼᵀ − eⱼeᵢᵀ))·W.
+fn givens(w: &faer::Mat<f64>, i: usize, j: usize, theta: f64) -> faer::Mat<f64> {
+    let mut turned = w.clone();
+    for c in 0..w.ncols() {
+        turned[(i, c)] = theta.cos() * w[(i, c)] - theta.sin() * w[(j, c)];
+        turned[(j, c)] = theta.sin() * w[(i, c)] + theta.cos() * w[(j, c)];
+    }
+    turned
+}
+
+#[test]
+fn l1_stiefel_step_is_the_steepest_givens_rotation() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(25);
+    let config = ManifoldMuonConfig { manifold: Manifold::L1Stiefel, lr: 0.1, ..Default::default() };
+    for (n, p) in [(7, 3), (5, 5)] {
+        let (w, g) = (mat(&orthonormal(n, p, &mut rng), n, p), mat(&random(n * p, &mut rng), n, p));
+        // Every unit-ℓ1 direction of so(n) acting on W is a mix of the plane
+        // generators eᵢeⱼᵀ − eⱼeᵢᵀ, so the steepest is the single best one (as for
+        // coordinate descent), found here by trying every plane and both turns.
+        let gain = |i: usize, j: usize| {
+            let first_order = (&givens(&w, i, j, 1e-6) - &givens(&w, i, j, -1e-6)) * faer::Scale(0.5e6);
+            -inner(&g, &first_order)
+        };
+        let (i, j) = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .max_by(|a, b| gain(a.0, a.1).abs().total_cmp(&gain(b.0, b.1).abs()))
+            .unwrap();
+        // W moves along −A, turning against the gain.
+        let expected = givens(&w, i, j, 0.1 * gain(i, j).signum());
+        let step = manifold_step(w.as_ref(), g.as_ref(), &config).unwrap();
+        // Up to the correction of W's f32 round-off (see the last check).
+        assert!((&step.w - &expected).norm_max() < 1e-6, "{n}×{p}: not the rotation of rows {i}, {j}");
+        assert!((inner(&g, &step.direction) - gain(i, j).abs()).abs() < 1e-6, "the step ascends ⟨G, A⟩ by the best plane's gain");
+        // Two rows change beyond round-off, and the frame is orthonormal in f64
+        // where W came orthonormal at f32 round-off.
+        let changed = (0..n).filter(|&r| (0..p).any(|c| (step.w[(r, c)] - w[(r, c)]).abs() > 1e-6)).count();
+        let gram = step.w.transpose() * &step.w;
+        let drift = (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max);
+        assert!(changed == 2 && drift < 1e-12, "{changed} rows changed, |WᵀW − I| = {drift}");
+    }
+}
+
+#[test]
+fn l1_stiefel_turns_disjoint_planes_greedily() {
+    use optlab::optim::manifold_muon::manifold_step;
+    let mut rng = StdRng::seed_from_u64(26);
+    let (n, p) = (9, 4);
+    let (w, g) = (mat(&orthonormal(n, p, &mut rng), n, p), mat(&random(n * p, &mut rng), n, p));
+    let one = ManifoldMuonConfig { manifold: Manifold::L1Stiefel, lr: 0.05, ..Default::default() };
+    let first = manifold_step(w.as_ref(), g.as_ref(), &one).unwrap();
+    let many = manifold_step(w.as_ref(), g.as_ref(), &ManifoldMuonConfig { rotations: 3, ..one }).unwrap();
+    let rows = |a: &faer::Mat<f64>| (0..n).filter(|&r| (0..p).any(|c| a[(r, c)] != 0.0)).collect::<Vec<_>>();
+    // Six rows: three disjoint planes, the steepest among them.
+    let (first_rows, many_rows) = (rows(&first.direction), rows(&many.direction));
+    assert_eq!(many_rows.len(), 6, "{many_rows:?}");
+    assert!(first_rows.iter().all(|r| many_rows.contains(r)), "{first_rows:?} within {many_rows:?}");
+    // Disjoint rotations commute: every plane is turned as if alone, each worth its gain.
+    assert!(inner(&g, &many.direction) > inner(&g, &first.direction));
+    let gram = many.w.transpose() * &many.w;
+    let drift = (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max);
+    assert!(drift < 1e-6, "|WᵀW − I| = {drift}");
+    // A zero gradient turns nothing.
+    let still = manifold_step(w.as_ref(), faer::Mat::<f64>::zeros(n, p).as_ref(), &ManifoldMuonConfig { rotations: 3, ..one }).unwrap();
+    assert!(still.direction.norm_l2() == 0.0 && (&still.w - &w).norm_max() < 1e-6);
+}
+
+#[test]
+fn l1_stiefel_keeps_orthonormal_frames_for_a_thousand_steps() {
+    let config = OptimizerConfig::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::L1Stiefel, rotations: 2, ..Default::default() });
+    let (store, worst) = thousand_random_steps(&config, vec![7, 5], "manifold_drift", 27);
+    let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
+    let w = mat(store.value(i), 5, 7);
+    let gram = &w * w.transpose();
+    let err = (0..25).map(|k| (gram[(k / 5, k % 5)] - f64::from(u8::from(k / 5 == k % 5))).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-6 && worst < 1e-6, "|WWᵀ − I| = {err}, recorded drift {worst}");
+    // fc2 is 5×7, turned along its 7 columns: two planes move 4 of them.
+    let (_, density) = thousand_random_steps(&config, vec![7, 5], "manifold_step_density", 27);
+    assert_eq!(density, 4.0 / 7.0);
+}

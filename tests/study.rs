@@ -683,11 +683,11 @@ fn optimizers_report_their_own_steps() {
 fn every_new_optimizers_state_survives_a_stop() {
     // Checkpoints must hold all of each rule's state: Dion's right factors,
     // Anderson's history, NorMuon's second moments, AMSGrad's maximum, centered
-    // RMSProp's three buffers, Muon's ns_tol iterates; Stiefel, SL-Muon and Symplectic project only at step 1;
+    // RMSProp's three buffers, Muon's ns_tol iterates; Stiefel, L1-Stiefel, SL-Muon and Symplectic project only at step 1;
     // K-FAC's factors and inverses (recomputed every 3 steps here, so a stop falls between); GDA2's history and moments;
     // PSGD-Kron's factors (and its step-seeded draws).
     let c = config(&[
-        "optimizers=[\"dion\", \"anderson-gda\", \"normuon\", \"amsgrad\", \"adadelta\", \"rms\", \"tol\", \"stiefel\", \"sl-muon\", \"symplectic\", \"kfac\", \"gda2\", \"psgd-kron\"]",
+        "optimizers=[\"dion\", \"anderson-gda\", \"normuon\", \"amsgrad\", \"adadelta\", \"rms\", \"tol\", \"stiefel\", \"l1-stiefel\", \"sl-muon\", \"symplectic\", \"kfac\", \"gda2\", \"psgd-kron\"]",
         "optimizer.kfac.inverse_every=3",
         "optimizer.rms={ kind = \"rmsprop\", momentum = 0.9, centered = true }",
         "optimizer.tol={ kind = \"muon\", ns_tol = 0.05, coefficients = \"polar-express\", ns_steps = 8 }",

@@ -2,7 +2,7 @@
 //! then a retraction (Bernstein, "Modular Manifolds", Thinking Machines 2025;
 //! reference code `thinky-manifolds/src/manifold_muon.py`, the dual-ascent
 //! version of October 2025): document 003's Stiefel, Grassmannian, SL-Muon and
-//! Symplectic members.
+//! Symplectic members, and its L1-Stiefel under the ℓ1 norm.
 //!
 //! Every hidden matrix W is taken as tall (n×p, transposed when wide).
 //! - **Stiefel** (WᵀW = I). The tangent space at W is {A : WᵀA + AᵀW = 0}; the
@@ -46,6 +46,24 @@
 //!   projection, as the model declares them (`ParamSpec::blocks`; no name
 //!   matching). A matrix without declared blocks (an MLP's) is one block. The
 //!   reports per parameter take the largest value over its blocks.
+//! - **L1-Stiefel** (WᵀW = I; "sparse orthogonal updates" in `003`'s table,
+//!   which gives no form). O(n) acts transitively on the frames, so the tangent
+//!   space at W is {ΩW : Ω skew}; the norm is the ℓ1 norm of Ω's entries. As
+//!   ⟨G, ΩW⟩ = ⟨GWᵀ, Ω⟩ is linear in Ω, the steepest unit step is one plane
+//!   generator, eᵢeⱼᵀ − eⱼeᵢᵀ with the largest |Mᵢⱼ − Mⱼᵢ| (M = GWᵀ), and its exact
+//!   retraction a Givens rotation of W's rows i and j by lr: coordinate descent
+//!   on the orthogonal group (Shalit & Chechik, "Coordinate-descent for learning
+//!   orthogonal matrices through Givens rotations", ICML 2014). A step changes two
+//!   rows of W by an orthogonal matrix, sparse and exact in every shape (a wide
+//!   matrix turns its columns). `rotations` = k turns the k steepest disjoint
+//!   planes at once (chosen greedily; disjoint rotations commute), k = 1 being the
+//!   ℓ1 steepest descent. A Björck–Bowie step W(3I − WᵀW)/2 then squares W's f32
+//!   round-off, which rotations alone would let accumulate. The ambient ℓ1 norm
+//!   of A over the tangent space gives no such sparsity: its maximiser, a vertex
+//!   of the ℓ1 ball cut by the p(p+1)/2 tangent equations, may have that many
+//!   nonzero entries plus one, half of a square W (and costs a linear program per
+//!   step). Reported per step:
+//!   `manifold_step_density`, the fraction of W's entries the step moves.
 //! - **Symplectic** (WᵀJW = J, W of even size 2k, J = [[0, I], [−I, 0]]). The
 //!   tangent space is W·sp(2k), sp(2k) = {Ω : JΩ symmetric}. With S = WᵀG the
 //!   step is Ω = P(S)/‖P(S)‖₂, where P(X) = (X + JXᵀJ)/2 is the Frobenius
@@ -89,6 +107,7 @@ pub enum Manifold {
     SpecialLinear,
     Symplectic,
     BlockStiefel,
+    L1Stiefel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,14 +123,26 @@ pub struct ManifoldMuonConfig {
     /// The dual ascent stops once ‖WᵀA + AᵀW‖_F/p is below this (SL-Muon: once
     /// |ψ| is, or the step's relative duality gap).
     pub dual_tol: f32,
+    /// L1-Stiefel: Givens rotations per step, of disjoint row pairs (1: the
+    /// steepest descent under the ℓ1 norm).
+    pub rotations: usize,
     /// Optimizer of every parameter that is not a hidden matrix.
     pub aux_adamw: AdamWConfig,
 }
 
 impl Default for ManifoldMuonConfig {
-    /// The reference's defaults: η 0.1, α 0.01, 100 iterations, tolerance 1e-6.
+    /// The reference's defaults: η 0.1, α 0.01, 100 iterations, tolerance 1e-6;
+    /// one rotation, Shalit and Chechik's.
     fn default() -> Self {
-        Self { manifold: Manifold::Stiefel, lr: 0.1, dual_lr: 0.01, dual_steps: 100, dual_tol: 1e-6, aux_adamw: AdamWConfig::default() }
+        Self {
+            manifold: Manifold::Stiefel,
+            lr: 0.1,
+            dual_lr: 0.01,
+            dual_steps: 100,
+            dual_tol: 1e-6,
+            rotations: 1,
+            aux_adamw: AdamWConfig::default(),
+        }
     }
 }
 
@@ -160,6 +191,7 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
     match config.manifold {
         Manifold::SpecialLinear => return special_linear_step(w, g, config),
         Manifold::Symplectic => return symplectic_step(w, g, config),
+        Manifold::L1Stiefel => return l1_stiefel_step(w, g, config),
         Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => {}
     }
     let (direction, dual_steps, tangent_residual) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
@@ -313,10 +345,49 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
     Ok(ManifoldStep { w: moved * Scale((-log_det / n as f64).exp()), direction: w * &omega, dual_steps: evaluations, tangent_residual })
 }
 
+/// L1-Stiefel's step (see the module documentation): `rotations` Givens
+/// rotations of disjoint row pairs of the tall W, the steepest first, each by lr.
+fn l1_stiefel_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
+    let n = w.nrows();
+    // ⟨G, (eᵢeⱼᵀ − eⱼeᵢᵀ)W⟩ = Mᵢⱼ − Mⱼᵢ with M = GWᵀ.
+    let m = g * w.transpose();
+    let mut pairs: Vec<(usize, usize, f64)> =
+        (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| (i, j, m[(i, j)] - m[(j, i)])).collect();
+    pairs.sort_by(|x, y| y.2.abs().total_cmp(&x.2.abs()));
+    let mut used = vec![false; n];
+    let mut moved = w.to_owned();
+    let mut direction = Mat::<f64>::zeros(n, w.ncols());
+    let (cos, sin) = (f64::from(config.lr).cos(), f64::from(config.lr).sin());
+    let mut turned = 0;
+    // Sorted by |gain|: once one is 0, so are the rest.
+    for &(i, j, gain) in &pairs {
+        if turned == config.rotations || gain == 0.0 {
+            break;
+        }
+        if used[i] || used[j] {
+            continue;
+        }
+        (used[i], used[j], turned) = (true, true, turned + 1);
+        // Along −sign(gain)·(eᵢeⱼᵀ − eⱼeᵢᵀ)W: rows i and j turn by lr in their plane.
+        let (sign, sin) = (gain.signum(), sin * gain.signum());
+        for c in 0..w.ncols() {
+            let (wi, wj) = (w[(i, c)], w[(j, c)]);
+            (moved[(i, c)], moved[(j, c)]) = (cos * wi - sin * wj, sin * wi + cos * wj);
+            (direction[(i, c)], direction[(j, c)]) = (sign * wj, -sign * wi);
+        }
+    }
+    // The rotations are exact, but W arrives with f32 round-off, which would
+    // accumulate over steps: one Björck–Bowie step, W(3I − WᵀW)/2, squares it.
+    let gram = moved.transpose() * &moved;
+    let p = w.ncols();
+    let corrected = &moved * ((Mat::<f64>::identity(p, p) * Scale(3.0) - gram) * Scale(0.5));
+    Ok(ManifoldStep { w: corrected, direction, dual_steps: 0, tangent_residual: 0.0 })
+}
+
 /// Whether a rows×cols matrix is constrained by `manifold` (others take the unconstrained step).
 fn fits(manifold: Manifold, rows: usize, cols: usize) -> bool {
     match manifold {
-        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => true,
+        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel | Manifold::L1Stiefel => true,
         Manifold::SpecialLinear => rows == cols,
         Manifold::Symplectic => rows == cols && rows.is_multiple_of(2),
     }
@@ -458,7 +529,7 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 "{}: non-finite weights or gradient have no step on the manifold",
                 store.specs[i].name
             );
-            let (mut dual_steps, mut residual, mut drift) = (0, 0.0f64, None::<f64>);
+            let (mut dual_steps, mut residual, mut drift, mut nonzero) = (0, 0.0f64, None::<f64>, 0usize);
             for piece in pieces {
                 let (r, c) = (piece.rows.len(), piece.cols.len());
                 let mut w = tall(&piece.gather(&values, cols), r, c);
@@ -468,19 +539,25 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                     w = match manifold {
                         Manifold::SpecialLinear => onto_special_linear(w.as_ref())?,
                         Manifold::Symplectic => cayley(onto_symplectic_algebra(w.as_ref()).as_ref()),
-                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => orthogonal_factor(w.as_ref(), false)?,
+                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel | Manifold::L1Stiefel => {
+                            orthogonal_factor(w.as_ref(), false)?
+                        }
                     };
                 }
                 let step = manifold_step(w.as_ref(), g.as_ref(), &config).map_err(|e| e.context(store.specs[i].name.clone()))?;
                 let stored = row_major(step.w.as_ref(), r, c);
                 piece.scatter(&mut values, cols, &stored);
+                let d = step.direction.as_ref();
+                nonzero += (0..d.ncols()).flat_map(|j| (0..d.nrows()).map(move |i| d[(i, j)])).filter(|&x| x != 0.0).count();
                 dual_steps = dual_steps.max(step.dual_steps);
                 residual = residual.max(step.tangent_residual);
                 if constrained {
                     let piece_drift = match manifold {
                         Manifold::SpecialLinear => special_linear_drift(&stored, r)?,
                         Manifold::Symplectic => symplectic_drift(&stored, r),
-                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => stiefel_drift(&stored, r, c),
+                        Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel | Manifold::L1Stiefel => {
+                            stiefel_drift(&stored, r, c)
+                        }
                     };
                     drift = Some(drift.unwrap_or(0.0).max(piece_drift));
                 }
@@ -490,6 +567,10 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 StepReport { param: i, name: "manifold_dual_steps", value: dual_steps as f64 },
                 StepReport { param: i, name: "manifold_tangent_residual", value: residual },
             ]);
+            if manifold == Manifold::L1Stiefel {
+                let size = store.specs[i].rows * store.specs[i].cols;
+                self.last.push(StepReport { param: i, name: "manifold_step_density", value: nonzero as f64 / size as f64 });
+            }
             if let Some(value) = drift {
                 self.last.push(StepReport { param: i, name: "manifold_drift", value });
             }

@@ -169,7 +169,7 @@ impl Default for ObliqueConfig {
 }
 
 /// Names accepted by [`OptimizerConfig::by_name`].
-pub const OPTIMIZER_NAMES: [&str; 24] = [
+pub const OPTIMIZER_NAMES: [&str; 25] = [
     "sgd",
     "adamw",
     "lion",
@@ -192,6 +192,7 @@ pub const OPTIMIZER_NAMES: [&str; 24] = [
     "sl-muon",
     "symplectic",
     "block-stiefel",
+    "l1-stiefel",
     "kfac",
     "psgd-kron",
 ];
@@ -211,12 +212,13 @@ impl OptimizerConfig {
             "gda2" => Self::Gda2(Gda2Config::default()),
             "dion" => Self::Dion(DionConfig::default()),
             "oblique" => Self::Oblique(ObliqueConfig::default()),
-            // `manifold-muon` is the serialized kind of these five (saved configs).
+            // `manifold-muon` is the serialized kind of these six (saved configs).
             "stiefel" | "manifold-muon" => Self::ManifoldMuon(ManifoldMuonConfig::default()),
             "grassmann" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Grassmann, ..Default::default() }),
             "sl-muon" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::SpecialLinear, ..Default::default() }),
             "symplectic" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::Symplectic, ..Default::default() }),
             "block-stiefel" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::BlockStiefel, ..Default::default() }),
+            "l1-stiefel" => Self::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::L1Stiefel, ..Default::default() }),
             "lion" => Self::Lion(LionConfig::default()),
             "muon" => Self::Muon(MuonConfig::default()),
             "muon-fast" => Self::Muon(MuonConfig::muon_fast()),
@@ -342,6 +344,7 @@ impl OptimizerConfig {
                 positive("dual_lr", c.dual_lr)?;
                 at_least_one("dual_steps", c.dual_steps as u64)?;
                 non_negative("dual_tol", c.dual_tol)?;
+                at_least_one("rotations", c.rotations as u64)?;
                 adamw("aux_adamw.", &c.aux_adamw)?;
             }
             Self::Kfac(c) => {
@@ -411,6 +414,7 @@ impl OptimizerConfig {
                 Manifold::SpecialLinear => "sl-muon",
                 Manifold::Symplectic => "symplectic",
                 Manifold::BlockStiefel => "block-stiefel",
+                Manifold::L1Stiefel => "l1-stiefel",
             },
         }
     }

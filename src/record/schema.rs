@@ -108,10 +108,10 @@ pub const OPTIMIZER_STEPS: Table = Table {
              `anderson_memory_used` (differences in AndersonGDA's mixing), `anderson_mixing_norm` (‖γ‖₂ of its mixing coefficients; \
              0 when the system was singular and the plain gradient step was taken), \
              `oblique_drift` (largest |‖column‖ − 1| of a matrix kept on the oblique manifold, after its retraction), \
-             `manifold_dual_steps` (dual iterations of `stiefel` and `sl-muon`; 0 for the closed-form steps of `grassmann` and `symplectic`), \
+             `manifold_dual_steps` (dual iterations of `stiefel` and `sl-muon`; 0 for the closed-form steps of `grassmann`, `symplectic` and `l1-stiefel`), \
              `manifold_tangent_residual` (how far the step taken is from the tangent space: ‖WᵀA + AᵀW‖_F/p, or \
              |tr(W⁻¹A)|/√n for `sl-muon`), `manifold_drift` (max |WᵀW − I|, |det W − 1| for `sl-muon`, or max |WᵀJW − J| for \
-             `symplectic`, of the stored matrix after the retraction), \
+             `symplectic`, of the stored matrix after the retraction), `manifold_step_density` (`l1-stiefel`: the fraction of the matrix's entries its Givens rotations move), \
              `gda2_memory_used`, `gda2_mixing_norm` (‖γ‖₂ of GDA2's mixing coefficients over all parameters; 0 when the \
              step taken was Adam's), `gda2_regularization` (its adaptive δ), `gda2_rejected` (1 when the descent check \
              replaced the mixed step by Adam's), `gda2_trust_scale` (the factor the trust region put on the step, 1 inside it), \
