@@ -1449,3 +1449,18 @@ fn l1_stiefel_keeps_orthonormal_frames_for_a_thousand_steps() {
     let (_, density) = thousand_random_steps(&config, vec![7, 5], "manifold_step_density", 27);
     assert_eq!(density, 4.0 / 7.0);
 }
+
+#[test]
+fn special_linear_drift_is_the_determinants_distance_from_one() {
+    use optlab::optim::manifold_muon::special_linear_drift;
+    let mut rng = StdRng::seed_from_u64(28);
+    for n in [1, 2, 5, 8] {
+        let x = random(n * n, &mut rng);
+        let det = mat(&x, n, n).determinant();
+        assert!((special_linear_drift(&x, n) - (det - 1.0).abs()).abs() < 1e-9 * (1.0 + det.abs()), "{n}: det {det}");
+    }
+    // Row swaps: a 3-cycle is even, a transposition odd.
+    let cycle = [0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+    let swap = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+    assert_eq!((special_linear_drift(&cycle, 3), special_linear_drift(&swap, 3)), (0.0, 2.0));
+}

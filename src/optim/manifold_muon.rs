@@ -219,18 +219,31 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
     Ok(ManifoldStep { w: orthogonal_factor(moved.as_ref(), false)?, direction, dual_steps, tangent_residual })
 }
 
-/// sign(det W) and log |det W| of a square W from its SVD (det U·det V is ±1,
-/// where det W itself under- or overflows for large n).
-fn sign_and_log_det(w: MatRef<'_, f64>) -> Result<(f64, f64)> {
-    let svd = w.thin_svd().map_err(|e| anyhow::anyhow!("SVD of a {}×{} matrix failed: {e:?}", w.nrows(), w.ncols()))?;
-    let sigma = svd.S().column_vector();
-    let log_det = (0..sigma.nrows()).map(|k| sigma[k].ln()).sum::<f64>();
-    Ok(((svd.U().determinant() * svd.V().determinant()).signum(), log_det))
+/// sign(det W) and log |det W| of a square W from its LU factors PW = LU (det
+/// W itself under- or overflows for large n): det P·Π sign(uᵢᵢ) and Σ log |uᵢᵢ|,
+/// det P = (−1)^(n − cycles of P).
+fn sign_and_log_det(w: MatRef<'_, f64>) -> (f64, f64) {
+    let lu = w.partial_piv_lu();
+    let (forward, _) = lu.P().arrays();
+    let mut seen = vec![false; forward.len()];
+    let mut transpositions = 0;
+    for start in 0..forward.len() {
+        let mut i = start;
+        while !seen[i] {
+            seen[i] = true;
+            i = forward[i];
+            transpositions += usize::from(i != start);
+        }
+    }
+    let diagonal = lu.U().diagonal().column_vector();
+    let sign = (0..diagonal.nrows()).map(|i| diagonal[i].signum()).product::<f64>();
+    let log_det = (0..diagonal.nrows()).map(|i| diagonal[i].abs().ln()).sum::<f64>();
+    (if transpositions % 2 == 0 { sign } else { -sign }, log_det)
 }
 
 /// W with its first row negated if det W < 0, scaled to det W = 1.
 fn onto_special_linear(w: MatRef<'_, f64>) -> Result<Mat<f64>> {
-    let (sign, log_det) = sign_and_log_det(w)?;
+    let (sign, log_det) = sign_and_log_det(w);
     anyhow::ensure!(log_det.is_finite(), "a singular {}×{} matrix has no scaling to det 1", w.nrows(), w.ncols());
     let scale = (-log_det / w.nrows() as f64).exp();
     Ok(Mat::from_fn(w.nrows(), w.ncols(), |i, j| w[(i, j)] * scale * if i == 0 { sign } else { 1.0 }))
@@ -330,7 +343,7 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
     };
     let tangent_residual = (omega.diagonal().column_vector().sum() / (n as f64).sqrt()).abs();
     let moved = w * expm((&omega * Scale(-lr)).as_ref());
-    let (sign, log_det) = sign_and_log_det(moved.as_ref())?;
+    let (sign, log_det) = sign_and_log_det(moved.as_ref());
     if !(sign > 0.0 && log_det.is_finite()) {
         // Exact arithmetic keeps det = 1; f32 storage does not once W's singular
         // values have spread far enough (SL(n) is not compact).
@@ -458,9 +471,9 @@ pub fn stiefel_drift(x: &[f32], rows: usize, cols: usize) -> f64 {
 }
 
 /// |det W − 1| of a row-major square matrix.
-pub fn special_linear_drift(x: &[f32], n: usize) -> Result<f64> {
-    let (sign, log_det) = sign_and_log_det(tall(x, n, n).as_ref())?;
-    Ok((sign * log_det.exp() - 1.0).abs())
+pub fn special_linear_drift(x: &[f32], n: usize) -> f64 {
+    let (sign, log_det) = sign_and_log_det(tall(x, n, n).as_ref());
+    (sign * log_det.exp() - 1.0).abs()
 }
 
 /// A block of a matrix parameter constrained as a matrix of its own: the whole
@@ -553,7 +566,7 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 residual = residual.max(step.tangent_residual);
                 if constrained {
                     let piece_drift = match manifold {
-                        Manifold::SpecialLinear => special_linear_drift(&stored, r)?,
+                        Manifold::SpecialLinear => special_linear_drift(&stored, r),
                         Manifold::Symplectic => symplectic_drift(&stored, r),
                         Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel | Manifold::L1Stiefel => {
                             stiefel_drift(&stored, r, c)
