@@ -191,7 +191,7 @@ pub fn manifold_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMu
     match config.manifold {
         Manifold::SpecialLinear => return special_linear_step(w, g, config),
         Manifold::Symplectic => return symplectic_step(w, g, config),
-        Manifold::L1Stiefel => return l1_stiefel_step(w, g, config),
+        Manifold::L1Stiefel => return Ok(l1_stiefel_step(w, g, config)),
         Manifold::Stiefel | Manifold::Grassmann | Manifold::BlockStiefel => {}
     }
     let (direction, dual_steps, tangent_residual) = if config.manifold == Manifold::Grassmann && w.nrows() > w.ncols() {
@@ -360,7 +360,7 @@ fn special_linear_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &Manifold
 
 /// L1-Stiefel's step (see the module documentation): `rotations` Givens
 /// rotations of disjoint row pairs of the tall W, the steepest first, each by lr.
-fn l1_stiefel_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> Result<ManifoldStep> {
+fn l1_stiefel_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuonConfig) -> ManifoldStep {
     let n = w.nrows();
     // ⟨G, (eᵢeⱼᵀ − eⱼeᵢᵀ)W⟩ = Mᵢⱼ − Mⱼᵢ with M = GWᵀ.
     let m = g * w.transpose();
@@ -394,7 +394,7 @@ fn l1_stiefel_step(w: MatRef<'_, f64>, g: MatRef<'_, f64>, config: &ManifoldMuon
     let gram = moved.transpose() * &moved;
     let p = w.ncols();
     let corrected = &moved * ((Mat::<f64>::identity(p, p) * Scale(3.0) - gram) * Scale(0.5));
-    Ok(ManifoldStep { w: corrected, direction, dual_steps: 0, tangent_residual: 0.0 })
+    ManifoldStep { w: corrected, direction, dual_steps: 0, tangent_residual: 0.0 }
 }
 
 /// Whether a rows×cols matrix is constrained by `manifold` (others take the unconstrained step).
@@ -560,8 +560,10 @@ impl<B: Backend> UpdateRule<B> for ManifoldMuon {
                 let step = manifold_step(w.as_ref(), g.as_ref(), &config).map_err(|e| e.context(store.specs[i].name.clone()))?;
                 let stored = row_major(step.w.as_ref(), r, c);
                 piece.scatter(&mut values, cols, &stored);
-                let d = step.direction.as_ref();
-                nonzero += (0..d.ncols()).flat_map(|j| (0..d.nrows()).map(move |i| d[(i, j)])).filter(|&x| x != 0.0).count();
+                if manifold == Manifold::L1Stiefel {
+                    let d = step.direction.as_ref();
+                    nonzero += (0..d.ncols()).flat_map(|j| (0..d.nrows()).map(move |i| d[(i, j)])).filter(|&x| x != 0.0).count();
+                }
                 dual_steps = dual_steps.max(step.dual_steps);
                 residual = residual.max(step.tangent_residual);
                 if constrained {
