@@ -882,20 +882,26 @@ fn grassmann_step_is_the_projected_msign_and_square_matrices_take_the_stiefel_st
     assert!((&on_grassmann.w - &on_stiefel.w).norm_l2() < 1e-12);
 }
 
+/// max |WᵀW − I| of a tall W (|WWᵀ − I| of a wide one), in f64.
+fn orthonormality_error(w: &faer::Mat<f64>) -> f64 {
+    let gram = if w.nrows() >= w.ncols() { w.transpose() * w } else { w * w.transpose() };
+    let p = gram.nrows();
+    (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max)
+}
+
 #[test]
 fn manifold_muon_keeps_orthonormal_frames_for_a_thousand_steps() {
-    for name in ["stiefel", "grassmann"] {
-        let (store, worst) = thousand_random_steps(&OptimizerConfig::by_name(name).unwrap(), vec![7, 5], "manifold_drift", 24);
+    let l1 = OptimizerConfig::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::L1Stiefel, rotations: 2, ..Default::default() });
+    for config in [OptimizerConfig::by_name("stiefel").unwrap(), OptimizerConfig::by_name("grassmann").unwrap(), l1.clone()] {
+        let (store, worst) = thousand_random_steps(&config, vec![7, 5], "manifold_drift", 24);
         // fc2 (5×7, wide: its rows are orthonormal) is the one hidden matrix.
         let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
-        let w = mat(store.value(i), 5, 7);
-        let gram = &w * w.transpose();
-        let err = (0..5)
-            .flat_map(|a| (0..5).map(move |b| (a, b)))
-            .map(|(a, b)| (gram[(a, b)] - f64::from(u8::from(a == b))).abs())
-            .fold(0.0, f64::max);
-        assert!(err < 1e-6 && worst < 1e-6, "{name}: |WWᵀ − I| = {err}, recorded drift {worst}");
+        let err = orthonormality_error(&mat(store.value(i), 5, 7));
+        assert!(err < 1e-6 && worst < 1e-6, "{}: |WWᵀ − I| = {err}, recorded drift {worst}", config.name());
     }
+    // L1-Stiefel turns fc2 along its 7 columns: two planes move 4 of them.
+    let (_, density) = thousand_random_steps(&l1, vec![7, 5], "manifold_step_density", 24);
+    assert_eq!(density, 4.0 / 7.0);
 }
 
 #[test]
@@ -1406,8 +1412,7 @@ fn l1_stiefel_step_is_the_steepest_givens_rotation() {
         // Two rows change beyond round-off, and the frame is orthonormal in f64
         // where W came orthonormal at f32 round-off.
         let changed = (0..n).filter(|&r| (0..p).any(|c| (step.w[(r, c)] - w[(r, c)]).abs() > 1e-6)).count();
-        let gram = step.w.transpose() * &step.w;
-        let drift = (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max);
+        let drift = orthonormality_error(&step.w);
         assert!(changed == 2 && drift < 1e-12, "{changed} rows changed, |WᵀW − I| = {drift}");
     }
 }
@@ -1428,26 +1433,11 @@ fn l1_stiefel_turns_disjoint_planes_greedily() {
     assert!(first_rows.iter().all(|r| many_rows.contains(r)), "{first_rows:?} within {many_rows:?}");
     // Disjoint rotations commute: every plane is turned as if alone, each worth its gain.
     assert!(inner(&g, &many.direction) > inner(&g, &first.direction));
-    let gram = many.w.transpose() * &many.w;
-    let drift = (0..p * p).map(|k| (gram[(k / p, k % p)] - f64::from(u8::from(k / p == k % p))).abs()).fold(0.0, f64::max);
+    let drift = orthonormality_error(&many.w);
     assert!(drift < 1e-6, "|WᵀW − I| = {drift}");
     // A zero gradient turns nothing.
     let still = manifold_step(w.as_ref(), faer::Mat::<f64>::zeros(n, p).as_ref(), &ManifoldMuonConfig { rotations: 3, ..one }).unwrap();
     assert!(still.direction.norm_l2() == 0.0 && (&still.w - &w).norm_max() < 1e-6);
-}
-
-#[test]
-fn l1_stiefel_keeps_orthonormal_frames_for_a_thousand_steps() {
-    let config = OptimizerConfig::ManifoldMuon(ManifoldMuonConfig { manifold: Manifold::L1Stiefel, rotations: 2, ..Default::default() });
-    let (store, worst) = thousand_random_steps(&config, vec![7, 5], "manifold_drift", 27);
-    let i = store.specs.iter().position(|s| s.name == "fc2.weight").unwrap();
-    let w = mat(store.value(i), 5, 7);
-    let gram = &w * w.transpose();
-    let err = (0..25).map(|k| (gram[(k / 5, k % 5)] - f64::from(u8::from(k / 5 == k % 5))).abs()).fold(0.0, f64::max);
-    assert!(err < 1e-6 && worst < 1e-6, "|WWᵀ − I| = {err}, recorded drift {worst}");
-    // fc2 is 5×7, turned along its 7 columns: two planes move 4 of them.
-    let (_, density) = thousand_random_steps(&config, vec![7, 5], "manifold_step_density", 27);
-    assert_eq!(density, 4.0 / 7.0);
 }
 
 #[test]

@@ -151,7 +151,8 @@ impl Default for ManifoldMuonConfig {
 pub struct ManifoldStep {
     /// The retracted matrix.
     pub w: Mat<f64>,
-    /// The step direction A (‖A‖₂ = 1 unless the gradient is rank-deficient).
+    /// The step direction A (‖A‖₂ = 1 unless the gradient is rank-deficient;
+    /// L1-Stiefel: its turned planes' generators applied to W).
     pub direction: Mat<f64>,
     pub dual_steps: usize,
     /// ‖WᵀA + AᵀW‖_F/p (Stiefel, Grassmannian), |tr(W⁻¹A)|/√n (SL),
